@@ -1,0 +1,1 @@
+"""The .mesh grammar (package data)."""

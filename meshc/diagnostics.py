@@ -1,0 +1,184 @@
+"""One diagnostic type for every stage, rendered one way (text, JSON, GitHub annotations, SARIF).
+
+Codes by stage: E0xx syntax, E1xx names and resolution, E2xx graph checks, E3xx backend
+support; W-codes are warnings. Every code has a section in docs/errors.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meshc.model import NO_SPAN, Span
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span = NO_SPAN
+    label: str = ""  # short text under the caret
+    help: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def severity(self) -> Severity:
+        return "warning" if self.code.startswith("W") else "error"
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.span.file, self.span.line, self.span.column, self.code)
+
+    def as_warning(self) -> Diagnostic:
+        """The same finding downgraded (used by `--unsupported=warn`)."""
+        return Diagnostic("W" + self.code[1:], self.message, self.span, self.label, self.help, self.notes)
+
+
+class MeshcError(Exception):
+    """Raised between pipeline stages when a stage found errors. Carries all of them."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        super().__init__("\n".join(f"{d.span}: {d.code}: {d.message}" for d in self.diagnostics))
+
+
+@dataclass
+class Sink:
+    """Collects a stage's diagnostics; `check()` stops the pipeline if any is an error."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, d: Diagnostic) -> None:
+        self.items.append(d)
+
+    def error(self, code: str, message: str, span: Span = NO_SPAN, *, label: str = "",
+              help: str = "", notes: tuple[str, ...] = ()) -> None:
+        self.items.append(Diagnostic(code, message, span, label, help, notes))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "error"]
+
+    def check(self) -> None:
+        if self.errors:
+            raise MeshcError(self.items)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """A help line naming the closest candidate(s), or listing the few there are."""
+    import difflib
+
+    pool = sorted(set(candidates))
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if not pool:
+        return ""
+    shown = ", ".join(pool[:8]) + (", ..." if len(pool) > 8 else "")
+    return f"declared: {shown}"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
+    """`file:line:col: error[E104]: message`, then the source line, a caret and help."""
+    sev = d.severity
+    if color:
+        tint = "\x1b[1;31m" if sev == "error" else "\x1b[1;33m"
+        head = f"\x1b[1m{d.span}\x1b[0m: {tint}{sev}[{d.code}]\x1b[0m: \x1b[1m{d.message}\x1b[0m"
+    else:
+        head = f"{d.span}: {sev}[{d.code}]: {d.message}"
+    lines = [head]
+    text = sources.get(d.span.file)
+    if text is not None and d.span.line > 0:
+        src_lines = text.splitlines()
+        if d.span.line <= len(src_lines):
+            src = src_lines[d.span.line - 1].expandtabs(4)
+            if len(src) > 200:
+                src = src[:200] + " ..."
+            width = len(str(d.span.line))
+            pad = " " * width
+            start = max(d.span.column - 1, 0)
+            if d.span.end_line == d.span.line and d.span.end_column > d.span.column:
+                length = d.span.end_column - d.span.column
+            else:
+                length = max(len(src.rstrip()) - start, 1)
+            length = max(1, min(length, max(len(src) - start, 1), 200))
+            lines += [f"{pad} |", f"{d.span.line} | {src}",
+                      f"{pad} | {' ' * start}{'^' * length}{' ' + d.label if d.label else ''}"]
+    prefix = "   =" if len(lines) > 1 else "  ="
+    if d.help:
+        lines.append(f"{prefix} help: {d.help}")
+    for n in d.notes:
+        lines.append(f"{prefix} note: {n}")
+    return "\n".join(lines)
+
+
+def render(diags: Iterable[Diagnostic], fmt: str, sources: Mapping[str, str], color: bool = False) -> str:
+    diags = sorted(diags, key=Diagnostic.sort_key)
+    if fmt == "text":
+        body = "\n\n".join(render_text(d, sources, color) for d in diags)
+        n_err = sum(d.severity == "error" for d in diags)
+        n_warn = len(diags) - n_err
+        summary = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}"
+        return (body + "\n\n" + summary + "\n") if diags else ""
+    if fmt == "json":
+        return json.dumps([_as_json(d) for d in diags], indent=2) + "\n"
+    if fmt == "github":
+        return "".join(_as_github(d) + "\n" for d in diags)
+    if fmt == "sarif":
+        return json.dumps(_as_sarif(diags), indent=2) + "\n"
+    raise ValueError(f"unknown diagnostics format {fmt!r}")
+
+
+def _as_json(d: Diagnostic) -> dict[str, object]:
+    return {"code": d.code, "severity": d.severity, "message": d.message, "file": d.span.file,
+            "line": d.span.line, "column": d.span.column, "end_line": d.span.end_line,
+            "end_column": d.span.end_column, "label": d.label, "help": d.help, "notes": list(d.notes)}
+
+
+def _gh_escape(s: str, prop: bool = False) -> str:
+    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return s.replace(":", "%3A").replace(",", "%2C") if prop else s
+
+
+def _as_github(d: Diagnostic) -> str:
+    """A GitHub Actions workflow command: shows as an annotation on the pull request."""
+    kind = "error" if d.severity == "error" else "warning"
+    props = [f"file={_gh_escape(d.span.file, True)}", f"line={d.span.line}", f"col={d.span.column}"]
+    if d.span.end_line:
+        props += [f"endLine={d.span.end_line}", f"endColumn={d.span.end_column}"]
+    props.append(f"title={_gh_escape(d.code, True)}")
+    msg = d.message + (f"\n{d.help}" if d.help else "")
+    return f"::{kind} {','.join(props)}::{_gh_escape(msg)}"
+
+
+def _as_sarif(diags: list[Diagnostic]) -> dict[str, object]:
+    from meshc import __version__
+
+    rules = sorted({d.code for d in diags})
+    results = []
+    for d in diags:
+        region: dict[str, int] = {"startLine": max(d.span.line, 1), "startColumn": max(d.span.column, 1)}
+        if d.span.end_line:
+            region |= {"endLine": d.span.end_line, "endColumn": max(d.span.end_column, 1)}
+        results.append({
+            "ruleId": d.code,
+            "level": "error" if d.severity == "error" else "warning",
+            "message": {"text": d.message + (f" ({d.help})" if d.help else "")},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": d.span.file},
+                                                "region": region}}],
+        })
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "meshc", "version": __version__,
+                                "rules": [{"id": r, "helpUri": f"docs/errors.md#{r.lower()}"} for r in rules]}},
+            "results": results,
+        }],
+    }

@@ -1,0 +1,390 @@
+"""The resolved mesh model: what every backend, the graph checks and `meshc diff` read.
+
+The model is frozen pydantic. It is produced only by `meshc.resolve` from the AST; backends
+import this module and nothing of the front end. Every construct keeps the `Span` of the
+`.mesh` text it came from, so a backend can point at the line it cannot lower.
+
+Units are fixed so that backends never convert ambiguously:
+- durations are integer milliseconds (`Millis`);
+- percentages are integer hundredths of a percent (`Percent`; 100% == 10_000), so weights
+  with two decimals add up exactly;
+- rates are requests per second, minute or hour as written (`RateLimit.unit`).
+
+Semantics pinned here (see docs/language.md for the reference):
+- `Retry.attempts` counts retries: `retry 3` means at most 4 attempts in total.
+- `Timeout.ms` bounds the whole request including retries; `None` means "no timeout" and is
+  lowered explicitly (never a target's hidden default). `Retry.per_try_ms` bounds one attempt.
+- `PathMatch(kind="prefix")` matches bytes (`/api` matches `/apix`); `kind="under"` matches
+  whole segments (`/api` matches `/api` and `/api/...` only).
+- Authorization: deny beats allow; under `deny_by_default` an unmatched request is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_serializer
+
+Millis = int
+Percent = int  # hundredths of a percent: 10_000 == 100%
+FULL = 10_000
+
+MtlsMode = Literal["strict", "permissive", "disabled"]
+AuthzDefault = Literal["deny_by_default", "allow_by_default"]
+Protocol = Literal["http", "http2", "grpc", "tcp", "tls"]
+PathKind = Literal["exact", "prefix", "under", "regex"]
+StringMatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+LbPolicy = Literal["round_robin", "least_request", "random", "consistent_hash"]
+HashOn = Literal["header", "cookie", "source_ip", "query"]
+RetryOn = Literal["5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"]
+SourceKind = Literal["service", "identity", "any", "authenticated", "unauthenticated"]
+RateUnit = Literal["s", "m", "h"]
+
+HTTP_PROTOCOLS: frozenset[str] = frozenset({"http", "http2", "grpc"})
+
+
+class Span(BaseModel):
+    """Where a construct was written. Dumps as `file:line:col` to keep goldens readable."""
+
+    model_config = ConfigDict(frozen=True)
+    file: str
+    line: int
+    column: int
+    end_line: int = 0
+    end_column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    @model_serializer
+    def _dump(self) -> str:
+        return str(self)
+
+
+NO_SPAN = Span(file="<builtin>", line=0, column=0)
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    span: Span = NO_SPAN
+
+
+# --------------------------------------------------------------------------- matching
+
+
+class PathMatch(Node):
+    kind: PathKind
+    value: str
+
+
+class StringMatch(Node):
+    """A header or query-parameter match. Header names are lower-cased (case-insensitive)."""
+
+    name: str
+    kind: StringMatchKind
+    value: str = ""
+
+
+class Match(Node):
+    """All conditions must hold (AND). A rule holds several matches that are OR-ed."""
+
+    path: PathMatch | None = None
+    headers: tuple[StringMatch, ...] = ()
+    query: tuple[StringMatch, ...] = ()
+    methods: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- resilience
+
+
+class Timeout(Node):
+    ms: Millis | None  # None: explicitly no timeout
+
+
+class Retry(Node):
+    attempts: int  # retries, not attempts: total attempts = attempts + 1
+    on: tuple[RetryOn, ...] = ("5xx", "connect-failure", "reset")
+    status_codes: tuple[int, ...] = ()
+    per_try_ms: Millis | None = None
+    backoff_base_ms: Millis | None = None
+    backoff_max_ms: Millis | None = None
+    budget: Percent | None = None  # max share of active requests that may be retries
+
+    @property
+    def total_attempts(self) -> int:
+        return self.attempts + 1
+
+
+class LoadBalance(Node):
+    policy: LbPolicy
+    hash_on: HashOn | None = None
+    hash_key: str = ""  # header, cookie or query parameter name
+    cookie_ttl_ms: Millis | None = None
+
+
+class CircuitBreaker(Node):
+    max_connections: int | None = None
+    max_pending: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+class Outlier(Node):
+    consecutive_5xx: int = 5
+    interval_ms: Millis = 10_000
+    eject_ms: Millis = 30_000
+    max_percent: Percent = 1_000
+
+
+class HealthCheck(Node):
+    protocol: Literal["http", "tcp", "grpc"] = "http"
+    path: str = "/"
+    interval_ms: Millis = 10_000
+    timeout_ms: Millis = 1_000
+    unhealthy: int = 3
+    healthy: int = 2
+
+
+class RateLimit(Node):
+    requests: int
+    unit: RateUnit = "s"
+    burst: int | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / {"s": 1, "m": 60, "h": 3600}[self.unit]
+
+
+class Fault(Node):
+    """Applied on the callee's side before routing; delay and abort draw independently."""
+
+    matches: tuple[Match, ...] = ()  # empty: every request
+    delay_ms: Millis | None = None
+    delay_percent: Percent = FULL
+    abort_status: int | None = None
+    abort_percent: Percent = FULL
+
+
+class Resilience(Node):
+    """Settings that a policy, a service or a single route rule may carry."""
+
+    timeout: Timeout | None = None
+    retry: Retry | None = None
+    load_balance: LoadBalance | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier: Outlier | None = None
+    health_check: HealthCheck | None = None
+    rate_limit: RateLimit | None = None
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class Destination(Node):
+    service: str
+    version: str | None = None  # None: every endpoint of the service
+    weight: Percent = FULL
+
+
+class HeaderOps(Node):
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+class Rewrite(Node):
+    prefix: str | None = None  # replaces the matched path prefix
+    path: str | None = None  # replaces the whole path
+    host: str | None = None
+
+
+class Redirect(Node):
+    path: str | None = None
+    host: str | None = None
+    scheme: Literal["http", "https"] | None = None
+    port: int | None = None
+    code: int = 301
+
+
+class DirectResponse(Node):
+    status: int
+    body: str = ""
+
+
+class Mirror(Node):
+    destination: Destination
+    percent: Percent = FULL
+
+
+class RouteRule(Node):
+    """One ordered rule; the first rule whose matches hold wins. No matches: `otherwise`."""
+
+    matches: tuple[Match, ...] = ()
+    destinations: tuple[Destination, ...] = ()  # weights sum to FULL when forwarding
+    redirect: Redirect | None = None
+    respond: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    mirror: Mirror | None = None
+    timeout: Timeout | None = None
+    retry: Retry | None = None
+    faults: tuple[Fault, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return not self.matches
+
+
+# --------------------------------------------------------------------------- services
+
+
+class Port(Node):
+    protocol: Protocol
+    number: int
+    mtls: MtlsMode  # effective: port setting, else service, else mesh
+
+    @property
+    def name(self) -> str:
+        return f"{self.protocol}-{self.number}"
+
+
+class Endpoint(Node):
+    host: str  # an IP address or a DNS name (re-resolved by the native and Envoy targets)
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Version(Node):
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+class Ingress(Node):
+    paths: tuple[PathMatch, ...] = ()  # empty: every path
+    hosts: tuple[str, ...] = ("*",)
+    port: int = 80
+
+
+class External(Node):
+    """Egress: a service outside the mesh, reached by host name."""
+
+    host: str
+    tls_originate: bool = False  # callers speak plain text; the sidecar originates TLS
+    sni: str | None = None
+
+
+class Identity(Node):
+    name: str  # the service account
+    namespace: str
+    trust_domain: str
+
+    @property
+    def spiffe(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.name}"
+
+
+class Slo(Node):
+    kind: Literal["availability", "latency"]
+    objective: Percent  # e.g. 9990 for 99.9%
+    window_ms: Millis = 30 * 24 * 3600 * 1000
+    threshold_ms: Millis | None = None  # latency objectives
+    quantile: Percent | None = None  # p99 -> 9900
+
+
+class Service(Node):
+    name: str
+    namespace: str
+    identity: Identity
+    ports: tuple[Port, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()  # endpoints shared by all versions
+    versions: tuple[Version, ...] = ()
+    routes: tuple[RouteRule, ...] = ()
+    resilience: Resilience = Resilience()
+    faults: tuple[Fault, ...] = ()
+    calls: tuple[str, ...] = ()  # declared dependencies (services it calls)
+    expose: Ingress | None = None
+    external: External | None = None
+    mtls: MtlsMode = "strict"  # effective service-level mode
+    objectives: tuple[Slo, ...] = ()
+
+    def version(self, name: str) -> Version | None:
+        return next((v for v in self.versions if v.name == name), None)
+
+    @property
+    def is_http(self) -> bool:
+        return any(p.protocol in HTTP_PROTOCOLS for p in self.ports)
+
+    def all_endpoints(self) -> tuple[Endpoint, ...]:
+        return self.endpoints + tuple(e for v in self.versions for e in v.endpoints)
+
+    def endpoints_of(self, version: str | None) -> tuple[Endpoint, ...]:
+        """Endpoints behind a destination: the version's own, else the service's."""
+        if version is None:
+            return self.all_endpoints()
+        v = self.version(version)
+        return (v.endpoints if v and v.endpoints else self.endpoints)
+
+
+# --------------------------------------------------------------------------- authorization
+
+
+class Source(Node):
+    kind: SourceKind
+    name: str = ""  # the service or identity name, for those kinds
+
+    def __str__(self) -> str:
+        return self.name if self.kind in ("service", "identity") else {
+            "any": "*", "authenticated": "authenticated", "unauthenticated": "unauthenticated"}[self.kind]
+
+
+class AuthzRule(Node):
+    action: Literal["allow", "deny"]
+    sources: tuple[Source, ...]
+    destinations: tuple[str, ...]  # service names; ("*",) for every service
+    methods: tuple[str, ...] = ()
+    paths: tuple[PathMatch, ...] = ()
+    not_paths: tuple[PathMatch, ...] = ()
+    ports: tuple[int, ...] = ()
+    headers: tuple[StringMatch, ...] = ()
+
+
+# --------------------------------------------------------------------------- the mesh
+
+
+class Observability(Node):
+    access_log: Literal["json", "text", "off"] = "json"
+    metrics: bool = True
+    trace_sampling: Percent = 100  # 1%
+
+
+class Mesh(Node):
+    name: str
+    trust_domain: str = "cluster.local"
+    namespace: str = "default"
+    mtls: MtlsMode = "strict"
+    authz: AuthzDefault = "deny_by_default"
+    path_normalization: Literal["strict", "off"] = "strict"
+    observability: Observability = Observability()
+    services: tuple[Service, ...] = ()  # sorted by name
+    rules: tuple[AuthzRule, ...] = ()  # in source order (order does not change meaning)
+    files: tuple[str, ...] = ()  # every source file, root first
+
+    _by_name: dict[str, Service] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, _context: object) -> None:
+        self._by_name = {s.name: s for s in self.services}
+
+    def service(self, name: str) -> Service | None:
+        return self._by_name.get(name)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(sorted({s.namespace for s in self.services} | {self.namespace}))
+
+    def dump(self) -> dict:
+        """A plain-data dump (for goldens and `meshc compile --target model`)."""
+        return self.model_dump(mode="json", exclude_defaults=False)

@@ -1,0 +1,1 @@
+"""The native sidecar proxy runtime (reads only the native backend output)."""
