@@ -37,7 +37,7 @@ StringMatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
 LbPolicy = Literal["round_robin", "least_request", "random", "consistent_hash"]
 HashOn = Literal["header", "cookie", "source_ip", "query"]
 RetryOn = Literal["5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"]
-SourceKind = Literal["service", "identity", "any", "authenticated", "unauthenticated"]
+SourceKind = Literal["service", "identity", "any", "authenticated", "unauthenticated", "ingress"]
 RateUnit = Literal["s", "m", "h"]
 
 HTTP_PROTOCOLS: frozenset[str] = frozenset({"http", "http2", "grpc"})
@@ -333,12 +333,17 @@ class Service(Node):
 
 
 class Source(Node):
+    """Who calls. `service`: that service's identity; `identity`: a service account by name;
+    `any` (`*`): anyone, authenticated or not; `authenticated`: any mTLS peer of the trust
+    domain; `unauthenticated`: plaintext callers only; `ingress`: the ingress gateway."""
+
     kind: SourceKind
     name: str = ""  # the service or identity name, for those kinds
 
     def __str__(self) -> str:
         return self.name if self.kind in ("service", "identity") else {
-            "any": "*", "authenticated": "authenticated", "unauthenticated": "unauthenticated"}[self.kind]
+            "any": "*", "authenticated": "authenticated", "unauthenticated": "unauthenticated",
+            "ingress": "ingress"}[self.kind]
 
 
 class AuthzRule(Node):
@@ -369,6 +374,10 @@ class Mesh(Node):
     authz: AuthzDefault = "deny_by_default"
     path_normalization: Literal["strict", "off"] = "strict"
     observability: Observability = Observability()
+    # The identity of the ingress gateway: what `allow ingress -> svc` admits.
+    ingress_identity: Identity = Identity(name="ingress-gateway", namespace="default",
+                                          trust_domain="cluster.local")
+    timeout: Timeout | None = None  # mesh-wide default request timeout (None: no timeout)
     services: tuple[Service, ...] = ()  # sorted by name
     rules: tuple[AuthzRule, ...] = ()  # in source order (order does not change meaning)
     files: tuple[str, ...] = ()  # every source file, root first
