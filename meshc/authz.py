@@ -1,0 +1,535 @@
+"""The authorization semantics of a resolved mesh, as a pure evaluator.
+
+One meaning, shared by the graph checks (dead traffic, W204), `meshc diff` and `meshc why`:
+
+- Deny beats allow. Under `deny_by_default` a request no allow rule matches is refused (403);
+  under `allow_by_default` it passes.
+- Rules match the identity *proven by mTLS*. A caller's identity counts only on a strict port
+  (or service, when no port is named); on a permissive or disabled port every caller is treated
+  as plaintext, so only `*` and `unauthenticated` sources can match it, and named deny rules do
+  not stop it either. A strict port refuses plaintext callers outright.
+  External destinations are the exception: egress authorization runs in the caller's own
+  sidecar, which knows the caller's identity without a handshake.
+- Paths are normalized before matching when `path_normalization strict` (`normalize_path`);
+  an encoded slash or a malformed escape is rejected (400) before any rule is consulted.
+- `prefix` is a byte prefix, `under` a segment prefix, `exact` equality, `regex` a full match;
+  header names are case-insensitive, values case-sensitive.
+- A request attribute that is not given (`method=None`, `path=None`, ...) satisfies no
+  constraint on it: `decide` answers for that concrete request. `matrix` summarises over all
+  requests instead.
+
+Rules are indexed once per mesh by destination (cached by object identity), so a decision
+costs O(rules naming that destination + rules naming `*`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+from meshc.model import AuthzRule, Identity, Mesh, PathMatch, Service, Source, StringMatch
+
+INGRESS = "ingress"
+UNAUTHENTICATED = "unauthenticated"  # the matrix's name for plaintext callers (source=None)
+
+AccessLevel = Literal["none", "partial", "full"]
+
+# --------------------------------------------------------------------------- paths
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_ENCODED_SLASHES = ("2F", "5C")  # `/` and `\`: rejected, never decoded
+
+
+def normalize_path(raw: str) -> str | None:
+    """The path authorization sees, or None when the request must be rejected (400).
+
+    Steps, in the order every target applies them: drop the query string; percent-decode
+    unreserved characters (other escapes keep their encoding, hex upper-cased); reject encoded
+    slashes and backslashes (`%2F`, `%5C`) and malformed escapes; resolve `.` and `..`
+    (RFC 3986 5.2.4, never above the root); merge repeated slashes.
+    """
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        return None
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        ch = path[i]
+        if ch != "%":
+            out.append(ch)
+            i += 1
+            continue
+        hexpair = path[i + 1:i + 3]
+        if len(hexpair) != 2 or not set(hexpair) <= _HEX:
+            return None
+        hexpair = hexpair.upper()
+        if hexpair in _ENCODED_SLASHES:
+            return None
+        decoded = chr(int(hexpair, 16))
+        out.append(decoded if decoded in _UNRESERVED else "%" + hexpair)
+        i += 3
+    path = _remove_dot_segments("".join(out))
+    return re.sub(r"/{2,}", "/", path)
+
+
+def _remove_dot_segments(path: str) -> str:
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    last = len(segments) - 1
+    for i, seg in enumerate(segments):
+        if seg == "." or seg == "..":
+            if seg == ".." and kept:
+                kept.pop()
+            if i == last:
+                kept.append("")  # `/a/.` and `/a/b/..` keep their trailing slash
+        else:
+            kept.append(seg)
+    return "/" + "/".join(kept)
+
+
+@lru_cache(maxsize=4096)
+def _regex(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
+
+
+def path_matches(m: PathMatch, path: str) -> bool:
+    """Does `path` (already normalized if the mesh normalizes) satisfy the match?"""
+    if m.kind == "exact":
+        return path == m.value
+    if m.kind == "prefix":
+        return path.startswith(m.value)
+    if m.kind == "under":
+        base = m.value.rstrip("/")
+        return path == base or path.startswith(base + "/") or base == ""
+    rx = _regex(m.value)
+    return rx is not None and rx.fullmatch(path) is not None
+
+
+def header_matches(m: StringMatch, headers: Mapping[str, str]) -> bool:
+    """`headers` keys must already be lower-cased."""
+    value = headers.get(m.name.lower())
+    if m.kind == "absent":
+        return value is None
+    if value is None:
+        return False
+    if m.kind == "present":
+        return True
+    if m.kind == "exact":
+        return value == m.value
+    if m.kind == "prefix":
+        return value.startswith(m.value)
+    rx = _regex(m.value)
+    return rx is not None and rx.fullmatch(value) is not None
+
+
+def render_path(m: PathMatch) -> str:
+    return f"{m.kind} {json.dumps(m.value)}"
+
+
+def render_header(m: StringMatch) -> str:
+    if m.kind in ("present", "absent"):
+        return f"{m.name} {m.kind}"
+    op = {"exact": "==", "prefix": "prefix", "regex": "regex"}[m.kind]
+    return f"{m.name} {op} {json.dumps(m.value)}"
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Rules grouped once per mesh: (deny, allow) rules per destination, `*` kept apart."""
+
+    by_dest: dict[str, tuple[list[AuthzRule], list[AuthzRule]]]
+    wildcard: tuple[list[AuthzRule], list[AuthzRule]]
+    by_spiffe: dict[str, list[str]]  # identity -> the services that run as it
+
+    def rules_for(self, dest: str) -> tuple[list[AuthzRule], list[AuthzRule]]:
+        """(denies, allows) that can apply to `dest`, in source order within each group."""
+        own = self.by_dest.get(dest)
+        if own is None:
+            return self.wildcard
+        if not self.wildcard[0] and not self.wildcard[1]:
+            return own
+        return own[0] + self.wildcard[0], own[1] + self.wildcard[1]
+
+
+_CACHE: dict[int, tuple[weakref.ref[Mesh], _Index]] = {}
+
+
+def index(mesh: Mesh) -> _Index:
+    """The rule index of `mesh`, built once per model object."""
+    hit = _CACHE.get(id(mesh))
+    if hit is not None and hit[0]() is mesh:
+        return hit[1]
+    by_dest: dict[str, tuple[list[AuthzRule], list[AuthzRule]]] = {}
+    wildcard: tuple[list[AuthzRule], list[AuthzRule]] = ([], [])
+    for rule in mesh.rules:
+        slot = 0 if rule.action == "deny" else 1
+        for dest in dict.fromkeys(rule.destinations):
+            group = wildcard if dest == "*" else by_dest.setdefault(dest, ([], []))
+            group[slot].append(rule)
+    by_spiffe: dict[str, list[str]] = {}
+    for svc in mesh.services:
+        by_spiffe.setdefault(svc.identity.spiffe, []).append(svc.name)
+    idx = _Index(by_dest, wildcard, by_spiffe)
+    key = id(mesh)
+    _CACHE[key] = (weakref.ref(mesh, lambda _r, k=key: _CACHE.pop(k, None)), idx)
+    return idx
+
+
+# --------------------------------------------------------------------------- callers
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who the destination's sidecar sees: an identity it could prove, or plaintext."""
+
+    name: str | None  # service name, "ingress", or None (unauthenticated)
+    identity: Identity | None  # None: not proven (plaintext)
+
+
+def identity_of(mesh: Mesh, source: str | None) -> Identity | None:
+    if source is None or source == UNAUTHENTICATED:
+        return None
+    if source == INGRESS:
+        return mesh.ingress_identity
+    svc = mesh.service(source)
+    if svc is None:
+        raise ValueError(f"unknown source service '{source}'")
+    return svc.identity
+
+
+def source_matches(mesh: Mesh, src: Source, caller: Caller) -> bool:
+    """Does the rule source admit this caller? Named sources need a proven identity."""
+    kind = src.kind
+    if kind == "any":
+        return True
+    if kind == "unauthenticated":
+        return caller.identity is None
+    ident = caller.identity
+    if ident is None:
+        return False
+    if kind == "authenticated":
+        return ident.trust_domain == mesh.trust_domain
+    if kind == "ingress":
+        return ident.spiffe == mesh.ingress_identity.spiffe
+    if kind == "service":
+        svc = mesh.service(src.name)
+        # Two services sharing a service account cannot be told apart by mTLS.
+        return svc is not None and svc.identity.spiffe == ident.spiffe
+    # kind == "identity": a service account by name, optionally "namespace/name".
+    return src.name in (ident.name, f"{ident.namespace}/{ident.name}")
+
+
+def rule_source_matches(mesh: Mesh, rule: AuthzRule, caller: Caller) -> bool:
+    return any(source_matches(mesh, s, caller) for s in rule.sources)
+
+
+def is_identity_based(src: Source) -> bool:
+    """Sources that only match a caller whose identity mTLS proved."""
+    return src.kind in ("service", "identity", "authenticated", "ingress")
+
+
+def is_constrained(rule: AuthzRule) -> bool:
+    """A rule narrowed by request attributes ("partial"), ports aside."""
+    return bool(rule.methods or rule.paths or rule.not_paths or rule.headers)
+
+
+# --------------------------------------------------------------------------- decide
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: AuthzRule | None  # the deciding rule; None when a default or the transport decided
+    reason: str
+    status: int = 200  # what the caller sees: 200 (forwarded), 403, 400 (path rejected), 0 (refused TLS)
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _port_mode(svc: Service, port: int | None) -> tuple[str, str]:
+    """(mtls mode, where it is set) for a request to `port` of `svc`."""
+    if port is not None:
+        for p in svc.ports:
+            if p.number == port:
+                return p.mtls, f"port {p.name} of {svc.name}"
+    return svc.mtls, f"service {svc.name}"
+
+
+def _request_matches(rule: AuthzRule, method: str | None, path: str | None, port: int | None,
+                     headers: Mapping[str, str]) -> bool:
+    if rule.ports and port not in rule.ports:
+        return False
+    if rule.methods and (method is None or method.upper() not in {m.upper() for m in rule.methods}):
+        return False
+    if rule.paths and (path is None or not any(path_matches(m, path) for m in rule.paths)):
+        return False
+    if rule.not_paths and path is not None and any(path_matches(m, path) for m in rule.not_paths):
+        return False
+    return all(header_matches(h, headers) for h in rule.headers)
+
+
+def _service(mesh: Mesh, name: str) -> Service:
+    svc = mesh.service(name)
+    if svc is None:
+        raise ValueError(f"unknown destination service '{name}'")
+    return svc
+
+
+def decide(mesh: Mesh, source: str | None, destination: str, *, method: str | None = None,
+           path: str | None = None, port: int | None = None, headers: Mapping[str, str] | None = None,
+           authenticated: bool = True) -> Decision:
+    """Is this request from `source` to `destination` admitted, and by which rule?
+
+    `source` is a service name (its identity), "ingress", or None for a plaintext caller;
+    `authenticated=False` says the named caller speaks plaintext (no sidecar).
+    Raises ValueError for a source or destination that is not in the mesh.
+    """
+    dest = _service(mesh, destination)
+    ident = identity_of(mesh, source) if authenticated else None
+    mode, where = _port_mode(dest, port)
+    if dest.external is not None:
+        proven = ident
+    elif mode == "strict":
+        if ident is None:
+            return Decision(False, None, f"plaintext caller refused: {where} mtls is strict", 0)
+        proven = ident
+    else:
+        proven = None
+    caller = Caller(source, proven)
+
+    norm = path
+    if path is not None:
+        if mesh.path_normalization == "strict":
+            norm = normalize_path(path)
+            if norm is None:
+                return Decision(False, None, f"path {path!r} rejected by normalization "
+                                "(encoded slash or malformed escape)", 400)
+        else:
+            norm = path.split("?", 1)[0]
+    hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+
+    denies, allows = index(mesh).rules_for(destination)
+    for rule in denies:
+        if rule_source_matches(mesh, rule, caller) and _request_matches(rule, method, norm, port, hdrs):
+            return Decision(False, rule, "denied by rule", 403)
+    for rule in allows:
+        if rule_source_matches(mesh, rule, caller) and _request_matches(rule, method, norm, port, hdrs):
+            return Decision(True, rule, "allowed by rule")
+    if mesh.authz == "allow_by_default":
+        return Decision(True, None, "allow_by_default")
+    if ident is not None and proven is None:
+        would = Caller(source, ident)
+        for rule in allows:
+            if rule_source_matches(mesh, rule, would) and _request_matches(rule, method, norm, port, hdrs):
+                return Decision(False, rule, f"identity cannot be proven: {where} mtls is {mode}", 403)
+    return Decision(False, None, "no allow rule matches under deny_by_default", 403)
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One way in (from an allow rule), or one carve-out (from a deny rule), as text."""
+
+    methods: tuple[str, ...] = ()  # empty: any method
+    paths: tuple[str, ...] = ()  # rendered path matches, e.g. 'prefix "/api"'; empty: any path
+    not_paths: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()  # empty: every port
+    headers: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        parts = []
+        if self.methods:
+            parts.append("methods " + ", ".join(self.methods))
+        if self.paths:
+            parts.append("paths " + ", ".join(self.paths))
+        if self.not_paths:
+            parts.append("except paths " + ", ".join(self.not_paths))
+        if self.ports:
+            parts.append("ports " + ", ".join(map(str, self.ports)))
+        if self.headers:
+            parts.append("headers " + ", ".join(self.headers))
+        return " ".join(parts) or "everything"
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one caller may do on one destination. Equality ignores the citing rules."""
+
+    level: AccessLevel
+    grants: tuple[Grant, ...] = ()  # partial: the allowed shapes (OR); empty under allow_by_default
+    excepts: tuple[Grant, ...] = ()  # partial: deny carve-outs (deny beats allow)
+    rules: tuple[AuthzRule, ...] = field(default=(), compare=False)  # allow rules granting access
+    denies: tuple[AuthzRule, ...] = field(default=(), compare=False)  # deny rules narrowing it
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(sorted({m for g in self.grants for m in g.methods}))
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(sorted({p for g in self.grants for p in g.paths}))
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(sorted({p for g in self.grants for p in g.ports}))
+
+    def __str__(self) -> str:
+        if self.level != "partial":
+            return self.level
+        text = "partial: " + (" | ".join(map(str, self.grants)) or "everything")
+        if self.excepts:
+            text += " except " + " | ".join(map(str, self.excepts))
+        return text
+
+
+NO_ACCESS = Access("none")
+
+
+def _whole(rule: AuthzRule, number: int | None) -> bool:
+    """Does the rule cover every request on this port? (A port list on a service that
+    declares no ports cannot be checked, so it narrows.)"""
+    return not is_constrained(rule) and (not rule.ports or number is not None)
+
+
+def _grant(rule: AuthzRule, number: int | None) -> Grant:
+    # On a port slot the port is implied by the slot; without declared ports keep the rule's.
+    ports = tuple(sorted(rule.ports)) if number is None else ()
+    return Grant(methods=tuple(sorted({m.upper() for m in rule.methods})),
+                 paths=tuple(render_path(p) for p in rule.paths),
+                 not_paths=tuple(render_path(p) for p in rule.not_paths),
+                 ports=ports,
+                 headers=tuple(render_header(h) for h in rule.headers))
+
+
+def _port_slots(svc: Service) -> list[tuple[int | None, str]]:
+    if not svc.ports:
+        return [(None, svc.mtls)]
+    return [(p.number, p.mtls) for p in svc.ports]
+
+
+def access(mesh: Mesh, source: str | None, destination: str) -> Access:
+    """Summarise every request `source` may send to `destination` (see `matrix`)."""
+    dest = _service(mesh, destination)
+    ident = identity_of(mesh, source)
+    denies, allows = index(mesh).rules_for(destination)
+    slots = _port_slots(dest)
+    all_ports = tuple(sorted(n for n, _ in slots if n is not None))
+
+    # Per port: which allow and deny rules apply to this caller there.
+    per_port: list[tuple[int | None, list[AuthzRule], list[AuthzRule], bool]] = []
+    for number, mode in slots:
+        if dest.external is not None or mode == "strict":
+            if ident is None and dest.external is None:
+                continue  # strict refuses plaintext
+            caller = Caller(source, ident)
+        else:
+            caller = Caller(source, None)
+
+        def applies(rule: AuthzRule, caller: Caller = caller, number: int | None = number) -> bool:
+            return ((not rule.ports or number is None or number in rule.ports)
+                    and rule_source_matches(mesh, rule, caller))
+
+        d = [r for r in denies if applies(r)]
+        a = [r for r in allows if applies(r)]
+        if any(_whole(r, number) for r in d):
+            continue
+        open_ = mesh.authz == "allow_by_default" or any(_whole(r, number) for r in a)
+        if not a and not open_:
+            continue
+        per_port.append((number, a, d, open_ and not d))
+
+    if not per_port:
+        return NO_ACCESS
+    reached = tuple(sorted(n for n, *_ in per_port if n is not None))
+    if all(full for *_, full in per_port) and reached == all_ports:
+        return Access("full", rules=_dedup(r for _, a, _, _ in per_port for r in a))
+
+    def port_tag(n: int | None) -> tuple[int, ...]:
+        return () if n is None else (n,)
+
+    grant_ports: dict[Grant, set[int]] = {}
+    except_ports: dict[Grant, set[int]] = {}
+    for number, a, d, _ in per_port:
+        if mesh.authz == "allow_by_default" or any(_whole(r, number) for r in a):
+            grant_ports.setdefault(Grant(), set()).update(port_tag(number))
+        else:
+            for r in a:
+                grant_ports.setdefault(_grant(r, number), set()).update(port_tag(number))
+        for r in d:
+            except_ports.setdefault(_grant(r, number), set()).update(port_tag(number))
+
+    def with_ports(table: dict[Grant, set[int]]) -> tuple[Grant, ...]:
+        out = []
+        for g, ports in table.items():
+            ps = tuple(sorted(ports))
+            shown = g.ports if not ps else (() if ps == all_ports else ps)
+            out.append(Grant(g.methods, g.paths, g.not_paths, shown, g.headers))
+        return tuple(sorted(set(out)))
+
+    return Access("partial", grants=with_ports(grant_ports), excepts=with_ports(except_ports),
+                  rules=_dedup(r for _, a, _, _ in per_port for r in a),
+                  denies=_dedup(r for _, _, d, _ in per_port for r in d))
+
+
+def _dedup(rules: Iterable[AuthzRule]) -> tuple[AuthzRule, ...]:
+    seen: dict[int, AuthzRule] = {}
+    for r in rules:
+        seen.setdefault(id(r), r)
+    return tuple(seen.values())
+
+
+def _candidate_sources(mesh: Mesh, allows: list[AuthzRule], everyone: list[str]) -> Iterable[str]:
+    """Callers an allow rule could admit: everyone if a rule names a wildcard-like source."""
+    if mesh.authz == "allow_by_default":
+        return everyone
+    idx = index(mesh)
+    named: set[str] = set()
+    for rule in allows:
+        for src in rule.sources:
+            if src.kind in ("any", "authenticated", "identity"):
+                return everyone
+            if src.kind == "unauthenticated":
+                named.add(UNAUTHENTICATED)
+            elif src.kind == "ingress":
+                named.add(INGRESS)
+                named.update(idx.by_spiffe.get(mesh.ingress_identity.spiffe, ()))
+            else:
+                svc = mesh.service(src.name)
+                if svc is not None:
+                    named.update(idx.by_spiffe.get(svc.identity.spiffe, ()))
+                    if svc.identity.spiffe == mesh.ingress_identity.spiffe:
+                        named.add(INGRESS)
+    return sorted(named)
+
+
+def matrix(mesh: Mesh) -> dict[tuple[str, str], Access]:
+    """(source, destination) -> Access for every pair with some access; absent pairs: none.
+
+    Sources are service names, "ingress" and "unauthenticated" (plaintext callers). Under
+    `allow_by_default` nearly every pair has access, so the result is dense (n^2 entries).
+    """
+    everyone = [s.name for s in mesh.services] + [INGRESS, UNAUTHENTICATED]
+    out: dict[tuple[str, str], Access] = {}
+    idx = index(mesh)
+    for dest in mesh.services:
+        _, allows = idx.rules_for(dest.name)
+        for src in _candidate_sources(mesh, allows, everyone):
+            acc = access(mesh, None if src == UNAUTHENTICATED else src, dest.name)
+            if acc.level != "none":
+                out[(src, dest.name)] = acc
+    return dict(sorted(out.items()))
