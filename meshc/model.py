@@ -396,4 +396,4 @@ class Mesh(Node):
 
     def dump(self) -> dict:
         """A plain-data dump (for goldens and `meshc compile --target model`)."""
-        return self.model_dump(mode="json", exclude_defaults=False)
+        return self.model_dump(mode="json", exclude_defaults=True)
