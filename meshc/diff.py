@@ -1,0 +1,1240 @@
+"""`meshc diff`: a semantic diff of two resolved meshes, for pull-request review.
+
+Two versions of a mesh are compared by meaning, never by lines or raw model dumps: spans are
+left out, order-free collections are sorted, and access is compared as sets of effective
+grants (`meshc.authz.decide` probed over the request classes both sides' rules distinguish),
+so a reformat, a reordering of declarations or an equivalent rewrite (one allow rule split in
+two) reports nothing.
+
+Categories: services (inventory), access, routing, resilience, posture (mTLS, default
+authorization, exposure, egress) and targets (generated files per backend). Every change is
+classed widening (more access, weaker security, more amplification), narrowing or neutral.
+
+Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots.
+`register(subparsers)` adds `meshc diff` (and `meshc why`, from meshc.why) to the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from meshc.model import (
+    FULL,
+    AuthzRule,
+    Destination,
+    Match,
+    Mesh,
+    PathMatch,
+    Retry,
+    RouteRule,
+    Service,
+    Span,
+    StringMatch,
+)
+
+Effect = Literal["widening", "narrowing", "neutral"]
+Op = Literal["added", "removed", "changed", "error"]
+
+CATEGORIES: tuple[str, ...] = ("services", "access", "routing", "resilience", "posture", "targets")
+CATEGORY_TITLES: dict[str, str] = {
+    "services": "Services",
+    "access": "Access",
+    "routing": "Routing",
+    "resilience": "Resilience",
+    "posture": "Security posture",
+    "targets": "Generated files",
+}
+OP_SIGN: dict[str, str] = {"added": "+", "removed": "-", "changed": "~", "error": "!"}
+EFFECTS: tuple[Effect, ...] = ("widening", "narrowing", "neutral")
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True, order=True)
+class Change:
+    """One semantic change. `text` is the line body (without the sign); `where` is the
+    `file:line` of the construct on the side that has it (new side first)."""
+
+    category: str
+    subject: str
+    text: str
+    op: Op = "changed"
+    effect: Effect = "neutral"
+    where: str = ""
+    old: Any = field(default=None, compare=False)
+    new: Any = field(default=None, compare=False)
+
+    @property
+    def sign(self) -> str:
+        # `!` flags a weakening of the security posture, as reviewers scan for it.
+        if self.category == "posture" and self.effect == "widening":
+            return "!"
+        return OP_SIGN[self.op]
+
+    @property
+    def tag(self) -> str:
+        if self.effect == "neutral":
+            return ""
+        if self.category == "posture":
+            return " (weakens)" if self.effect == "widening" else " (strengthens)"
+        return " (widens)" if self.effect == "widening" else " (narrows)"
+
+    def line(self) -> str:
+        return f"{self.sign} {self.text}{self.tag}"
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sign"] = self.sign
+        return d
+
+
+@dataclass
+class Diff:
+    changes: list[Change] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        order = {c: i for i, c in enumerate(CATEGORIES)}
+        self.changes = sorted(set(self.changes), key=lambda c: (order.get(c.category, 99), c))
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def widens(self) -> bool:
+        return any(c.effect == "widening" for c in self.changes)
+
+    def by_category(self) -> dict[str, list[Change]]:
+        out: dict[str, list[Change]] = {}
+        for c in self.changes:
+            out.setdefault(c.category, []).append(c)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(EFFECTS, 0)
+        for c in self.changes:
+            out[c.effect] += 1
+        return out
+
+    def relabel(self, old: str, new: str) -> Diff:
+        """Rewrite a path prefix in locations (the temporary tree of `--base` becomes `REF:`)."""
+        return Diff([Change(c.category, c.subject, c.text, c.op, c.effect,
+                            c.where.replace(old, new), c.old, c.new) for c in self.changes])
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def pct(p: int) -> str:
+    """Hundredths of a percent as written in .mesh: 1250 -> '12.5%'."""
+    return f"{p / 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def dur(ms: int | None) -> str:
+    if ms is None:
+        return "none"
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def loc(span: Span | None) -> str:
+    if span is None or span.line <= 0:
+        return ""
+    return f"{span.file}:{span.line}"
+
+
+def fmt_path(p: PathMatch) -> str:
+    return f'path {p.kind} "{p.value}"'
+
+
+def fmt_string(word: str, m: StringMatch) -> str:
+    if m.kind in ("present", "absent"):
+        return f"{word} {m.name} {m.kind}"
+    op = "==" if m.kind == "exact" else m.kind
+    return f'{word} {m.name} {op} "{m.value}"'
+
+
+def fmt_match(m: Match) -> str:
+    parts: list[str] = []
+    if m.path is not None:
+        parts.append(fmt_path(m.path))
+    parts += [fmt_string("header", h) for h in sorted(m.headers, key=lambda h: (h.name, h.kind, h.value))]
+    parts += [fmt_string("query", q) for q in sorted(m.query, key=lambda q: (q.name, q.kind, q.value))]
+    if m.methods:
+        parts.append("method " + ", ".join(sorted(m.methods)))
+    return " and ".join(parts) or "always"
+
+
+def rule_key(rule: RouteRule) -> str:
+    """A route rule's condition, canonical: OR-ed groups sorted, conditions in fixed order."""
+    if rule.is_default:
+        return "otherwise"
+    return "when " + " or ".join(sorted({fmt_match(m) for m in rule.matches}))
+
+
+def dest_label(owner: str, d: Destination) -> str:
+    if d.service == owner:
+        return d.version or f"{owner} (all versions)"
+    return f"{d.service}.{d.version}" if d.version else d.service
+
+
+def plain(value: Any) -> Any:
+    """A model value as sorted plain data without spans: what two sides compare on."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    return _strip(value)
+
+
+def _strip(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _strip(x) for k, x in sorted(v.items()) if k != "span"}
+    if isinstance(v, list | tuple):
+        return [_strip(x) for x in v]
+    return v
+
+
+def fingerprint(value: Any) -> str:
+    return hashlib.sha1(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _diff_services(old: Mesh, new: Mesh) -> Iterator[Change]:
+    o, n = {s.name for s in old.services}, {s.name for s in new.services}
+    for name in sorted(n - o):
+        s = new.service(name)
+        assert s is not None
+        kind = "external service" if s.external else "service"
+        yield Change("services", name, f"{kind} {name}", "added", "neutral", loc(s.span))
+    for name in sorted(o - n):
+        s = old.service(name)
+        assert s is not None
+        kind = "external service" if s.external else "service"
+        yield Change("services", name, f"{kind} {name}", "removed", "neutral", loc(s.span))
+    for name in sorted(o & n):
+        a, b = old.service(name), new.service(name)
+        assert a is not None and b is not None
+        yield from _diff_inventory(a, b)
+
+
+def _diff_inventory(a: Service, b: Service) -> Iterator[Change]:
+    """Ports, versions, endpoints, identity, namespace, declared calls: neutral facts."""
+    name = b.name
+    where = loc(b.span)
+    if a.namespace != b.namespace:
+        yield Change("services", name, f"{name}: namespace {a.namespace} -> {b.namespace}", where=where)
+    if a.identity.spiffe != b.identity.spiffe:
+        yield Change("services", name, f"{name}: identity {a.identity.spiffe} -> {b.identity.spiffe}",
+                     where=where)
+    ap = {(p.protocol, p.number) for p in a.ports}
+    bp = {(p.protocol, p.number) for p in b.ports}
+    for proto, num in sorted(bp - ap):
+        yield Change("services", name, f"{name}: port {proto} {num}", "added", where=where)
+    for proto, num in sorted(ap - bp):
+        yield Change("services", name, f"{name}: port {proto} {num}", "removed", where=where)
+    av = {v.name: v for v in a.versions}
+    bv = {v.name: v for v in b.versions}
+    for v in sorted(bv.keys() - av.keys()):
+        yield Change("services", name, f"{name}: version {v}", "added", where=loc(bv[v].span))
+    for v in sorted(av.keys() - bv.keys()):
+        yield Change("services", name, f"{name}: version {v}", "removed", where=loc(av[v].span))
+    for v in sorted(av.keys() & bv.keys()):
+        if plain(av[v].labels) != plain(bv[v].labels):
+            yield Change("services", name, f"{name}: version {v} labels changed", where=loc(bv[v].span))
+        ea = sorted(str(e) for e in av[v].endpoints)
+        eb = sorted(str(e) for e in bv[v].endpoints)
+        if ea != eb:
+            yield Change("services", name, f"{name}: version {v} endpoints {_list(ea)} -> {_list(eb)}",
+                         where=loc(bv[v].span))
+    ea = sorted(str(e) for e in a.endpoints)
+    eb = sorted(str(e) for e in b.endpoints)
+    if ea != eb:
+        yield Change("services", name, f"{name}: endpoints {_list(ea)} -> {_list(eb)}", where=where)
+    ca, cb = set(a.calls), set(b.calls)
+    for c in sorted(cb - ca):
+        yield Change("services", name, f"{name}: calls {c}", "added", where=where)
+    for c in sorted(ca - cb):
+        yield Change("services", name, f"{name}: calls {c}", "removed", where=where)
+
+
+def _list(items: Sequence[str]) -> str:
+    return ", ".join(items) if items else "(none)"
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True)
+class _Rule:
+    key: str
+    split: dict[str, int]  # destination label -> effective percentage (hundredths)
+    action: dict[str, Any]  # redirect / respond / rewrite / headers / mirror, plain data
+    span: Span
+
+
+def _route_table(s: Service) -> list[_Rule]:
+    if not s.routes:
+        # No route table: every request goes to the service's endpoints.
+        return [_Rule("otherwise", {f"{s.name} (all versions)": FULL}, {}, s.span)]
+    out = []
+    for r in s.routes:
+        split: dict[str, int] = defaultdict(int)
+        for d in r.destinations:
+            split[dest_label(s.name, d)] += d.weight
+        action = {k: plain(getattr(r, k)) for k in
+                  ("redirect", "respond", "rewrite", "request_headers", "response_headers", "mirror")
+                  if getattr(r, k) is not None}
+        out.append(_Rule(rule_key(r), dict(split), action, r.span))
+    return out
+
+
+def _fmt_split(split: dict[str, int]) -> str:
+    if not split:
+        return "(no destination)"
+    if len(split) == 1:
+        return next(iter(split))
+    return "split { " + ", ".join(f"{k} {pct(v)}" for k, v in sorted(split.items())) + " }"
+
+
+def _fmt_action(rule: _Rule) -> str:
+    if "redirect" in rule.action:
+        return "redirect " + _kv(rule.action["redirect"])
+    if "respond" in rule.action:
+        return "respond " + _kv(rule.action["respond"])
+    return _fmt_split(rule.split)
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (None, (), []))
+
+
+def _diff_routes(a: Service, b: Service) -> Iterator[Change]:
+    name = b.name
+    ta, tb = _route_table(a), _route_table(b)
+    ia = {r.key: r for r in ta}
+    ib = {r.key: r for r in tb}
+    for key in [r.key for r in tb if r.key not in ia]:
+        r = ib[key]
+        yield Change("routing", name, f"{name}: route {key} -> {_fmt_action(r)}", "added", where=loc(r.span))
+    for key in [r.key for r in ta if r.key not in ib]:
+        r = ia[key]
+        yield Change("routing", name, f"{name}: route {key} -> {_fmt_action(r)}", "removed",
+                     where=loc(r.span))
+    for r in tb:
+        if r.key not in ia:
+            continue
+        o = ia[r.key]
+        head = name if r.key == "otherwise" else f"{name} [{r.key}]"
+        if o.split != r.split:
+            moves = [f"{lab} {pct(o.split.get(lab, 0))} -> {pct(r.split.get(lab, 0))}"
+                     for lab in sorted(o.split.keys() | r.split.keys())
+                     if o.split.get(lab, 0) != r.split.get(lab, 0)]
+            yield Change("routing", name, f"{head}: " + ", ".join(moves), where=loc(r.span),
+                         old={k: pct(v) for k, v in o.split.items()},
+                         new={k: pct(v) for k, v in r.split.items()})
+        for k in sorted(o.action.keys() | r.action.keys()):
+            if o.action.get(k) != r.action.get(k):
+                before = _kv(o.action[k]) if k in o.action else "none"
+                after = _kv(r.action[k]) if k in r.action else "none"
+                yield Change("routing", name, f"{head}: {k.replace('_', ' ')} {before} -> {after}",
+                             where=loc(r.span), old=o.action.get(k), new=r.action.get(k))
+    common_a = [r.key for r in ta if r.key in ib]
+    common_b = [r.key for r in tb if r.key in ia]
+    if common_a != common_b:
+        # First match wins: reordering rules can change where a request goes.
+        yield Change("routing", name, f"{name}: route rule order changed ({' | '.join(common_b)})",
+                     where=loc(b.span), old=common_a, new=common_b)
+
+
+# --------------------------------------------------------------------------- resilience
+
+
+def _cmp(old: float | None, new: float | None, *, none_is_unlimited: bool = True) -> Effect:
+    """Effect of a change in a protective limit: a higher (or removed) limit widens."""
+    inf = float("inf")
+    o = inf if old is None and none_is_unlimited else (old if old is not None else 0)
+    n = inf if new is None and none_is_unlimited else (new if new is not None else 0)
+    return "widening" if n > o else "narrowing" if n < o else "neutral"
+
+
+def _fmt_retry(r: Retry | None) -> str:
+    if r is None:
+        return "none"
+    bits = [f"{r.attempts} ({r.total_attempts} attempts) on {', '.join(sorted(r.on + tuple(map(str, r.status_codes))))}"]
+    if r.per_try_ms is not None:
+        bits.append(f"per_try {dur(r.per_try_ms)}")
+    if r.backoff_base_ms is not None:
+        bits.append(f"backoff {dur(r.backoff_base_ms)} max {dur(r.backoff_max_ms)}")
+    if r.budget is not None:
+        bits.append(f"budget {pct(r.budget)}")
+    return " ".join(bits)
+
+
+def _timeout_ms(t: Any) -> int | None:
+    return None if t is None else t.ms
+
+
+def _diff_timeout(subject: str, head: str, a: Any, b: Any, where: str) -> Iterator[Change]:
+    oa, ob = _timeout_ms(a), _timeout_ms(b)
+    if oa != ob:
+        yield Change("resilience", subject, f"{head}: timeout {dur(oa)} -> {dur(ob)}", "changed",
+                     _cmp(oa, ob), where, oa, ob)
+
+
+def _diff_retry(subject: str, head: str, a: Retry | None, b: Retry | None, where: str) -> Iterator[Change]:
+    if plain(a) == plain(b):
+        return
+    ta = a.total_attempts if a else 1
+    tb = b.total_attempts if b else 1
+    effect: Effect = "widening" if tb > ta else "narrowing" if tb < ta else "neutral"
+    if effect == "neutral" and a and b:
+        # Same attempts: a larger budget or more retry conditions still retries more.
+        more = set(b.on) - set(a.on) or set(b.status_codes) - set(a.status_codes)
+        fewer = set(a.on) - set(b.on) or set(a.status_codes) - set(b.status_codes)
+        effect = "widening" if more or _cmp(a.budget, b.budget) == "widening" else \
+            "narrowing" if fewer else "neutral"
+    op: Op = "added" if a is None else "removed" if b is None else "changed"
+    yield Change("resilience", subject, f"{head}: retry {_fmt_retry(a)} -> {_fmt_retry(b)}", op, effect,
+                 where, plain(a), plain(b))
+
+
+_LIMITS: dict[str, tuple[str, ...]] = {
+    "circuit_breaker": ("max_connections", "max_pending", "max_requests", "max_retries"),
+}
+
+
+def _diff_policy(s_name: str, key: str, a: Any, b: Any, where: str) -> Iterator[Change]:
+    pa, pb = plain(a), plain(b)
+    if pa == pb:
+        return
+    word = key.replace("_", " ")
+    if a is None or b is None:
+        # Adding a protection narrows; removing one widens (load balancing is neither).
+        op: Op = "added" if a is None else "removed"
+        effect: Effect = "neutral" if key == "load_balance" else "narrowing" if a is None else "widening"
+        shown = _kv(pb if b is not None else pa)
+        yield Change("resilience", s_name, f"{s_name}: {word} {shown}".rstrip(), op, effect, where, pa, pb)
+        return
+    if key == "circuit_breaker":
+        for f in _LIMITS[key]:
+            va, vb = pa.get(f), pb.get(f)
+            if va != vb:
+                yield Change("resilience", s_name,
+                             f"{s_name}: circuit breaker {f} {va if va is not None else 'unlimited'} -> "
+                             f"{vb if vb is not None else 'unlimited'}",
+                             "changed", _cmp(va, vb), where, va, vb)
+        return
+    if key == "rate_limit":
+        ra, rb = a.per_second, b.per_second
+        effect = _cmp(ra, rb)
+        if effect == "neutral":
+            effect = _cmp(a.burst or 0, b.burst or 0, none_is_unlimited=False)
+        yield Change("resilience", s_name, f"{s_name}: rate limit {_fmt_rate(a)} -> {_fmt_rate(b)}", "changed",
+                     effect, where, pa, pb)
+        return
+    yield Change("resilience", s_name, f"{s_name}: {word} {_kv(pa)} -> {_kv(pb)}", "changed", "neutral",
+                 where, pa, pb)
+
+
+def _fmt_rate(r: Any) -> str:
+    return f"{r.requests}/{r.unit}" + (f" burst {r.burst}" if r.burst is not None else "")
+
+
+def _fmt_faults(faults: Iterable[Any]) -> list[str]:
+    out = []
+    for f in faults:
+        when = (" when " + " or ".join(sorted(fmt_match(m) for m in f.matches))) if f.matches else ""
+        bits = []
+        if f.delay_ms is not None:
+            bits.append(f"delay {dur(f.delay_ms)} {pct(f.delay_percent)}")
+        if f.abort_status is not None:
+            bits.append(f"abort {f.abort_status} {pct(f.abort_percent)}")
+        out.append(f"fault{when} " + " ".join(bits))
+    return sorted(out)
+
+
+def _diff_faults(subject: str, head: str, a: Iterable[Any], b: Iterable[Any], where: str) -> Iterator[Change]:
+    fa, fb = _fmt_faults(a), _fmt_faults(b)
+    for f in sorted(set(fb) - set(fa)):
+        yield Change("resilience", subject, f"{head}: {f}", "added", "neutral", where)
+    for f in sorted(set(fa) - set(fb)):
+        yield Change("resilience", subject, f"{head}: {f}", "removed", "neutral", where)
+
+
+def _diff_resilience(old: Mesh, new: Mesh, a: Service, b: Service) -> Iterator[Change]:
+    name = b.name
+    ra, rb = a.resilience, b.resilience
+    where = loc(b.span)
+    # Effective timeout: the service's, else the mesh default.
+    ta = ra.timeout if ra.timeout is not None else old.timeout
+    tb = rb.timeout if rb.timeout is not None else new.timeout
+    yield from _diff_timeout(name, name, ta, tb, loc(rb.timeout.span if rb.timeout else b.span))
+    yield from _diff_retry(name, name, ra.retry, rb.retry, loc(rb.retry.span if rb.retry else b.span))
+    for key in ("load_balance", "circuit_breaker", "outlier", "health_check", "rate_limit"):
+        nb = getattr(rb, key)
+        yield from _diff_policy(name, key, getattr(ra, key), nb, loc(nb.span if nb else b.span))
+    yield from _diff_faults(name, name, a.faults, b.faults, where)
+    rules_a = {rule_key(r): r for r in a.routes}
+    for r in b.routes:
+        k = rule_key(r)
+        o = rules_a.get(k)
+        if o is None:
+            continue
+        head = f"{name} [{k}]"
+        yield from _diff_timeout(name, head, o.timeout, r.timeout, loc(r.span))
+        yield from _diff_retry(name, head, o.retry, r.retry, loc(r.span))
+        yield from _diff_faults(name, head, o.faults, r.faults, loc(r.span))
+
+
+def _amplification_inputs(mesh: Mesh) -> str:
+    """What worst-case attempts depend on: calls, retries and route destinations."""
+    h = hashlib.sha1()
+    for s in mesh.services:
+        h.update(json.dumps([s.name, sorted(s.calls), plain(s.resilience.retry),
+                             [[plain(r.retry), sorted((d.service, d.version or "") for d in r.destinations)]
+                              for r in s.routes]], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _diff_amplification(old: Mesh, new: Mesh) -> Iterator[Change]:
+    try:
+        from meshc import graph
+    except ImportError:  # graph checks not installed: nothing to compare
+        return
+    if _amplification_inputs(old) == _amplification_inputs(new):
+        return
+    aa, ab = graph.amplification(old), graph.amplification(new)
+    for svc in sorted(aa.keys() | ab.keys()):
+        oa = aa.get(svc, (1, [svc]))
+        ob = ab.get(svc, (1, [svc]))
+        if oa[0] == ob[0]:
+            continue
+        path = ob[1] if svc in ab else oa[1]
+        chain = " -> ".join(str(p) for p in path) if path else svc
+        effect: Effect = "widening" if ob[0] > oa[0] else "narrowing"
+        yield Change("resilience", svc, f"{chain}: worst-case attempts {oa[0]} -> {ob[0]}", "changed", effect,
+                     "", oa[0], ob[0])
+
+
+# --------------------------------------------------------------------------- posture
+
+_MTLS_STRENGTH = {"strict": 2, "permissive": 1, "disabled": 0}
+_AUTHZ_STRENGTH = {"deny_by_default": 1, "allow_by_default": 0}
+_NORMALIZATION_STRENGTH = {"strict": 1, "off": 0}
+
+
+def _strength(table: dict[str, int], a: str, b: str) -> Effect:
+    return "widening" if table[b] < table[a] else "narrowing" if table[b] > table[a] else "neutral"
+
+
+def _diff_mesh_settings(old: Mesh, new: Mesh) -> Iterator[Change]:
+    where = loc(new.span)
+    if old.mtls != new.mtls:
+        yield Change("posture", "mesh", f"mesh: mtls {old.mtls} -> {new.mtls}", "changed",
+                     _strength(_MTLS_STRENGTH, old.mtls, new.mtls), where, old.mtls, new.mtls)
+    if old.authz != new.authz:
+        yield Change("posture", "mesh", f"mesh: authz {old.authz} -> {new.authz}", "changed",
+                     _strength(_AUTHZ_STRENGTH, old.authz, new.authz), where, old.authz, new.authz)
+    if old.path_normalization != new.path_normalization:
+        yield Change("posture", "mesh",
+                     f"mesh: path_normalization {old.path_normalization} -> {new.path_normalization}", "changed",
+                     _strength(_NORMALIZATION_STRENGTH, old.path_normalization, new.path_normalization), where)
+    for attr in ("name", "trust_domain", "namespace"):
+        if getattr(old, attr) != getattr(new, attr):
+            yield Change("posture", "mesh", f"mesh: {attr.replace('_', ' ')} {getattr(old, attr)} -> "
+                                            f"{getattr(new, attr)}", where=where)
+    if old.ingress_identity.spiffe != new.ingress_identity.spiffe:
+        yield Change("posture", "mesh", f"mesh: ingress identity {old.ingress_identity.spiffe} -> "
+                                        f"{new.ingress_identity.spiffe}", where=where)
+    oo, no = plain(old.observability), plain(new.observability)
+    for k in sorted(oo.keys() | no.keys()):
+        if oo.get(k) != no.get(k):
+            yield Change("posture", "mesh", f"mesh: {k.replace('_', ' ')} {oo.get(k)} -> {no.get(k)}", where=where)
+    if _timeout_ms(old.timeout) != _timeout_ms(new.timeout):
+        yield Change("resilience", "mesh", f"mesh: default timeout {dur(_timeout_ms(old.timeout))} -> "
+                                           f"{dur(_timeout_ms(new.timeout))}", "changed",
+                     _cmp(_timeout_ms(old.timeout), _timeout_ms(new.timeout)), where)
+
+
+def _diff_service_posture(old: Mesh, new: Mesh, a: Service, b: Service) -> Iterator[Change]:
+    name = b.name
+    # Report a service's mode only where it is not just the mesh-wide change inherited.
+    if a.mtls != b.mtls and (a.mtls, b.mtls) != (old.mtls, new.mtls):
+        yield Change("posture", name, f"{name}: mtls {a.mtls} -> {b.mtls}", "changed",
+                     _strength(_MTLS_STRENGTH, a.mtls, b.mtls), loc(b.span), a.mtls, b.mtls)
+    pa = {(p.protocol, p.number): p for p in a.ports}
+    for p in b.ports:
+        q = pa.get((p.protocol, p.number))
+        if q is None or q.mtls == p.mtls or (q.mtls, p.mtls) == (a.mtls, b.mtls):
+            continue
+        yield Change("posture", name, f"{name} port {p.name}: mtls {q.mtls} -> {p.mtls}", "changed",
+                     _strength(_MTLS_STRENGTH, q.mtls, p.mtls), loc(p.span), q.mtls, p.mtls)
+    yield from _diff_exposure(a, b)
+    yield from _diff_external(a, b)
+
+
+def _fmt_ingress(i: Any) -> str:
+    paths = ", ".join(f'{p.kind} "{p.value}"' for p in sorted(i.paths, key=lambda p: (p.kind, p.value))) or "all paths"
+    return f"port {i.port} hosts {', '.join(sorted(i.hosts))} paths {paths}"
+
+
+def _diff_exposure(a: Service, b: Service) -> Iterator[Change]:
+    name = b.name
+    ea, eb = a.expose, b.expose
+    if ea is None and eb is None:
+        return
+    if ea is None:
+        assert eb is not None
+        yield Change("posture", name, f"{name}: exposed on ingress {_fmt_ingress(eb)}", "added", "widening",
+                     loc(eb.span))
+        return
+    if eb is None:
+        yield Change("posture", name, f"{name}: exposed on ingress {_fmt_ingress(ea)}", "removed", "narrowing",
+                     loc(ea.span))
+        return
+    if plain(ea) == plain(eb):
+        return
+    where = loc(eb.span)
+    pa = {(p.kind, p.value) for p in ea.paths}
+    pb = {(p.kind, p.value) for p in eb.paths}
+    # An empty path list exposes every path.
+    for kind, value in sorted(pb - pa):
+        effect: Effect = "narrowing" if not pa else "widening"
+        yield Change("posture", name, f'{name}: ingress path {kind} "{value}"', "added", effect, where)
+    for kind, value in sorted(pa - pb):
+        effect = "widening" if not pb else "narrowing"
+        yield Change("posture", name, f'{name}: ingress path {kind} "{value}"', "removed", effect, where)
+    ha, hb = set(ea.hosts), set(eb.hosts)
+    if ha != hb:
+        effect = "widening" if "*" in hb - ha or (hb - ha and "*" not in ha) else \
+            "narrowing" if ha - hb else "neutral"
+        yield Change("posture", name, f"{name}: ingress hosts {_list(sorted(ha))} -> {_list(sorted(hb))}",
+                     "changed", effect, where)
+    if ea.port != eb.port:
+        yield Change("posture", name, f"{name}: ingress port {ea.port} -> {eb.port}", "changed", "neutral", where)
+
+
+def _diff_external(a: Service, b: Service) -> Iterator[Change]:
+    name = b.name
+    xa, xb = a.external, b.external
+    if plain(xa) == plain(xb):
+        return
+    if xa is None:
+        assert xb is not None
+        yield Change("posture", name, f"{name}: egress to {xb.host}", "added", "widening", loc(xb.span))
+        return
+    if xb is None:
+        yield Change("posture", name, f"{name}: egress to {xa.host}", "removed", "narrowing", loc(b.span))
+        return
+    where = loc(xb.span)
+    if xa.host != xb.host:
+        yield Change("posture", name, f"{name}: egress host {xa.host} -> {xb.host}", "changed", "widening", where)
+    if xa.tls_originate != xb.tls_originate:
+        effect: Effect = "widening" if xa.tls_originate else "narrowing"
+        yield Change("posture", name, f"{name}: tls originate {_onoff(xa.tls_originate)} -> "
+                                      f"{_onoff(xb.tls_originate)}", "changed", effect, where)
+    if xa.sni != xb.sni:
+        yield Change("posture", name, f"{name}: egress sni {xa.sni} -> {xb.sni}", "changed", "neutral", where)
+
+
+def _onoff(v: bool) -> str:
+    return "on" if v else "off"
+
+
+def _diff_new_service_posture(new: Mesh, names: Iterable[str]) -> Iterator[Change]:
+    """A new service's exposure and egress widen the mesh even though the service is new."""
+    for name in names:
+        s = new.service(name)
+        if s is None:
+            continue
+        if s.expose is not None:
+            yield Change("posture", name, f"{name}: exposed on ingress {_fmt_ingress(s.expose)}", "added",
+                         "widening", loc(s.expose.span))
+        if s.external is not None:
+            yield Change("posture", name, f"{name}: egress to {s.external.host}", "added", "widening",
+                         loc(s.external.span))
+
+
+# --------------------------------------------------------------------------- access
+
+
+def _rule_plains(mesh: Mesh) -> dict[int, str]:
+    """Each authorization rule once, canonical: order-free lists sorted, spans dropped, and a
+    service source resolved to its identity (a renamed service account changes the grant)."""
+    out = {}
+    for r in mesh.rules:
+        d = plain(r)
+        d["sources"] = sorted(
+            [s.kind, s.name, _identity_of(mesh, s.name) if s.kind == "service" else ""] for s in r.sources)
+        for k in ("destinations", "methods", "ports"):
+            d[k] = sorted(d[k])
+        for k in ("paths", "not_paths", "headers"):
+            d[k] = sorted(d[k], key=lambda x: json.dumps(x, sort_keys=True))
+        out[id(r)] = json.dumps(d, sort_keys=True)
+    return out
+
+
+def _identity_of(mesh: Mesh, name: str) -> str:
+    s = mesh.service(name)
+    return s.identity.spiffe if s else ""
+
+
+def _relevant(mesh: Mesh) -> tuple[dict[str, list[AuthzRule]], list[AuthzRule]]:
+    by: dict[str, list[AuthzRule]] = defaultdict(list)
+    star: list[AuthzRule] = []
+    for r in mesh.rules:
+        for d in dict.fromkeys(r.destinations):
+            (star if d == "*" else by[d]).append(r)
+    return by, star
+
+
+def _authz_fingerprints(mesh: Mesh) -> dict[str, str]:
+    """Per destination service: everything its effective grants depend on, canonical.
+
+    Rules are order-free (deny beats allow), so the relevant rules are compared sorted."""
+    by, star = _relevant(mesh)
+    plains = _rule_plains(mesh)
+    star_plain = sorted(plains[id(r)] for r in star)
+    uses_identity = any(s.kind in ("identity", "authenticated") for r in mesh.rules for s in r.sources)
+    # `identity NAME` sources match whichever services run as NAME: then the identity map counts.
+    ident_map = (hashlib.sha1(json.dumps(sorted((s.name, s.identity.spiffe) for s in mesh.services))
+                              .encode()).hexdigest() if uses_identity else "")
+    head = [mesh.mtls, mesh.authz, mesh.path_normalization, mesh.trust_domain,
+            mesh.ingress_identity.spiffe, ident_map, star_plain]
+    head_s = json.dumps(head)
+    out = {}
+    for s in mesh.services:
+        rules = sorted(plains[id(r)] for r in by.get(s.name, ()))
+        data = [head_s, s.identity.spiffe, s.mtls, s.external is not None,
+                sorted((p.protocol, p.number, p.mtls) for p in s.ports), rules]
+        out[s.name] = hashlib.sha1(json.dumps(data).encode()).hexdigest()
+    return out
+
+
+ANY = "*"
+OTHER_SOURCES = "(other services)"
+_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One class of requests both sides' rules distinguish: (method, path, port, header)."""
+
+    method: str | None
+    path: str | None
+    port: int | None
+    header: tuple[str, str] | None
+
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.method or "", self.path or "", str(self.port or ""),
+                "=".join(self.header) if self.header else "")
+
+
+def _path_candidates(atoms: list[PathMatch]) -> list[str]:
+    """Concrete paths that land in every region the path atoms distinguish (one per region)."""
+    from meshc import authz
+
+    cands = {"/", "/meshc-diff-unmatched"}
+    for a in atoms:
+        v = a.value if a.kind != "regex" else re.sub(r"[\\^$.*+?()\[\]{}|]", "", a.value)
+        if not v.startswith("/"):
+            v = "/" + v
+        base = v.rstrip("/") or "/"
+        cands |= {v, v + "x", v + "/x", base, base + "/", base + "/x", base + "x"}
+    regions: dict[tuple[bool, ...], str] = {}
+    for c in sorted(cands, key=lambda p: (len(p), p)):
+        norm = authz.normalize_path(c)
+        if norm is None:
+            continue
+        sig = tuple(authz.path_matches(a, norm) for a in atoms)
+        regions.setdefault(sig, norm)
+    return sorted(set(regions.values()))
+
+
+def _header_probe(m: StringMatch) -> tuple[str, str] | None:
+    if m.kind == "absent":
+        return None
+    if m.kind == "regex":
+        return (m.name, re.sub(r"[\\^$.*+?()\[\]{}|]", "", m.value))
+    return (m.name, m.value or "1")
+
+
+def _probes(rules: Iterable[AuthzRule], ports: set[int]) -> tuple[list[_Probe], dict[str, list[Any]]]:
+    rules = list(rules)
+    methods = sorted({m.upper() for r in rules for m in r.methods})
+    if methods:
+        other = next((m for m in _METHODS if m not in methods), "MESHC-OTHER")
+        mvals: list[str | None] = [*methods, other]
+    else:
+        mvals = [None]
+    atoms = {(p.kind, p.value): p for r in rules for p in (*r.paths, *r.not_paths)}
+    pvals: list[str | None] = list(_path_candidates(list(atoms.values()))) if atoms else [None]
+    rule_ports = {p for r in rules for p in r.ports}
+    all_ports = sorted(ports | rule_ports)
+    portvals: list[int | None] = list(all_ports) if all_ports else [None]
+    hdrs = sorted({h for r in rules for m in r.headers if (h := _header_probe(m)) is not None})
+    hvals: list[tuple[str, str] | None] = [None, *hdrs]
+    probes = [_Probe(m, p, po, h) for m in mvals for p in pvals for po in portvals for h in hvals]
+    return probes, {"method": mvals, "path": pvals, "port": portvals, "header": hvals}
+
+
+def _source_classes(old: Mesh, new: Mesh, rules: Iterable[AuthzRule]) -> list[str]:
+    """Callers to compare: every service a relevant rule names (or names by identity), the
+    ingress, plaintext callers, and one representative of every other service."""
+    named: set[str] = set()
+    idents: set[str] = set()
+    for r in rules:
+        for s in r.sources:
+            if s.kind == "service":
+                named.add(s.name)
+            elif s.kind == "identity":
+                idents.add(s.name)
+    if idents:
+        for mesh in (old, new):
+            for svc in mesh.services:
+                i = svc.identity
+                if i.name in idents or f"{i.namespace}/{i.name}" in idents:
+                    named.add(svc.name)
+    return sorted(named) + [OTHER_SOURCES, INGRESS_SRC, PLAINTEXT_SRC]
+
+
+INGRESS_SRC = "ingress"
+PLAINTEXT_SRC = "unauthenticated"
+
+
+def _representative(mesh: Mesh, named: set[str]) -> str | None:
+    """A service no relevant rule names and that is not the ingress: stands for all such."""
+    ingress = mesh.ingress_identity.spiffe
+    named_ids = {_identity_of(mesh, n) for n in named}
+    for s in mesh.services:
+        if s.name not in named and s.identity.spiffe not in named_ids and s.identity.spiffe != ingress:
+            return s.name
+    return None
+
+
+def _grants(mesh: Mesh, source: str | None, dest: str, probes: list[_Probe]) -> dict[_Probe, Any]:
+    from meshc import authz
+
+    out = {}
+    for p in probes:
+        d = authz.decide(mesh, source, dest, method=p.method, path=p.path, port=p.port,
+                         headers=dict([p.header]) if p.header else None)
+        if d.allowed:
+            out[p] = d
+    return out
+
+
+def _collapse(probes: set[_Probe], dims: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """Summarise a set of probes: a dimension all of whose values are present becomes ANY."""
+    rows = {(p.method, p.path, p.port, p.header) for p in probes}
+    names = ("method", "path", "port", "header")
+    for i, name in enumerate(names):
+        values = dims[name]
+        if len(values) <= 1:
+            rows = {r[:i] + (ANY,) + r[i + 1:] for r in rows}
+            continue
+        groups: dict[tuple[Any, ...], set[Any]] = defaultdict(set)
+        for r in rows:
+            groups[r[:i] + r[i + 1:]].add(r[i])
+        out = set()
+        for rest, vals in groups.items():
+            if vals >= set(values):
+                out.add(rest[:i] + (ANY,) + rest[i:])
+            else:
+                out |= {rest[:i] + (v,) + rest[i:] for v in vals}
+        rows = out
+    return sorted(rows, key=lambda r: json.dumps(r, default=str))
+
+
+def _merge_methods(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows that differ only in their (concrete) method become one row listing the methods."""
+    groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+    for r in rows:
+        groups[(r[0] == ANY,) + r[1:]].append(r[0])
+    out = []
+    for key, methods in groups.items():
+        out.append((ANY if key[0] else tuple(methods),) + key[1:])
+    return sorted(out, key=lambda r: json.dumps(r, default=str))
+
+
+def _fmt_request(row: tuple[Any, ...], methods: list[Any]) -> str:
+    method, path, port, header = row
+    bits = []
+    if method != ANY:
+        named = [m for m in method if m != methods[-1]]
+        if len(named) != len(method):
+            named.append(f"(methods other than {', '.join(methods[:-1])})")
+        bits.append(", ".join(named))
+    if path != ANY:
+        bits.append(path)
+    if port != ANY:
+        bits.append(f"port {port}")
+    if header != ANY:
+        bits.append("without matching headers" if header is None else f'header {header[0]} == "{header[1]}"')
+    return " ".join(bits)
+
+
+def _diff_access_pair(old: Mesh, new: Mesh, dest: str, probes: list[_Probe], dims: dict[str, list[Any]],
+                      label: str, src_old: str | None, src_new: str | None,
+                      has_old: bool, has_new: bool) -> Iterator[Change]:
+    ga = _grants(old, src_old, dest, probes) if has_old else {}
+    gb = _grants(new, src_new, dest, probes) if has_new else {}
+    if ga.keys() == gb.keys():
+        return
+    for op, gained, decisions in (("added", gb.keys() - ga.keys(), gb), ("removed", ga.keys() - gb.keys(), ga)):
+        if not gained:
+            continue
+        effect: Effect = "widening" if op == "added" else "narrowing"
+        first = min(gained, key=_Probe.key)
+        rule = decisions[first].rule
+        where = loc(rule.span) if rule is not None else ""
+        for row in _merge_methods(_collapse(set(gained), dims)):
+            req = _fmt_request(row, dims["method"])
+            text = f"allow {label} -> {dest}" + (f" {req}" if req else "")
+            yield Change("access", f"{label} -> {dest}", text, op, effect, where)  # type: ignore[arg-type]
+
+
+def _diff_access(old: Mesh, new: Mesh) -> Iterator[Change]:
+    fa, fb = _authz_fingerprints(old), _authz_fingerprints(new)
+    dests = sorted(n for n in fa.keys() | fb.keys() if fa.get(n) != fb.get(n))
+    if not dests:
+        return
+    by_a, star_a = _relevant(old)
+    by_b, star_b = _relevant(new)
+    for dest in dests:
+        rules = by_a.get(dest, []) + star_a + by_b.get(dest, []) + star_b
+        sa, sb = old.service(dest), new.service(dest)
+        ports = {p.number for s in (sa, sb) if s is not None for p in s.ports}
+        probes, dims = _probes(rules, ports)
+        classes = _source_classes(old, new, rules)
+        named = set(classes[:-3])
+        for label in classes:
+            if label == OTHER_SOURCES:
+                ra, rb = _representative(old, named), _representative(new, named)
+                if ra is None or rb is None:
+                    continue
+                src_a, src_b, in_a, in_b = ra, rb, True, True
+            elif label == PLAINTEXT_SRC:
+                src_a = src_b = None
+                in_a = in_b = True
+            elif label == INGRESS_SRC:
+                src_a = src_b = INGRESS_SRC
+                in_a = in_b = True
+            else:
+                src_a = src_b = label
+                in_a, in_b = old.service(label) is not None, new.service(label) is not None
+            yield from _diff_access_pair(old, new, dest, probes, dims, label, src_a, src_b,
+                                         in_a and sa is not None, in_b and sb is not None)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _compile(mesh: Mesh, target: str) -> dict[str, bytes] | str:
+    from meshc.backends import compile_mesh
+    from meshc.diagnostics import MeshcError
+
+    try:
+        return compile_mesh(mesh, target).files
+    except MeshcError as e:
+        first = e.diagnostics[0] if e.diagnostics else None
+        more = f" (+{len(e.diagnostics) - 1} more)" if len(e.diagnostics) > 1 else ""
+        return f"{first.code}: {first.message}{more}" if first else "failed"
+    except Exception as e:  # a backend bug must not hide the rest of the review
+        return f"internal error: {type(e).__name__}: {e}"
+
+
+def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Change]:
+    for t in targets:
+        fa, fb = _compile(old, t), _compile(new, t)
+        for side, res in (("old", fa), ("new", fb)):
+            if isinstance(res, str):
+                yield Change("targets", t, f"{t}: {side} side does not compile: {res}", "error")
+        if isinstance(fa, str) or isinstance(fb, str):
+            continue
+        for path in sorted(fb.keys() - fa.keys()):
+            yield Change("targets", t, f"{t}: {path}", "added")
+        for path in sorted(fa.keys() - fb.keys()):
+            yield Change("targets", t, f"{t}: {path}", "removed")
+        for path in sorted(fa.keys() & fb.keys()):
+            if fa[path] != fb[path]:
+                yield Change("targets", t, f"{t}: {path}", "changed")
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> Diff:
+    """Compare two resolved meshes by meaning. `targets`: also list changed generated files."""
+    changes: list[Change] = []
+    changes += _diff_services(old, new)
+    changes += _diff_mesh_settings(old, new)
+    names_a = {s.name for s in old.services}
+    common = sorted(names_a & {s.name for s in new.services})
+    for name in common:
+        a, b = old.service(name), new.service(name)
+        assert a is not None and b is not None
+        if a is b:
+            continue
+        changes += _diff_routes(a, b)
+        changes += _diff_resilience(old, new, a, b)
+        changes += _diff_service_posture(old, new, a, b)
+    changes += _diff_new_service_posture(new, sorted({s.name for s in new.services} - names_a))
+    changes += _diff_access(old, new)
+    changes += _diff_amplification(old, new)
+    if targets:
+        changes += diff_targets(old, new, targets)
+    return Diff(changes)
+
+
+# --------------------------------------------------------------------------- renderers
+
+_COLOURS = {"widening": "\x1b[31m", "narrowing": "\x1b[32m", "neutral": "\x1b[33m"}
+_BOLD, _RESET = "\x1b[1m", "\x1b[0m"
+
+
+def summary_line(diff: Diff) -> str:
+    if diff.empty:
+        return "no semantic changes"
+    n = len(diff.changes)
+    c = diff.counts()
+    return (f"{n} semantic change{'s' * (n != 1)}: {c['widening']} widening, {c['narrowing']} narrowing, "
+            f"{c['neutral']} neutral")
+
+
+def render_text(diff: Diff, color: bool = False) -> str:
+    if diff.empty:
+        return "no semantic changes\n"
+    out = []
+    for cat, items in diff.by_category().items():
+        title = f"{CATEGORY_TITLES[cat]} ({len(items)})"
+        out.append(f"{_BOLD}{title}{_RESET}" if color else title)
+        for c in items:
+            line = c.line()
+            if color:
+                line = f"{_COLOURS[c.effect]}{line}{_RESET}"
+            where = f"  ({c.where})" if c.where else ""
+            out.append(f"  {line}{where}")
+        out.append("")
+    out.append(summary_line(diff))
+    return "\n".join(out) + "\n"
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("`", "'")
+
+
+def render_markdown(diff: Diff, title: str = "meshc diff") -> str:
+    out = [f"### {title}", ""]
+    if diff.empty:
+        out += ["**No semantic changes.**", ""]
+        return "\n".join(out)
+    c = diff.counts()
+    flag = " :warning: widens access or weakens protection" if c["widening"] else ""
+    out += [f"**{summary_line(diff)}**{flag}", "",
+            "| category | widening | narrowing | neutral |", "|---|---:|---:|---:|"]
+    groups = diff.by_category()
+    for cat, items in groups.items():
+        counts = {e: sum(i.effect == e for i in items) for e in EFFECTS}
+        out.append(f"| {CATEGORY_TITLES[cat]} | {counts['widening']} | {counts['narrowing']} | "
+                   f"{counts['neutral']} |")
+    out.append("")
+    for cat, items in groups.items():
+        # Widening categories start open: that is what a reviewer must look at.
+        opened = " open" if any(i.effect == "widening" for i in items) else ""
+        out += [f"<details{opened}><summary><b>{CATEGORY_TITLES[cat]}</b> ({len(items)})</summary>", "",
+                "```diff"]
+        out += [_md_escape(i.line()) for i in items]
+        out += ["```", ""]
+        located = [i for i in items if i.where]
+        if located:
+            out += ["<sub>" + "; ".join(sorted({f"`{_md_escape(i.where)}`" for i in located})) + "</sub>", ""]
+        out += ["</details>", ""]
+    return "\n".join(out)
+
+
+def render_json(diff: Diff) -> str:
+    data = {"summary": {"changes": len(diff.changes), **diff.counts(), "widens": diff.widens},
+            "changes": [c.as_json() for c in diff.changes]}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Diff], str]] = {
+    "markdown": render_markdown,
+    "json": render_json,
+}
+
+
+# --------------------------------------------------------------------------- inputs
+
+_IMPORT = re.compile(r'^\s*import\s+"([^"]+)"', re.MULTILINE)
+
+
+def root_files(directory: Path) -> list[Path]:
+    """The root .mesh files of a directory: those no other file in it imports."""
+    files = sorted(p for p in directory.glob("*.mesh") if p.is_file())
+    imported: set[Path] = set()
+    for f in files:
+        for m in _IMPORT.finditer(f.read_text(encoding="utf-8", errors="replace")):
+            imported.add((f.parent / m.group(1)).resolve())
+    return [f for f in files if f.resolve() not in imported]
+
+
+def expand(paths: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        out += root_files(p) if p.is_dir() else [p]
+    return out
+
+
+def load_paths(paths: Sequence[Path]) -> Mesh:
+    from meshc.compiler import load
+
+    files = expand(paths)
+    if not files:
+        from meshc.diagnostics import Diagnostic, MeshcError
+
+        raise MeshcError([Diagnostic("E001", f"no .mesh files in {', '.join(map(str, paths))}")])
+    return load(files)
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+
+
+class UsageError(Exception):
+    pass
+
+
+def materialise(ref: str, cwd: Path, into: Path) -> Path:
+    """Extract the tree at `ref` of the repository around `cwd` into `into`; return the repo root.
+
+    The whole tree is extracted so that imports resolve at `ref` exactly as they did then."""
+    top = _git(["rev-parse", "--show-toplevel"], cwd)
+    if top.returncode != 0:
+        raise UsageError(f"not in a git repository: {cwd}")
+    root = Path(top.stdout.decode().strip())
+    commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
+    if commit.returncode != 0:
+        raise UsageError(f"unknown git revision '{ref}'")
+    tar = _git(["archive", "--format=tar", commit.stdout.decode().strip()], root)
+    if tar.returncode != 0:
+        raise UsageError(f"git archive {ref} failed: {tar.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
+        tf.extractall(into, filter="data")
+    return root
+
+
+def load_at_ref(ref: str, paths: Sequence[Path], tmp: Path) -> Mesh | None:
+    """Load the same paths as they were at `ref`. None when none of them existed then."""
+    cwd = Path.cwd()
+    root = materialise(ref, cwd, tmp)
+    mapped = []
+    for p in paths:
+        rel = (cwd / p).resolve().relative_to(root.resolve())
+        q = tmp / rel
+        if q.exists():
+            mapped.append(q)
+    if not mapped:
+        return None
+    return load_paths(mapped)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _report(err: Exception) -> int:
+    from meshc.diagnostics import MeshcError, render
+
+    if isinstance(err, MeshcError):
+        sources: dict[str, str] = {}
+        for d in err.diagnostics:
+            f = d.span.file
+            if f not in sources and os.path.isfile(f):
+                sources[f] = Path(f).read_text(encoding="utf-8", errors="replace")
+        sys.stderr.write(render(err.diagnostics, "text", sources, color=sys.stderr.isatty()))
+        return 1
+    sys.stderr.write(f"meshc diff: {err}\n")
+    return 2
+
+
+def _targets(arg: str | None) -> list[str]:
+    return [t.strip() for t in arg.split(",") if t.strip()] if arg else []
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths]
+    targets = _targets(args.target)
+    try:
+        if args.base:
+            new_paths = paths or [Path(".")]
+            new = load_paths(new_paths)
+            with tempfile.TemporaryDirectory(prefix="meshc-diff-") as tmp:
+                old = load_at_ref(args.base, new_paths, Path(tmp))
+                if old is None:
+                    old = Mesh(name=new.name)
+                result = semantic_diff(old, new, targets=targets).relabel(f"{tmp}{os.sep}", f"{args.base}:")
+        else:
+            if len(paths) != 2:
+                sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
+                return 2
+            old, new = load_paths([paths[0]]), load_paths([paths[1]])
+            result = semantic_diff(old, new, targets=targets)
+    except UsageError as e:
+        sys.stderr.write(f"meshc diff: {e}\n")
+        return 2
+    except Exception as e:
+        from meshc.diagnostics import MeshcError
+
+        if isinstance(e, MeshcError | OSError):
+            return _report(e)
+        raise
+    if args.format == "text":
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
+                                           and "NO_COLOR" not in os.environ)
+        sys.stdout.write(render_text(result, color=color))
+    else:
+        sys.stdout.write(RENDERERS[args.format](result))
+    if args.fail_on == "widen" and result.widens:
+        return 1
+    if args.fail_on == "any" and not result.empty:
+        return 1
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `meshc diff` and `meshc why` to the CLI."""
+    p = subparsers.add_parser(
+        "diff", help="semantic diff of two versions of a mesh (access, routing, resilience, posture)",
+        description="Compare two versions of a mesh by meaning: OLD NEW (files or directories of "
+                    ".mesh files; a directory means its files no other file imports), or --base REF "
+                    "[PATHS] to compare the working tree with git revision REF.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="OLD NEW, or with --base the new side (default .)")
+    p.add_argument("--base", metavar="REF", help="read the old side from git at REF (imports resolved at REF)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument("--fail-on", choices=("widen", "any", "never"), default="never",
+                   help="exit 1 when a change widens access or weakens protection (widen), or on any change")
+    p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=run_diff)
+    from meshc import why
+
+    why.register(subparsers)

@@ -1,0 +1,323 @@
+"""`meshc why SOURCE DEST [METHOD PATH]`: is this call allowed, and where does it go?
+
+Answers from the resolved model with the shared authorization evaluator (`meshc.authz`), and
+cites the `.mesh` lines that decide: the deciding allow/deny rule, the default posture, the
+mTLS settings of the destination port, and the route rule that would carry the request (with
+its split percentages). Exit code: 0 allowed, 1 refused, 2 usage error (e.g. unknown service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from meshc import authz
+from meshc.model import AuthzRule, Match, Mesh, RouteRule, Service, Span
+
+PLAINTEXT = "unauthenticated"
+
+
+# --------------------------------------------------------------------------- citing source lines
+
+
+class Sources:
+    """Reads .mesh files once, to quote the lines a span points at."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, list[str]] = {}
+
+    def lines(self, file: str) -> list[str]:
+        if file not in self._lines:
+            try:
+                self._lines[file] = Path(file).read_text(encoding="utf-8").splitlines()
+            except OSError:
+                self._lines[file] = []
+        return self._lines[file]
+
+    def line(self, file: str, n: int) -> str:
+        ls = self.lines(file)
+        return ls[n - 1].strip() if 0 < n <= len(ls) else ""
+
+    def block(self, span: Span) -> list[tuple[int, str]]:
+        """The numbered lines of the block a span opens (to its end, or its closing brace)."""
+        ls = self.lines(span.file)
+        if span.line <= 0 or span.line > len(ls):
+            return []
+        if span.end_line >= span.line:
+            end = span.end_line
+        else:
+            end = next((i + 1 for i in range(span.line, len(ls)) if ls[i].startswith("}")), len(ls))
+        return [(i, ls[i - 1]) for i in range(span.line, min(end, len(ls)) + 1)]
+
+    def find(self, span: Span, pattern: str) -> Citation | None:
+        """The last line of a block matching `pattern` (later settings override earlier ones)."""
+        rx = re.compile(pattern)
+        hits = [(n, t) for n, t in self.block(span) if rx.search(t.split("#", 1)[0])]
+        if not hits:
+            return None
+        n, text = hits[-1]
+        return Citation(f"{span.file}:{n}", text.strip())
+
+    def cite(self, span: Span) -> Citation:
+        return Citation(f"{span.file}:{span.line}", self.line(span.file, span.line))
+
+
+@dataclass(frozen=True)
+class Citation:
+    where: str
+    text: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"where": self.where, "text": self.text}
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _match_holds(m: Match, method: str | None, path: str | None, headers: dict[str, str],
+                 query: dict[str, str]) -> tuple[bool, bool]:
+    """(holds, failed only on headers or query): the second says which header would route it."""
+    request_ok = True
+    if m.path is not None and (path is None or not authz.path_matches(m.path, path)):
+        request_ok = False
+    if m.methods and (method is None or method.upper() not in {x.upper() for x in m.methods}):
+        request_ok = False
+    extra_ok = all(authz.header_matches(h, headers) for h in m.headers) and \
+        all(authz.header_matches(q, query) for q in m.query)
+    return request_ok and extra_ok, request_ok and not extra_ok
+
+
+@dataclass
+class RouteAnswer:
+    rule: RouteRule | None
+    index: int  # position in the table, -1: no table / no rule
+    conditional: list[RouteRule] = field(default_factory=list)  # earlier rules a header would pick
+
+
+def route_for(svc: Service, method: str | None, path: str | None, headers: dict[str, str],
+              query: dict[str, str]) -> RouteAnswer:
+    """The first route rule that holds for the request (first match wins)."""
+    cond: list[RouteRule] = []
+    for i, r in enumerate(svc.routes):
+        if r.is_default:
+            return RouteAnswer(r, i, cond)
+        results = [_match_holds(m, method, path, headers, query) for m in r.matches]
+        if any(h for h, _ in results):
+            return RouteAnswer(r, i, cond)
+        if any(c for _, c in results):
+            cond.append(r)
+    return RouteAnswer(None, -1, cond)
+
+
+# --------------------------------------------------------------------------- the answer
+
+
+def _rule_text(r: AuthzRule) -> str:
+    srcs = ", ".join(str(s) for s in r.sources)
+    bits = [f"{r.action} {srcs} -> {', '.join(r.destinations)}"]
+    if r.methods:
+        bits.append("methods " + ", ".join(r.methods))
+    if r.paths:
+        bits.append("paths " + ", ".join(authz.render_path(p) for p in r.paths))
+    if r.not_paths:
+        bits.append("except paths " + ", ".join(authz.render_path(p) for p in r.not_paths))
+    if r.ports:
+        bits.append("ports " + ", ".join(map(str, r.ports)))
+    if r.headers:
+        bits.append("headers " + ", ".join(authz.render_header(h) for h in r.headers))
+    return " ".join(bits)
+
+
+def explain(mesh: Mesh, source: str, dest: str, method: str | None = None, path: str | None = None,
+            port: int | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole answer as plain data (the text renderer and `--format json` print it).
+
+    Raises ValueError for an unknown source or destination."""
+    src = None if source == PLAINTEXT else source
+    svc = mesh.service(dest)
+    if svc is None:
+        raise ValueError(f"unknown destination service '{dest}'")
+    if src is not None and src != authz.INGRESS and mesh.service(src) is None:
+        raise ValueError(f"unknown source service '{src}'")
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    if port is None and len(svc.ports) == 1:
+        port = svc.ports[0].number
+    sources = Sources()
+    decision = authz.decide(mesh, src, dest, method=method, path=path, port=port, headers=headers)
+    acc = authz.access(mesh, src, dest)
+    out: dict[str, Any] = {
+        "source": source, "destination": dest, "method": method, "path": path, "port": port,
+        "allowed": decision.allowed, "status": decision.status, "reason": decision.reason,
+        "access": acc.level, "access_detail": str(acc),
+    }
+    if decision.rule is not None:
+        out["rule"] = {**sources.cite(decision.rule.span).as_json(), "rule": _rule_text(decision.rule)}
+    # The rules that make up the summary access, for a question without METHOD PATH.
+    out["granting_rules"] = [{**sources.cite(r.span).as_json(), "rule": _rule_text(r)} for r in acc.rules]
+    out["narrowing_rules"] = [{**sources.cite(r.span).as_json(), "rule": _rule_text(r)} for r in acc.denies]
+
+    default = sources.find(mesh.span, r"^\s*authz\s") if mesh.span.line > 0 else None
+    out["default"] = {"value": mesh.authz, **(default.as_json() if default else
+                                             {"where": "", "text": "(not written: the default)"})}
+    out["mtls"] = _mtls(mesh, svc, port, src, sources)
+    out["route"] = _route(mesh, svc, method, path, headers, sources)
+    return out
+
+
+def _mtls(mesh: Mesh, svc: Service, port: int | None, src: str | None, sources: Sources) -> dict[str, Any]:
+    p = next((x for x in svc.ports if x.number == port), None)
+    mode = p.mtls if p is not None else svc.mtls
+    where: Citation | None = None
+    if p is not None:
+        where = sources.find(svc.span, rf"^\s*port\s+\S+\s+{p.number}\b.*\bmtls\b")
+    if where is None and svc.span.line > 0:
+        where = sources.find(svc.span, r"^\s*mtls\s")
+    if where is None and mesh.span.line > 0:
+        where = sources.find(mesh.span, r"^\s*mtls\s")
+    ident = authz.identity_of(mesh, src) if src is not None else None
+    return {"mode": mode, "port": p.name if p else None,
+            "caller_identity": ident.spiffe if ident else None,
+            **(where.as_json() if where else {"where": "", "text": "(not written: the default)"})}
+
+
+def _route(mesh: Mesh, svc: Service, method: str | None, path: str | None, headers: dict[str, str],
+           sources: Sources) -> dict[str, Any]:
+    from meshc.diff import _fmt_action, _route_table, pct
+
+    if svc.external is not None:
+        return {"kind": "egress", "text": f"egress to {svc.external.host}", "where": ""}
+    if not svc.routes:
+        return {"kind": "default", "text": f"no route table: every endpoint of {svc.name}", "where": "",
+                "split": {f"{svc.name} (all versions)": "100%"}}
+    query: dict[str, str] = {}
+    norm = path
+    if path is not None:
+        raw, _, qs = path.partition("?")
+        query = dict(parse_qsl(qs, keep_blank_values=True))
+        norm = authz.normalize_path(raw) if mesh.path_normalization == "strict" else raw
+        norm = norm if norm is not None else raw
+    table = _route_table(svc)
+    if path is None and method is None:
+        return {"kind": "table", "where": "", "text": "route table (first match wins)",
+                "rules": [{**sources.cite(r.span).as_json(), "rule": f"{t.key} -> {_fmt_action(t)}"}
+                          for r, t in zip(svc.routes, table, strict=True)]}
+    ans = route_for(svc, method, norm, headers, query)
+    conditional = [{**sources.cite(r.span).as_json(), "rule": f"{table[svc.routes.index(r)].key}"}
+                   for r in ans.conditional]
+    if ans.rule is None:
+        return {"kind": "none", "text": "no route rule matches: 404", "where": "", "conditional": conditional}
+    t = table[ans.index]
+    return {"kind": "rule", **sources.cite(ans.rule.span).as_json(), "rule": f"{t.key} -> {_fmt_action(t)}",
+            "split": {k: pct(v) for k, v in sorted(t.split.items())}, "conditional": conditional}
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _cited(c: dict[str, Any], fallback: str = "") -> str:
+    """`file:line: source text` when the source is readable, else the canonical text."""
+    text = c.get("text") or c.get("rule") or fallback
+    return f"{c['where']}: {text}" if c.get("where") and not c["where"].endswith(":0") else text
+
+
+def render_text(a: dict[str, Any]) -> str:
+    req = " ".join(x for x in (a["method"], a["path"]) if x)
+    head = f"{a['source']} -> {a['destination']}" + (f" {req}" if req else "")
+    if a["method"] or a["path"]:
+        verdict = "ALLOWED" if a["allowed"] else f"DENIED ({a['status'] or 'connection refused'})"
+    else:
+        verdict = {"full": "ALLOWED (every request)", "partial": "PARTLY ALLOWED",
+                   "none": "DENIED"}[a["access"]]
+    out = [f"{head}: {verdict}"]
+    if a["method"] or a["path"] or a["access"] == "none":
+        out.append(f"  reason:  {a['reason']}")
+    if a["access"] == "partial":
+        out.append(f"  access: {a['access_detail']}")
+    if "rule" in a:
+        out.append(f"  rule:    {_cited(a['rule'])}")
+    if not (a["method"] or a["path"]):
+        for r in a["granting_rules"]:
+            out.append(f"  allowed by:  {_cited(r)}")
+        for r in a["narrowing_rules"]:
+            out.append(f"  narrowed by: {_cited(r)}")
+    d = a["default"]
+    out.append(f"  default: {d['value']}" + (f"  ({d['where']}: {d['text']})" if d["where"] else ""))
+    m = a["mtls"]
+    port = f" port {m['port']}" if m["port"] else ""
+    ident = f"; caller proves {m['caller_identity']}" if m["caller_identity"] and m["mode"] == "strict" else ""
+    out.append(f"  mtls:    {a['destination']}{port} is {m['mode']}{ident}"
+               + (f"  ({m['where']}: {m['text']})" if m["where"] else ""))
+    r = a["route"]
+    if r["kind"] == "rule":
+        out.append(f"  route:   {r['rule']}" + (f"  ({_cited(r)})" if r["text"] else ""))
+    elif r["kind"] == "table":
+        out.append("  routes (first match wins):")
+        out += [f"    {x['rule']}" + (f"  ({x['where']})" if x["text"] else "") for x in r["rules"]]
+    else:
+        out.append(f"  route:   {r['text']}")
+    for c in r.get("conditional", []):
+        at = f" ({c['where']})" if c["text"] else ""
+        out.append(f"    note: with a matching header or query, rule {c['rule']}{at} would take it first")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep:
+            k, sep, v = item.partition(":")
+        out[k.strip().lower()] = v.strip()
+    return out
+
+
+def run_why(args: argparse.Namespace) -> int:
+    from meshc.diagnostics import MeshcError
+    from meshc.diff import _report, load_paths
+
+    rest = args.request or []
+    if len(rest) not in (0, 2):
+        sys.stderr.write("meshc why: give SOURCE DEST, or SOURCE DEST METHOD PATH\n")
+        return 2
+    method, path = (rest[0].upper(), rest[1]) if rest else (None, None)
+    try:
+        mesh = load_paths([Path(p) for p in (args.mesh or ["."])])
+    except (MeshcError, OSError) as e:
+        return _report(e)
+    try:
+        answer = explain(mesh, args.source, args.dest, method, path, args.port, _headers(args.header or []))
+    except ValueError as e:
+        sys.stderr.write(f"meshc why: {e}\n")
+        return 2
+    if args.format == "json":
+        sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_text(answer))
+    allowed = answer["allowed"] if (method or path) else answer["access"] != "none"
+    return 0 if allowed else 1
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "why", help="is a call allowed, and where does it go? (cites the deciding .mesh lines)",
+        description="Explain a call: the deciding allow/deny rule, the default posture, mTLS, and the "
+                    "route rule that carries it. SOURCE is a service, 'ingress' or 'unauthenticated'. "
+                    "Exit 0 when allowed, 1 when refused.")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("request", nargs="*", metavar="METHOD PATH", help="a concrete request, e.g. GET /ratings/1")
+    p.add_argument("-m", "--mesh", action="append", metavar="PATH",
+                   help=".mesh file or directory (repeatable; default: the current directory)")
+    p.add_argument("--port", type=int, help="destination port (default: the service's only port)")
+    p.add_argument("-H", "--header", action="append", metavar="NAME=VALUE", help="request header (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run_why)
