@@ -1,0 +1,492 @@
+"""The native target: JSON configs for meshc's own asyncio sidecar proxy (meshc.runtime).
+
+Output (schema: meshc/runtime/config.py, exported to docs/native-config.schema.json, version 1):
+- `mesh.json`: the index of sidecars with their config file and listener ports;
+- `<service>.json`: one sidecar per mesh service (external services have none; an exposed
+  mesh also gets `_ingress.json`, the ingress gateway).
+
+Topology (docs/native.md): a service's sidecar has one *inbound* listener per (application
+instance, service port) that terminates mTLS, normalizes the path, authorizes and forwards to
+that instance; and one *outbound* loopback listener per (callee, callee port) in `calls`, which
+applies the callee's route table and load-balances over the callee's inbound listeners.
+
+Ports are allocated deterministically from the `base_port` option (default 15000): sidecars in
+order (ingress gateway first, then services by name); for each, the admin (metrics) port, then
+its inbound listeners (instances in declaration order x ports in declaration order), then its
+outbound listeners (callees by name x their ports in declaration order).
+
+Semantics are the Envoy target's: `retry N` = N retries; the route timeout covers every retry
+and "no timeout" is written explicitly (`timeout_ms: null`); `prefix` is a byte prefix and
+`under` a segment prefix; deny rules are listed (and evaluated) before allow rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from meshc.backends.base import FEATURES, Backend, Bundle
+
+from meshc.certs import cert_file_names
+from meshc.diagnostics import Diagnostic
+from meshc.model import (
+    HTTP_PROTOCOLS,
+    AuthzRule,
+    Destination,
+    Endpoint,
+    Fault,
+    HeaderOps,
+    Identity,
+    Match,
+    Mesh,
+    PathMatch,
+    Port,
+    Retry,
+    RouteRule,
+    Service,
+    Source,
+    StringMatch,
+    Timeout,
+)
+from meshc.runtime import config as C
+
+DEFAULT_BASE_PORT = 15000
+INGRESS = "_ingress"
+
+# Protocols the runtime proxies at L7 vs as bytes; http2/grpc are not spoken (E301).
+_LISTENER_PROTOCOL = {"http": "http", "tcp": "tcp", "tls": "tcp"}
+
+
+def _pct(p: int) -> float:
+    """Model percent (hundredths) -> config percent (float 0..100)."""
+    return p / 100
+
+
+@dataclass
+class _Instance:
+    """One application instance of a service: an endpoint (or none) and the versions it serves."""
+
+    endpoint: Endpoint | None
+    versions: list[str] = field(default_factory=list)
+
+
+def instances(svc: Service) -> list[_Instance]:
+    """The service's instances in declaration order; a version with no endpoints anywhere gets
+    a placeholder instance (no app: `meshc up` runs a demo upstream there)."""
+    out: list[_Instance] = []
+    by_ep: dict[str, _Instance] = {}
+    if not svc.versions:
+        return [_Instance(ep) for ep in svc.endpoints] or [_Instance(None)]
+    for v in svc.versions:
+        eps = svc.endpoints_of(v.name)
+        if not eps:
+            out.append(_Instance(None, [v.name]))
+            continue
+        for ep in eps:
+            inst = by_ep.get(str(ep))
+            if inst is None:
+                inst = by_ep[str(ep)] = _Instance(ep)
+                out.append(inst)
+            inst.versions.append(v.name)
+    return out
+
+
+def cluster_name(service: str, port: int, version: str | None) -> str:
+    return f"outbound|{port}|{version or ''}|{service}"
+
+
+class NativeBackend(Backend):
+    name: ClassVar[str] = "native"
+    description: ClassVar[str] = "meshc's own asyncio sidecar proxy (meshc proxy / meshc up)"
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "base_port": f"first port of the deterministic allocation (default {DEFAULT_BASE_PORT})",
+        "certs_dir": "certificate directory relative to mesh.json (default: certs)",
+        "host": "address every listener binds (default 127.0.0.1)",
+    }
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(
+        f for f in FEATURES
+        if f not in {"protocol.http2", "protocol.grpc", "slo"}
+    )
+
+    # ------------------------------------------------------------------ entry point
+
+    def lower(self, mesh: Mesh) -> Bundle:
+        bundle = Bundle()
+        try:
+            self.base_port = int(self.options.get("base_port", DEFAULT_BASE_PORT))
+        except ValueError:
+            self.base_port = -1
+        if not 1024 <= self.base_port <= 65000:
+            bundle.diagnostics.append(Diagnostic(
+                "E310", f"invalid native option base_port={self.options.get('base_port')!r}",
+                help="give a port number between 1024 and 65000"))
+            return bundle
+        self.host = self.options.get("host", "127.0.0.1")
+        self.certs = self.options.get("certs_dir", "certs").rstrip("/")
+        self.mesh = mesh
+        self._alloc(mesh)
+        if self._next_port > 65535:
+            bundle.diagnostics.append(Diagnostic(
+                "E311", f"the native port range starting at {self.base_port} overflows 65535 "
+                f"({self._next_port - self.base_port} ports needed)",
+                help="pass a lower --option base_port=..."))
+            return bundle
+        uses_tls = False
+        entries = []
+        for name in self._order:
+            cfg = self.lower_sidecar(name)
+            uses_tls = uses_tls or any(x.tls.mode != "disabled" for x in cfg.inbound) or any(
+                c.tls is not None and c.tls.mode == "mtls" for c in cfg.clusters)
+            fname = f"{name}.json"
+            bundle.add_json(fname, cfg.model_dump(mode="json"))
+            entries.append(C.IndexEntry(
+                service=name, config=fname, identity=cfg.identity, admin_port=cfg.admin.port,
+                inbound=tuple(C.IndexListener(name=x.name, port=x.port, protocol=x.protocol,
+                                              service_port=x.service_port, versions=x.versions, app=x.app)
+                              for x in cfg.inbound),
+                outbound=tuple(C.IndexListener(name=x.name, port=x.port, protocol=x.protocol,
+                                               callee=x.callee, service_port=x.callee_port)
+                               for x in cfg.outbound)))
+        index = C.MeshIndex(mesh=mesh.name, base_port=self.base_port,
+                            certs_dir=self.certs if uses_tls else None, sidecars=tuple(entries))
+        bundle.add_json("mesh.json", index.model_dump(mode="json"))
+        return bundle
+
+    # ------------------------------------------------------------------ ports
+
+    def _alloc(self, mesh: Mesh) -> None:
+        """Deterministic port allocation (the order is documented in docs/native.md)."""
+        port = self.base_port
+        self._order: list[str] = []
+        self._admin: dict[str, int] = {}
+        self._inbound: dict[tuple[str, int, int], int] = {}  # (service, instance#, svc port) -> port
+        self._outbound: dict[tuple[str, str, int], int] = {}  # (caller, callee, callee port) -> port
+        self._ingress_ports: dict[int, int] = {}  # exposed port -> listener port
+        if any(s.expose is not None for s in mesh.services):
+            self._order.append(INGRESS)
+            self._admin[INGRESS] = port
+            port += 1
+            for p in sorted({s.expose.port for s in mesh.services if s.expose is not None}):
+                self._ingress_ports[p] = port
+                port += 1
+        for svc in mesh.services:
+            if svc.external is not None:
+                continue
+            self._order.append(svc.name)
+            self._admin[svc.name] = port
+            port += 1
+            for i, _inst in enumerate(instances(svc)):
+                for p in svc.ports:
+                    self._inbound[(svc.name, i, p.number)] = port
+                    port += 1
+            for callee in self._callees(svc):
+                for p in callee.ports:
+                    self._outbound[(svc.name, callee.name, p.number)] = port
+                    port += 1
+        self._next_port = port
+
+    def _callees(self, svc: Service) -> list[Service]:
+        """Declared `calls`, services an allow rule lets it call by name, and whatever those
+        services' route tables send to (splits across services), sorted by name."""
+        names = set(svc.calls)
+        for r in self.mesh.rules:
+            if r.action == "allow" and any(s.kind == "service" and s.name == svc.name for s in r.sources):
+                names.update(d for d in r.destinations if d != "*")
+        for n in list(names):
+            callee = self.mesh.service(n)
+            for rule in callee.routes if callee else ():
+                names.update(d.service for d in rule.destinations)
+                if rule.mirror is not None:
+                    names.add(rule.mirror.destination.service)
+        names.discard(svc.name)
+        found = (self.mesh.service(n) for n in sorted(names))
+        return [c for c in found if c is not None and c.ports]
+
+    # ------------------------------------------------------------------ sidecars
+
+    def lower_sidecar(self, name: str) -> C.SidecarConfig:
+        mesh = self.mesh
+        obs = C.ObservabilityCfg(access_log=mesh.observability.access_log, metrics=mesh.observability.metrics,
+                                 trace_sampling_percent=_pct(mesh.observability.trace_sampling))
+        if name == INGRESS:
+            ident = mesh.ingress_identity
+            outbound = self.lower_ingress()
+            inbound: list[C.InboundListenerCfg] = []
+        else:
+            svc = mesh.service(name)
+            assert svc is not None
+            ident = svc.identity
+            inbound = self.lower_inbound(svc)
+            outbound = [self.lower_outbound(svc, callee, p)
+                        for callee in self._callees(svc) for p in callee.ports]
+        clusters = self.lower_clusters(ident, outbound)
+        return C.SidecarConfig(mesh=mesh.name, service=name, identity=ident.spiffe,
+                               admin=C.AdminCfg(host=self.host, port=self._admin[name]),
+                               inbound=tuple(inbound), outbound=tuple(outbound), clusters=tuple(clusters),
+                               observability=obs)
+
+    def _cert_paths(self, ident: Identity) -> dict[str, str]:
+        """The layout `meshc certs` writes (meshc/certs.py)."""
+        cert, key = cert_file_names(ident)
+        return {"ca": f"{self.certs}/ca.pem", "cert": f"{self.certs}/{cert}", "key": f"{self.certs}/{key}"}
+
+    def lower_inbound(self, svc: Service) -> list[C.InboundListenerCfg]:
+        out = []
+        rate = svc.resilience.rate_limit
+        rate_cfg = None if rate is None else C.RateLimitCfg(
+            tokens_per_second=rate.per_second, burst=rate.burst or rate.requests)
+        faults = tuple(self.lower_fault(f) for f in svc.faults)
+        for i, inst in enumerate(instances(svc)):
+            tag = "-".join(inst.versions) if inst.versions else "default"
+            for p in svc.ports:
+                proto = _LISTENER_PROTOCOL.get(p.protocol, "http")
+                app = None
+                if inst.endpoint is not None:
+                    # An endpoint's port serves the first declared port; further ports keep their
+                    # offset from it (as on the Envoy target).
+                    app = C.EndpointCfg(host=inst.endpoint.host,
+                                        port=inst.endpoint.port + (p.number - svc.ports[0].number))
+                tls = C.InboundTlsCfg(mode=p.mtls, **(self._cert_paths(svc.identity)
+                                                      if p.mtls != "disabled" else {}))
+                out.append(C.InboundListenerCfg(
+                    name=f"inbound|{p.number}|{tag}|{i}", protocol=proto, host=self.host,
+                    port=self._inbound[(svc.name, i, p.number)], service_port=p.number,
+                    versions=tuple(inst.versions), app=app, tls=tls,
+                    authz=self.lower_authz(svc.name, p.number),
+                    path_normalization=self.mesh.path_normalization,
+                    rate_limit=rate_cfg if proto == "http" else None,
+                    faults=faults if proto == "http" else ()))
+        return out
+
+    def lower_outbound(self, caller: Service, callee: Service, port: Port) -> C.OutboundListenerCfg:
+        proto = _LISTENER_PROTOCOL.get(port.protocol, "http")
+        common: dict[str, Any] = dict(
+            name=f"outbound|{port.number}||{callee.name}", protocol=proto, host=self.host,
+            port=self._outbound[(caller.name, callee.name, port.number)], callee=callee.name,
+            callee_port=port.number, path_normalization=self.mesh.path_normalization)
+        if callee.external is not None:
+            common["authz"] = self.lower_authz(callee.name, port.number)
+        if proto == "tcp":
+            return C.OutboundListenerCfg(cluster=cluster_name(callee.name, port.number, None), **common)
+        return C.OutboundListenerCfg(routes=tuple(self.lower_routes(callee, port)), **common)
+
+    def lower_ingress(self) -> list[C.OutboundListenerCfg]:
+        """One listener per exposed port; exposed paths (and hosts) route to the service's
+        endpoints. The service's own route table is applied by its callers' sidecars, not here."""
+        out = []
+        for ext_port, listen in self._ingress_ports.items():
+            routes = []
+            for svc in self.mesh.services:
+                if svc.expose is None or svc.expose.port != ext_port:
+                    continue
+                port = next((p for p in svc.ports if p.protocol in HTTP_PROTOCOLS), None)
+                if port is None:
+                    continue
+                hosts = [h for h in svc.expose.hosts if h != "*"]
+                host_match = () if not hosts else (C.StringMatchCfg(
+                    name="host", kind="regex", value=_host_regex(hosts)),)
+                paths = svc.expose.paths or (PathMatch(kind="prefix", value="/"),)
+                routes.append(C.RouteCfg(
+                    name=f"ingress|{svc.name}",
+                    matches=tuple(C.MatchCfg(path=self.lower_path(pm), headers=host_match) for pm in paths),
+                    clusters=(C.WeightedCluster(cluster=cluster_name(svc.name, port.number, None), weight=10_000),),
+                    timeout_ms=self._timeout(None, svc), retry=self.lower_retry(svc.resilience.retry)))
+            out.append(C.OutboundListenerCfg(
+                name=f"ingress|{ext_port}", protocol="http", host=self.host, port=listen,
+                callee="*", callee_port=ext_port, path_normalization=self.mesh.path_normalization,
+                routes=tuple(routes)))
+        return out
+
+    # ------------------------------------------------------------------ routes
+
+    def _timeout(self, rule_timeout: Timeout | None, svc: Service) -> int | None:
+        """Route timeout by precedence; None everywhere means explicitly no timeout."""
+        for t in (rule_timeout, svc.resilience.timeout, self.mesh.timeout):
+            if t is not None:
+                return t.ms
+        return None
+
+    def _dest_port(self, dest: Destination, port: Port) -> int:
+        svc = self.mesh.service(dest.service)
+        if svc is None or any(p.number == port.number for p in svc.ports):
+            return port.number
+        http = [p for p in svc.ports if p.protocol in HTTP_PROTOCOLS] or list(svc.ports)
+        return http[0].number if http else port.number
+
+    def _cluster(self, dest: Destination, port: Port) -> str:
+        return cluster_name(dest.service, self._dest_port(dest, port), dest.version)
+
+    def lower_routes(self, svc: Service, port: Port) -> list[C.RouteCfg]:
+        if not svc.routes:
+            return [C.RouteCfg(name=f"{svc.name}|default",
+                               clusters=(C.WeightedCluster(cluster=cluster_name(svc.name, port.number, None),
+                                                           weight=10_000),),
+                               timeout_ms=self._timeout(None, svc),
+                               retry=self.lower_retry(svc.resilience.retry))]
+        return [self.lower_route(svc, port, i, rule) for i, rule in enumerate(svc.routes)]
+
+    def lower_route(self, svc: Service, port: Port, i: int, rule: RouteRule) -> C.RouteCfg:
+        kw: dict[str, Any] = {}
+        if rule.redirect is not None:
+            r = rule.redirect
+            kw["redirect"] = C.RedirectCfg(path=r.path, host=r.host, scheme=r.scheme, port=r.port, code=r.code)
+        elif rule.respond is not None:
+            kw["respond"] = C.DirectResponseCfg(status=rule.respond.status, body=rule.respond.body)
+        else:
+            kw["clusters"] = _weighted([(self._cluster(d, port), d.weight) for d in rule.destinations])
+        if rule.rewrite is not None:
+            kw["rewrite"] = C.RewriteCfg(prefix=rule.rewrite.prefix, path=rule.rewrite.path,
+                                         host=rule.rewrite.host)
+        if rule.mirror is not None:
+            kw["mirror"] = C.MirrorCfg(cluster=self._cluster(rule.mirror.destination, port),
+                                       percent=_pct(rule.mirror.percent))
+        return C.RouteCfg(
+            name=f"{svc.name}|{i}|{rule.span}", matches=tuple(self.lower_match(m) for m in rule.matches),
+            request_headers=self.lower_header_ops(rule.request_headers),
+            response_headers=self.lower_header_ops(rule.response_headers),
+            timeout_ms=self._timeout(rule.timeout, svc),
+            retry=self.lower_retry(rule.retry if rule.retry is not None else svc.resilience.retry),
+            faults=tuple(self.lower_fault(f) for f in rule.faults), **kw)
+
+    def lower_retry(self, r: Retry | None) -> C.RetryCfg | None:
+        if r is None or r.attempts <= 0:
+            return None
+        base = r.backoff_base_ms if r.backoff_base_ms is not None else 25
+        return C.RetryCfg(num_retries=r.attempts, on=tuple(r.on), status_codes=tuple(r.status_codes),
+                          per_try_timeout_ms=r.per_try_ms, backoff_base_ms=base,
+                          backoff_max_ms=r.backoff_max_ms if r.backoff_max_ms is not None else base * 10,
+                          budget_percent=None if r.budget is None else _pct(r.budget))
+
+    @staticmethod
+    def lower_path(p: PathMatch) -> C.PathMatchCfg:
+        return C.PathMatchCfg(kind=p.kind, value=p.value)
+
+    @staticmethod
+    def lower_string(m: StringMatch) -> C.StringMatchCfg:
+        return C.StringMatchCfg(name=m.name, kind=m.kind, value=m.value)
+
+    def lower_match(self, m: Match) -> C.MatchCfg:
+        return C.MatchCfg(path=None if m.path is None else self.lower_path(m.path),
+                          headers=tuple(C.StringMatchCfg(name=h.name.lower(), kind=h.kind, value=h.value)
+                                        for h in m.headers),
+                          query=tuple(self.lower_string(q) for q in m.query),
+                          methods=tuple(x.upper() for x in m.methods))
+
+    @staticmethod
+    def lower_header_ops(h: HeaderOps | None) -> C.HeaderOpsCfg | None:
+        if h is None:
+            return None
+        return C.HeaderOpsCfg(set=tuple(C.HeaderKV(name=k, value=v) for k, v in h.set),
+                              add=tuple(C.HeaderKV(name=k, value=v) for k, v in h.add),
+                              remove=tuple(h.remove))
+
+    def lower_fault(self, f: Fault) -> C.FaultCfg:
+        return C.FaultCfg(matches=tuple(self.lower_match(m) for m in f.matches), delay_ms=f.delay_ms,
+                          delay_percent=_pct(f.delay_percent), abort_status=f.abort_status,
+                          abort_percent=_pct(f.abort_percent))
+
+    # ------------------------------------------------------------------ clusters
+
+    def lower_clusters(self, own_identity: Identity, listeners: Iterable[C.OutboundListenerCfg]) -> list[C.ClusterCfg]:
+        names: set[str] = set()
+        for lst in listeners:
+            if lst.cluster:
+                names.add(lst.cluster)
+            for r in lst.routes:
+                names.update(w.cluster for w in r.clusters)
+                if r.mirror:
+                    names.add(r.mirror.cluster)
+        return [self.lower_cluster(n, own_identity) for n in sorted(names)]
+
+    def lower_cluster(self, name: str, own_identity: Identity) -> C.ClusterCfg:
+        _, port_s, version, service = name.split("|")
+        port_no = int(port_s)
+        svc = self.mesh.service(service)
+        assert svc is not None
+        port = next((p for p in svc.ports if p.number == port_no), None)
+        proto = _LISTENER_PROTOCOL.get(port.protocol if port else "http", "http")
+        res = svc.resilience
+        kw: dict[str, Any] = {}
+        if res.load_balance is not None:
+            lb = res.load_balance
+            kw["lb"] = C.LbCfg(policy=lb.policy, hash_on=lb.hash_on, hash_key=lb.hash_key)
+        if res.circuit_breaker is not None:
+            cb = res.circuit_breaker
+            kw["circuit_breaker"] = C.CircuitBreakerCfg(**{
+                k: v for k, v in cb.model_dump(exclude={"span"}).items() if v is not None})
+        if res.outlier is not None:
+            o = res.outlier
+            kw["outlier"] = C.OutlierCfg(consecutive_5xx=o.consecutive_5xx, interval_ms=o.interval_ms,
+                                         base_ejection_ms=o.eject_ms, max_ejection_percent=_pct(o.max_percent))
+        if res.health_check is not None:
+            h = res.health_check
+            kw["health_check"] = C.HealthCheckCfg(
+                protocol="tcp" if h.protocol == "tcp" else "http", path=h.path, interval_ms=h.interval_ms,
+                timeout_ms=h.timeout_ms, unhealthy_threshold=h.unhealthy, healthy_threshold=h.healthy)
+        if svc.external is not None:
+            ext = svc.external
+            endpoints = (C.EndpointCfg(host=ext.host, port=port_no),)
+            if ext.tls_originate:
+                kw["tls"] = C.UpstreamTlsCfg(mode="tls", sni=ext.sni or ext.host)
+            kw["host_header"] = ext.host
+        else:
+            endpoints = tuple(
+                C.EndpointCfg(host=self.host, port=self._inbound[(svc.name, i, port_no)])
+                for i, inst in enumerate(instances(svc))
+                if (not version or version in inst.versions) and (svc.name, i, port_no) in self._inbound)
+            if port is not None and port.mtls != "disabled":
+                kw["tls"] = C.UpstreamTlsCfg(mode="mtls", expected_spiffe=(svc.identity.spiffe,),
+                                             **self._cert_paths(own_identity))
+        return C.ClusterCfg(name=name, protocol=proto, endpoints=endpoints,
+                            endpoints_file=f"endpoints/{service}{'.' + version if version else ''}.json",
+                            **kw)
+
+    # ------------------------------------------------------------------ authorization
+
+    def lower_principal(self, src: Source) -> C.PrincipalCfg:
+        mesh = self.mesh
+        if src.kind == "service":
+            target = mesh.service(src.name)
+            value = target.identity.spiffe if target is not None else ""
+            return C.PrincipalCfg(kind="spiffe", value=value)
+        if src.kind == "identity":
+            return C.PrincipalCfg(kind="service_account", value=src.name)
+        if src.kind == "ingress":
+            return C.PrincipalCfg(kind="spiffe", value=mesh.ingress_identity.spiffe)
+        if src.kind == "authenticated":
+            return C.PrincipalCfg(kind="authenticated", value=mesh.trust_domain)
+        return C.PrincipalCfg(kind=src.kind)  # any, unauthenticated
+
+    def lower_authz_rule(self, rule: AuthzRule) -> C.AuthzRuleCfg:
+        return C.AuthzRuleCfg(
+            name=str(rule.span), action=rule.action,
+            principals=tuple(self.lower_principal(s) for s in rule.sources),
+            methods=tuple(m.upper() for m in rule.methods),
+            paths=tuple(self.lower_path(p) for p in rule.paths),
+            not_paths=tuple(self.lower_path(p) for p in rule.not_paths),
+            ports=tuple(rule.ports),
+            headers=tuple(C.StringMatchCfg(name=h.name.lower(), kind=h.kind, value=h.value) for h in rule.headers))
+
+    def lower_authz(self, service: str, port: int) -> C.AuthzCfg:
+        """The rules naming this service (or `*`) that can apply to this port, deny first."""
+        rules = [r for r in self.mesh.rules
+                 if (service in r.destinations or "*" in r.destinations) and (not r.ports or port in r.ports)]
+        ordered = [r for r in rules if r.action == "deny"] + [r for r in rules if r.action == "allow"]
+        return C.AuthzCfg(default="deny" if self.mesh.authz == "deny_by_default" else "allow",
+                          rules=tuple(self.lower_authz_rule(r) for r in ordered))
+
+
+def _weighted(pairs: list[tuple[str, int]]) -> tuple[C.WeightedCluster, ...]:
+    """Merge duplicate clusters (two versions sharing endpoints stay distinct by name)."""
+    merged: dict[str, int] = {}
+    for name, w in pairs:
+        merged[name] = merged.get(name, 0) + w
+    return tuple(C.WeightedCluster(cluster=n, weight=w) for n, w in merged.items())
+
+
+def _host_regex(hosts: list[str]) -> str:
+    import re
+
+    alts = [re.escape(h).replace(r"\*", "[^.]+") for h in hosts]
+    return "(" + "|".join(alts) + r")(:[0-9]+)?"
