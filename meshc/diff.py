@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -1086,16 +1083,23 @@ RENDERERS: dict[str, Callable[[Diff], str]] = {
 # --------------------------------------------------------------------------- inputs
 
 _IMPORT = re.compile(r'^\s*import\s+"([^"]+)"', re.MULTILINE)
+# The old side of `--base` is read from git under this virtual root; locations under it are
+# shown as `REF:path` (relative to the repository root).
+GIT_ROOT = Path("/__meshc_base__")
+
+
+def _roots(files: list[Path], read: Callable[[Path], bytes]) -> list[Path]:
+    """Files no other file in the list imports."""
+    imported: set[str] = set()
+    for f in files:
+        for m in _IMPORT.finditer(read(f).decode("utf-8", errors="replace")):
+            imported.add(os.path.normpath(f.parent / m.group(1)))
+    return [f for f in files if os.path.normpath(f) not in imported]
 
 
 def root_files(directory: Path) -> list[Path]:
     """The root .mesh files of a directory: those no other file in it imports."""
-    files = sorted(p for p in directory.glob("*.mesh") if p.is_file())
-    imported: set[Path] = set()
-    for f in files:
-        for m in _IMPORT.finditer(f.read_text(encoding="utf-8", errors="replace")):
-            imported.add((f.parent / m.group(1)).resolve())
-    return [f for f in files if f.resolve() not in imported]
+    return _roots(sorted(p for p in directory.glob("*.mesh") if p.is_file()), Path.read_bytes)
 
 
 def expand(paths: Iterable[Path]) -> list[Path]:
@@ -1105,63 +1109,104 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _no_files(paths: Sequence[Path]) -> Exception:
+    from meshc.diagnostics import Diagnostic, MeshcError
+
+    return MeshcError([Diagnostic("E106", f"no .mesh files in {', '.join(map(str, paths))}")])
+
+
 def load_paths(paths: Sequence[Path]) -> Mesh:
     from meshc.compiler import load
 
     files = expand(paths)
     if not files:
-        from meshc.diagnostics import Diagnostic, MeshcError
-
-        raise MeshcError([Diagnostic("E001", f"no .mesh files in {', '.join(map(str, paths))}")])
+        raise _no_files(paths)
     return load(files)
-
-
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
 
 
 class UsageError(Exception):
     pass
 
 
-def materialise(ref: str, cwd: Path, into: Path) -> Path:
-    """Extract the tree at `ref` of the repository around `cwd` into `into`; return the repo root.
-
-    The whole tree is extracted so that imports resolve at `ref` exactly as they did then."""
-    top = _git(["rev-parse", "--show-toplevel"], cwd)
-    if top.returncode != 0:
-        raise UsageError(f"not in a git repository: {cwd}")
-    root = Path(top.stdout.decode().strip())
-    commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
-    if commit.returncode != 0:
-        raise UsageError(f"unknown git revision '{ref}'")
-    tar = _git(["archive", "--format=tar", commit.stdout.decode().strip()], root)
-    if tar.returncode != 0:
-        raise UsageError(f"git archive {ref} failed: {tar.stderr.decode().strip()}")
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
-        tf.extractall(into, filter="data")
-    return root
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
 
 
-def load_at_ref(ref: str, paths: Sequence[Path], tmp: Path) -> Mesh | None:
-    """Load the same paths as they were at `ref`. None when none of them existed then."""
-    cwd = Path.cwd()
-    root = materialise(ref, cwd, tmp)
-    mapped = []
+@dataclass
+class GitTree:
+    """Read-only view of the repository around `cwd` at a revision, for `meshc.compiler.load`'s
+    `read` hook: files are named GIT_ROOT/<path in the repository>."""
+
+    ref: str
+    cwd: Path
+    root: Path = field(init=False)
+    commit: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        top = _git(["rev-parse", "--show-toplevel"], self.cwd)
+        if top.returncode != 0:
+            raise UsageError(f"not in a git repository: {self.cwd}")
+        self.root = Path(top.stdout.decode().strip()).resolve()
+        rev = _git(["rev-parse", "--verify", "--quiet", f"{self.ref}^{{commit}}"], self.root)
+        if rev.returncode != 0:
+            raise UsageError(f"unknown git revision '{self.ref}'")
+        self.commit = rev.stdout.decode().strip()
+
+    def virtual(self, path: Path) -> Path:
+        """The name, at the revision, of a path given on the command line (relative to cwd)."""
+        rel = (self.cwd / path).resolve().relative_to(self.root)
+        return GIT_ROOT / rel
+
+    def _rel(self, path: Path) -> str:
+        rel = os.path.normpath(path).replace(os.sep, "/")
+        prefix = str(GIT_ROOT) + "/"
+        if not rel.startswith(prefix):
+            raise FileNotFoundError(2, "outside the repository", str(path))
+        return rel[len(prefix):]
+
+    def read(self, path: Path) -> bytes:
+        out = _git(["show", f"{self.commit}:{self._rel(path)}"], self.root)
+        if out.returncode != 0:
+            raise FileNotFoundError(2, f"not in {self.ref}", str(path))
+        return out.stdout
+
+    def kind(self, path: Path) -> str | None:
+        """'blob', 'tree' or None (absent at the revision)."""
+        rel = self._rel(path) if path != GIT_ROOT else ""
+        out = _git(["cat-file", "-t", f"{self.commit}:{rel}"], self.root)
+        return out.stdout.decode().strip() if out.returncode == 0 else None
+
+    def mesh_files(self, directory: Path) -> list[Path]:
+        rel = self._rel(directory) if directory != GIT_ROOT else ""
+        out = _git(["ls-tree", "--name-only", self.commit, (rel + "/") if rel else ""], self.root)
+        names = sorted(n for n in out.stdout.decode().splitlines() if n.endswith(".mesh"))
+        return [GIT_ROOT / n for n in names]
+
+
+def load_at_ref(ref: str, paths: Sequence[Path], cwd: Path | None = None) -> Mesh | None:
+    """Load the same paths as they were at `ref`, imports resolved at `ref` too.
+    None when none of them existed then."""
+    from meshc.compiler import load
+
+    tree = GitTree(ref, cwd or Path.cwd())
+    files: list[Path] = []
     for p in paths:
-        rel = (cwd / p).resolve().relative_to(root.resolve())
-        q = tmp / rel
-        if q.exists():
-            mapped.append(q)
-    if not mapped:
+        v = tree.virtual(p)
+        kind = tree.kind(v)
+        if kind == "tree":
+            files += _roots([f for f in tree.mesh_files(v) if tree.kind(f) == "blob"], tree.read)
+        elif kind == "blob":
+            files.append(v)
+    if not files:
         return None
-    return load_paths(mapped)
+    return load(files, read=tree.read)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _report(err: Exception) -> int:
+def _report(err: Exception, relabel: tuple[str, str] = ("", "")) -> int:
+    """Print load errors on stderr (exit 1); anything else is a usage problem (exit 2)."""
     from meshc.diagnostics import MeshcError, render
 
     if isinstance(err, MeshcError):
@@ -1170,7 +1215,8 @@ def _report(err: Exception) -> int:
             f = d.span.file
             if f not in sources and os.path.isfile(f):
                 sources[f] = Path(f).read_text(encoding="utf-8", errors="replace")
-        sys.stderr.write(render(err.diagnostics, "text", sources, color=sys.stderr.isatty()))
+        text = render(err.diagnostics, "text", sources, color=sys.stderr.isatty())
+        sys.stderr.write(text.replace(*relabel) if relabel[0] else text)
         return 1
     sys.stderr.write(f"meshc diff: {err}\n")
     return 2
@@ -1181,17 +1227,21 @@ def _targets(arg: str | None) -> list[str]:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from meshc.diagnostics import MeshcError
+
     paths = [Path(p) for p in args.paths]
     targets = _targets(args.target)
     try:
         if args.base:
             new_paths = paths or [Path(".")]
             new = load_paths(new_paths)
-            with tempfile.TemporaryDirectory(prefix="meshc-diff-") as tmp:
-                old = load_at_ref(args.base, new_paths, Path(tmp))
-                if old is None:
-                    old = Mesh(name=new.name)
-                result = semantic_diff(old, new, targets=targets).relabel(f"{tmp}{os.sep}", f"{args.base}:")
+            try:
+                old = load_at_ref(args.base, new_paths)
+            except MeshcError as e:
+                return _report(e, (str(GIT_ROOT) + "/", f"{args.base}:"))
+            if old is None:
+                old = Mesh(name=new.name)
+            result = semantic_diff(old, new, targets=targets).relabel(str(GIT_ROOT) + "/", f"{args.base}:")
         else:
             if len(paths) != 2:
                 sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
@@ -1201,12 +1251,8 @@ def run_diff(args: argparse.Namespace) -> int:
     except UsageError as e:
         sys.stderr.write(f"meshc diff: {e}\n")
         return 2
-    except Exception as e:
-        from meshc.diagnostics import MeshcError
-
-        if isinstance(e, MeshcError | OSError):
-            return _report(e)
-        raise
+    except (MeshcError, OSError) as e:
+        return _report(e)
     if args.format == "text":
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                            and "NO_COLOR" not in os.environ)

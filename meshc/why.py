@@ -42,7 +42,7 @@ class Sources:
 
     def line(self, file: str, n: int) -> str:
         ls = self.lines(file)
-        return ls[n - 1].strip() if 0 < n <= len(ls) else ""
+        return _uncomment(ls[n - 1]) if 0 < n <= len(ls) else ""
 
     def block(self, span: Span) -> list[tuple[int, str]]:
         """The numbered lines of the block a span opens (to its end, or its closing brace)."""
@@ -62,10 +62,21 @@ class Sources:
         if not hits:
             return None
         n, text = hits[-1]
-        return Citation(f"{span.file}:{n}", text.strip())
+        return Citation(f"{span.file}:{n}", _uncomment(text))
 
     def cite(self, span: Span) -> Citation:
         return Citation(f"{span.file}:{span.line}", self.line(span.file, span.line))
+
+
+def _uncomment(line: str) -> str:
+    """The line without a trailing `# comment` (a `#` inside a string is kept)."""
+    quoted = False
+    for i, ch in enumerate(line):
+        if ch == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            return " ".join(line[:i].split())
+    return " ".join(line.split())
 
 
 @dataclass(frozen=True)
