@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from meshc.backends.envoy import VERSION_HEADER, EnvoyBackend
+
 from meshc.certs import write_certs
 from meshc.model import (
     FULL,
