@@ -377,7 +377,9 @@ class Mesh(Node):
     # The identity of the ingress gateway: what `allow ingress -> svc` admits.
     ingress_identity: Identity = Identity(name="ingress-gateway", namespace="default",
                                           trust_domain="cluster.local")
-    timeout: Timeout | None = None  # mesh-wide default request timeout (None: no timeout)
+    # The mesh-wide default request timeout, as written. The resolver has already applied it to
+    # every HTTP service's resilience.timeout: backends and checks read only the service's.
+    timeout: Timeout | None = None
     services: tuple[Service, ...] = ()  # sorted by name
     rules: tuple[AuthzRule, ...] = ()  # in source order (order does not change meaning)
     files: tuple[str, ...] = ()  # every source file, root first

@@ -68,7 +68,7 @@ RETRY_CONDITIONS = ("5xx", "gateway-error", "connect-failure", "reset", "retriab
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 CB_KEYS = {"max_connections": "int", "max_pending": "int", "max_requests": "int", "max_retries": "int"}
 OUTLIER_KEYS = {"consecutive_5xx": "int", "interval": "ms", "eject": "ms", "max_percent": "percent"}
-HC_KEYS = {"interval": "ms", "timeout": "ms", "unhealthy": "int", "healthy": "int"}
+HC_KEYS = {"interval": "ms", "probe_timeout": "ms", "unhealthy": "int", "healthy": "int"}
 
 
 @dataclass
@@ -324,6 +324,9 @@ class Resolver:
             if block_faults:
                 faults = block_faults  # an overlay's faults replace the base's
 
+        if not any(p.protocol in ("http", "http2", "grpc") for p in ports.values()) and \
+                res.get("timeout") is mesh.get("timeout"):
+            res["timeout"] = None  # the mesh's request timeout means nothing to a TCP service
         svc_ns = single.get("namespace", ns)
         svc_mtls = single.get("mtls", mesh.get("mtls", "strict"))
         for number, (_mode, span) in port_mtls.items():
@@ -507,7 +510,7 @@ class Resolver:
     def health_check(self, s: A.SettingsDecl) -> HealthCheck:
         proto = self.enum(s.protocol, ("http", "tcp", "grpc"), "health-check protocol") if s.protocol else "http"
         kv = self._kv(s, HC_KEYS)
-        renamed = {{"interval": "interval_ms", "timeout": "timeout_ms"}.get(k, k): v for k, v in kv.items()}
+        renamed = {{"interval": "interval_ms", "probe_timeout": "timeout_ms"}.get(k, k): v for k, v in kv.items()}
         path = s.path.value if s.path else "/"
         if proto == "tcp" and s.path:
             self.err("E112", "a tcp health check has no path", s.path.span)

@@ -1,0 +1,295 @@
+"""The `meshc` command line.
+
+Payload on stdout, messages on stderr. Exit codes: 0 ok, 1 diagnostics (or changes) found,
+2 usage error. No input, however broken, produces a Python traceback: every failure of the
+user's making is a diagnostic; an internal error says so in one line and exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshc import __version__
+from meshc.diagnostics import Diagnostic, MeshcError, render
+
+# Modules that add their own sub-commands with `register(subparsers)`.
+PLUGINS = ("meshc.graph", "meshc.certs", "meshc.validate", "meshc.diff", "meshc.why",
+           "meshc.runtime.commands", "meshc.observe")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"meshc: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text",
+                   help="how to print diagnostics (github: workflow annotations; sarif: code scanning)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+
+def want_color(args: argparse.Namespace) -> bool:
+    if getattr(args, "color", "auto") == "always":
+        return True
+    if getattr(args, "color", "auto") == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return sys.stderr.isatty()
+
+
+def report(diags: Sequence[Diagnostic], args: argparse.Namespace, sources: dict[str, str] | None = None) -> None:
+    """Print diagnostics on stderr (text) or stdout (machine formats are the payload of `check`)."""
+    fmt = getattr(args, "format", "text")
+    if fmt not in ("text", "json", "github", "sarif"):
+        fmt = "text"
+    out = render(diags, fmt, sources or _sources_of(diags), color=want_color(args) and fmt == "text")
+    if not out:
+        return
+    stream = sys.stdout if fmt != "text" and args.command == "check" else sys.stderr
+    stream.write(out)
+
+
+def _sources_of(diags: Sequence[Diagnostic]) -> dict[str, str]:
+    out = {}
+    for d in diags:
+        f = d.span.file
+        if f and f not in out and os.path.isfile(f):
+            try:
+                out[f] = Path(f).read_text(errors="replace")
+            except OSError:
+                pass
+    return out
+
+
+def mesh_files(paths: Sequence[str]) -> list[Path]:
+    """Expand directories to their root .mesh files (those no other file there imports)."""
+    from meshc.parse import parse_file
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(p.glob("*.mesh"))
+            imported: set[Path] = set()
+            for f in files:
+                try:
+                    parsed = parse_file(str(f), f.read_bytes())
+                except MeshcError:
+                    continue
+                from meshc import ast as A
+
+                imported |= {(f.parent / d.path.value).resolve() for d in parsed.ast.decls
+                             if isinstance(d, A.ImportDecl)}
+            roots = [f for f in files if f.resolve() not in imported]
+            if not roots:
+                raise UsageError(f"no .mesh files in {p}")
+            out += roots
+        else:
+            out.append(p)
+    if not out:
+        raise UsageError("no input files")
+    return out
+
+
+def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from meshc.compiler import load_all
+
+    return load_all(mesh_files(args.files))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    report(loaded.warnings, args, loaded.sources)
+    if args.format == "sarif" and not loaded.warnings:
+        sys.stdout.write(render([], "sarif", {}))
+    elif args.format == "json" and not loaded.warnings:
+        sys.stdout.write("[]\n")
+    if args.format == "text":
+        s = loaded.mesh
+        print(f"{', '.join(s.files)}: ok ({len(s.services)} services, {len(s.rules)} rules, "
+              f"{len(loaded.warnings)} warnings)", file=sys.stderr)
+    return 1 if args.strict and loaded.warnings else 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from meshc import backends
+
+    if args.list_targets:
+        for name in backends.available():
+            cls = backends.get(name)
+            print(f"{name:12} {cls.description}")
+        return 0
+    if not args.files:
+        raise UsageError("compile needs .mesh files")
+    if not args.target:
+        raise UsageError("compile needs --target (one of: " + ", ".join(["model", *backends.available()]) + ", all)")
+    loaded = load(args)
+    report(loaded.warnings, args, loaded.sources)
+    targets = backends.available() if args.target == "all" else [t.strip() for t in args.target.split(",") if t]
+    options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in args.option)
+    bundles = {}
+    errors: list[Diagnostic] = []
+    for t in targets:
+        if t == "model":
+            from meshc.backends.base import Bundle
+
+            b = Bundle()
+            b.add_yaml("model.yaml", loaded.mesh.dump())
+            bundles[t] = b
+            continue
+        try:
+            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=args.unsupported, options=options)
+        except MeshcError as e:
+            errors += e.diagnostics
+    for b in bundles.values():
+        report(b.diagnostics, args, loaded.sources)
+    if errors:
+        raise MeshcError(errors)
+    if args.output is None:
+        for t, b in bundles.items():
+            for rel in sorted(b.files):
+                name = f"{t}/{rel}" if len(bundles) > 1 else rel
+                sys.stdout.write(f"# --- {name}\n")
+                sys.stdout.write(b.files[rel].decode(errors="replace"))
+                if not b.files[rel].endswith(b"\n"):
+                    sys.stdout.write("\n")
+        return 0
+    out = Path(args.output)
+    n = 0
+    for t, b in bundles.items():
+        n += len(b.write(out, t if len(bundles) > 1 or args.target == "all" else ""))
+    print(f"wrote {n} files to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from meshc.fmt import format_text
+    from meshc.parse import decode
+
+    changed = 0
+    errors: list[Diagnostic] = []
+    files = [Path(f) for f in args.files]
+    for f in files:
+        name = str(f)
+        try:
+            text = decode(name, f.read_bytes())
+            new = format_text(text, name)
+        except OSError as e:
+            raise UsageError(f"cannot read {f}: {e.strerror}") from None
+        except MeshcError as e:
+            errors += e.diagnostics
+            continue
+        if new == text:
+            continue
+        changed += 1
+        if args.check:
+            print(f"would reformat {f}", file=sys.stderr)
+            if args.diff:
+                import difflib
+
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                           f"{f}", f"{f} (formatted)"))
+        elif args.stdout:
+            sys.stdout.write(new)
+        else:
+            f.write_text(new)
+            print(f"reformatted {f}", file=sys.stderr)
+    if args.stdout and not changed and not errors:
+        for f in files:
+            sys.stdout.write(f.read_text())
+    if errors:
+        raise MeshcError(errors)
+    return 1 if args.check and changed else 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="meshc", description="Mesh-as-code: compile .mesh files to service-mesh configuration.")
+    p.add_argument("--version", action="version", version=f"meshc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="parse, resolve and run the graph checks")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    add_format(c)
+    c.set_defaults(func=cmd_check)
+
+    c = sub.add_parser("compile", help="compile to one or more targets")
+    c.add_argument("files", nargs="*", metavar="FILE")
+    c.add_argument("--target", "-t", help="target name, a comma-separated list, 'model' or 'all'")
+    c.add_argument("-o", "--output", help="output directory (default: print to stdout)")
+    c.add_argument("--unsupported", choices=("error", "warn"), default="error",
+                   help="what to do with features the target cannot express")
+    c.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a backend option, e.g. -X dynamic (see docs/capabilities.md)")
+    c.add_argument("--list-targets", action="store_true", help="list the targets and exit")
+    add_format(c)
+    c.set_defaults(func=cmd_compile)
+
+    c = sub.add_parser("fmt", help="print .mesh files in canonical form")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--check", action="store_true", help="exit 1 if any file would change; change nothing")
+    c.add_argument("--diff", action="store_true", help="with --check, show the changes")
+    c.add_argument("--stdout", action="store_true", help="print the result instead of rewriting files")
+    add_format(c)
+    c.set_defaults(func=cmd_fmt)
+
+    registered: set[object] = set()
+    for mod in PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        reg = getattr(m, "register", None)
+        if reg is None or reg in registered:
+            continue
+        registered.add(reg)
+        try:
+            reg(sub)
+        except argparse.ArgumentError:
+            pass  # a command another module already registered
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MeshcError as e:
+        report(e.diagnostics, args)
+        return 1
+    except UsageError as e:
+        print(f"meshc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - last line of defence: never a traceback
+        if os.environ.get("MESHC_DEBUG"):
+            raise
+        print(f"meshc: internal error: {type(e).__name__}: {e} (set MESHC_DEBUG=1 for a traceback; "
+              "please report it)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
