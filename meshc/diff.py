@@ -506,7 +506,8 @@ def _amplification_inputs(mesh: Mesh) -> str:
     h = hashlib.sha1()
     for s in mesh.services:
         h.update(json.dumps([s.name, sorted(s.calls), plain(s.resilience.retry),
-                             [[plain(r.retry), sorted((d.service, d.version or "") for d in r.destinations)]
+                             [[plain(r.retry), sorted((d.service, d.version or "") for d in r.destinations),
+                               r.mirror.destination.service if r.mirror else ""]
                               for r in s.routes]], sort_keys=True).encode())
     return h.hexdigest()
 
@@ -861,19 +862,22 @@ def _collapse(probes: set[_Probe], dims: dict[str, list[Any]]) -> list[tuple[Any
     return sorted(rows, key=lambda r: json.dumps(r, default=str))
 
 
-def _merge_methods(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows that differ only in their (concrete) method become one row listing the methods."""
+def _merge(rows: list[tuple[Any, ...]], dim: int) -> list[tuple[Any, ...]]:
+    """Rows that differ only in one (concrete) dimension become one row listing its values."""
     groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
     for r in rows:
-        groups[(r[0] == ANY,) + r[1:]].append(r[0])
+        groups[(r[dim] == ANY,) + r[:dim] + r[dim + 1:]].append(r[dim])
     out = []
-    for key, methods in groups.items():
-        out.append((ANY if key[0] else tuple(methods),) + key[1:])
+    for key, vals in groups.items():
+        rest = key[1:]
+        merged = ANY if key[0] else tuple(vals)
+        out.append(rest[:dim] + (merged,) + rest[dim:])
     return sorted(out, key=lambda r: json.dumps(r, default=str))
 
 
-def _fmt_request(row: tuple[Any, ...], methods: list[Any]) -> str:
+def _fmt_request(row: tuple[Any, ...], dims: dict[str, list[Any]]) -> str:
     method, path, port, header = row
+    methods = dims["method"]
     bits = []
     if method != ANY:
         named = [m for m in method if m != methods[-1]]
@@ -881,7 +885,8 @@ def _fmt_request(row: tuple[Any, ...], methods: list[Any]) -> str:
             named.append(f"(methods other than {', '.join(methods[:-1])})")
         bits.append(", ".join(named))
     if path != ANY:
-        bits.append(path)
+        missing = [p for p in dims["path"] if p not in path]
+        bits.append(f"any path except {', '.join(missing)}" if len(missing) < len(path) else ", ".join(path))
     if port != ANY:
         bits.append(f"port {port}")
     if header != ANY:
@@ -903,8 +908,8 @@ def _diff_access_pair(old: Mesh, new: Mesh, dest: str, probes: list[_Probe], dim
         first = min(gained, key=_Probe.key)
         rule = decisions[first].rule
         where = loc(rule.span) if rule is not None else ""
-        for row in _merge_methods(_collapse(set(gained), dims)):
-            req = _fmt_request(row, dims["method"])
+        for row in _merge(_merge(_collapse(set(gained), dims), 1), 0):
+            req = _fmt_request(row, dims)
             text = f"allow {label} -> {dest}" + (f" {req}" if req else "")
             yield Change("access", f"{label} -> {dest}", text, op, effect, where)  # type: ignore[arg-type]
 

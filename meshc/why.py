@@ -186,11 +186,11 @@ def _mtls(mesh: Mesh, svc: Service, port: int | None, src: str | None, sources: 
     mode = p.mtls if p is not None else svc.mtls
     where: Citation | None = None
     if p is not None:
-        where = sources.find(svc.span, rf"^\s*port\s+\S+\s+{p.number}\b.*\bmtls\b")
+        where = sources.find(svc.span, rf"^\s*mtls\s+\S+\s+on\s+port\s+{p.number}\b")
     if where is None and svc.span.line > 0:
-        where = sources.find(svc.span, r"^\s*mtls\s")
+        where = sources.find(svc.span, r"^\s*mtls\s+\S+\s*$")
     if where is None and mesh.span.line > 0:
-        where = sources.find(mesh.span, r"^\s*mtls\s")
+        where = sources.find(mesh.span, r"^\s*mtls\s+\S+\s*$")
     ident = authz.identity_of(mesh, src) if src is not None else None
     return {"mode": mode, "port": p.name if p else None,
             "caller_identity": ident.spiffe if ident else None,
