@@ -11,7 +11,7 @@ authorization, exposure, egress) and targets (generated files per backend). Ever
 classed widening (more access, weaker security, more amplification), narrowing or neutral.
 
 Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots.
-`register(subparsers)` adds `meshc diff` (and `meshc why`, from meshc.why) to the CLI.
+`register(subparsers)` adds `meshc diff` to the CLI; `meshc why` lives in meshc.why.
 """
 
 from __future__ import annotations
@@ -238,8 +238,10 @@ def _diff_inventory(a: Service, b: Service) -> Iterator[Change]:
     where = loc(b.span)
     if a.namespace != b.namespace:
         yield Change("services", name, f"{name}: namespace {a.namespace} -> {b.namespace}", where=where)
-    if a.identity.spiffe != b.identity.spiffe:
-        yield Change("services", name, f"{name}: identity {a.identity.spiffe} -> {b.identity.spiffe}",
+    # A trust-domain change moves every identity; it is reported once, on the mesh.
+    ia, ib = a.identity, b.identity
+    if (ia.namespace, ia.name) != (ib.namespace, ib.name):
+        yield Change("services", name, f"{name}: identity {ia.namespace}/{ia.name} -> {ib.namespace}/{ib.name}",
                      where=where)
     ap = {(p.protocol, p.number) for p in a.ports}
     bp = {(p.protocol, p.number) for p in b.ports}
@@ -559,9 +561,10 @@ def _diff_mesh_settings(old: Mesh, new: Mesh) -> Iterator[Change]:
         if getattr(old, attr) != getattr(new, attr):
             yield Change("posture", "mesh", f"mesh: {attr.replace('_', ' ')} {getattr(old, attr)} -> "
                                             f"{getattr(new, attr)}", where=where)
-    if old.ingress_identity.spiffe != new.ingress_identity.spiffe:
-        yield Change("posture", "mesh", f"mesh: ingress identity {old.ingress_identity.spiffe} -> "
-                                        f"{new.ingress_identity.spiffe}", where=where)
+    ia, ib = old.ingress_identity, new.ingress_identity
+    if (ia.namespace, ia.name) != (ib.namespace, ib.name):
+        yield Change("posture", "mesh", f"mesh: ingress identity {ia.namespace}/{ia.name} -> "
+                                        f"{ib.namespace}/{ib.name}", where=where)
     oo, no = plain(old.observability), plain(new.observability)
     for k in sorted(oo.keys() | no.keys()):
         if oo.get(k) != no.get(k):
@@ -1183,7 +1186,7 @@ class GitTree:
 
     def mesh_files(self, directory: Path) -> list[Path]:
         rel = self._rel(directory) if directory != GIT_ROOT else ""
-        out = _git(["ls-tree", "--name-only", self.commit, (rel + "/") if rel else ""], self.root)
+        out = _git(["ls-tree", "--name-only", self.commit, *([rel + "/"] if rel else [])], self.root)
         names = sorted(n for n in out.stdout.decode().splitlines() if n.endswith(".mesh"))
         return [GIT_ROOT / n for n in names]
 
@@ -1272,7 +1275,7 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add `meshc diff` and `meshc why` to the CLI."""
+    """Add `meshc diff` to the CLI (`meshc why` is registered by meshc.why)."""
     p = subparsers.add_parser(
         "diff", help="semantic diff of two versions of a mesh (access, routing, resilience, posture)",
         description="Compare two versions of a mesh by meaning: OLD NEW (files or directories of "
@@ -1286,6 +1289,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=run_diff)
-    from meshc import why
-
-    why.register(subparsers)

@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from meshc import authz
 from meshc.model import AuthzRule, Match, Mesh, RouteRule, Service, Span
 
 PLAINTEXT = "unauthenticated"
+MESH_BLOCK = r"^\s*(overlay\s+)?mesh\b[^{]*\{"
 
 
 # --------------------------------------------------------------------------- citing source lines
@@ -63,6 +65,42 @@ class Sources:
             return None
         n, text = hits[-1]
         return Citation(f"{span.file}:{n}", _uncomment(text))
+
+    def blocks(self, files: Iterable[str], header: str) -> list[tuple[str, bool, list[tuple[int, str]]]]:
+        """Every `{ ... }` block whose first line matches `header`, in every file: (file,
+        is an overlay, numbered lines). Braces are counted outside strings and comments."""
+        rx = re.compile(header)
+        out = []
+        for f in files:
+            ls = self.lines(f)
+            i = 0
+            while i < len(ls):
+                if not rx.search(ls[i]):
+                    i += 1
+                    continue
+                depth, body, j = 0, [], i
+                while j < len(ls):
+                    code = _uncomment(ls[j])
+                    code = re.sub(r'"([^"\\]|\\.)*"', '""', code)
+                    depth += code.count("{") - code.count("}")
+                    body.append((j + 1, ls[j]))
+                    j += 1
+                    if depth <= 0 and "{" in "".join(t for _, t in body):
+                        break
+                out.append((f, ls[i].lstrip().startswith("overlay"), body))
+                i = j
+        return out
+
+    def setting(self, files: Iterable[str], header: str, line: str) -> Citation | None:
+        """The line that sets a value: the last match in an overlay block, else in the block."""
+        rx = re.compile(line)
+        hits = [(overlay, f, n, t) for f, overlay, body in self.blocks(files, header)
+                for n, t in body if rx.search(_uncomment(t))]
+        if not hits:
+            return None
+        hits.sort(key=lambda h: h[0])  # stable: overlays last
+        _, f, n, t = hits[-1]
+        return Citation(f"{f}:{n}", _uncomment(t))
 
     def cite(self, span: Span) -> Citation:
         return Citation(f"{span.file}:{span.line}", self.line(span.file, span.line))
@@ -173,7 +211,7 @@ def explain(mesh: Mesh, source: str, dest: str, method: str | None = None, path:
     out["granting_rules"] = [{**sources.cite(r.span).as_json(), "rule": _rule_text(r)} for r in acc.rules]
     out["narrowing_rules"] = [{**sources.cite(r.span).as_json(), "rule": _rule_text(r)} for r in acc.denies]
 
-    default = sources.find(mesh.span, r"^\s*authz\s") if mesh.span.line > 0 else None
+    default = sources.setting(mesh.files, MESH_BLOCK, rf"^authz\s+{mesh.authz}$")
     out["default"] = {"value": mesh.authz, **(default.as_json() if default else
                                              {"where": "", "text": "(not written: the default)"})}
     out["mtls"] = _mtls(mesh, svc, port, src, sources)
@@ -184,13 +222,15 @@ def explain(mesh: Mesh, source: str, dest: str, method: str | None = None, path:
 def _mtls(mesh: Mesh, svc: Service, port: int | None, src: str | None, sources: Sources) -> dict[str, Any]:
     p = next((x for x in svc.ports if x.number == port), None)
     mode = p.mtls if p is not None else svc.mtls
+    block = rf"^\s*(overlay\s+)?(service|external)\s+{re.escape(svc.name)}\s*\{{"
     where: Citation | None = None
+    # The most specific setting that yields the effective mode: port, service, then mesh.
     if p is not None:
-        where = sources.find(svc.span, rf"^\s*mtls\s+\S+\s+on\s+port\s+{p.number}\b")
-    if where is None and svc.span.line > 0:
-        where = sources.find(svc.span, r"^\s*mtls\s+\S+\s*$")
-    if where is None and mesh.span.line > 0:
-        where = sources.find(mesh.span, r"^\s*mtls\s+\S+\s*$")
+        where = sources.setting(mesh.files, block, rf"^mtls\s+{mode}\s+on\s+port\s+{p.number}$")
+    if where is None:
+        where = sources.setting(mesh.files, block, rf"^mtls\s+{mode}$")
+    if where is None:
+        where = sources.setting(mesh.files, MESH_BLOCK, rf"^mtls\s+{mode}$")
     ident = authz.identity_of(mesh, src) if src is not None else None
     return {"mode": mode, "port": p.name if p else None,
             "caller_identity": ident.spiffe if ident else None,
