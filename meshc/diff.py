@@ -1067,12 +1067,8 @@ def render_markdown(diff: Diff, title: str = "meshc diff") -> str:
         opened = " open" if any(i.effect == "widening" for i in items) else ""
         out += [f"<details{opened}><summary><b>{CATEGORY_TITLES[cat]}</b> ({len(items)})</summary>", "",
                 "```diff"]
-        out += [_md_escape(i.line()) for i in items]
-        out += ["```", ""]
-        located = [i for i in items if i.where]
-        if located:
-            out += ["<sub>" + "; ".join(sorted({f"`{_md_escape(i.where)}`" for i in located})) + "</sub>", ""]
-        out += ["</details>", ""]
+        out += [_md_escape(i.line()) + (f"  @ {i.where}" if i.where else "") for i in items]
+        out += ["```", "", "</details>", ""]
     return "\n".join(out)
 
 
