@@ -93,6 +93,8 @@ class _Gaps:
         self.items: list[Diagnostic] = []
 
     def add(self, what: str, span: Span, hint: str = "") -> None:
+        if any(d.span == span and what in d.message for d in self.items):
+            return  # one construct lowered in several places: report it once
         self.items.append(Diagnostic(
             "E301", f"{what} cannot be expressed when targeting {self.backend}", span,
             label="not expressible on this target",

@@ -13,6 +13,7 @@ plus a `kustomization.yaml` listing them, so `kubectl apply -k DIR` applies the 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -172,6 +173,8 @@ def add_streams(bundle: Bundle, objects: Iterable[K8sObject]) -> None:
     """One YAML stream per namespace plus kustomization.yaml, deterministically ordered."""
     by_ns: dict[str, list[K8sObject]] = {}
     for obj in objects:
+        # plain, unshared data: a dict reused in two places would be dumped as a YAML alias
+        obj = json.loads(json.dumps(obj))
         by_ns.setdefault(namespace_of(obj), []).append(obj)
     files = []
     for ns in sorted(by_ns):

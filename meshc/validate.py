@@ -169,6 +169,40 @@ KNOWN_CEL: dict[str, Callable[[Any], bool]] = {
 }
 
 
+_FAMILIES: list[tuple[re.Pattern[str], Callable[..., Callable[[Any], bool]]]] = [
+    # Gateway API filter unions: the field named by `type` is set, and no other
+    (re.compile(r"^!\(has\(self\.(\w+)\) && self\.type != '(\w+)'\)$"),
+     lambda f, t: lambda v: not (f in v and v.get("type") != t)),
+    (re.compile(r"^!\(!has\(self\.(\w+)\) && self\.type == '(\w+)'\)$"),
+     lambda f, t: lambda v: not (f not in v and v.get("type") == t)),
+    (re.compile(r"^self\.filter\(f, f\.type == '(\w+)'\)\.size\(\) <= 1$"),
+     lambda t: lambda v: sum(1 for x in v if x.get("type") == t) <= 1),
+    (re.compile(r"^self\.type == '(\w+)' \? has\(self\.(\w+)\) : true$"),
+     lambda t, f: lambda v: v.get("type") != t or f in v),
+    (re.compile(r"^has\(self\.(\w+)\) \? self\.type == '(\w+)' : true$"),
+     lambda f, t: lambda v: f not in v or v.get("type") == t),
+    # Gateway API path values for Exact/PathPrefix
+    (re.compile(r"^\(self\.type in \['Exact','PathPrefix'\]\) \? self\.value\.startsWith\('(.*)'\) : true$"),
+     lambda x: lambda v: v.get("type") not in ("Exact", "PathPrefix") or str(v.get("value", "/")).startswith(x)),
+    (re.compile(r"^\(self\.type in \['Exact','PathPrefix'\]\) \? !self\.value\.contains\('(.*)'\) : true$"),
+     lambda x: lambda v: v.get("type") not in ("Exact", "PathPrefix") or x not in str(v.get("value", "/"))),
+    (re.compile(r"^\(self\.type in \['Exact','PathPrefix'\]\) \? !self\.value\.endsWith\('(.*)'\) : true$"),
+     lambda x: lambda v: v.get("type") not in ("Exact", "PathPrefix") or not str(v.get("value", "/")).endswith(x)),
+]
+
+
+@functools.lru_cache(maxsize=512)
+def cel_predicate(rule: str) -> Callable[[Any], bool] | None:
+    """A Python predicate for the CEL rules we evaluate; None for the rules we skip."""
+    if rule in KNOWN_CEL:
+        return KNOWN_CEL[rule]
+    for pattern, make in _FAMILIES:
+        m = pattern.match(rule)
+        if m:
+            return make(*m.groups())
+    return None
+
+
 # --------------------------------------------------------------------------- schema store
 
 
@@ -240,7 +274,7 @@ def _make_validator_class(store: SchemaStore) -> Any:
     def cel(validator: Any, rules: Any, instance: Any, schema: Any) -> Iterable[ValidationError]:
         for rule in rules or ():
             text = rule.get("rule", "") if isinstance(rule, dict) else ""
-            fn = KNOWN_CEL.get(text)
+            fn = cel_predicate(text)
             if fn is None:
                 store.skipped_rules[text] += 1
                 continue
@@ -291,11 +325,14 @@ def _schema_files(root: Path, target: str | None, experimental: bool) -> list[Pa
     return sorted(files, key=pref)
 
 
-@functools.lru_cache(maxsize=32)
-def load_schemas(schema_dir: Path, target: str | None = None, experimental: bool = False) -> SchemaStore:
+def load_schemas(schema_dir: Path | str, target: str | None = None, experimental: bool = False) -> SchemaStore:
     """Every CRD schema under `schema_dir` (restricted to the target's sub-folder when the
-    directory is laid out like ../shared/schemas). Raises FileNotFoundError if absent."""
-    root = Path(schema_dir).resolve()
+    directory is laid out like ../shared/schemas), cached. Raises FileNotFoundError if absent."""
+    return _load_schemas(Path(schema_dir).resolve(), target, bool(experimental))
+
+
+@functools.lru_cache(maxsize=32)
+def _load_schemas(root: Path, target: str | None, experimental: bool) -> SchemaStore:
     if not root.is_dir():
         raise FileNotFoundError(f"schema directory {schema_dir} does not exist; {SCHEMAS_HELP}")
     store = SchemaStore(root)
@@ -470,7 +507,7 @@ def validate_object(obj: Any, store: SchemaStore | None) -> list[tuple[str, str]
 def _store_for(schema_dir: Path | str | None, target: str | None, experimental: bool) -> SchemaStore | None:
     if schema_dir is None:
         return None
-    return load_schemas(Path(schema_dir).resolve(), target, experimental)
+    return load_schemas(schema_dir, target, experimental)
 
 
 def validate_objects(objs: Iterable[Any], schema_dir: Path | str | None, *, target: str | None = None,
@@ -575,7 +612,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 1
     problems = validate_files(files, schema_dir, target=args.target, experimental=args.experimental)
-    store = load_schemas(Path(schema_dir).resolve(), args.target, args.experimental)
+    store = load_schemas(schema_dir, args.target, args.experimental)
     if args.format == "json":
         print(json.dumps([p.__dict__ for p in problems], indent=2))
     else:

@@ -1,0 +1,202 @@
+"""meshc validate: strict CRD-schema checks, Kubernetes formats, CEL subset, core round trips, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshc.validate import (
+    SCHEMAS_HELP,
+    check_core,
+    load_schemas,
+    parse_go_duration,
+    register,
+    validate_files,
+    validate_objects,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT.parent / "shared" / "schemas"
+REALWORLD = ROOT.parent / "shared" / "realworld" / "istio-bookinfo"
+needs_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"{SCHEMAS} is absent: {SCHEMAS_HELP}")
+
+
+def vs(http: list[dict]) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "r", "namespace": "default"}, "spec": {"hosts": ["r"], "http": http}}
+
+
+def messages(objs: list[dict], target: str | None = "istio") -> list[str]:
+    return [f"{p.path}: {p.message}" for p in validate_objects(objs, SCHEMAS, target=target)]
+
+
+def test_go_durations() -> None:
+    assert parse_go_duration("1m30s") == 90_000
+    assert parse_go_duration("250ms") == 250
+    assert parse_go_duration("1.5h") == 5_400_000
+    assert parse_go_duration("0") == 0
+    for bad in ("", "5", "1d", "PT5S", "s", "1 s"):
+        assert parse_go_duration(bad) is None, bad
+
+
+@needs_schemas
+def test_realworld_istio_files_are_valid() -> None:
+    for f in sorted(REALWORLD.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+        assert messages(docs) == [], f.name
+
+
+@needs_schemas
+def test_unknown_fields_rejected_at_every_level() -> None:
+    obj = vs([{"route": [{"destination": {"host": "r", "subsett": "v1"}}], "retrys": {}}])
+    obj["spec"]["hostz"] = []
+    obj["extra"] = 1
+    msgs = messages([obj])
+    assert any(m.startswith("spec.http[0].route[0].destination:") and "subsett" in m for m in msgs)
+    assert any(m.startswith("spec.http[0]:") and "retrys" in m for m in msgs)
+    assert any(m.startswith("spec:") and "hostz" in m for m in msgs)
+    assert any("extra" in m for m in msgs)
+
+
+@needs_schemas
+def test_preserve_unknown_fields_is_respected() -> None:
+    # Linkerd's Server podSelector.matchLabels is x-kubernetes-preserve-unknown-fields
+    server = {"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
+              "metadata": {"name": "s", "namespace": "default"},
+              "spec": {"port": "http", "podSelector": {"matchLabels": {"anything": "goes"}}}}
+    assert messages([server], "linkerd") == []
+
+
+@needs_schemas
+def test_int_or_string_and_int32() -> None:
+    base = {"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server", "metadata": {"name": "s"}}
+    ok = [dict(base, spec={"port": 8080, "podSelector": {}}), dict(base, spec={"port": "http", "podSelector": {}})]
+    assert messages(ok, "linkerd") == []
+    bad = dict(base, spec={"port": [8080], "podSelector": {}})
+    assert messages([bad], "linkerd")
+    big = vs([{"route": [{"destination": {"host": "r"}, "weight": 2**31}]}])
+    assert any("weight" in m for m in messages([big]))
+
+
+@needs_schemas
+def test_durations_checked_through_the_istio_cel_rule_and_gateway_pattern() -> None:
+    assert messages([vs([{"route": [{"destination": {"host": "r"}}], "timeout": "1m30s"}])]) == []
+    for bad in ("0s", "10", "abc", "1d"):
+        msgs = messages([vs([{"route": [{"destination": {"host": "r"}}], "timeout": bad}])])
+        assert any("timeout" in m for m in msgs), bad
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+             "spec": {"rules": [{"timeouts": {"request": "1.5s"}}]}}
+    assert any("timeouts.request" in m for m in messages([route], "gateway-api"))
+
+
+@needs_schemas
+def test_skipped_cel_rules_are_counted_and_said() -> None:
+    store = load_schemas(SCHEMAS.resolve(), "gateway-api")
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+             "spec": {"parentRefs": [{"name": "x", "kind": "Service", "group": ""}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]}}
+    validate_objects([route], SCHEMAS, target="gateway-api")
+    assert sum(store.skipped_rules.values()) > 0
+    assert "skipped" in store.skipped_note()
+
+
+@needs_schemas
+def test_gateway_backend_ref_needs_a_port_cel_rule_is_evaluated() -> None:
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+             "spec": {"rules": [{"backendRefs": [{"name": "svc"}]}]}}
+    assert any("port" in m for m in messages([route], "gateway-api"))
+
+
+@needs_schemas
+def test_target_selects_schema_folder_and_experimental_channel() -> None:
+    retry_route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+                   "spec": {"rules": [{"retry": {"attempts": 2}}]}}
+    assert any("retry" in p.message for p in validate_objects([retry_route], SCHEMAS, target="gateway-api"))
+    assert validate_objects([retry_route], SCHEMAS, target="gateway-api", experimental=True) == []
+    unknown = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}}
+    assert "no schema" in validate_objects([unknown], SCHEMAS)[0].message
+
+
+def test_core_round_trip() -> None:
+    good = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "selector": {"app": "a"}}}
+    assert check_core(good) == []
+    unknown = json.loads(json.dumps(good))
+    unknown["spec"]["ports"][0]["bogus"] = 1
+    assert [p for p, _ in check_core(unknown)] == ["spec.ports[0].bogus"]
+    wrong_type = json.loads(json.dumps(good))
+    wrong_type["spec"]["ports"][0]["port"] = "eighty"
+    assert check_core(wrong_type)
+    missing = json.loads(json.dumps(good))
+    del missing["spec"]["ports"][0]["port"]
+    assert check_core(missing)
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bookinfo-reviews"}}
+    assert check_core(sa) == []
+
+
+def test_metadata_names_checked_without_schemas() -> None:
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "Bad_Name", "namespace": "x"}}
+    assert any(p.path == "metadata.name" for p in validate_objects([sa], None))
+
+
+def test_kustomization_resources_must_exist() -> None:
+    files = {"kustomization.yaml": b"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                                  b"resources: [a.yaml, missing.yaml]\n",
+             "a.yaml": b"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n"}
+    probs = validate_files(files, None)
+    assert [p.message for p in probs] == ["resource 'missing.yaml' is not in the output"]
+
+
+def test_crd_manifests_are_read_like_extracted_schemas(tmp_path: Path) -> None:
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "widgets.example.com"},
+           "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}, "scope": "Namespaced",
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                        "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                            "size": {"type": "integer", "format": "int32"},
+                            "wait": {"type": "string", "format": "duration"},
+                            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}}}]}}
+    (tmp_path / "crds.yaml").write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Namespace"}, crd]))
+    ok = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+          "spec": {"size": 3, "wait": "5s", "free": {"x": 1}}}
+    assert validate_objects([ok], tmp_path) == []
+    bad = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+           "spec": {"size": 2**40, "wait": "5 seconds", "colour": "red"}}
+    paths = sorted(p.path for p in validate_objects([bad], tmp_path))
+    assert paths == ["spec", "spec.size", "spec.wait"]
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="meshc")
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)  # type: ignore[no-any-return]
+
+
+@needs_schemas
+def test_cli_on_yaml_and_mesh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["validate", str(REALWORLD / "virtual-service-all-v1.yaml"), "--target", "istio",
+                 "--schemas", str(SCHEMAS)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(vs([{"route": [{"destination": {"host": "r"}}], "timeout": "soon"}])))
+    assert _run(["validate", str(bad), "--target", "istio", "--schemas", str(SCHEMAS)]) == 1
+    assert "timeout" in capsys.readouterr().err
+    assert _run(["validate", str(ROOT / "examples" / "bookinfo" / "bookinfo.mesh"), "--target", "istio",
+                 "--schemas", str(SCHEMAS)]) == 0
+    assert _run(["validate", str(bad), "--schemas", str(tmp_path / "nope")]) == 2
+    assert "CRD schemas come from" in capsys.readouterr().err
+
+
+@needs_schemas
+def test_gateway_filter_union_rules_are_evaluated() -> None:
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+             "spec": {"rules": [{"filters": [{"type": "URLRewrite",
+                                              "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}],
+                                 "matches": [{"path": {"type": "PathPrefix", "value": "/a//b"}}]}]}}
+    msgs = messages([route], "gateway-api")
+    assert any("filters[0]" in m for m in msgs)
+    assert any("matches[0].path" in m for m in msgs)
