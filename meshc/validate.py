@@ -334,7 +334,7 @@ def load_schemas(schema_dir: Path | str, target: str | None = None, experimental
 @functools.lru_cache(maxsize=32)
 def _load_schemas(root: Path, target: str | None, experimental: bool) -> SchemaStore:
     if not root.is_dir():
-        raise FileNotFoundError(f"schema directory {schema_dir} does not exist; {SCHEMAS_HELP}")
+        raise FileNotFoundError(f"schema directory {root} does not exist; {SCHEMAS_HELP}")
     store = SchemaStore(root)
     cls = _make_validator_class(store)
     for path in _schema_files(root, target, experimental):
