@@ -1,0 +1,1049 @@
+"""The HTTP/1.1 data plane of the native proxy, shaped like uvicorn's httptools protocol.
+
+`Downstream` is an `asyncio.Protocol` driven by httptools' `HttpRequestParser` callbacks;
+`Upstream` is one pooled keep-alive connection driven by `HttpResponseParser`. Bodies are never
+collected: each chunk goes straight to the other side, and explicit flow control keeps memory
+constant (a side whose peer's write buffer passes its high-water mark stops reading until it
+drains: `pause_reading`/`resume_reading` driven by `pause_writing`/`resume_writing`).
+Per request, one small task runs the control flow that has to wait (faults, connection
+acquisition, retries with backoff); all byte movement happens in the protocol callbacks.
+
+Robustness: llhttp refuses malformed requests and the classic smuggling vectors
+(Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold); any other
+Transfer-Encoding than `chunked` is refused (501). A malformed request gets 400 and the
+connection closes; upstream garbage gets 502. Header size, body size, header-read (slowloris)
+and idle timeouts are enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from meshc.runtime.cluster import Cluster, ConnectFailure, Endpoint, Overflow
+
+if TYPE_CHECKING:
+    from meshc.runtime.server import HttpListener, Sidecar
+
+log = logging.getLogger("meshc.proxy")
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
+           303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
+           400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
+           429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+HIGH_WATER = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class UpstreamReset(Exception):
+    """The upstream closed or reset before a complete response head."""
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream answered something that is not HTTP/1.x."""
+
+
+class PerTryTimeout(Exception):
+    pass
+
+
+def reason(status: int) -> bytes:
+    return REASONS.get(status, "Unknown").encode()
+
+
+# =========================================================================== downstream
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection to a listener. Pipelined requests are answered in order."""
+
+    def __init__(self, slot: Any, peer_identity: Callable[[Any], str | None] | None = None):
+        # `slot.runtime` is the listener's current config; each request takes the one current
+        # when its headers arrive, so a reload never changes a request in flight.
+        self.slot = slot
+        self.listener: HttpListener = slot.runtime
+        self.sidecar: Sidecar = slot.sidecar
+        self.peer_identity = peer_identity
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_event_loop()
+        self.peer: str | None = None
+        self.client_ip = ""
+        self.queue: deque[Stream] = deque()
+        self.current: Stream | None = None
+        self.parsing: Stream | None = None
+        self.closing = False
+        self.write_paused = False
+        self._blocks: set[str] = set()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hsize = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._error_status = 0
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        peername = transport.get_extra_info("peername")
+        self.client_ip = peername[0] if peername else ""
+        if self.peer_identity is not None:
+            self.peer = self.peer_identity(transport)
+        self.sidecar.connections.add(self)
+        self.gauge = self.listener.conn_gauge
+        self.gauge.inc()
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.sidecar.connections.discard(self)
+        self.gauge.dec()
+        self._cancel_timers()
+        if self.current is not None:
+            self.current.downstream_lost()
+        for s in self.queue:
+            s.downstream_lost()
+        self.queue.clear()
+
+    def _cancel_timers(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(self.listener.limits.idle_timeout_ms / 1000, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self.current is None and self.parsing is None and not self.queue:
+            self.close()
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self.current is None and not self.queue:
+            self.local_error(408, b"request header read timeout")
+        else:
+            self._error_status = 408
+            self.block_read("error")
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now if idle, else after the request in flight."""
+        if self.current is None and self.parsing is None and not self.queue:
+            self.close()
+
+    # ------------------------------------------------------------------ flow control
+
+    def block_read(self, why: str) -> None:
+        if not self._blocks and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self._blocks.add(why)
+
+    def unblock_read(self, why: str) -> None:
+        if why in self._blocks:
+            self._blocks.discard(why)
+            if not self._blocks and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        s = self.current
+        if s is not None and s.upstream is not None:
+            s.upstream.block_read()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        s = self.current
+        if s is not None and s.upstream is not None:
+            s.upstream.unblock_read()
+
+    # ------------------------------------------------------------------ parsing
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self._error_status:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(501)
+        except httptools.HttpParserCallbackError as e:
+            self._fail(431 if isinstance(e.__context__, _TooLarge) else 400)
+        except httptools.HttpParserError:
+            self._fail(400)
+
+    def _fail(self, status: int) -> None:
+        """A request we cannot parse: answer once the requests before it are answered, then close."""
+        if self.parsing is not None and self.parsing is not self.current:
+            # Its headers were accepted but the body is broken: it will never be answered.
+            try:
+                self.queue.remove(self.parsing)
+            except ValueError:
+                pass
+        if self.parsing is not None:
+            self.parsing.body_broken()
+            self.parsing = None
+        if self.current is None:
+            self.local_error(status, b"malformed request")
+        else:
+            self._error_status = status
+            self.block_read("error")
+
+    def local_error(self, status: int, body: bytes) -> None:
+        if self.transport is None or self.closing:
+            return
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, reason(status), len(body), body))
+        self.close()
+
+    def on_message_begin(self) -> None:
+        self.listener = self.slot.runtime
+        self._url = b""
+        self._headers = []
+        self._hsize = 0
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.listener.limits.header_timeout_ms / 1000,
+                                                      self._header_expired)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hsize += len(url)
+        if self._hsize > self.listener.limits.max_request_header_bytes:
+            raise _TooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hsize += len(name) + len(value) + 4
+        if self._hsize > self.listener.limits.max_request_header_bytes:
+            raise _TooLarge
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        p = self.parser
+        stream = Stream(self, p.get_method().decode("latin-1"), self._url, self._headers,
+                        p.get_http_version() == "1.1", p.should_keep_alive())
+        if p.should_upgrade():
+            stream.reject = 501
+        self.parsing = stream
+        self.queue.append(stream)
+        if self.current is None:
+            self._start_next()
+        else:
+            self.block_read("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        s = self.parsing
+        self.parsing = None
+        if s is not None:
+            s.end_body()
+
+    # ------------------------------------------------------------------ requests
+
+    def _start_next(self) -> None:
+        if self.queue:
+            self.current = self.queue.popleft()
+            self.current.start()
+
+    def stream_done(self, stream: Stream) -> None:
+        if self.current is not stream:
+            return
+        self.current = None
+        if self.closing:
+            return
+        if not stream.keep_alive or self.sidecar.draining or stream.close_after:
+            self.close()
+            return
+        if self.queue:
+            self._start_next()
+            return
+        if self._error_status:
+            self.local_error(self._error_status, b"malformed request")
+            return
+        self.unblock_read("pipeline")
+        if self.parsing is None:
+            self._arm_idle()
+
+
+# =========================================================================== upstream
+
+
+class Upstream(asyncio.Protocol):
+    """One pooled HTTP/1.1 connection to an upstream endpoint; serves one exchange at a time."""
+
+    cluster: Cluster
+    endpoint: Endpoint
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Any = None  # the Stream (or mirror sink) of the current exchange
+        self.closed = False
+        self.idle_since = 0.0
+        self.keep_alive = True
+        self.head_only = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hsize = 0
+        self._read_blocked = False
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        if hasattr(self, "cluster"):
+            try:
+                self.endpoint.idle.remove(self)
+            except ValueError:
+                pass
+            self.cluster.connection_closed()
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.upstream_lost(self, was_closed)
+
+    def reusable(self, now: float, idle_timeout: float) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing() \
+            and now - self.idle_since < idle_timeout
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def block_read(self) -> None:
+        if not self._read_blocked and self.transport is not None and not self.closed:
+            self._read_blocked = True
+            self.transport.pause_reading()
+
+    def unblock_read(self) -> None:
+        if self._read_blocked and self.transport is not None and not self.closed:
+            self._read_blocked = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.sink is not None:
+            self.sink.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.sink is not None:
+            self.sink.upstream_write_paused(False)
+
+    def begin(self, sink: Any, head: bytes, head_only: bool) -> None:
+        self.sink = sink
+        self.head_only = head_only
+        self._headers = []
+        self._hsize = 0
+        self.unblock_read()
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:
+            self.abort()  # bytes on an idle connection: it cannot be trusted for reuse
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            sink, self.sink = self.sink, None
+            self.abort()
+            if sink is not None:
+                sink.upstream_garbage(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hsize += len(name) + len(value)
+        if self._hsize > 1 << 17:
+            raise _TooLarge
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, self._headers = self._headers, []
+        if 100 <= status < 200:
+            return  # interim responses are not forwarded
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.sink is not None:
+            self.sink.response_head(self, status, headers)
+        if self.head_only and self.sink is not None:
+            # llhttp would wait for a body a HEAD response never has; finish by hand and
+            # do not reuse the connection (the parser's state is off by one message).
+            self.keep_alive = False
+            sink, self.sink = self.sink, None
+            sink.response_complete(self, False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.response_complete(self, self.keep_alive)
+
+
+# =========================================================================== one request
+
+
+class Stream:
+    """One request: its body (streamed, kept for replay up to the retry buffer), its control
+    task, and the response streaming back."""
+
+    def __init__(self, conn: Downstream, method: str, url: bytes, headers: list[tuple[bytes, bytes]],
+                 http11: bool, keep_alive: bool):
+        self.conn = conn
+        self.listener = conn.listener
+        self.method = method
+        self.url = url.decode("latin-1")
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.start_time = time.monotonic()
+        self.reject = 0
+        self.close_after = False
+        self.hdict: dict[str, str] = {}
+        for n, v in headers:
+            k = n.decode("latin-1")
+            self.hdict[k] = self.hdict[k] + "," + v.decode("latin-1") if k in self.hdict else v.decode("latin-1")
+        te = self.hdict.get("transfer-encoding")
+        self.chunked_in = te is not None
+        if te is not None and te.strip().lower() != "chunked":
+            self.reject = 501
+        cl = self.hdict.get("content-length")
+        self.content_length = int(cl) if cl and cl.strip().isdigit() else 0
+        self.has_body = self.chunked_in or self.content_length > 0
+        self.body_done = not self.has_body
+        self.body_failed = False
+        self.bytes_in = 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        limit = self.listener.limits.retry_buffer_bytes
+        self.replay: list[bytes] | None = [] if limit > 0 else None
+        self.replay_bytes = 0
+        self.sent_any = False
+        self.upstream: Upstream | None = None
+        self.body_sink: Upstream | None = None
+        self.up_chunked = False
+        self.task: asyncio.Task[Any] | None = None
+        self.head_fut: asyncio.Future[Any] | None = None
+        self.body_done_fut: asyncio.Future[Any] | None = None
+        self.done_fut: asyncio.Future[Any] | None = None
+        self.forwarding = False
+        self.resp_status = 0
+        self.resp_head: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.resp_pending: list[bytes] = []
+        self.resp_done: bool | None = None  # set when the upstream message completed early
+        self.resp_chunked_out = False
+        self.resp_no_body = False
+        self.bytes_out = 0
+        self.finished = False
+        self.timed_out = False
+        self.response_started = False
+        self.route_name = "-"
+        self.upstream_label = "-"
+        self.cluster_name = "-"
+        self.trace_id = ""
+        self.response_ops: Any = None
+        self._expect_continue = self.hdict.get("expect", "").lower() == "100-continue"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self.reject:
+            self.close_after = True
+            self.respond(self.reject, b"not supported")
+            return
+        self.task = self.conn.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        try:
+            await self.listener.handle(self)
+        except asyncio.CancelledError:
+            if self.timed_out and not self.response_started:
+                self.respond(504, b"upstream request timeout")
+            elif not self.finished:
+                self._abort_all()
+        except Exception:  # a bug must cost one request, never the proxy
+            log.exception("%s: request failed", self.conn.sidecar.name)
+            if not self.response_started:
+                self.respond(500, b"internal proxy error")
+            else:
+                self._abort_all()
+
+    def _abort_all(self) -> None:
+        if self.upstream is not None:
+            self.upstream.sink = None
+            self.upstream.abort()
+            self.upstream = None
+        self.conn.abort()
+        self.finish()
+
+    def downstream_lost(self) -> None:
+        if self.finished:
+            return
+        if self.upstream is not None:
+            self.upstream.sink = None
+            self.upstream.abort()
+            self.upstream = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.finish()
+
+    # ------------------------------------------------------------------ request body
+
+    def feed_body(self, chunk: bytes) -> None:
+        self.bytes_in += len(chunk)
+        limit = self.listener.limits.max_request_body_bytes
+        if limit and self.bytes_in > limit:
+            self.body_failed = True
+            self.close_after = True
+            if self.body_done_fut is not None and not self.body_done_fut.done():
+                self.body_done_fut.set_result(None)
+            if not self.response_started and self.conn.current is self:
+                if self.task is not None:
+                    self.task.cancel()
+                self._drop_upstream()
+                self.respond(413, b"request body too large")
+            else:
+                self.conn.abort()
+            return
+        if self.replay is not None:
+            if self.replay_bytes + len(chunk) <= self.listener.limits.retry_buffer_bytes:
+                self.replay.append(chunk)
+                self.replay_bytes += len(chunk)
+            else:
+                self.replay = None
+        sink = self.body_sink
+        if sink is not None:
+            sink.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.up_chunked else chunk)
+            self.sent_any = True
+        else:
+            self.pending.append(chunk)
+            self.pending_bytes += len(chunk)
+            if self.pending_bytes > HIGH_WATER:
+                self.conn.block_read("body")
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.body_sink is not None and self.up_chunked:
+            self.body_sink.write(b"0\r\n\r\n")
+        if self.body_done_fut is not None and not self.body_done_fut.done():
+            self.body_done_fut.set_result(None)
+
+    def body_broken(self) -> None:
+        self.body_failed = True
+        self.close_after = True
+        if self.body_done_fut is not None and not self.body_done_fut.done():
+            self.body_done_fut.set_result(None)
+
+    def replayable(self) -> bool:
+        return not self.has_body or self.replay is not None or not self.sent_any
+
+    async def wait_body(self) -> None:
+        """Wait for the whole request body (used before starting the route timeout)."""
+        if not self.body_done and not self.body_failed:
+            self.body_done_fut = self.conn.loop.create_future()
+            await self.body_done_fut
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.conn.block_read("upstream")
+        else:
+            self.conn.unblock_read("upstream")
+
+    # ------------------------------------------------------------------ one attempt
+
+    def send(self, up: Upstream, head: bytes, chunked: bool) -> None:
+        """Start an exchange on `up`: the head, the body so far, then the rest as it comes."""
+        self.upstream = up
+        self.resp_head = None
+        self.resp_pending = []
+        self.resp_done = None
+        self.up_chunked = chunked
+        self.head_fut = self.conn.loop.create_future()
+        up.begin(self, head, self.method == "HEAD")
+        if self.has_body:
+            if self.sent_any and self.replay is not None:
+                chunks = self.replay
+            else:
+                chunks = self.pending
+            for c in chunks:
+                up.write(b"%x\r\n%s\r\n" % (len(c), c) if chunked else c)
+            if chunks:
+                self.sent_any = True
+            self.pending = []
+            self.pending_bytes = 0
+            self.conn.unblock_read("body")
+            if self.body_done:
+                if chunked:
+                    up.write(b"0\r\n\r\n")
+            else:
+                self.body_sink = up
+        if self._expect_continue and not self.body_done:
+            self._expect_continue = False
+            assert self.conn.transport is not None
+            self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _drop_upstream(self) -> None:
+        up = self.upstream
+        self.upstream = None
+        self.body_sink = None
+        if up is not None:
+            up.sink = None
+            up.abort()
+
+    # callbacks from Upstream --------------------------------------------------
+
+    def response_head(self, up: Upstream, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.resp_head = (status, headers)
+        if self.head_fut is not None and not self.head_fut.done():
+            self.head_fut.set_result(None)
+
+    def response_body(self, chunk: bytes) -> None:
+        if self.forwarding:
+            self._write_body(chunk)
+        else:
+            self.resp_pending.append(chunk)
+            if sum(map(len, self.resp_pending)) > HIGH_WATER and self.upstream is not None:
+                self.upstream.block_read()
+
+    def response_complete(self, up: Upstream, reusable: bool) -> None:
+        self.body_sink = None
+        if not self.body_done:
+            reusable = False  # the upstream answered before reading our whole body
+        if self.forwarding:
+            self._end_response()
+            self.upstream = None
+            up.cluster.release(up, reusable and not up.closed)
+            if self.done_fut is not None and not self.done_fut.done():
+                self.done_fut.set_result(None)
+        else:
+            self.resp_done = reusable
+
+    def upstream_lost(self, up: Upstream, by_us: bool) -> None:
+        self.body_sink = None
+        if self.forwarding:
+            # Close-delimited bodies end here; anything else is a truncated response.
+            status_cl = self._resp_framing_known
+            if not status_cl:
+                self._end_response()
+                if self.done_fut is not None and not self.done_fut.done():
+                    self.done_fut.set_result(None)
+            else:
+                if self.done_fut is not None and not self.done_fut.done():
+                    self.done_fut.set_exception(UpstreamReset("upstream reset mid-response"))
+            self.upstream = None
+            return
+        if self.head_fut is not None and not self.head_fut.done():
+            self.head_fut.set_exception(UpstreamReset("upstream reset before response headers"))
+        elif self.resp_head is not None and self.resp_done is None:
+            self.resp_done = False
+
+    def upstream_garbage(self, up: Upstream) -> None:
+        self.body_sink = None
+        if self.head_fut is not None and not self.head_fut.done():
+            self.head_fut.set_exception(UpstreamProtocolError("upstream sent an invalid HTTP response"))
+        elif self.forwarding and self.done_fut is not None and not self.done_fut.done():
+            self.done_fut.set_exception(UpstreamProtocolError("upstream sent an invalid body"))
+
+    # ------------------------------------------------------------------ the response
+
+    _resp_framing_known = True
+
+    def forward_response(self, extra: list[tuple[bytes, bytes]], ops: Any) -> asyncio.Future[Any] | None:
+        """Send the upstream's response head and stream its body; returns a future done when the
+        body has been forwarded (None when it already was)."""
+        assert self.resp_head is not None
+        status, headers = self.resp_head
+        self.resp_status = status
+        no_body = self.method == "HEAD" or status in (204, 304)
+        has_cl = any(n == b"content-length" for n, _ in headers)
+        has_te = any(n == b"transfer-encoding" for n, _ in headers)
+        self._resp_framing_known = has_cl or has_te or no_body
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+        conn_tokens = _connection_tokens(headers)
+        for n, v in headers:
+            if n in HOP_BY_HOP or n in conn_tokens:
+                continue
+            out.append(b"%s: %s\r\n" % (n, v))
+        if ops is not None:
+            out = [out[0]] + ops.apply_response(out[1:])
+        for n, v in extra:
+            out.append(b"%s: %s\r\n" % (n, v))
+        if not no_body and not has_cl:
+            if self.http11:
+                self.resp_chunked_out = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False
+        if not self.keep_alive or self.close_after or self.conn.sidecar.draining:
+            out.append(b"connection: close\r\n")
+            self.keep_alive = False
+        elif not self.http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_no_body = no_body
+        self.response_started = True
+        assert self.conn.transport is not None
+        if not self.conn.closing:
+            self.conn.transport.write(b"".join(out))
+        self.forwarding = True
+        for c in self.resp_pending:
+            self._write_body(c)
+        self.resp_pending = []
+        up = self.upstream
+        if up is not None:
+            if self.conn.write_paused:
+                up.block_read()
+            else:
+                up.unblock_read()
+        if self.resp_done is not None:
+            self._end_response()
+            reusable = self.resp_done
+            self.upstream = None
+            if up is not None:
+                up.cluster.release(up, reusable and not up.closed)
+            return None
+        if up is None or up.closed:
+            if not self._resp_framing_known:
+                self._end_response()
+                return None
+            self.done_fut = self.conn.loop.create_future()
+            self.done_fut.set_exception(UpstreamReset("upstream reset mid-response"))
+            return self.done_fut
+        self.done_fut = self.conn.loop.create_future()
+        return self.done_fut
+
+    def _write_body(self, chunk: bytes) -> None:
+        if self.resp_no_body or self.conn.closing or not chunk:
+            return
+        self.bytes_out += len(chunk)
+        t = self.conn.transport
+        assert t is not None
+        if self.resp_chunked_out:
+            t.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            t.write(chunk)
+
+    def _end_response(self) -> None:
+        if self.resp_chunked_out and not self.conn.closing and self.conn.transport is not None:
+            self.conn.transport.write(b"0\r\n\r\n")
+            self.resp_chunked_out = False
+
+    def respond(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
+                ops: Any = None) -> None:
+        """A local response (errors, redirects, direct responses, faults)."""
+        if self.response_started or self.conn.closing:
+            self.finish()
+            return
+        self.resp_status = status
+        self.response_started = True
+        if not self.body_done:
+            self.close_after = True  # the rest of the body would be read as a new request
+        keep = self.keep_alive and not self.close_after and not self.conn.sidecar.draining
+        self.keep_alive = keep
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+        hdrs = [b"content-type: text/plain\r\n"] if body else []
+        for n, v in headers or ():
+            hdrs.append(b"%s: %s\r\n" % (n, v))
+        if ops is not None:
+            hdrs = ops.apply_response(hdrs)
+        lines += hdrs
+        lines.append(b"content-length: %d\r\n" % len(body))
+        if not keep:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        if self.method != "HEAD":
+            lines.append(body)
+            self.bytes_out += len(body)
+        assert self.conn.transport is not None
+        self.conn.transport.write(b"".join(lines))
+        self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.listener.record(self)
+        if not self.body_done and not self.conn.closing:
+            self.close_after = True
+            self.keep_alive = False
+        self.conn.stream_done(self)
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for n, v in headers:
+        if n == b"connection":
+            tokens.update(t.strip().lower() for t in v.split(b","))
+    return frozenset(tokens)
+
+
+# =========================================================================== proxying
+
+
+def retry_on(cfg: Any, kind: str, status: int = 0) -> bool:
+    """Would the retry policy retry this outcome? (Envoy's retry_on semantics.)"""
+    on = cfg.on
+    if kind == "connect":
+        return any(x in on for x in ("5xx", "gateway-error", "connect-failure", "reset"))
+    if kind in ("reset", "timeout"):
+        return any(x in on for x in ("5xx", "gateway-error", "reset"))
+    if status >= 500 and "5xx" in on:
+        return True
+    if status in (502, 503, 504) and "gateway-error" in on:
+        return True
+    if status == 409 and "retriable-4xx" in on:
+        return True
+    return status in cfg.status_codes
+
+
+def backoff(cfg: Any, retry_no: int) -> float:
+    """Envoy's fully jittered exponential backoff, in seconds."""
+    upper = min((2 ** retry_no - 1) * cfg.backoff_base_ms, cfg.backoff_max_ms)
+    return random.uniform(0, upper) / 1000
+
+
+def new_request_id() -> bytes:
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], bytes], retry: Any,
+                timeout_ms: int | None, extra_response: list[tuple[bytes, bytes]], ops: Any,
+                hash_value: str | None) -> None:
+    """Send the request to `cluster` with retries, per-try and overall timeouts, circuit
+    breaking and outlier detection; stream the response back."""
+    loop = stream.conn.loop
+    stream.cluster_name = cluster.name
+    cb = cluster.cfg.circuit_breaker
+    if cluster.active_requests >= cb.max_requests:
+        cluster.metrics.child(cluster.metrics.overflow, cluster.sidecar, cluster.name, "requests").inc()
+        stream.respond(503, b"upstream overflow (circuit breaker: max_requests)",
+                       [(b"x-envoy-overloaded", b"true")])
+        return
+    # The route timeout starts once the whole request is in (Envoy's semantics).
+    timer: asyncio.TimerHandle | None = None
+
+    def expire() -> None:
+        stream.timed_out = True
+        if stream.task is not None:
+            stream.task.cancel()
+
+    async def arm_after_body() -> None:
+        nonlocal timer
+        await stream.wait_body()
+        if timeout_ms is not None and not stream.finished:
+            timer = loop.call_later(timeout_ms / 1000, expire)
+
+    body_waiter = None
+    if timeout_ms is not None:
+        if stream.body_done:
+            timer = loop.call_later(timeout_ms / 1000, expire)
+        else:
+            body_waiter = loop.create_task(arm_after_body())
+    cluster.active_requests += 1
+    attempt = 0
+    retrying = False
+    ep: Endpoint | None = None
+    try:
+        while True:
+            if retrying:
+                cluster.active_retries -= 1
+                retrying = False
+            ep = cluster.choose(hash_value)
+            if ep is None:
+                stream.respond(503, b"no healthy upstream")
+                return
+            stream.upstream_label = ep.label
+            outcome, status = "", 0
+            per_try: asyncio.TimerHandle | None = None
+            ep.active += 1
+            try:
+                up: Upstream = await cluster.acquire(ep, Upstream)
+                stream.send(up, head_for(cluster.cfg.tls is not None), stream.chunked_in)
+                if retry is not None and retry.per_try_timeout_ms:
+                    per_try = loop.call_later(retry.per_try_timeout_ms / 1000, _expire_try, stream.head_fut)
+                assert stream.head_fut is not None
+                await stream.head_fut
+                assert stream.resp_head is not None
+                status = stream.resp_head[0]
+                outcome = "response"
+            except Overflow as e:
+                stream.respond(503, f"upstream overflow (circuit breaker: max_{e.threshold})".encode(),
+                               [(b"x-envoy-overloaded", b"true")])
+                return
+            except ConnectFailure as e:
+                outcome = "connect"
+                stream.failure = str(e)
+            except UpstreamProtocolError:
+                outcome = "protocol"
+            except UpstreamReset:
+                outcome = "reset"
+            except PerTryTimeout:
+                outcome = "timeout"
+                stream._drop_upstream()
+            finally:
+                ep.active -= 1
+                if per_try is not None:
+                    per_try.cancel()
+            failed = outcome != "response" or status >= 500
+            cluster.record(ep, failed)
+            kind = "reset" if outcome == "protocol" else outcome
+            if (retry is not None and attempt < retry.num_retries and stream.replayable()
+                    and (retry_on(retry, kind, status) if outcome != "response" else retry_on(retry, "", status))
+                    and _retry_allowed(cluster, retry)):
+                attempt += 1
+                cluster.active_retries += 1
+                retrying = True
+                cluster.metrics.child(cluster.metrics.retries, cluster.sidecar, cluster.name).inc()
+                if outcome == "response":
+                    stream._drop_upstream()  # discard this answer; the connection cannot be reused
+                await asyncio.sleep(backoff(retry, attempt))
+                continue
+            if outcome == "response":
+                done = stream.forward_response(extra_response, ops)
+                if done is not None:
+                    try:
+                        await done
+                    except (UpstreamReset, UpstreamProtocolError):
+                        stream._abort_all()
+                        return
+                stream.finish()
+                return
+            stream._drop_upstream()
+            if outcome == "timeout":
+                stream.respond(504, b"upstream request timeout")
+            elif outcome == "protocol":
+                stream.respond(502, b"upstream sent an invalid response")
+            elif outcome == "connect":
+                stream.respond(503, b"upstream connect error")
+            else:
+                stream.respond(503, b"upstream reset before response headers")
+            return
+    except asyncio.CancelledError:
+        stream._drop_upstream()
+        raise
+    finally:
+        cluster.active_requests -= 1
+        if retrying:
+            cluster.active_retries -= 1
+        if timer is not None:
+            timer.cancel()
+        if body_waiter is not None:
+            body_waiter.cancel()
+
+
+def _retry_allowed(cluster: Cluster, retry: Any) -> bool:
+    if retry.budget_percent is not None:
+        limit = max(retry.min_retry_concurrency, retry.budget_percent / 100 * cluster.active_requests)
+        ok = cluster.active_retries < limit
+    else:
+        ok = cluster.active_retries < cluster.cfg.circuit_breaker.max_retries
+    if not ok:
+        cluster.metrics.child(cluster.metrics.overflow, cluster.sidecar, cluster.name, "retries").inc()
+    return ok
+
+
+def _expire_try(fut: asyncio.Future[Any] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_exception(PerTryTimeout())
+
+
+class MirrorSink:
+    """Receives a mirrored request's response and drops it."""
+
+    def __init__(self, done: asyncio.Future[Any]):
+        self.done = done
+
+    def response_head(self, up: Upstream, status: int, headers: Any) -> None:
+        pass
+
+    def response_body(self, chunk: bytes) -> None:
+        pass
+
+    def response_complete(self, up: Upstream, reusable: bool) -> None:
+        up.cluster.release(up, reusable)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def upstream_lost(self, up: Upstream, by_us: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def upstream_garbage(self, up: Upstream) -> None:
+        self.upstream_lost(up, False)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        pass
+
+
+async def mirror(cluster: Cluster, head: bytes, body: bytes, timeout: float = 10.0) -> None:
+    """Fire-and-forget shadow request (Envoy's request_mirror_policies)."""
+    ep = cluster.choose(None)
+    if ep is None:
+        return
+    try:
+        up: Upstream = await asyncio.wait_for(cluster.acquire(ep, Upstream), timeout)
+    except (ConnectFailure, Overflow, TimeoutError):
+        return
+    done = asyncio.get_running_loop().create_future()
+    up.begin(MirrorSink(done), head + body, False)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        up.sink = None
+        up.abort()

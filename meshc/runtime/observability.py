@@ -1,0 +1,142 @@
+"""Observability of the native proxy: Prometheus metrics (prometheus-client, one registry per
+process, a `sidecar` label per sidecar), JSON access logs, and W3C trace context.
+
+Label children are cached: `Counter.labels()` costs a lock and a dict lookup per call, and the
+proxy would otherwise pay it several times per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric the proxy exports (see docs/native.md for their meaning)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("meshc_requests", "Requests completed, by listener, route, upstream and status",
+                                ["sidecar", "listener", "route", "upstream", "status"], registry=r)
+        self.latency = Histogram("meshc_request_duration_seconds", "Request latency (first byte in to last out)",
+                                 ["sidecar", "listener", "route", "upstream"], buckets=_BUCKETS, registry=r)
+        self.retries = Counter("meshc_upstream_retries", "Retries sent upstream", ["sidecar", "cluster"], registry=r)
+        self.cb_open = Gauge("meshc_circuit_breaker_open", "1 while a circuit-breaker threshold is reached",
+                             ["sidecar", "cluster", "threshold"], registry=r)
+        self.overflow = Counter("meshc_circuit_breaker_overflow", "Requests refused by a circuit breaker",
+                                ["sidecar", "cluster", "threshold"], registry=r)
+        self.ejections = Counter("meshc_outlier_ejections", "Endpoints ejected by outlier detection",
+                                 ["sidecar", "cluster"], registry=r)
+        self.ejected = Gauge("meshc_outlier_ejected_endpoints", "Endpoints currently ejected",
+                             ["sidecar", "cluster"], registry=r)
+        self.healthy = Gauge("meshc_endpoint_healthy", "1 if the endpoint passes active health checks",
+                             ["sidecar", "cluster", "endpoint"], registry=r)
+        self.connections = Gauge("meshc_upstream_connections", "Open upstream connections",
+                                 ["sidecar", "cluster"], registry=r)
+        self.downstream = Gauge("meshc_downstream_connections", "Open downstream connections",
+                                ["sidecar", "listener"], registry=r)
+        self.reloads = Counter("meshc_config_reloads", "Config reloads by result", ["sidecar", "result"], registry=r)
+        self.ratelimited = Counter("meshc_rate_limited", "Requests refused by the local rate limit (429)",
+                                   ["sidecar", "listener"], registry=r)
+        self.authz_denied = Counter("meshc_authz_denied", "Requests refused by authorization (403)",
+                                    ["sidecar", "listener", "rule"], registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+    def observe_request(self, sidecar: str, listener: str, route: str, upstream: str, status: int,
+                        seconds: float) -> None:
+        key = (sidecar, listener, route, upstream, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.requests.labels(sidecar, listener, route, upstream, str(status)),
+                self.latency.labels(sidecar, listener, route, upstream))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+class AccessLog:
+    """One line per request; writes are buffered and flushed at most every 200 ms."""
+
+    def __init__(self, fmt: str, path: str) -> None:
+        self.fmt = fmt
+        self.out: TextIO | None
+        if fmt == "off":
+            self.out = None
+        elif path == "-":
+            self.out = sys.stdout
+        else:
+            self.out = open(path, "a", buffering=1 << 16, encoding="utf-8")  # noqa: SIM115
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def log(self, entry: dict[str, Any]) -> None:
+        if self.out is None:
+            return
+        if self.fmt == "json":
+            line = json.dumps(entry, separators=(",", ":"))
+        else:
+            line = ('{start} "{method} {path} {protocol}" {status} {bytes_received} {bytes_sent} {duration_ms} '
+                    '"{upstream}" "{route}" "{peer}" {trace_id}').format_map(entry)
+        self._pending.append(line)
+        if not self._scheduled:
+            import asyncio
+
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_later(0.2, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self.out is None or not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending.clear()
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full log never fails a request
+
+    def close(self) -> None:
+        self.flush()
+        if self.out not in (None, sys.stdout):
+            self.out.close()  # type: ignore[union-attr]
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def traceparent(incoming: str | None, sampling_percent: float) -> tuple[str, str]:
+    """(traceparent to send upstream, trace id). A valid incoming header keeps its trace id and
+    sampled flag and gets our span as parent; otherwise a new trace starts, sampled at the
+    configured rate."""
+    if incoming is not None and len(incoming) == 55:
+        parts = incoming.split("-")
+        if (len(parts) == 4 and parts[0] == "00" and len(parts[1]) == 32 and len(parts[2]) == 16
+                and set(incoming.replace("-", "")) <= _HEX and parts[1] != "0" * 32 and parts[2] != "0" * 16):
+            return f"00-{parts[1]}-{os.urandom(8).hex()}-{parts[3]}", parts[1]
+    trace_id = os.urandom(16).hex()
+    flags = "01" if random.random() * 100 < sampling_percent else "00"
+    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}", trace_id
+
+
+def now_iso() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
