@@ -46,6 +46,7 @@ class EnvoyRunner(Runner):
     def compile(self, mesh_text: str, ctx: RunContext) -> dict[str, dict[str, bytes]]:
         """Per sidecar: its files, compiled with its own outbound port block."""
         from meshc.backends import compile_mesh
+
         from meshc.compiler import load_text
 
         mesh = load_text(mesh_text, "scenario.mesh")

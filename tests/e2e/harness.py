@@ -179,6 +179,8 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without this, Nagle + delayed ACK add 40 ms
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -417,8 +419,7 @@ class Run:
 
     def foreign_certs(self, ident: Any) -> Path:
         """A certificate with the same SPIFFE ID, issued by another CA."""
-        from meshc.certs import cert_file_names, issue, new_ca
-        from meshc.certs import _write_cert, _write_key  # noqa: I001 - local helpers
+        from meshc.certs import _write_cert, _write_key, cert_file_names, issue, new_ca  # noqa: I001 - local helpers
 
         d = self.workdir / "foreign-certs"
         d.mkdir(exist_ok=True)
