@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, ClassVar
 
 from meshc.backends.base import FEATURES, Backend, Bundle
@@ -46,6 +47,7 @@ from meshc.model import (
     RouteRule,
     Service,
     Source,
+    Span,
     StringMatch,
     Timeout,
 )
@@ -342,7 +344,7 @@ class NativeBackend(Backend):
             kw["mirror"] = C.MirrorCfg(cluster=self._cluster(rule.mirror.destination, port),
                                        percent=_pct(rule.mirror.percent))
         return C.RouteCfg(
-            name=f"{svc.name}|{i}|{rule.span}", matches=tuple(self.lower_match(m) for m in rule.matches),
+            name=f"{svc.name}|{i}", matches=tuple(self.lower_match(m) for m in rule.matches),
             request_headers=self.lower_header_ops(rule.request_headers),
             response_headers=self.lower_header_ops(rule.response_headers),
             timeout_ms=self._timeout(rule.timeout, svc),
@@ -460,7 +462,7 @@ class NativeBackend(Backend):
 
     def lower_authz_rule(self, rule: AuthzRule) -> C.AuthzRuleCfg:
         return C.AuthzRuleCfg(
-            name=str(rule.span), action=rule.action,
+            name=_where(rule.span), action=rule.action,
             principals=tuple(self.lower_principal(s) for s in rule.sources),
             methods=tuple(m.upper() for m in rule.methods),
             paths=tuple(self.lower_path(p) for p in rule.paths),
@@ -475,6 +477,11 @@ class NativeBackend(Backend):
         ordered = [r for r in rules if r.action == "deny"] + [r for r in rules if r.action == "allow"]
         return C.AuthzCfg(default="deny" if self.mesh.authz == "deny_by_default" else "allow",
                           rules=tuple(self.lower_authz_rule(r) for r in ordered))
+
+
+def _where(span: Span) -> str:
+    """`file:line:col` with the file's base name (stable wherever the mesh is compiled from)."""
+    return f"{PurePath(span.file).name}:{span.line}:{span.column}"
 
 
 def _weighted(pairs: list[tuple[str, int]]) -> tuple[C.WeightedCluster, ...]:
