@@ -12,7 +12,15 @@ import pytest
 import yaml
 from meshc.backends.base import Bundle
 from meshc.backends.consul import NO_TIMEOUT_MS, ConsulBackend, crd_key, hcl_string
-from test_consul_fixtures import bookinfo, example, example_ids, validate_crds, with_fault
+from test_consul_fixtures import (
+    bookinfo,
+    example,
+    example_ids,
+    replace,
+    update_service,
+    validate_crds,
+    with_fault,
+)
 
 from meshc import authz
 from meshc.model import AuthzRule, Mesh, PathMatch, Source, StringMatch
@@ -216,7 +224,7 @@ def extra_rules(mesh: Mesh) -> Mesh:
         AuthzRule(action="allow", sources=(Source(kind="authenticated"),), destinations=("ratings",),
                   methods=("HEAD",)),
     )
-    return mesh.model_copy(update={"rules": rules})
+    return replace(mesh, rules=rules)
 
 
 @pytest.mark.parametrize("authz_default", ["deny_by_default", "allow_by_default"])
@@ -255,8 +263,6 @@ def test_default_intention_follows_the_mesh_posture() -> None:
 
 def test_permissive_service_under_default_deny_is_an_error() -> None:
     mesh = bookinfo()
-    svcs = tuple(s.model_copy(update={"mtls": "permissive"}) if s.name == "details" else s
-                 for s in mesh.services)
-    bundle = ConsulBackend().lower(mesh.model_copy(update={"services": svcs}))
+    bundle = ConsulBackend().lower(update_service(mesh, "details", mtls="permissive"))
     assert [d.code for d in bundle.diagnostics] == ["E330"]
     assert "plaintext" in bundle.diagnostics[0].message

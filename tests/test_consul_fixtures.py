@@ -96,10 +96,18 @@ def bookinfo(**mesh_kw: Any) -> Mesh:
     return Mesh(name="bookinfo", services=services, rules=rules, **mesh_kw)
 
 
+def replace(mesh: Mesh, **changes: Any) -> Mesh:
+    """A changed mesh (model_copy would keep the stale service index behind `mesh.service()`)."""
+    return Mesh(**{k: getattr(mesh, k) for k in Mesh.model_fields} | changes)
+
+
+def update_service(mesh: Mesh, name: str, **changes: Any) -> Mesh:
+    return replace(mesh, services=tuple(s.model_copy(update=changes) if s.name == name else s
+                                        for s in mesh.services))
+
+
 def with_fault(mesh: Mesh) -> Mesh:
-    svcs = tuple(s.model_copy(update={"faults": (Fault(delay_ms=100, delay_percent=500),)})
-                 if s.name == "ratings" else s for s in mesh.services)
-    return mesh.model_copy(update={"services": svcs})
+    return update_service(mesh, "ratings", faults=(Fault(delay_ms=100, delay_percent=500),))
 
 
 def example_dirs() -> list[Path]:

@@ -1,0 +1,729 @@
+"""Plain nginx sidecars: one `<service>/nginx.conf` per service (nginx >= 1.22, Debian `nginx`,
+http core, ssl, rewrite, map, split_clients, limit_req, mirror and upstream modules; no njs,
+no stream module, no NGINX Plus).
+
+Topology (the same as the Envoy backend's, so tests and tools read one `index.json` shape):
+- The sidecar of S terminates S's inbound traffic on `<inbound_address>:<port>` (mTLS), rejects
+  encoded slashes, authorizes, rate-limits and proxies to S's endpoints, choosing the version
+  the caller picked in `x-meshc-version`.
+- For every dependency D of S (declared `calls` and allow-rule edges from S) and each port of D,
+  an outbound server on `127.0.0.1:<outbound_base + i>` evaluates D's route table (versions,
+  splits, retries, timeouts, rewrites, header operations, redirects, mirrors) and proxies to D's
+  sidecar at `peer_host:<port>` over mTLS, setting `x-meshc-version` (or removing it).
+
+Lowering decisions, and where nginx cannot say exactly what meshc means:
+- Identity. nginx exposes no subject-alternative-name variable (only njs could parse the URI
+  SAN), and matching the SPIFFE URI inside `$ssl_client_raw_cert` (base64 DER) is unsound. The
+  sidecar therefore verifies the client certificate against the mesh CA (`ssl_verify_client on`,
+  depth 1) and reads the identity from the verified certificate's subject DN, which `meshc
+  certs` binds to the SPIFFE ID (`CN=<sa>.<namespace>,O=meshc`, URI SAN
+  `spiffe://<td>/ns/<namespace>/sa/<sa>`). This is sound only for a CA that never issues that
+  subject to anyone else (true of `meshc certs`; not of SPIRE, whose subjects carry no identity);
+  with another CA, use a per-workload CA or the Envoy target. Outbound, the callee is verified
+  the same way (`proxy_ssl_name <sa>.<namespace>`: meshc leaves carry no DNS SAN, so OpenSSL
+  checks the subject CN).
+- Permissive mTLS is E301: nginx cannot serve TLS and plaintext on one port (no stream module).
+- Authorization: one ordered regex `map` per inbound port over `peer, method, headers, path`;
+  denies first (deny beats allow), then allows, then the mesh default. Headers are read through
+  `$http_<name>`, so a header sent with an empty value counts as absent.
+- Paths: nginx decodes percent-escapes, resolves `.`/`..` and (with `merge_slashes on`) merges
+  slashes before `$uri` is matched; because it also decodes `%2F` into `/`, every request whose
+  raw path contains `%2F` or `%5C` is answered 400 first (`path_normalization strict`). nginx
+  answers 400 to a `..` above the root, where meshc would stop at the root.
+- Routing: nginx picks `location` blocks by kind (exact, then longest prefix, then regex), not by
+  order, and cannot combine path with header conditions; so the ordered route table is one regex
+  `map` (first match wins) whose value names a named location (`try_files` dispatch), one per
+  rule. A table without `otherwise` answers 404.
+- Splits: `split_clients` over `$request_id`, percentages with two decimals (exact).
+- Retries: `proxy_next_upstream` moves to the next server of the upstream, so the callee's
+  sidecar is listed once per allowed attempt and `proxy_next_upstream_tries` is retries + 1.
+  `5xx` = http_500/502/503/504; `gateway-error` = http_502/503/504; `connect-failure` and
+  `reset` = `error timeout` (nginx cannot tell a refused connection from a reset one).
+- Timeouts: nginx has no whole-request timeout. `timeout` bounds every connect, send and read,
+  and (`proxy_next_upstream_timeout`) the retrying; `per_try` bounds each attempt's connect, send
+  and read. "No timeout" is written explicitly as 365 days (never nginx's 60 s default).
+- Circuit breaker: only `max_connections` (`max_conns`, spread exactly over the repeated
+  servers); nginx has no pending-request or request limits (E330).
+- Rate limits: `limit_req` per sidecar (one zone per service), status 429, `burst` = bucket - 1
+  (nginx admits one request beyond the burst), `nodelay`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, ClassVar
+
+import jinja2
+from meshc.backends.base import Backend, Bundle
+
+from meshc.diagnostics import Diagnostic
+from meshc.model import (
+    FULL,
+    HTTP_PROTOCOLS,
+    AuthzRule,
+    Destination,
+    Identity,
+    Match,
+    Mesh,
+    PathMatch,
+    Port,
+    Retry,
+    RouteRule,
+    Service,
+    Source,
+    Span,
+    StringMatch,
+    Timeout,
+)
+
+E330 = "E330"
+VERSION_HEADER = "x-meshc-version"
+NO_TIMEOUT = "365d"
+NO_ROUTE = "meshc_404"
+SEP = "\n"  # field separator of composite map keys: no header value, method or port contains it
+
+RETRY_ON: dict[str, tuple[str, ...]] = {
+    "5xx": ("http_500", "http_502", "http_503", "http_504"),
+    "gateway-error": ("http_502", "http_503", "http_504"),
+    "connect-failure": ("error", "timeout"),
+    "reset": ("error", "timeout"),
+}
+RETRY_STATUS = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504", 403: "http_403",
+                404: "http_404", 429: "http_429"}
+LB = {"least_request": "least_conn", "random": "random"}
+HASH_KEY = {"header": "$http_{}", "cookie": "$cookie_{}", "query": "$arg_{}", "source_ip": "$remote_addr"}
+RATE_UNIT = {"s": "r/s", "m": "r/m"}
+_VAR_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_HEADER_NAME = re.compile(r"^[a-z0-9-]+$")
+
+
+# --------------------------------------------------------------------------- config tree
+
+
+class Arg(str):
+    """A directive argument; the subclass says how it is written (see `ngx_arg`)."""
+
+
+class Raw(Arg):
+    """Written as is: keywords, numbers, sizes, variables alone, location modifiers."""
+
+
+class Lit(Arg):
+    """A literal string: quoted, and `$` written through the `$meshc_dollar` variable."""
+
+
+class Expr(Arg):
+    """A quoted string whose `$name` are variables (composite keys, values built from captures)."""
+
+
+class Rx(Arg):
+    """A regular expression: quoted; `$` is an anchor, not a variable."""
+
+
+@dataclass
+class D:
+    """One directive `name args;`, or a block `name args { children }`."""
+
+    name: str
+    args: tuple[Arg, ...] = ()
+    children: list[D] | None = None
+
+    @property
+    def is_block(self) -> bool:
+        return self.children is not None
+
+
+def d(name: str, *args: Any) -> D:
+    return D(name, tuple(a if isinstance(a, Arg) else Raw(str(a)) for a in args))
+
+
+def block(name: str, *args: Any, children: Iterable[D] = ()) -> D:
+    return D(name, d(name, *args).args, list(children))
+
+
+_NGX_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def ngx_quote(s: str) -> str:
+    return '"' + "".join(_NGX_ESC.get(c, c) for c in s) + '"'
+
+
+def ngx_arg(a: Arg) -> str:
+    """How nginx reads each kind back: quoted strings unescape `\\\\ \\" \\n \\r \\t`; only a
+    variable can produce a literal `$` (nginx has no escape for it)."""
+    if isinstance(a, Lit):
+        return ngx_quote(a).replace("$", "${meshc_dollar}")
+    if isinstance(a, Expr | Rx):
+        return ngx_quote(a)
+    return str(a)
+
+
+def regex_escape(s: str) -> str:
+    """A PCRE literal (every non-alphanumeric character escaped)."""
+    return "".join(c if c.isalnum() or c == "_" else "\\" + c for c in s)
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("meshc.backends", "templates"),
+                             autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["ngx_arg"] = ngx_arg
+    return env
+
+
+def render(sidecar: Sidecar) -> str:
+    return _env().get_template("nginx.conf.j2").render(sc=sidecar)
+
+
+# --------------------------------------------------------------------------- regexes
+
+
+def path_regex(p: PathMatch) -> str:
+    """A regex for the whole path (the last field of a key), in meshc's meaning."""
+    if p.kind == "exact":
+        return regex_escape(p.value) + "$"
+    if p.kind == "prefix":
+        return regex_escape(p.value) + ".*$"
+    if p.kind == "under":
+        base = p.value.rstrip("/")
+        return regex_escape(base) + "(?:/.*)?$" if base else "/.*$"
+    body = p.value[1:] if p.value.startswith("^") else p.value
+    body = body[:-1] if body.endswith("$") and not body.endswith("\\$") else body
+    return f"(?:{body})$"
+
+
+def value_regex(m: StringMatch) -> str:
+    """A regex for one header/query field (between separators); `present` needs a non-empty value."""
+    if m.kind == "exact":
+        return regex_escape(m.value)
+    if m.kind == "prefix":
+        return regex_escape(m.value) + "[^\\n]*"
+    if m.kind == "regex":
+        body = m.value[1:] if m.value.startswith("^") else m.value
+        body = body[:-1] if body.endswith("$") and not body.endswith("\\$") else body
+        return f"(?:{body})"
+    if m.kind == "present":
+        return "[^\\n]+"
+    return ""  # absent
+
+
+ANY_FIELD = "[^\\n]*"
+
+
+# --------------------------------------------------------------------------- sidecar model
+
+
+@dataclass
+class Sidecar:
+    name: str
+    identity: Identity
+    http: list[D] = field(default_factory=list)  # maps, zones, upstreams (http level)
+    servers: list[D] = field(default_factory=list)
+    index: dict[str, Any] = field(default_factory=dict)
+    upstream_tries: dict[str, int] = field(default_factory=dict)  # outbound upstream -> servers
+    upstream_meta: dict[str, tuple[Service, Port]] = field(default_factory=dict)
+    preamble: list[D] = field(default_factory=list)
+
+
+@dataclass
+class _Ctx:
+    diags: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, message: str, span: Span, help: str = "") -> None:
+        self.diags.append(Diagnostic(E330, message, span, label="not expressible on nginx", help=help))
+
+
+class NginxBackend(Backend):
+    name: ClassVar[str] = "nginx"
+    description: ClassVar[str] = "plain nginx sidecars: one nginx.conf per service"
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset({
+        "protocol.http", "mtls.strict", "mtls.disabled", "endpoints.static", "versions",
+        "route.match.path.exact", "route.match.path.prefix", "route.match.path.under",
+        "route.match.path.regex", "route.match.header", "route.match.header.regex",
+        "route.match.header.absent", "route.match.method", "route.match.query",
+        "route.split", "route.split.services", "route.rewrite", "route.rewrite.host", "route.redirect",
+        "route.respond", "route.headers.request", "route.headers.response", "route.mirror",
+        "route.no_default", "timeout", "retry", "retry.per_try", "retry.status_codes",
+        "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
+        "load_balance.consistent_hash", "circuit_breaker", "rate_limit",
+        "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
+        "authz.paths", "authz.not_paths", "authz.ports", "authz.headers",
+    })
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "certs_dir": "where the `meshc certs` files are at run time; relative paths are relative to "
+                     "the directory of nginx.conf (default: certs)",
+        "inbound_address": "address the inbound servers listen on (default 0.0.0.0)",
+        "outbound_base": "first outbound loopback port of every sidecar (default 15100)",
+        "peer_host": "host where callee sidecars are reached (default 127.0.0.1)",
+    }
+
+    def opt(self, key: str, default: str) -> str:
+        return self.options.get(key, default)
+
+    def cert_paths(self, ident: Identity) -> tuple[str, str, str]:
+        base = self.opt("certs_dir", "certs").rstrip("/")
+        stem = f"{ident.namespace}.{ident.name}"  # the layout of meshc certs
+        return f"{base}/ca.pem", f"{base}/{stem}.pem", f"{base}/{stem}-key.pem"
+
+    # ------------------------------------------------------------------ entry point
+
+    def lower(self, mesh: Mesh) -> Bundle:
+        self.mesh = mesh
+        ctx = _Ctx()
+        bundle = Bundle()
+        index: dict[str, Any] = {"topology": "one sidecar per service; see meshc.backends.nginx",
+                                 "version_header": VERSION_HEADER, "sidecars": {}}
+        for svc in mesh.services:
+            if svc.external is not None or not svc.ports:
+                continue
+            sc = self.lower_sidecar(svc, ctx)
+            bundle.add_text(f"{svc.name}/nginx.conf", render(sc))
+            index["sidecars"][svc.name] = sc.index
+        bundle.add_json("index.json", index)
+        bundle.diagnostics.extend(ctx.diags)
+        return bundle
+
+    def lower_sidecar(self, svc: Service, ctx: _Ctx) -> Sidecar:
+        sc = Sidecar(name=svc.name, identity=svc.identity,
+                     index={"service": svc.name, "spiffe": svc.identity.spiffe, "inbound": {}, "outbound": {}})
+        sc.http += self.lower_common(svc)
+        for port in svc.ports:
+            if port.protocol not in HTTP_PROTOCOLS:
+                continue
+            self.lower_inbound(sc, svc, port, ctx)
+        self.lower_outbound(sc, svc, ctx)
+        sc.http += self.lower_upstreams(sc, ctx)
+        return sc
+
+    def lower_common(self, svc: Service) -> list[D]:
+        out = [
+            # nginx has no escape for `$`: literal dollars are written through this variable
+            block("geo", "$meshc_dollar", children=[d("default", Rx("$"))]),
+            # The verified client certificate's subject -> its SPIFFE ID (see the module docstring).
+            block("map", "$ssl_client_s_dn", "$meshc_peer", children=[
+                d("default", Lit("")),
+                d(Rx(r"~^CN=(?<meshc_sa>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?<meshc_ns>[a-z0-9]([-a-z0-9]*"
+                     r"[a-z0-9])?),O=meshc$"),
+                  Expr(f"spiffe://{self.mesh.trust_domain}/ns/$meshc_ns/sa/$meshc_sa")),
+            ]),
+        ]
+        return out
+
+    # ------------------------------------------------------------------ inbound
+
+    def lower_inbound(self, sc: Sidecar, svc: Service, port: Port, ctx: _Ctx) -> None:
+        ca, cert, key = self.cert_paths(svc.identity)
+        addr = self.opt("inbound_address", "0.0.0.0")
+        app_var = f"$meshc_app_{port.number}"
+        authz_var = f"$meshc_authz_{port.number}"
+        sc.http += self.app_upstreams(svc, port)
+        # the version the caller's sidecar picked -> the endpoints of that version
+        sc.http.append(block("map", Raw("$http_x_meshc_version"), Raw(app_var),
+                             children=[d("default", Lit(f"app_{port.number}"))]
+                             + [d(Lit(v.name), Lit(f"app_{port.number}_{v.name}")) for v in svc.versions]))
+        sc.http.append(self.authz_map(svc, port, authz_var, ctx))
+        server: list[D] = []
+        if port.mtls == "strict":
+            server += [d("listen", f"{addr}:{port.number}", "ssl"),
+                       d("ssl_certificate", Lit(cert)), d("ssl_certificate_key", Lit(key)),
+                       d("ssl_client_certificate", Lit(ca)), d("ssl_verify_client", "on"),
+                       d("ssl_verify_depth", 1), d("ssl_protocols", "TLSv1.2", "TLSv1.3")]
+        else:
+            server.append(d("listen", f"{addr}:{port.number}"))
+        server.append(d("server_name", Lit(svc.name)))
+        if self.mesh.path_normalization == "strict":
+            # nginx decodes %2F into `/` in $uri: refuse encoded slashes before anything else
+            server.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
+                                children=[d("return", 400)]))
+        server.append(block("if", Raw(f"({authz_var}"), Raw("="), Lit("deny"), Raw(")"),
+                            children=[d("return", 403)]))
+        rl = svc.resilience.rate_limit
+        loc: list[D] = []
+        if rl is not None:
+            zone = f"meshc_rl_{svc.name.replace('-', '_')}"
+            rate = self.rate(rl, ctx)
+            if not any(x.name == "limit_req_zone" for x in sc.http):
+                sc.http.append(d("limit_req_zone", "$server_name", f"zone={zone}:1m", f"rate={rate}"))
+            bucket = rl.burst if rl.burst is not None else rl.requests
+            loc += [d("limit_req", f"zone={zone}", f"burst={max(bucket - 1, 0)}", "nodelay"),
+                    d("limit_req_status", 429)]
+        loc += [d("proxy_pass", Expr(f"http://{app_var}")),
+                d("proxy_http_version", "1.1"),
+                d("proxy_set_header", "Host", "$host"),
+                d("proxy_set_header", "Connection", Lit("")),
+                # the caller bounds the request; the local hop must not cut it at nginx's 60 s
+                d("proxy_read_timeout", NO_TIMEOUT), d("proxy_send_timeout", NO_TIMEOUT),
+                d("proxy_next_upstream", "off")]
+        server.append(block("location", "/", children=loc))
+        sc.servers.append(block("server", children=server))
+        sc.index["inbound"][port.name] = {"address": addr, "port": port.number, "mtls": port.mtls,
+                                          "protocol": port.protocol}
+
+    def app_port(self, svc: Service, port: Port, ep_port: int) -> int:
+        return ep_port + (port.number - svc.ports[0].number)
+
+    def app_upstreams(self, svc: Service, port: Port) -> list[D]:
+        groups = [(f"app_{port.number}", svc.all_endpoints())]
+        groups += [(f"app_{port.number}_{v.name}", svc.endpoints_of(v.name)) for v in svc.versions]
+        out = []
+        lb = svc.resilience.load_balance
+        for name, eps in groups:
+            body: list[D] = []
+            if lb is not None and lb.policy in LB:
+                body.append(d(LB[lb.policy]))
+            elif lb is not None and lb.policy == "consistent_hash":
+                key = HASH_KEY[lb.hash_on or "header"].format(var_name(lb.hash_key))
+                body.append(d("hash", Expr(key), "consistent"))
+            uniq = sorted({(e.host, self.app_port(svc, port, e.port)) for e in eps})
+            if not uniq:
+                # no endpoint for this group: nginx needs a server; one that refuses (502)
+                body.append(d("server", "127.0.0.1:1", "down"))
+            for host, p in uniq:
+                body.append(d("server", f"{host}:{p}", "max_fails=0"))
+            body.append(d("keepalive", 16))
+            out.append(block("upstream", name, children=body))
+        return out
+
+    @staticmethod
+    def rate(rl: Any, ctx: _Ctx) -> str:
+        if rl.unit in RATE_UNIT:
+            return f"{rl.requests}{RATE_UNIT[rl.unit]}"
+        if rl.requests % 60 == 0:
+            return f"{rl.requests // 60}r/m"
+        ctx.error(f"nginx rates are per second or per minute; {rl.requests}/h is not a whole number per minute",
+                  rl.span)
+        return f"{max(rl.requests // 60, 1)}r/m"
+
+    # ------------------------------------------------------------------ authorization
+
+    def authz_map(self, svc: Service, port: Port, var: str, ctx: _Ctx) -> D:
+        rules = [r for r in self.mesh.rules
+                 if (svc.name in r.destinations or "*" in r.destinations)
+                 and (not r.ports or port.number in r.ports)]
+        headers = sorted({h.name for r in rules for h in r.headers})
+        for h in headers:
+            check_header(h, next(x.span for r in rules for x in r.headers if x.name == h), ctx)
+        key = SEP.join(["$meshc_peer", "$request_method", *[f"$http_{var_name(h)}" for h in headers], "$uri"])
+        default = "deny" if self.mesh.authz == "deny_by_default" else "allow"
+        lines = [d("default", Lit(default))]
+        for action in ("deny", "allow"):
+            for r in rules:
+                if r.action == action:
+                    for rx in self.rule_regexes(r, headers, port):
+                        lines.append(d(Rx("~" + rx), Lit(action)))
+        return block("map", Expr(key), Raw(var), children=lines)
+
+    def rule_regexes(self, r: AuthzRule, headers: list[str], port: Port) -> list[str]:
+        peers = "|".join(self.source_regex(s) for s in r.sources)
+        if port.mtls != "strict":
+            # plaintext callers: only `*` and `unauthenticated` can match ($meshc_peer is empty)
+            peers = "|".join(self.source_regex(s) for s in r.sources if s.kind in ("any", "unauthenticated"))
+            if not any(s.kind in ("any", "unauthenticated") for s in r.sources):
+                return []
+        methods = "|".join(regex_escape(m) for m in r.methods) if r.methods else ANY_FIELD
+        by_name = {h.name: value_regex(h) for h in r.headers}
+        fields = [f"(?:{peers})", f"(?:{methods})", *[by_name.get(h, ANY_FIELD) for h in headers]]
+        neg = "".join(f"(?!{path_regex(p)})" for p in r.not_paths)
+        paths = [path_regex(p) for p in r.paths] or [".*$"]
+        return ["(?s)^" + SEP.join(fields).replace("\n", "\\n") + "\\n" + neg + f"(?:{'|'.join(paths)})"]
+
+    def source_regex(self, s: Source) -> str:
+        td = regex_escape(self.mesh.trust_domain)
+        if s.kind == "any":
+            return ANY_FIELD
+        if s.kind == "unauthenticated":
+            return ""
+        if s.kind == "authenticated":
+            return f"spiffe://{td}/[^\\n]+"
+        if s.kind == "ingress":
+            return regex_escape(self.mesh.ingress_identity.spiffe)
+        if s.kind == "service":
+            svc = self.mesh.service(s.name)
+            return regex_escape(svc.identity.spiffe) if svc else "(?!)"
+        if "/" in s.name:
+            ns, sa = s.name.split("/", 1)
+            return f"spiffe://{td}/ns/{regex_escape(ns)}/sa/{regex_escape(sa)}"
+        return f"spiffe://{td}/ns/[^/\\n]+/sa/{regex_escape(s.name)}"
+
+    # ------------------------------------------------------------------ outbound
+
+    def dependencies(self, svc: Service) -> list[str]:
+        """Declared calls and allow-rule edges from this service (as the Envoy backend)."""
+        names = set(svc.calls)
+        for rule in self.mesh.rules:
+            if rule.action == "allow" and any(s.kind == "service" and s.name == svc.name for s in rule.sources):
+                names.update(x for x in rule.destinations if x != "*")
+        names.discard(svc.name)
+        return sorted(n for n in names if (c := self.mesh.service(n)) is not None and c.external is None)
+
+    def lower_outbound(self, sc: Sidecar, svc: Service, ctx: _Ctx) -> None:
+        base = int(self.opt("outbound_base", "15100"))
+        slots = [(dep, p) for dep in self.dependencies(svc) for p in self.mesh.service(dep).ports]  # type: ignore[union-attr]
+        for i, (dep, port) in enumerate(slots):
+            callee = self.mesh.service(dep)
+            assert callee is not None
+            if port.protocol not in HTTP_PROTOCOLS:
+                continue
+            self.lower_outbound_server(sc, svc, callee, port, base + i, ctx)
+
+    def lower_outbound_server(self, sc: Sidecar, caller: Service, callee: Service, port: Port, listen: int,
+                              ctx: _Ctx) -> None:
+        tag = f"{var_name(callee.name)}_{port.number}"
+        rules = list(callee.routes) or [RouteRule(span=callee.span, destinations=(Destination(service=callee.name),))]
+        headers = sorted({h.name for r in rules for m in r.matches for h in m.headers})
+        query = sorted({q.name for r in rules for m in r.matches for q in m.query})
+        for r in rules:
+            for m in r.matches:
+                for h in m.headers:
+                    check_header(h.name, h.span, ctx)
+                for q in m.query:
+                    if not _VAR_NAME.match(q.name):
+                        ctx.error(f"nginx reads query parameters through variables; '{q.name}' is not a "
+                                  "valid variable name", q.span)
+        key = SEP.join(["$request_method", *[f"$http_{var_name(h)}" for h in headers],
+                        *[f"$arg_{q}" for q in query], "$uri"])
+        route_var = f"$meshc_route_{tag}"
+        lines = [d("default", Lit(NO_ROUTE))]
+        locations: list[D] = [block("location", "/", children=[
+            d("try_files", Lit("/.meshc-no-such-file"), Expr(f"@{route_var}"))])]
+        for i, rule in enumerate(rules):
+            loc_name = f"{tag}_r{i}"
+            for m in rule.matches or (Match(),):
+                lines.append(d(Rx("~" + route_regex(m, headers, query)), Lit(loc_name)))
+            locations.append(block("location", f"@{loc_name}",
+                                   children=self.rule_location(sc, caller, callee, port, rule, loc_name, ctx)))
+            if rule.mirror is not None:
+                locations.append(self.mirror_location(sc, caller, callee, port, rule, loc_name, ctx))
+            if rule.is_default:
+                break  # nothing after `otherwise` can match
+        locations.append(block("location", f"@{NO_ROUTE}", children=[d("return", 404)]))
+        sc.http.append(block("map", Expr(key), Raw(route_var), children=lines))
+        sc.servers.append(block("server", children=[
+            d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
+            d("root", Lit("/nonexistent/meshc")), *locations]))
+        sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
+
+    def upstream_for(self, sc: Sidecar, dest: Destination, like: Port, tries: int) -> str:
+        svc = self.mesh.service(dest.service)
+        assert svc is not None
+        port = (next((p for p in svc.ports if p.number == like.number), None)
+                or next((p for p in svc.ports if p.protocol == like.protocol), None) or svc.ports[0])
+        name = f"out_{var_name(svc.name)}_{port.number}"
+        sc.upstream_tries[name] = max(sc.upstream_tries.get(name, 1), tries)
+        sc.upstream_meta[name] = (svc, port)
+        return name
+
+    def rule_location(self, sc: Sidecar, caller: Service, callee: Service, port: Port, rule: RouteRule,
+                      loc_name: str, ctx: _Ctx) -> list[D]:
+        if rule.respond is not None:
+            return [d("return", rule.respond.status, Lit(rule.respond.body))]
+        if rule.redirect is not None:
+            return [d("return", rule.redirect.code, redirect_target(rule.redirect))]
+        retry = rule.retry or callee.resilience.retry
+        tries = retry.attempts + 1 if retry is not None else 1
+        out: list[D] = []
+        dests = rule.destinations
+        if len(dests) > 1 or any(x.weight != FULL for x in dests):
+            var = f"$meshc_split_{loc_name}"
+            entries = []
+            for j, x in enumerate(dests):
+                pick = f"{self.upstream_for(sc, x, port, tries)}/{x.version or ''}"
+                pct = "*" if j == len(dests) - 1 else f"{x.weight // 100}.{x.weight % 100:02d}%"
+                entries.append(d(pct, Lit(pick)))
+            sc.http.append(block("split_clients", Expr("$request_id"), Raw(var), children=entries))
+            out.append(d("set", "$meshc_pick", Raw(var)))
+        else:
+            x = dests[0] if dests else Destination(service=callee.name)
+            out.append(d("set", "$meshc_pick", Lit(f"{self.upstream_for(sc, x, port, tries)}/{x.version or ''}")))
+        out += self.rewrite(rule, ctx)
+        out += self.proxy(sc, callee, rule, retry, ctx)
+        if rule.mirror is not None:
+            out += [d("mirror", Lit(f"/.meshc-mirror/{loc_name}")), d("mirror_request_body", "on")]
+        return out
+
+    def rewrite(self, rule: RouteRule, ctx: _Ctx) -> list[D]:
+        rw = rule.rewrite
+        if rw is None or (rw.prefix is None and rw.path is None):
+            return []
+        if rw.path is not None:
+            return [d("rewrite", Rx("^"), Lit(rw.path), "break")]
+        assert rw.prefix is not None
+        paths = {m.path.kind: m.path for m in rule.matches if m.path is not None}
+        if len({(p.kind, p.value) for m in rule.matches if (p := m.path)}) != 1 or "regex" in paths:
+            ctx.error("nginx rewrites a prefix only after one prefix, under or exact path match", rw.span)
+            return []
+        (p,) = paths.values()
+        new = rw.prefix
+        if p.kind == "under":
+            base = p.value.rstrip("/")
+            return [d("rewrite", Rx("^" + regex_escape(base) + "$"), Lit(new), "break"),
+                    d("rewrite", Rx("^" + regex_escape(base) + "/(.*)$"),
+                      Expr(new.rstrip("/").replace("$", "${meshc_dollar}") + "/$1"), "break")]
+        if p.kind == "exact":
+            return [d("rewrite", Rx("^"), Lit(new), "break")]
+        return [d("rewrite", Rx("^" + regex_escape(p.value) + "(.*)$"),
+                  Expr(new.replace("$", "${meshc_dollar}") + "$1"), "break")]
+
+    def proxy(self, sc: Sidecar, callee: Service, rule: RouteRule, retry: Retry | None, ctx: _Ctx) -> list[D]:
+        ca, cert, key = self.cert_paths(sc.identity)
+        host = rule.rewrite.host if rule.rewrite is not None and rule.rewrite.host else None
+        out = [d("proxy_pass", Expr("$meshc_scheme://$meshc_up")),
+               d("proxy_http_version", "1.1"),
+               d("proxy_set_header", "Host", Lit(host) if host else Raw("$host")),
+               d("proxy_set_header", "Connection", Lit("")),
+               d("proxy_set_header", VERSION_HEADER, Raw("$meshc_version"))]
+        req = rule.request_headers
+        if req is not None:
+            for name, value in req.set:
+                out.append(d("proxy_set_header", Lit(name), Lit(value)))
+            for name in req.remove:
+                out.append(d("proxy_set_header", Lit(name), Lit("")))
+            if req.add:
+                ctx.error("nginx replaces request headers; it cannot add a second value", req.span,
+                          help="use `request_headers set`")
+        resp = rule.response_headers
+        if resp is not None:
+            for name, value in resp.set:
+                out += [d("proxy_hide_header", Lit(name)), d("add_header", Lit(name), Lit(value), "always")]
+            for name, value in resp.add:
+                out.append(d("add_header", Lit(name), Lit(value), "always"))
+            for name in resp.remove:
+                out.append(d("proxy_hide_header", Lit(name)))
+        out += [d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
+                d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
+                d("proxy_ssl_verify_depth", 1), d("proxy_ssl_name", Raw("$meshc_peer_name")),
+                d("proxy_ssl_session_reuse", "on")]
+        out += self.timeouts(rule.timeout or callee.resilience.timeout or self.mesh.timeout, retry)
+        out += self.retries(retry, ctx)
+        return out
+
+    @staticmethod
+    def timeouts(timeout: Timeout | None, retry: Retry | None) -> list[D]:
+        whole = f"{timeout.ms}ms" if timeout is not None and timeout.ms is not None else NO_TIMEOUT
+        each = f"{retry.per_try_ms}ms" if retry is not None and retry.per_try_ms is not None else whole
+        return [d("proxy_connect_timeout", each), d("proxy_send_timeout", each), d("proxy_read_timeout", each),
+                d("proxy_next_upstream_timeout", whole if whole != NO_TIMEOUT else 0)]
+
+    @staticmethod
+    def retries(retry: Retry | None, ctx: _Ctx) -> list[D]:
+        if retry is None or retry.attempts == 0:
+            return [d("proxy_next_upstream", "off")]
+        conds: list[str] = []
+        for c in retry.on:
+            if c not in RETRY_ON:
+                ctx.error(f"nginx cannot retry on '{c}'", retry.span,
+                          help="nginx retries on error, timeout and HTTP 500/502/503/504/403/404/429")
+                continue
+            conds += RETRY_ON[c]
+        for code in retry.status_codes:
+            if code not in RETRY_STATUS:
+                ctx.error(f"nginx cannot retry on status {code}", retry.span,
+                          help="nginx retries on HTTP 500, 502, 503, 504, 403, 404 and 429 only")
+                continue
+            conds.append(RETRY_STATUS[code])
+        if retry.backoff_base_ms is not None or retry.budget is not None:
+            ctx.error("nginx retries have no backoff or budget", retry.span)
+        ordered = sorted(set(conds), key=lambda c: (not c.isalpha() or c.startswith("http"), c))
+        # meshc retries any method, like Envoy; nginx needs `non_idempotent` for POST and friends
+        return [d("proxy_next_upstream", *ordered, "non_idempotent"),
+                d("proxy_next_upstream_tries", retry.attempts + 1)]
+
+    def mirror_location(self, sc: Sidecar, caller: Service, callee: Service, port: Port, rule: RouteRule,
+                        loc_name: str, ctx: _Ctx) -> D:
+        assert rule.mirror is not None
+        m = rule.mirror
+        body: list[D] = [d("internal")]
+        if m.percent < FULL:
+            var = f"$meshc_mirror_{loc_name}"
+            sc.http.append(block("split_clients", Expr("$request_id"), Raw(var), children=[
+                d(f"{m.percent // 100}.{m.percent % 100:02d}%", Lit("1")), d("*", Lit(""))]))
+            body.append(block("if", Raw(f"({var}"), Raw("="), Lit(""), Raw(")"), children=[d("return", 204)]))
+        # A mirror subrequest shares the main request's variables, so it names everything
+        # statically instead of going through $meshc_pick and its maps.
+        up = self.upstream_for(sc, m.destination, port, 1)
+        target, target_port = sc.upstream_meta[up]
+        scheme = "https" if target_port.mtls != "disabled" else "http"
+        ca, cert, key = self.cert_paths(sc.identity)
+        body += [d("proxy_pass", Expr(f"{scheme}://{up}$request_uri")),
+                 d("proxy_http_version", "1.1"),
+                 d("proxy_set_header", "Host", "$host"), d("proxy_set_header", "Connection", Lit("")),
+                 d("proxy_set_header", VERSION_HEADER, Lit(m.destination.version or "")),
+                 d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
+                 d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
+                 d("proxy_ssl_verify_depth", 1),
+                 d("proxy_ssl_name", Lit(f"{target.identity.name}.{target.identity.namespace}")),
+                 d("proxy_next_upstream", "off")]
+        return block("location", "=", Lit(f"/.meshc-mirror/{loc_name}"), children=body)
+
+    def lower_upstreams(self, sc: Sidecar, ctx: _Ctx) -> list[D]:
+        peer = self.opt("peer_host", "127.0.0.1")
+        out: list[D] = []
+        scheme = [d("default", Lit("http"))]
+        names = [d("default", Lit(""))]
+        for name in sorted(sc.upstream_tries):
+            svc, port = sc.upstream_meta[name]
+            tries = sc.upstream_tries[name]
+            cb = svc.resilience.circuit_breaker
+            limits = [0] * tries
+            if cb is not None:
+                if cb.max_pending is not None or cb.max_requests is not None or cb.max_retries is not None:
+                    ctx.error("nginx limits connections only (max_conns): no pending, request or retry limits",
+                              cb.span)
+                if cb.max_connections is not None:
+                    if cb.max_connections < tries:
+                        ctx.error(f"nginx needs max_connections >= {tries} (one per allowed attempt)", cb.span)
+                    q, rem = divmod(cb.max_connections, tries)
+                    limits = [q + (1 if i < rem else 0) for i in range(tries)]
+            body: list[D] = [d("zone", name, "64k")]
+            # one server per allowed attempt: nginx retries on the *next* server only
+            for lim in limits:
+                extra = [f"max_conns={max(lim, 1)}"] if cb is not None and cb.max_connections is not None else []
+                body.append(d("server", f"{peer}:{port.number}", "max_fails=0", *extra))
+            body.append(d("keepalive", 16))
+            out.append(block("upstream", name, children=body))
+            scheme.append(d(Lit(name), Lit("https" if port.mtls != "disabled" else "http")))
+            names.append(d(Lit(name), Lit(f"{svc.identity.name}.{svc.identity.namespace}")))
+        if not out:
+            return []  # no outbound server: the maps below would name an unset variable
+        return [
+            # "<upstream>/<version>" picked by a route rule -> upstream, version header, peer
+            block("map", "$meshc_pick", "$meshc_up", children=[
+                d("default", Lit(NO_ROUTE)), d(Rx("~^(?<meshc_u>[^/]+)/"), Raw("$meshc_u"))]),
+            block("map", "$meshc_pick", "$meshc_version", children=[
+                d("default", Lit("")), d(Rx("~/(?<meshc_v>.+)$"), Raw("$meshc_v"))]),
+            block("map", "$meshc_up", "$meshc_scheme", children=scheme),
+            block("map", "$meshc_up", "$meshc_peer_name", children=names),
+            *out]
+
+
+def var_name(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def check_header(name: str, span: Span, ctx: _Ctx) -> None:
+    if not _HEADER_NAME.match(name):
+        ctx.error(f"nginx reads headers through $http_ variables; '{name}' has characters they cannot name",
+                  span)
+
+
+def route_regex(m: Match, headers: list[str], query: list[str]) -> str:
+    methods = "|".join(regex_escape(x) for x in m.methods) if m.methods else ANY_FIELD
+    hs = {h.name: value_regex(h) for h in m.headers}
+    qs = {q.name: value_regex(q) for q in m.query}
+    fields = [f"(?:{methods})", *[hs.get(h, ANY_FIELD) for h in headers], *[qs.get(q, ANY_FIELD) for q in query]]
+    path = path_regex(m.path) if m.path is not None else ".*$"
+    return "(?s)^" + "\\n".join(fields) + "\\n" + path
+
+
+def redirect_target(r: Any) -> Lit | Expr:
+    """`return 30x URL`: unset parts keep the request's."""
+    scheme = r.scheme or "$scheme"
+    host = (r.host or "$host") + (f":{r.port}" if r.port else "")
+    path = r.path.replace("$", "${meshc_dollar}") if r.path is not None else "$request_uri"
+    if r.host:
+        host = r.host.replace("$", "${meshc_dollar}") + (f":{r.port}" if r.port else "")
+    return Expr(f"{scheme}://{host}{path}")
