@@ -335,7 +335,7 @@ def quote(s: str) -> str:
 
 
 class Builder:
-    """Turns lark's tree (built with keep_all_tokens) into the typed AST of one file."""
+    """Turns lark's tree into the typed AST of one file (with or without keep_all_tokens)."""
 
     # Terminals that carry meaning; every other token is a keyword or punctuation.
     MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME", "STRING",
@@ -349,11 +349,12 @@ class Builder:
     def span(self, node: Tree | Token) -> Span:
         if isinstance(node, Token):
             return Span(file=self.path, line=node.line or 0, column=node.column or 0,
-                        end_line=node.end_line or 0, end_column=node.end_column or 0)
+                                        end_line=node.end_line or 0, end_column=node.end_column or 0)
         m = node.meta
         if getattr(m, "empty", True):
-            return Span(file=self.path, line=0, column=0)
-        return Span(file=self.path, line=m.line, column=m.column, end_line=m.end_line, end_column=m.end_column)
+            return Span(file=self.path, line=0, column=0, end_line=0, end_column=0)
+        return Span(file=self.path, line=m.line, column=m.column, end_line=m.end_line,
+                                    end_column=m.end_column)
 
     def kids(self, t: Tree) -> list[Any]:
         return [c for c in t.children if isinstance(c, Tree) or c.type in self.MEANINGFUL]
@@ -531,10 +532,8 @@ class Builder:
     def s_objective(self, t: Tree) -> ObjectiveDecl:
         kind, *args = self.kids(t)
         window = None
-        toks = list(t.children)
-        # `over D` is the last two tokens when present
-        if len(toks) >= 2 and isinstance(toks[-2], Token) and toks[-2] == "over":
-            window = self.lit(args.pop())
+        if args and isinstance(args[-1], Tree):
+            window = self.lit(self.kids(args.pop())[0])
         return ObjectiveDecl(self.name(kind), tuple(self.literal(a) for a in args), window, self.span(t))
 
     def s_timeout(self, t: Tree) -> TimeoutDecl:

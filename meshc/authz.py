@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -152,6 +152,9 @@ class _Index:
     by_dest: dict[str, tuple[list[AuthzRule], list[AuthzRule]]]
     wildcard: tuple[list[AuthzRule], list[AuthzRule]]
     by_spiffe: dict[str, list[str]]  # identity -> the services that run as it
+    services: dict[str, Service]  # by name (Mesh.service goes through pydantic's slow __getattr__)
+    spiffe_of: dict[str, str]  # service name -> its identity
+    sources: dict[int, _RuleSources]  # id(rule) -> its sources, compiled
 
     def rules_for(self, dest: str) -> tuple[list[AuthzRule], list[AuthzRule]]:
         """(denies, allows) that can apply to `dest`, in source order within each group."""
@@ -161,6 +164,39 @@ class _Index:
         if not self.wildcard[0] and not self.wildcard[1]:
             return own
         return own[0] + self.wildcard[0], own[1] + self.wildcard[1]
+
+
+@dataclass(frozen=True)
+class _RuleSources:
+    """A rule's sources folded into sets, so matching a caller is O(1) however many it names."""
+
+    anyone: bool
+    unauthenticated: bool
+    authenticated: bool
+    spiffes: frozenset[str]  # `service` sources (by their identity) and `ingress`
+    identities: frozenset[str]  # `identity NAME` sources
+
+    @classmethod
+    def of(cls, mesh: Mesh, rule: AuthzRule, spiffe_of: Mapping[str, str]) -> _RuleSources:
+        kinds = {s.kind for s in rule.sources}
+        spiffes = {spiffe_of[s.name] for s in rule.sources if s.kind == "service" and s.name in spiffe_of}
+        if "ingress" in kinds:
+            spiffes.add(mesh.ingress_identity.spiffe)
+        return cls("any" in kinds, "unauthenticated" in kinds, "authenticated" in kinds, frozenset(spiffes),
+                   frozenset(s.name for s in rule.sources if s.kind == "identity"))
+
+    def admit(self, caller: Caller, trust_domain: str) -> bool:
+        if self.anyone:
+            return True
+        ident = caller.identity
+        if ident is None:
+            return self.unauthenticated
+        if self.authenticated and ident.trust_domain == trust_domain:
+            return True
+        if caller.spiffe in self.spiffes:
+            return True
+        return bool(self.identities) and (
+            ident.name in self.identities or f"{ident.namespace}/{ident.name}" in self.identities)
 
 
 _CACHE: dict[int, tuple[weakref.ref[Mesh], _Index]] = {}
@@ -179,12 +215,20 @@ def index(mesh: Mesh) -> _Index:
             group = wildcard if dest == "*" else by_dest.setdefault(dest, ([], []))
             group[slot].append(rule)
     by_spiffe: dict[str, list[str]] = {}
+    spiffe_of: dict[str, str] = {}
     for svc in mesh.services:
-        by_spiffe.setdefault(svc.identity.spiffe, []).append(svc.name)
-    idx = _Index(by_dest, wildcard, by_spiffe)
+        spiffe_of[svc.name] = spiffe = svc.identity.spiffe
+        by_spiffe.setdefault(spiffe, []).append(svc.name)
+    compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
+    idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled)
     key = id(mesh)
     _CACHE[key] = (weakref.ref(mesh, lambda _r, k=key: _CACHE.pop(k, None)), idx)
     return idx
+
+
+def lookup(mesh: Mesh, name: str) -> Service | None:
+    """`mesh.service(name)`, through the cached index (fast in hot loops)."""
+    return index(mesh).services.get(name)
 
 
 # --------------------------------------------------------------------------- callers
@@ -196,6 +240,11 @@ class Caller:
 
     name: str | None  # service name, "ingress", or None (unauthenticated)
     identity: Identity | None  # None: not proven (plaintext)
+    spiffe: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.identity is not None and self.spiffe is None:
+            object.__setattr__(self, "spiffe", self.identity.spiffe)
 
 
 def identity_of(mesh: Mesh, source: str | None) -> Identity | None:
@@ -203,7 +252,7 @@ def identity_of(mesh: Mesh, source: str | None) -> Identity | None:
         return None
     if source == INGRESS:
         return mesh.ingress_identity
-    svc = mesh.service(source)
+    svc = lookup(mesh, source)
     if svc is None:
         raise ValueError(f"unknown source service '{source}'")
     return svc.identity
@@ -224,15 +273,18 @@ def source_matches(mesh: Mesh, src: Source, caller: Caller) -> bool:
     if kind == "ingress":
         return ident.spiffe == mesh.ingress_identity.spiffe
     if kind == "service":
-        svc = mesh.service(src.name)
         # Two services sharing a service account cannot be told apart by mTLS.
-        return svc is not None and svc.identity.spiffe == ident.spiffe
+        return index(mesh).spiffe_of.get(src.name) == ident.spiffe
     # kind == "identity": a service account by name, optionally "namespace/name".
     return src.name in (ident.name, f"{ident.namespace}/{ident.name}")
 
 
 def rule_source_matches(mesh: Mesh, rule: AuthzRule, caller: Caller) -> bool:
-    return any(source_matches(mesh, s, caller) for s in rule.sources)
+    """Does any source of the rule admit this caller? (Same as `source_matches`, compiled.)"""
+    compiled = index(mesh).sources.get(id(rule))
+    if compiled is None:  # a rule that is not part of this mesh
+        return any(source_matches(mesh, s, caller) for s in rule.sources)
+    return compiled.admit(caller, mesh.trust_domain)
 
 
 def is_identity_based(src: Source) -> bool:
@@ -282,7 +334,7 @@ def _request_matches(rule: AuthzRule, method: str | None, path: str | None, port
 
 
 def _service(mesh: Mesh, name: str) -> Service:
-    svc = mesh.service(name)
+    svc = lookup(mesh, name)
     if svc is None:
         raise ValueError(f"unknown destination service '{name}'")
     return svc
@@ -422,37 +474,50 @@ def _port_slots(svc: Service) -> list[tuple[int | None, str]]:
     return [(p.number, p.mtls) for p in svc.ports]
 
 
-def access(mesh: Mesh, source: str | None, destination: str) -> Access:
-    """Summarise every request `source` may send to `destination` (see `matrix`)."""
+_PortAccess = tuple[int | None, list[AuthzRule], list[AuthzRule], bool]
+
+
+def _per_port(mesh: Mesh, source: str | None, destination: str) -> Iterator[_PortAccess]:
+    """For each port `source` can get some request through on: (port, allow rules that admit
+    it there, deny rules that narrow it there, whether everything is admitted)."""
     dest = _service(mesh, destination)
     ident = identity_of(mesh, source)
-    denies, allows = index(mesh).rules_for(destination)
-    slots = _port_slots(dest)
-    all_ports = tuple(sorted(n for n, _ in slots if n is not None))
+    idx = index(mesh)
+    denies, allows = idx.rules_for(destination)
+    open_default = mesh.authz == "allow_by_default"
+    td = mesh.trust_domain
 
-    # Per port: which allow and deny rules apply to this caller there.
-    per_port: list[tuple[int | None, list[AuthzRule], list[AuthzRule], bool]] = []
-    for number, mode in slots:
+    def applies(rule: AuthzRule, caller: Caller, number: int | None) -> bool:
+        return ((not rule.ports or number is None or number in rule.ports)
+                and idx.sources[id(rule)].admit(caller, td))
+
+    for number, mode in _port_slots(dest):
         if dest.external is not None or mode == "strict":
             if ident is None and dest.external is None:
                 continue  # strict refuses plaintext
             caller = Caller(source, ident)
         else:
             caller = Caller(source, None)
-
-        def applies(rule: AuthzRule, caller: Caller = caller, number: int | None = number) -> bool:
-            return ((not rule.ports or number is None or number in rule.ports)
-                    and rule_source_matches(mesh, rule, caller))
-
-        d = [r for r in denies if applies(r)]
-        a = [r for r in allows if applies(r)]
+        d = [r for r in denies if applies(r, caller, number)]
         if any(_whole(r, number) for r in d):
             continue
-        open_ = mesh.authz == "allow_by_default" or any(_whole(r, number) for r in a)
+        a = [r for r in allows if applies(r, caller, number)]
+        open_ = open_default or any(_whole(r, number) for r in a)
         if not a and not open_:
             continue
-        per_port.append((number, a, d, open_ and not d))
+        yield number, a, d, open_ and not d
 
+
+def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
+    """Can some request from `source` get through? (`access(...).level != "none"`, cheaper.)"""
+    return next(_per_port(mesh, source, destination), None) is not None
+
+
+def access(mesh: Mesh, source: str | None, destination: str) -> Access:
+    """Summarise every request `source` may send to `destination` (see `matrix`)."""
+    dest = _service(mesh, destination)
+    all_ports = tuple(sorted(n for n, _ in _port_slots(dest) if n is not None))
+    per_port = list(_per_port(mesh, source, destination))
     if not per_port:
         return NO_ACCESS
     reached = tuple(sorted(n for n, *_ in per_port if n is not None))
@@ -509,10 +574,10 @@ def _candidate_sources(mesh: Mesh, allows: list[AuthzRule], everyone: list[str])
                 named.add(INGRESS)
                 named.update(idx.by_spiffe.get(mesh.ingress_identity.spiffe, ()))
             else:
-                svc = mesh.service(src.name)
-                if svc is not None:
-                    named.update(idx.by_spiffe.get(svc.identity.spiffe, ()))
-                    if svc.identity.spiffe == mesh.ingress_identity.spiffe:
+                spiffe = idx.spiffe_of.get(src.name)
+                if spiffe is not None:
+                    named.update(idx.by_spiffe.get(spiffe, ()))
+                    if spiffe == mesh.ingress_identity.spiffe:
                         named.add(INGRESS)
     return sorted(named)
 

@@ -97,7 +97,8 @@ def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) 
     if text is not None and d.span.line > 0:
         src_lines = text.splitlines()
         if d.span.line <= len(src_lines):
-            src = src_lines[d.span.line - 1].expandtabs(4)
+            # control characters would garble the terminal; one placeholder each keeps the caret aligned
+            src = "".join(c if c.isprintable() else "\ufffd" for c in src_lines[d.span.line - 1].expandtabs(4))
             if len(src) > 200:
                 src = src[:200] + " ..."
             width = len(str(d.span.line))

@@ -211,10 +211,21 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha1(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
 
 
+_SPAN_JSON = re.compile(r'"span":"(?:[^"\\]|\\.)*",?')
+
+
+def sig(node: Any) -> str:
+    """A fast span-free serialisation (pydantic's JSON, spans cut out). Equal signatures mean
+    equal meaning; unequal ones only mean "compare in detail" (order is not normalised)."""
+    if node is None:
+        return "null"
+    return _SPAN_JSON.sub("", node.model_dump_json())
+
+
 # --------------------------------------------------------------------------- services
 
 
-def _diff_services(old: Mesh, new: Mesh) -> Iterator[Change]:
+def _diff_services(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterator[Change]:
     o, n = {s.name for s in old.services}, {s.name for s in new.services}
     for name in sorted(n - o):
         s = new.service(name)
@@ -226,7 +237,7 @@ def _diff_services(old: Mesh, new: Mesh) -> Iterator[Change]:
         assert s is not None
         kind = "external service" if s.external else "service"
         yield Change("services", name, f"{kind} {name}", "removed", "neutral", loc(s.span))
-    for name in sorted(o & n):
+    for name in changed:
         a, b = old.service(name), new.service(name)
         assert a is not None and b is not None
         yield from _diff_inventory(a, b)
@@ -483,9 +494,11 @@ def _diff_resilience(old: Mesh, new: Mesh, a: Service, b: Service) -> Iterator[C
     ra, rb = a.resilience, b.resilience
     where = loc(b.span)
     # Effective timeout: the service's, else the mesh default.
-    ta = ra.timeout if ra.timeout is not None else old.timeout
-    tb = rb.timeout if rb.timeout is not None else new.timeout
-    yield from _diff_timeout(name, name, ta, tb, loc(rb.timeout.span if rb.timeout else b.span))
+    # (Inherited on both sides: the mesh-level change is reported once, on the mesh.)
+    if ra.timeout is not None or rb.timeout is not None:
+        ta = ra.timeout if ra.timeout is not None else old.timeout
+        tb = rb.timeout if rb.timeout is not None else new.timeout
+        yield from _diff_timeout(name, name, ta, tb, loc(rb.timeout.span if rb.timeout else b.span))
     yield from _diff_retry(name, name, ra.retry, rb.retry, loc(rb.retry.span if rb.retry else b.span))
     for key in ("load_balance", "circuit_breaker", "outlier", "health_check", "rate_limit"):
         nb = getattr(rb, key)
@@ -507,10 +520,10 @@ def _amplification_inputs(mesh: Mesh) -> str:
     """What worst-case attempts depend on: calls, retries and route destinations."""
     h = hashlib.sha1()
     for s in mesh.services:
-        h.update(json.dumps([s.name, sorted(s.calls), plain(s.resilience.retry),
-                             [[plain(r.retry), sorted((d.service, d.version or "") for d in r.destinations),
+        h.update(json.dumps([s.name, sorted(s.calls), sig(s.resilience.retry),
+                             [[sig(r.retry), sorted((d.service, d.version or "") for d in r.destinations),
                                r.mirror.destination.service if r.mirror else ""]
-                              for r in s.routes]], sort_keys=True).encode())
+                              for r in s.routes]]).encode())
     return h.hexdigest()
 
 
@@ -678,18 +691,13 @@ def _diff_new_service_posture(new: Mesh, names: Iterable[str]) -> Iterator[Chang
 
 
 def _rule_plains(mesh: Mesh) -> dict[int, str]:
-    """Each authorization rule once, canonical: order-free lists sorted, spans dropped, and a
-    service source resolved to its identity (a renamed service account changes the grant)."""
+    """Each authorization rule once, span-free, with a service source's identity appended (a
+    renamed service account changes the grant). Not order-normalised: a rule rewritten in
+    another order only costs a probe, which then finds no difference."""
     out = {}
     for r in mesh.rules:
-        d = plain(r)
-        d["sources"] = sorted(
-            [s.kind, s.name, _identity_of(mesh, s.name) if s.kind == "service" else ""] for s in r.sources)
-        for k in ("destinations", "methods", "ports"):
-            d[k] = sorted(d[k])
-        for k in ("paths", "not_paths", "headers"):
-            d[k] = sorted(d[k], key=lambda x: json.dumps(x, sort_keys=True))
-        out[id(r)] = json.dumps(d, sort_keys=True)
+        idents = [_identity_of(mesh, s.name) for s in r.sources if s.kind == "service"]
+        out[id(r)] = sig(r) + "|" + ",".join(idents)
     return out
 
 
@@ -990,15 +998,19 @@ def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Chang
 def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> Diff:
     """Compare two resolved meshes by meaning. `targets`: also list changed generated files."""
     changes: list[Change] = []
-    changes += _diff_services(old, new)
-    changes += _diff_mesh_settings(old, new)
     names_a = {s.name for s in old.services}
-    common = sorted(names_a & {s.name for s in new.services})
-    for name in common:
+    changed = []
+    for name in sorted(names_a & {s.name for s in new.services}):
         a, b = old.service(name), new.service(name)
         assert a is not None and b is not None
-        if a is b:
-            continue
+        # Most services of a large mesh are untouched by a change: skip them cheaply.
+        if a is not b and sig(a) != sig(b):
+            changed.append(name)
+    changes += _diff_services(old, new, changed)
+    changes += _diff_mesh_settings(old, new)
+    for name in changed:
+        a, b = old.service(name), new.service(name)
+        assert a is not None and b is not None
         changes += _diff_routes(a, b)
         changes += _diff_resilience(old, new, a, b)
         changes += _diff_service_posture(old, new, a, b)

@@ -167,7 +167,7 @@ class Printer:
 
 def format_text(text: str, path: str = "<input>") -> str:
     """The canonical form of one file's text; raises MeshcError if it does not parse."""
-    parsed = parse_text(text, path)
+    parsed = parse_text(text, path, keep_all_tokens=True)
     p = Printer(parsed.comments)
     for decl in parsed.tree.children:
         if isinstance(decl, Tree):

@@ -56,6 +56,9 @@ INGRESS_NODE = "ingress"
 DEFAULT_AMPLIFICATION_LIMIT = 10
 # Envoy's defaults, used when a retry names no backoff: base 25 ms, cap 10x base.
 DEFAULT_BACKOFF_BASE_MS = 25
+# Components up to this size get every simple path tried (at most 7! orders); larger ones a
+# greedy relaxation that still only follows simple paths.
+EXACT_CYCLE_SIZE = 7
 
 # --------------------------------------------------------------------------- helpers
 
@@ -115,18 +118,18 @@ def _traffic_edges(mesh: Mesh) -> Iterator[tuple[str, str, str, Span, dict[str, 
     """(source, target, kind, span, extra) for every edge requests can travel."""
     for svc in mesh.services:
         for callee in svc.calls:
-            if mesh.service(callee) is not None:
+            if authz.lookup(mesh, callee) is not None:
                 yield svc.name, callee, "calls", svc.span, {}
         if svc.expose is not None:
             yield INGRESS_NODE, svc.name, "expose", svc.expose.span, {}
         for rule in svc.routes:
             for d in rule.destinations:
-                if d.service != svc.name and mesh.service(d.service) is not None:
+                if d.service != svc.name and authz.lookup(mesh, d.service) is not None:
                     kind = "split" if len(rule.destinations) > 1 else "route"
                     yield svc.name, d.service, kind, d.span, {"weight": d.weight}
             if rule.mirror is not None:
                 target = rule.mirror.destination.service
-                if mesh.service(target) is not None:
+                if authz.lookup(mesh, target) is not None:
                     yield svc.name, target, "mirror", rule.mirror.span, {"percent": rule.mirror.percent}
 
 
@@ -136,9 +139,9 @@ def _allow_edges(mesh: Mesh) -> Iterator[tuple[str, str, AuthzRule]]:
     for rule in mesh.rules:
         if rule.action != "allow":
             continue
-        dests = names if "*" in rule.destinations else [d for d in rule.destinations if mesh.service(d)]
+        dests = names if "*" in rule.destinations else [d for d in rule.destinations if authz.lookup(mesh, d)]
         for src in rule.sources:
-            if src.kind == "service" and mesh.service(src.name) is not None:
+            if src.kind == "service" and authz.lookup(mesh, src.name) is not None:
                 origin = src.name
             elif src.kind == "ingress":
                 origin = INGRESS_NODE
@@ -245,6 +248,9 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
                 _relax(best, g, factor, u, v)
         if len(nodes) > 1 or g.has_edge(nodes[0], nodes[0]):
             scc_set = set(nodes)
+            if len(nodes) <= EXACT_CYCLE_SIZE:
+                _exact_in_scc(best, g, factor, nodes, scc_set)
+                continue
             for _ in range(len(nodes)):
                 changed = False
                 for u in nodes:
@@ -254,6 +260,25 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
                 if not changed:
                     break
     return best
+
+
+def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: dict[str, int],
+                  nodes: list[str], scc: set[str]) -> None:
+    """Every simple path inside a small component, from each node's best entry."""
+    starts = {v: best[v] for v in nodes}
+
+    def walk(u: str, value: int, chain: _Chain, seen: frozenset[str]) -> None:
+        for v in sorted(g.successors(u)):
+            if v not in scc or v in seen:
+                continue
+            f = factor[v] if g.edges[u, v]["calls"] else 1
+            link = _Chain(v, f, chain)
+            if value * f > best[v][0]:
+                best[v] = (value * f, link)
+            walk(v, value * f, link, seen | {v})
+
+    for s in nodes:
+        walk(s, starts[s][0], starts[s][1], frozenset({s}))
 
 
 def _relax(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: dict[str, int], u: str, v: str) -> bool:
@@ -398,10 +423,10 @@ def rule_covers(earlier: RouteRule, later: RouteRule) -> bool:
     return all(any(match_covers(a, b) for a in earlier.matches) for b in later.matches)
 
 
-def _describe_rule(rule: RouteRule) -> str:
-    if _is_catch_all(rule):
-        return "otherwise" if not rule.matches else "an unconditional rule"
-    return "rule at line " + str(rule.span.line) if rule.span.line else "an earlier rule"
+def _describe_rule(rule: RouteRule, index: int) -> str:
+    what = "`otherwise`" if not rule.matches else (
+        "the unconditional rule" if _is_catch_all(rule) else "the earlier rule")
+    return f"{what} at line {rule.span.line}" if rule.span.line else f"{what} (rule {index + 1})"
 
 
 def check_shadowed_routes(mesh: Mesh) -> Iterator[Diagnostic]:
@@ -411,10 +436,9 @@ def check_shadowed_routes(mesh: Mesh) -> Iterator[Diagnostic]:
         for j in range(1, len(rules)):
             for i in range(j):
                 if rule_covers(rules[i], rules[j]):
-                    where = f"{rules[i].span.file}:{rules[i].span.line}" if rules[i].span.line else f"#{i + 1}"
                     yield Diagnostic(
-                        "W203", f"route rule of '{svc.name}' can never match: {_describe_rule(rules[i])} "
-                        f"({where}) matches every request it would",
+                        "W203", f"route rule of '{svc.name}' can never match: {_describe_rule(rules[i], i)} "
+                        "matches every request it would",
                         rules[j].span, label="unreachable rule",
                         help="move this rule above the broader one, or narrow the earlier rule")
                     break
@@ -432,9 +456,9 @@ def _declared_callers(mesh: Mesh) -> dict[str, list[str]]:
 
 def _refusal(mesh: Mesh, source: str, dest: str) -> str | None:
     """Why `source` can never reach `dest`, or None if some request gets through."""
-    if authz.access(mesh, source, dest).level != "none":
+    if authz.reachable(mesh, source, dest):
         return None
-    svc = mesh.service(dest)
+    svc = authz.lookup(mesh, dest)
     assert svc is not None
     modes = {p.mtls for p in svc.ports} or {svc.mtls}
     if svc.external is None and "strict" not in modes:
@@ -449,25 +473,33 @@ def _refusal(mesh: Mesh, source: str, dest: str) -> str | None:
     return f"no allow rule admits it under {mesh.authz}"
 
 
+def _dead_help(why: str, source: str, dest: str, alternative: str) -> str:
+    if why.startswith("identity cannot be proven"):
+        return f"set `mtls strict` on '{dest}' (or the port) so that the identity of '{source}' can be proven"
+    if why.startswith("denied"):
+        return f"narrow the deny rule, or {alternative}"
+    return f"add `allow {source} -> {dest}` (narrowed as needed), or {alternative}"
+
+
 def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
     """W204: declared calls, exposures, cross-service routes and mirrors that authz refuses."""
     for svc in mesh.services:
         for callee in dict.fromkeys(svc.calls):
-            if mesh.service(callee) is None:
+            if authz.lookup(mesh, callee) is None:
                 continue
             why = _refusal(mesh, svc.name, callee)
             if why:
                 yield Diagnostic(
                     "W204", f"'{svc.name}' calls '{callee}', but '{callee}' refuses every request from it ({why})",
                     svc.span, label=f"calls {callee}: dead traffic",
-                    help=f"add `allow {svc.name} -> {callee}` (narrowed as needed), or drop the call")
+                    help=_dead_help(why, svc.name, callee, "drop the call"))
         if svc.expose is not None:
             why = _refusal(mesh, authz.INGRESS, svc.name)
             if why:
                 yield Diagnostic(
                     "W204", f"'{svc.name}' is exposed on the ingress, but refuses every request from it ({why})",
                     svc.expose.span, label="exposed, but ingress is denied",
-                    help=f"add `allow ingress -> {svc.name}`")
+                    help=_dead_help(why, authz.INGRESS, svc.name, "stop exposing it"))
     callers = _declared_callers(mesh)
     for svc in mesh.services:
         if not svc.routes or svc.name not in callers:
@@ -477,7 +509,7 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
             if rule.mirror is not None and rule.mirror.destination.service != svc.name:
                 targets.append((rule.mirror.destination.service, rule.mirror.span, "mirrors"))
             for target, span, verb in targets:
-                if mesh.service(target) is None:
+                if authz.lookup(mesh, target) is None:
                     continue
                 for caller in callers[svc.name]:
                     why = _refusal(mesh, caller, target)
@@ -486,7 +518,8 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
                             "W204", f"'{svc.name}' {verb} requests from its caller '{caller}' to '{target}', "
                             f"which refuses them ({why})",
                             span, label=f"dead traffic for {caller}",
-                            help=f"add `allow {caller} -> {target}`: routed requests keep the caller's identity")
+                            help=_dead_help(why, caller, target, "route elsewhere") +
+                            " (routed requests keep the caller's identity)")
 
 
 def check_amplification(mesh: Mesh, limit: int = DEFAULT_AMPLIFICATION_LIMIT) -> Iterator[Diagnostic]:
@@ -545,7 +578,7 @@ def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
         if budget is None or budget.ms is None:
             continue
         for callee in dict.fromkeys(svc.calls):
-            target = mesh.service(callee)
+            target = authz.lookup(mesh, callee)
             if target is None:
                 continue
             if callee not in worst_cache:
@@ -596,7 +629,7 @@ def check_weak_identity(mesh: Mesh) -> Iterator[Diagnostic]:
         if not named:
             continue
         dests = mesh.services if "*" in rule.destinations else [
-            s for s in (mesh.service(d) for d in dict.fromkeys(rule.destinations)) if s is not None]
+            s for s in (authz.lookup(mesh, d) for d in dict.fromkeys(rule.destinations)) if s is not None]
         weak = [(svc.name, _weak_mtls(svc)) for svc in dests]
         weak = [(n, w) for n, w in weak if w]
         if rule.ports:
@@ -612,7 +645,7 @@ def check_weak_identity(mesh: Mesh) -> Iterator[Diagnostic]:
 
 
 def _ports_weak(mesh: Mesh, name: str, ports: tuple[int, ...]) -> bool:
-    svc = mesh.service(name)
+    svc = authz.lookup(mesh, name)
     assert svc is not None
     if not svc.ports:
         return svc.mtls != "strict"
@@ -651,7 +684,7 @@ def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
             reachable = False
         else:
             reachable = any(
-                authz.access(mesh, None if src == authz.UNAUTHENTICATED else src, svc.name).level != "none"
+                authz.reachable(mesh, None if src == authz.UNAUTHENTICATED else src, svc.name)
                 for src in authz._candidate_sources(mesh, allows, everyone))
         if not reachable:
             yield Diagnostic(
@@ -669,7 +702,7 @@ def check_cycles(mesh: Mesh) -> Iterator[Diagnostic]:
         if len(scc) == 1 and not g.has_edge(first, first):
             continue
         cycle = _a_cycle(g, first, scc)
-        svc = mesh.service(first)
+        svc = authz.lookup(mesh, first)
         assert svc is not None
         yield Diagnostic(
             "W210", f"call cycle: {' -> '.join(cycle)}", svc.span, label="part of a call cycle",

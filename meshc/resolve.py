@@ -346,7 +346,8 @@ class Resolver:
         elif host is not None or tls is not None:
             self.err("E112", "`host` and `tls originate` belong to external services", decl.name.span,
                      help=f"declare it as `external {name} {{ ... }}`")
-        if not final_ports and decl.kind == "service":
+        wrote_port = any(isinstance(s, A.PortDecl) for b in parts.blocks for s in b.stmts)
+        if not wrote_port and decl.kind == "service":
             self.err("E115", f"service '{name}' declares no port", decl.name.span, label="no port",
                      help="add e.g. `port http 8080`")
         self.pending_calls[name] = call_spans

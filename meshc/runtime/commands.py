@@ -27,7 +27,8 @@ log = logging.getLogger("meshc.proxy")
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("proxy", help="run one native sidecar from its JSON config")
-    p.add_argument("--config", required=True, type=Path, help="a sidecar config written by --target native")
+    p.add_argument("--config", required=True, type=Path,
+                   help="a sidecar config written by --target native (or its mesh.json: every sidecar)")
     p.add_argument("--admin-port", type=int, default=None, help="override the admin (metrics) port")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_proxy)
@@ -85,29 +86,53 @@ async def _wait_for_stop(sidecars: list[Any]) -> None:
 # --------------------------------------------------------------------------- meshc proxy
 
 
+def _is_index(path: Path) -> bool:
+    try:
+        import json
+
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "sidecars" in data
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
-        cfg = C.load_sidecar(args.config)
+        if _is_index(args.config):
+            index = C.load_index(args.config)
+            paths = [args.config.parent / e.config for e in index.sidecars]
+        else:
+            paths = [args.config]
+        cfgs = [(p, C.load_sidecar(p)) for p in paths]
     except C.ConfigError as e:
         print(f"meshc proxy: {e}", file=sys.stderr)
         return 1
-    return run(_proxy(cfg, args))
+    if args.admin_port is not None and len(cfgs) > 1:
+        print("meshc proxy: --admin-port needs a single sidecar config", file=sys.stderr)
+        return 2
+    return run(_proxy(cfgs, args))
 
 
-async def _proxy(cfg: C.SidecarConfig, args: argparse.Namespace) -> int:
+async def _proxy(cfgs: list[tuple[Path, C.SidecarConfig]], args: argparse.Namespace) -> int:
     from meshc.runtime.server import Sidecar
 
-    sc = Sidecar(cfg, path=args.config, admin_port=args.admin_port)
-    try:
-        await sc.start()
-    except (C.ConfigError, OSError) as e:
-        print(f"meshc proxy: {e}", file=sys.stderr)
-        await sc.close()
-        return 1
-    print(f"meshc proxy: {cfg.service} ready; listeners {sc.ports()}; "
-          f"metrics http://{sc.admin_address[0]}:{sc.admin_address[1]}/metrics", file=sys.stderr)  # type: ignore[index]
-    await _wait_for_stop([sc])
+    sidecars = []
+    for path, cfg in cfgs:
+        sc = Sidecar(cfg, path=path, admin_port=args.admin_port)
+        try:
+            await sc.start()
+        except (C.ConfigError, OSError) as e:
+            print(f"meshc proxy: {cfg.service}: {e}", file=sys.stderr)
+            await sc.close()
+            for other in sidecars:
+                await other.close()
+            return 1
+        sidecars.append(sc)
+        adm = sc.admin_address or ("?", 0)
+        print(f"meshc proxy: {cfg.service} ready; listeners {sc.ports()}; "
+              f"metrics http://{adm[0]}:{adm[1]}/metrics", file=sys.stderr)
+    await _wait_for_stop(sidecars)
     return 0
 
 
@@ -221,3 +246,15 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m meshc.runtime.commands proxy ...`: the runtime without the compiler's CLI."""
+    parser = argparse.ArgumentParser(prog="meshc")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
