@@ -85,22 +85,6 @@ PROTOCOL = {"http": "HTTP", "http2": "HTTP2", "grpc": "GRPC", "tcp": "TCP", "tls
 MATCH_ANY = ".*"
 
 
-class _Gaps:
-    """Constructs this backend cannot write exactly, reported as E301 by `unsupported`."""
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.items: list[Diagnostic] = []
-
-    def add(self, what: str, span: Span, hint: str = "") -> None:
-        if any(d.span == span and what in d.message for d in self.items):
-            return  # one construct lowered in several places: report it once
-        self.items.append(Diagnostic(
-            "E301", f"{what} cannot be expressed when targeting {self.backend}", span,
-            label="not expressible on this target",
-            help=(hint + "; " if hint else "") + "or pass --unsupported=warn to drop it with a warning"))
-
-
 def _pct(p: int) -> dict[str, float]:
     return {"value": p / 100}
 
@@ -127,7 +111,7 @@ def _method(methods: tuple[str, ...]) -> dict[str, str]:
     return {"regex": "|".join(re.escape(m) for m in methods)}
 
 
-def match_requests(m: Match, gaps: _Gaps) -> list[tuple[dict[str, Any], str]]:
+def match_requests(m: Match, gaps: k8s.Gaps) -> list[tuple[dict[str, Any], str]]:
     base: dict[str, Any] = {}
     headers = [h for h in m.headers if h.kind != "absent"]
     absent = [h for h in m.headers if h.kind == "absent"]
@@ -199,16 +183,16 @@ class IstioBackend(Backend):
     # ----------------------------------------------------------------- entry points
 
     def unsupported(self, mesh: Mesh) -> list[Diagnostic]:
-        gaps = _Gaps(self.name)
+        gaps = k8s.Gaps(self.name)
         self._objects(mesh, gaps)
         return super().unsupported(mesh) + gaps.items
 
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
-        k8s.add_streams(bundle, self._objects(mesh, _Gaps(self.name)))
+        k8s.add_streams(bundle, self._objects(mesh, k8s.Gaps(self.name)))
         return bundle
 
-    def _objects(self, mesh: Mesh, gaps: _Gaps) -> list[dict[str, Any]]:
+    def _objects(self, mesh: Mesh, gaps: k8s.Gaps) -> list[dict[str, Any]]:
         self.mesh = mesh
         self.gaps = gaps
         self.domain = self.options.get("cluster_domain", "cluster.local")

@@ -19,7 +19,8 @@ from typing import Any
 
 from meshc.backends.base import Bundle
 
-from meshc.model import Identity, Mesh, Port, Service, Version
+from meshc.diagnostics import Diagnostic
+from meshc.model import Identity, Mesh, Port, Service, Span, Version
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshc"}
 
@@ -198,6 +199,22 @@ def host_for(svc: Service, from_namespace: str, cluster_domain: str = "cluster.l
     if svc.external is not None:
         return svc.external.host
     return svc.name if svc.namespace == from_namespace else fqdn(svc, cluster_domain)
+
+
+class Gaps:
+    """Constructs this backend cannot write exactly, reported as E301 by `unsupported`."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.items: list[Diagnostic] = []
+
+    def add(self, what: str, span: Span, hint: str = "") -> None:
+        if any(d.span == span and what in d.message for d in self.items):
+            return  # one construct lowered in several places: report it once
+        self.items.append(Diagnostic(
+            "E301", f"{what} cannot be expressed when targeting {self.backend}", span,
+            label="not expressible on this target",
+            help=(hint + "; " if hint else "") + "or pass --unsupported=warn to drop it with a warning"))
 
 
 # --------------------------------------------------------------------------- match algebra
