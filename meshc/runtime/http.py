@@ -213,9 +213,14 @@ class Downstream(asyncio.Protocol):
                 self.queue.remove(self.parsing)
             except ValueError:
                 pass
-        if self.parsing is not None:
-            self.parsing.body_broken()
+        broken = self.parsing
+        if broken is not None:
+            broken.body_broken()
             self.parsing = None
+        if broken is not None and broken is self.current:
+            # Its body is broken mid-way: whatever the upstream got is incomplete.
+            broken.cancel_with(status)
+            return
         if self.current is None:
             self.local_error(status, b"malformed request")
         else:
@@ -462,6 +467,8 @@ class Stream:
         self.chunked_in = te is not None
         if te is not None and te.strip().lower() != "chunked":
             self.reject = 501
+        if sum(1 for n, _ in headers if n == b"host") > 1:
+            self.reject = 400  # RFC 9112 3.2: more than one Host is a bad request
         cl = self.hdict.get("content-length")
         self.content_length = int(cl) if cl and cl.strip().isdigit() else 0
         self.has_body = self.chunked_in or self.content_length > 0
@@ -504,7 +511,7 @@ class Stream:
     def start(self) -> None:
         if self.reject:
             self.close_after = True
-            self.respond(self.reject, b"not supported")
+            self.respond(self.reject, b"bad request" if self.reject == 400 else b"not supported")
             return
         self.task = self.conn.loop.create_task(self.run())
 
@@ -588,6 +595,17 @@ class Stream:
         self.close_after = True
         if self.body_done_fut is not None and not self.body_done_fut.done():
             self.body_done_fut.set_result(None)
+
+    def cancel_with(self, status: int) -> None:
+        """Stop this request: a local error if nothing was answered yet, else a reset."""
+        self.close_after = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._drop_upstream()
+        if self.response_started:
+            self._abort_all()
+        else:
+            self.respond(status, b"malformed request")
 
     def replayable(self) -> bool:
         return not self.has_body or self.replay is not None or not self.sent_any
