@@ -66,9 +66,11 @@ def go_duration(ms: int) -> str:
 
 
 def cr(api_version: str, kind: str, name: str, namespace: str | None, spec: Mapping[str, Any],
-       *, labels: Mapping[str, str] | None = None) -> K8sObject:
+       *, labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None) -> K8sObject:
     """A custom resource as plain data."""
     meta: dict[str, Any] = {"name": name, "labels": {**MANAGED_BY, **(labels or {})}}
+    if annotations:
+        meta["annotations"] = dict(annotations)
     if namespace is not None:
         meta["namespace"] = namespace
     return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": dict(spec)}

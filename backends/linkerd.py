@@ -1,0 +1,423 @@
+"""Linkerd backend (current edge releases: edge-26.x / 2.20 CRDs): policy.linkerd.io/v1beta3
+Server and HTTPRoute, policy.linkerd.io/v1alpha1 AuthorizationPolicy, MeshTLSAuthentication,
+NetworkAuthentication and HTTPLocalRateLimitPolicy; with option `gateway_api_routes` the routes
+are gateway.networking.k8s.io/v1 HTTPRoutes (the Gateway API bundle Linkerd ships); with option
+`legacy_service_profile`, linkerd.io/v1alpha2 ServiceProfiles instead of routes (never both for
+one service).
+
+Outbound (the caller's proxy): an HTTPRoute per service with route rules, parentRef the
+Service, weighted backendRefs to per-version Services (`reviews-v2`) for splits; routing order
+is kept with the same specificity analysis as the gateway-api target (Linkerd ranks routes the
+Gateway API way). Retries are annotations (`retry.linkerd.io/http`, `retry.linkerd.io/limit`,
+`retry.linkerd.io/timeout`) on that HTTPRoute, or on the Service when it has no routes
+(with `timeout.linkerd.io/request`); rule timeouts are the route rules' `timeouts.request`.
+Outlier detection becomes failure-accrual annotations on the Service
+(`balancer.linkerd.io/failure-accrual: consecutive`, max failures = consecutive_5xx, penalty =
+eject time; `interval` and `max_percent` have no Linkerd counterpart).
+
+Inbound (the callee's proxy): a Server per port (proxyProtocol from the port protocol,
+accessPolicy `deny` under deny_by_default, else all-authenticated / all-unauthenticated by the
+port's mTLS mode), namespaces annotated `config.linkerd.io/default-inbound-policy` and
+`linkerd.io/inject: enabled`. Allow rules become AuthorizationPolicies requiring a
+MeshTLSAuthentication (service, identity, ingress: identityRefs to ServiceAccounts;
+`authenticated`: identities `*`) or, for `*` on a permissive port, a NetworkAuthentication of
+every address. Method/path/header conditions are inbound HTTPRoutes on the Server (plus a
+catch-all route, so requests outside them still reach server-level authorizations); an
+allow rule whose conditions contain another's is attached to that rule's route as well, so
+OR-ed allows hold under Linkerd's one-route-per-request matching.
+
+Path semantics: Linkerd PathPrefix matches whole segments, exactly meshc `under`; meshc
+`prefix` (bytes) is rejected with E301 (except `prefix "/"`), see docs/language.md.
+
+Not expressible (E301): deny rules, rules for unauthenticated-only sources, path exclusions,
+mTLS disabled, load-balancer choice (Linkerd always uses EWMA), circuit-breaker limits,
+mirroring, rewrites, direct responses, faults, active health checks, retry backoff and
+budgets (except in legacy ServiceProfiles), connection-level retry conditions, ingress
+exposure and TLS origination.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from meshc.backends import k8s
+from meshc.backends.base import FEATURES
+from meshc.backends.gateway_api import GW, GatewayApiBackend, rank
+
+from meshc.model import Match, Mesh, Port, Retry, RouteRule, Service, Source
+
+POLICY = "policy.linkerd.io"
+V1BETA3 = f"{POLICY}/v1beta3"
+V1ALPHA1 = f"{POLICY}/v1alpha1"
+PROFILE_API = "linkerd.io/v1alpha2"
+
+PROXY_PROTOCOL = {"http": "HTTP/1", "http2": "HTTP/2", "grpc": "gRPC", "tcp": "opaque", "tls": "TLS"}
+RETRY_HTTP = {"5xx": "5xx", "gateway-error": "gateway-error", "retriable-4xx": "409"}
+
+_KIND_SUFFIX = {"MeshTLSAuthentication": "mtls", "NetworkAuthentication": "net"}
+
+_NOT_SUPPORTED = {
+    "mtls.disabled", "route.match.path.prefix", "route.match.header.absent", "route.rewrite",
+    "route.rewrite.host", "route.respond", "route.mirror", "retry.backoff", "retry.budget",
+    "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
+    "load_balance.consistent_hash", "circuit_breaker", "health_check", "fault.delay", "fault.abort",
+    "authz.deny", "authz.unauthenticated", "authz.not_paths", "ingress", "external.tls_originate", "slo",
+}
+
+
+def _auth_ref(kind: str, name: str) -> dict[str, str]:
+    return {"group": POLICY, "kind": kind, "name": name}
+
+
+class LinkerdBackend(GatewayApiBackend):
+    name: ClassVar[str] = "linkerd"
+    description: ClassVar[str] = "Linkerd edge (policy.linkerd.io v1beta3/v1alpha1 CRDs, annotations) + core objects"
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "gateway_api_routes": "write gateway.networking.k8s.io/v1 HTTPRoutes instead of policy.linkerd.io/v1beta3",
+        "legacy_service_profile": "write ServiceProfiles (linkerd.io/v1alpha2) instead of HTTPRoutes for routing",
+        "cluster_domain": "Kubernetes cluster DNS domain (default cluster.local)",
+    }
+    ROUTE_API: ClassVar[str] = V1BETA3
+    RULE_FILTERS: ClassVar[frozenset[str]] = frozenset({"RequestHeaderModifier", "RequestRedirect"})
+
+    def __init__(self, options: Any = None):
+        super().__init__(options)
+        if "gateway_api_routes" in self.options and self.flag("gateway_api_routes"):
+            self.ROUTE_API = GW  # type: ignore[misc]
+            self.RULE_FILTERS = frozenset({"RequestHeaderModifier", "ResponseHeaderModifier",  # type: ignore[misc]
+                                           "RequestRedirect"})
+        self.legacy = "legacy_service_profile" in self.options and self.flag("legacy_service_profile")
+        # retries are annotations here, whatever the Gateway API channel
+        self.CAPABILITIES = type(self).CAPABILITIES | ({"retry.budget"} if self.legacy else set())  # type: ignore[misc]
+
+    def retries_supported(self) -> bool:
+        return True  # as annotations, not the Gateway API `retry` field
+
+    def posture_warnings(self, mesh: Mesh) -> list[Any]:
+        return []  # enforced by Servers' accessPolicy and the namespace default policy
+
+    # ----------------------------------------------------------------- objects
+
+    def _objects(self, mesh: Mesh, gaps: k8s.Gaps) -> list[dict[str, Any]]:
+        self.mesh, self.gaps = mesh, gaps
+        self.domain = self.options.get("cluster_domain", "cluster.local")
+        objs = self.core(mesh)
+        for svc in mesh.services:
+            if svc.external is not None:
+                continue
+            if self.legacy:
+                objs += self.lower_service_profile(svc)
+            else:
+                objs += self.lower_service_routes(svc)
+            objs += self.lower_servers(svc)
+            objs += self.lower_rate_limit(svc)
+        objs += self.lower_authorization(mesh)
+        return objs
+
+    def default_policy(self, mesh: Mesh, mtls: str) -> str:
+        if mesh.authz == "deny_by_default":
+            return "deny"
+        return "all-authenticated" if mtls == "strict" else "all-unauthenticated"
+
+    def core(self, mesh: Mesh) -> list[dict[str, Any]]:
+        annotations = {"linkerd.io/inject": "enabled",
+                       "config.linkerd.io/default-inbound-policy": self.default_policy(mesh, mesh.mtls)}
+        svc_annotations = {s.name: self.service_annotations(s) for s in mesh.services}
+        return k8s.core_objects(mesh, versions=True, namespace_annotations=annotations,
+                                service_annotations=svc_annotations)
+
+    def service_annotations(self, svc: Service) -> dict[str, str]:
+        out: dict[str, str] = {}
+        od = svc.resilience.outlier
+        if od is not None:
+            out |= {"balancer.linkerd.io/failure-accrual": "consecutive",
+                    "balancer.linkerd.io/failure-accrual-consecutive-max-failures": str(od.consecutive_5xx),
+                    "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": k8s.go_duration(od.eject_ms),
+                    "balancer.linkerd.io/failure-accrual-consecutive-max-penalty": k8s.go_duration(od.eject_ms)}
+        opaque = [str(p.number) for p in svc.ports if p.protocol == "tcp"]
+        if opaque:
+            out["config.linkerd.io/opaque-ports"] = ",".join(opaque)
+        if not svc.routes or self.legacy:
+            # no HTTPRoute: Linkerd reads retry and timeout settings from the Service
+            out |= self.retry_annotations(svc.resilience.retry)
+            t = svc.resilience.timeout or self.mesh.timeout
+            if t is not None and t.ms is not None and not self.legacy:
+                out["timeout.linkerd.io/request"] = k8s.go_duration(t.ms)
+        return out
+
+    # ----------------------------------------------------------------- retries and timeouts
+
+    def retry_annotations(self, r: Retry | None) -> dict[str, str]:
+        if r is None or r.attempts == 0:
+            return {}
+        conds = []
+        for c in r.on:
+            if c in RETRY_HTTP:
+                conds.append(RETRY_HTTP[c])
+            else:
+                self.gaps.add(f"retries on {c}", r.span,
+                              "Linkerd retries on response status (5xx, gateway-error, codes); use those conditions")
+        conds += [str(c) for c in r.status_codes]
+        out = {"retry.linkerd.io/limit": str(r.attempts)}
+        if conds:
+            out["retry.linkerd.io/http"] = ",".join(conds)
+        if r.per_try_ms is not None:
+            out["retry.linkerd.io/timeout"] = k8s.go_duration(r.per_try_ms)
+        return out
+
+    def retry(self, r: Retry | None) -> dict[str, Any] | None:
+        return None  # annotations on the route instead
+
+    def timeouts(self, svc: Service, rule: RouteRule) -> dict[str, str]:
+        t = self.effective_timeout(svc, rule)
+        # Linkerd applies no timeout unless one is configured: "none" is the absent field
+        return {"request": k8s.go_duration(t.ms)} if t is not None and t.ms is not None else {}
+
+    def rule_body(self, svc: Service, rule: RouteRule, port: int) -> dict[str, Any]:
+        body = super().rule_body(svc, rule, port)
+        if not body.get("timeouts"):
+            body.pop("timeouts", None)
+        if rule.response_headers is not None and "ResponseHeaderModifier" not in self.RULE_FILTERS:
+            # policy.linkerd.io/v1beta3 has this filter on backendRefs only: same effect
+            f = {"type": "ResponseHeaderModifier", "responseHeaderModifier": self.header_filter(rule.response_headers)}
+            for ref in body.get("backendRefs", []):
+                ref["filters"] = [f]
+        if rule.retry is not None and rule.retry != svc.resilience.retry:
+            self.gaps.add("a retry policy on a single route rule", rule.retry.span,
+                          "Linkerd sets retries per HTTPRoute (annotations); put `retry` on the service")
+        return body
+
+    def lower_service_routes(self, svc: Service) -> list[dict[str, Any]]:
+        if not svc.routes or not any(p.protocol in ("http", "http2", "grpc") for p in svc.ports):
+            return [] if not svc.routes else self.lower_tcp_route(svc)
+        objs = super().lower_service_routes(svc)
+        annotations = self.retry_annotations(svc.resilience.retry)
+        for o in objs:
+            if annotations:
+                o["metadata"]["annotations"] = dict(annotations)
+        return objs
+
+    def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:
+        objs = super().lower_tcp_route(svc)
+        for o in objs:
+            o["apiVersion"] = "gateway.networking.k8s.io/v1alpha2"  # the TCPRoute Linkerd ships
+        return objs
+
+    # ----------------------------------------------------------------- legacy ServiceProfile
+
+    def lower_service_profile(self, svc: Service) -> list[dict[str, Any]]:
+        if not svc.is_http:
+            return []
+        routes = []
+        for i, rule in enumerate(svc.routes):
+            if any(d.service != svc.name or d.version is not None for d in rule.destinations):
+                self.gaps.add("version routing or splits with legacy ServiceProfiles", rule.span,
+                              "ServiceProfiles only describe routes; drop `legacy_service_profile`")
+            conds = [self.profile_condition(m) for m in rule.matches] or [{"pathRegex": ".*"}]
+            retry = rule.retry or svc.resilience.retry
+            timeout = self.effective_timeout(svc, rule)
+            for j, cond in enumerate(conds):
+                entry: dict[str, Any] = {"name": f"rule-{i}-{j}", "condition": cond}
+                if retry is not None and retry.attempts > 0:
+                    entry["isRetryable"] = True
+                if timeout is not None and timeout.ms is not None:
+                    entry["timeout"] = k8s.go_duration(timeout.ms)
+                routes.append(entry)
+        spec: dict[str, Any] = {"routes": routes}
+        retry = svc.resilience.retry
+        if retry is not None and retry.budget is not None:
+            spec["retryBudget"] = {"retryRatio": retry.budget / 10_000, "minRetriesPerSecond": 10, "ttl": "10s"}
+        name = f"{svc.name}.{svc.namespace}.svc.{self.domain}"
+        return [k8s.cr(PROFILE_API, "ServiceProfile", name, svc.namespace, spec)]
+
+    def profile_condition(self, m: Match) -> dict[str, Any]:
+        cond: dict[str, Any] = {}
+        p = m.path
+        if p is not None:
+            v = re.escape(p.value)
+            cond["pathRegex"] = {"exact": f"^{v}$", "prefix": f"^{v}.*", "regex": p.value,
+                                 "under": f"^{re.escape(p.value.rstrip('/'))}(/.*)?$"}[p.kind]
+        if m.headers or m.query:
+            self.gaps.add("header or query conditions in legacy ServiceProfiles", m.span)
+        if len(m.methods) > 1:
+            return {"any": [{**cond, "method": meth} for meth in m.methods]}
+        if m.methods:
+            cond["method"] = m.methods[0]
+        return cond or {"pathRegex": ".*"}
+
+    # ----------------------------------------------------------------- inbound
+
+    def server_name(self, svc: Service, port: Port) -> str:
+        return f"{svc.name}-{port.number}"
+
+    def lower_servers(self, svc: Service) -> list[dict[str, Any]]:
+        return [k8s.cr(V1BETA3, "Server", self.server_name(svc, p), svc.namespace, {
+            "podSelector": {"matchLabels": {"app": svc.name}},
+            "port": p.number,
+            "proxyProtocol": PROXY_PROTOCOL[p.protocol],
+            "accessPolicy": self.default_policy(self.mesh, p.mtls),
+        }) for p in svc.ports]
+
+    def lower_rate_limit(self, svc: Service) -> list[dict[str, Any]]:
+        rl = svc.resilience.rate_limit
+        if rl is None:
+            return []
+        per_s = rl.per_second
+        if per_s != int(per_s) or per_s < 1:
+            self.gaps.add("a rate limit that is not a whole number of requests per second", rl.span,
+                          "Linkerd limits in requests per second")
+        if rl.burst is not None:
+            self.gaps.add("a rate-limit burst", rl.span, "Linkerd's HTTPLocalRateLimitPolicy has no burst size")
+        out = []
+        for p in svc.ports:
+            if p.protocol in ("http", "http2", "grpc"):
+                out.append(k8s.cr(V1ALPHA1, "HTTPLocalRateLimitPolicy", self.server_name(svc, p), svc.namespace, {
+                    "targetRef": {"group": POLICY, "kind": "Server", "name": self.server_name(svc, p)},
+                    "total": {"requestsPerSecond": max(int(per_s), 1)}}))
+        return out
+
+    # ----------------------------------------------------------------- authorization
+
+    def identity_ref(self, src: Source) -> dict[str, str]:
+        mesh = self.mesh
+        if src.kind == "ingress":
+            ident = mesh.ingress_identity
+            return {"kind": "ServiceAccount", "name": ident.name, "namespace": ident.namespace}
+        if src.kind == "service":
+            svc = mesh.service(src.name)
+            if svc is not None:
+                return {"kind": "ServiceAccount", "name": svc.identity.name, "namespace": svc.identity.namespace}
+        owner = next((s for s in mesh.services if s.identity.name == src.name), None)
+        ns = owner.identity.namespace if owner else mesh.namespace
+        return {"kind": "ServiceAccount", "name": src.name, "namespace": ns}
+
+    def l7_matches(self, rule: Any) -> list[Match]:
+        paths = list(rule.paths) or [None]
+        out = []
+        for p in paths:
+            if p is not None and p.kind == "prefix" and p.value != "/":
+                self.gaps.add("a byte-prefix path in an authorization rule", p.span,
+                              "Linkerd PathPrefix matches whole segments; use `under`")
+                continue
+            out.append(Match(path=p, methods=rule.methods, headers=rule.headers, span=rule.span))
+        return out
+
+    def authentications(self, svc: Service, idx: int, rule: Any, ports: list[Port]) -> tuple[list[dict], list[dict]]:
+        """(authentication objects, refs to require). Sources are OR-ed, refs within one
+        AuthorizationPolicy are AND-ed: one policy per ref."""
+        objs: list[dict[str, Any]] = []
+        refs: list[dict[str, str]] = []
+        base = f"{svc.name}-allow-{idx}"
+        idents = sorted({tuple(sorted(self.identity_ref(s).items())) for s in rule.sources
+                         if s.kind in ("service", "identity", "ingress")})
+        spec: dict[str, Any] = {}
+        if idents:
+            spec["identityRefs"] = [dict(i) for i in idents]
+        if any(s.kind == "authenticated" for s in rule.sources) or (
+                any(s.kind == "any" for s in rule.sources) and all(p.mtls == "strict" for p in ports)):
+            spec = {"identities": ["*"]}  # any mesh identity (covers the listed ones)
+        if spec:
+            objs.append(k8s.cr(V1ALPHA1, "MeshTLSAuthentication", base, svc.namespace, spec))
+            refs.append(_auth_ref("MeshTLSAuthentication", base))
+        if any(s.kind == "any" for s in rule.sources) and not all(p.mtls == "strict" for p in ports):
+            objs.append(k8s.cr(V1ALPHA1, "NetworkAuthentication", f"{base}-any", svc.namespace,
+                               {"networks": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]}))
+            refs = [_auth_ref("NetworkAuthentication", f"{base}-any")]  # everyone: mTLS peers included
+        return objs, refs
+
+    def lower_authorization(self, mesh: Mesh) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if mesh.authz == "allow_by_default":
+            return out  # allow rules are no-ops; deny rules are E301 on Linkerd
+        internal = [s for s in mesh.services if s.external is None]
+        per_svc: dict[str, list[tuple[int, Any]]] = {}
+        for idx, rule in enumerate(mesh.rules):
+            if rule.action != "allow":
+                continue
+            targets = internal if "*" in rule.destinations else [
+                s for s in (mesh.service(d) for d in rule.destinations) if s is not None and s.external is None]
+            for svc in targets:
+                per_svc.setdefault(svc.name, []).append((idx, rule))
+        for name, rules in sorted(per_svc.items()):
+            svc = mesh.service(name)
+            assert svc is not None
+            out += self.service_authorization(svc, rules)
+        return out
+
+    def service_authorization(self, svc: Service, rules: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        l7: list[tuple[int, Any, list[Match], list[Port], list[dict[str, str]]]] = []
+        for idx, rule in rules:
+            ports = [p for p in svc.ports if not rule.ports or p.number in rule.ports]
+            if not ports:
+                continue
+            objs, refs = self.authentications(svc, idx, rule, ports)
+            out += objs
+            if rule.methods or rule.paths or rule.headers:
+                ms = self.l7_matches(rule)
+                if ms:
+                    l7.append((idx, rule, ms, ports, refs))
+                continue
+            for p in ports:
+                for ref in refs:
+                    out.append(self.authz_policy(svc, f"{svc.name}-allow-{idx}-{p.number}-{_KIND_SUFFIX[ref['kind']]}",
+                                                 {"group": POLICY, "kind": "Server", "name": self.server_name(svc, p)},
+                                                 ref))
+        if not l7:
+            return out
+        http_ports = sorted({p.number: p for _, _, _, ps, _ in l7 for p in ps if p.protocol != "tcp"}.values(),
+                            key=lambda p: p.number)
+        parents = [{"group": POLICY, "kind": "Server", "name": self.server_name(svc, p)} for p in http_ports]
+        # catch-all: requests outside the conditioned routes still meet server-level authorizations
+        out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", f"{svc.name}-inbound", svc.namespace,
+                          {"parentRefs": parents, "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]}))
+        for idx, rule, ms, _ports, refs in l7:
+            route = f"{svc.name}-allow-{idx}"
+            out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", route, svc.namespace,
+                              {"parentRefs": parents, "rules": [{"matches": self.gateway_matches(ms)}]}))
+            attach = [(idx, refs)]
+            for idx2, _rule2, ms2, _p2, refs2 in l7:
+                if idx2 == idx:
+                    continue
+                rel = self.relation(ms, ms2)
+                if rel in ("inside", "equal"):
+                    attach.append((idx2, refs2))
+                elif rel == "overlap":
+                    self.gaps.add("allow rules whose method/path/header conditions partly overlap", rule.span,
+                                  "Linkerd authorizes each request on one route; make the conditions disjoint or nested")
+            for owner, rs in attach:
+                for ref in rs:
+                    out.append(self.authz_policy(svc, f"{route}-from-{owner}-{_KIND_SUFFIX[ref['kind']]}",
+                                                 {"group": POLICY if self.ROUTE_API != GW else "gateway.networking.k8s.io",
+                                                  "kind": "HTTPRoute", "name": route}, ref))
+        return out
+
+    def relation(self, a: list[Match], b: list[Match]) -> str:
+        """How the requests matched by `a` relate to `b`: disjoint, equal, inside (a within b
+        and a ranks above b wherever they overlap), or overlap (anything else)."""
+        pairs = [(x, y, k8s.and_match(x, y)) for x in a for y in b]
+        if all(c is None for _, _, c in pairs):
+            return "disjoint"
+        if any(c is k8s.UNKNOWN for _, _, c in pairs):
+            return "overlap"
+
+        def same(u: Any, v: Any) -> bool:
+            return u.model_dump(exclude={"span"}) == v.model_dump(exclude={"span"})
+
+        inside = all(any(c is not None and same(c, x) for c in (k8s.and_match(x, y) for y in b)) for x in a)
+        b_inside = all(any(c is not None and same(c, y) for c in (k8s.and_match(x, y) for x in a)) for y in b)
+        if inside and b_inside:
+            return "equal"
+        if inside:
+            ranked = all(c is None or (rank(x) is not None and rank(y) is not None and rank(x) > rank(y))  # type: ignore[operator]
+                         for x, y, c in pairs)
+            return "inside" if ranked else "overlap"
+        # b inside a: handled from b's side (a's sources are attached to b's route)
+        return "contains" if b_inside else "overlap"
+
+    def authz_policy(self, svc: Service, name: str, target: dict[str, str], ref: dict[str, str]) -> dict[str, Any]:
+        return k8s.cr(V1ALPHA1, "AuthorizationPolicy", name, svc.namespace,
+                      {"targetRef": target, "requiredAuthenticationRefs": [ref]})
+
