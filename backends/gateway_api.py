@@ -155,8 +155,8 @@ def preserve_order(rules: list[tuple[Match, ...]], gaps: k8s.Gaps, spans: list[A
             for j in range(i + 1, len(original)):
                 for b in original[j]:
                     c = k8s.and_match(a, b)
-                    if c is None:
-                        continue
+                    if c is None or rank_ge(a, b):
+                        continue  # disjoint, or `a` already wins wherever both match
                     ge = None if c is k8s.UNKNOWN else rank_ge(c, b)
                     if ge is None or ge is False:
                         gaps.add("rule order (a later, overlapping rule could take precedence)", spans[i],
