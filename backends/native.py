@@ -56,8 +56,10 @@ from meshc.runtime import config as C
 DEFAULT_BASE_PORT = 15000
 INGRESS = "_ingress"
 
-# Protocols the runtime proxies at L7 vs as bytes; http2/grpc are not spoken (E301).
-_LISTENER_PROTOCOL = {"http": "http", "tcp": "tcp", "tls": "tcp"}
+# Protocols the runtime proxies at L7 vs as bytes. The runtime speaks HTTP/1.1 only: HTTP/2 and
+# gRPC ports are proxied at L4 (mTLS, connection-level authorization, load balancing per
+# connection), and W312 says which per-request settings cannot apply there.
+_LISTENER_PROTOCOL = {"http": "http", "tcp": "tcp", "tls": "tcp", "http2": "tcp", "grpc": "tcp"}
 
 
 def _pct(p: int) -> float:
@@ -106,10 +108,8 @@ class NativeBackend(Backend):
         "certs_dir": "certificate directory relative to mesh.json (default: certs)",
         "host": "address every listener binds (default 127.0.0.1)",
     }
-    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(
-        f for f in FEATURES
-        if f not in {"protocol.http2", "protocol.grpc", "slo"}
-    )
+    # Everything but SLOs (the runtime exports the metrics; it does not evaluate objectives).
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(f for f in FEATURES if f != "slo")
 
     # ------------------------------------------------------------------ entry point
 
@@ -134,6 +134,7 @@ class NativeBackend(Backend):
                 f"({self._next_port - self.base_port} ports needed)",
                 help="pass a lower --option base_port=..."))
             return bundle
+        bundle.diagnostics += self.l4_warnings(mesh)
         uses_tls = False
         entries = []
         for name in self._order:
@@ -154,6 +155,32 @@ class NativeBackend(Backend):
                             certs_dir=self.certs if uses_tls else None, sidecars=tuple(entries))
         bundle.add_json("mesh.json", index.model_dump(mode="json"))
         return bundle
+
+    def l4_warnings(self, mesh: Mesh) -> list[Diagnostic]:
+        """W312: per-request settings on a service whose HTTP/2 or gRPC port is proxied at L4."""
+        out = []
+        for svc in mesh.services:
+            l4 = [p for p in svc.ports if p.protocol in ("http2", "grpc")]
+            if not l4:
+                continue
+            r = svc.resilience
+            used = [name for name, present in (
+                ("route rules", bool(svc.routes)), ("timeouts", r.timeout is not None),
+                ("retries", r.retry is not None), ("faults", bool(svc.faults)),
+                ("rate limits", r.rate_limit is not None),
+                ("authorization by method, path or header", any(
+                    (svc.name in a.destinations or "*" in a.destinations)
+                    and (a.methods or a.paths or a.not_paths or a.headers) for a in mesh.rules)),
+            ) if present]
+            if used:
+                p = l4[0]
+                out.append(Diagnostic(
+                    "W312", f"{p.protocol} port {p.number} of '{svc.name}' is proxied as TCP by the native "
+                    f"target: its {', '.join(used)} do not apply to it", p.span,
+                    label="proxied at L4",
+                    help="the native proxy speaks HTTP/1.1; declare the port `http` to get per-request "
+                         "behaviour, or use the envoy target"))
+        return out
 
     # ------------------------------------------------------------------ ports
 
