@@ -95,7 +95,9 @@ class _Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
 
     def error(self, message: str, span: Span, help: str = "") -> None:
-        self.diags.append(Diagnostic(E330, message, span, label="not expressible on appmesh", help=help))
+        d = Diagnostic(E330, message, span, label="not expressible on appmesh", help=help)
+        if d not in self.diags:  # a callee's setting is seen once per caller
+            self.diags.append(d)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class AppMeshBackend(Backend):
         "route.split", "route.split.services", "route.no_default",
         "timeout", "retry", "retry.per_try", "load_balance.round_robin",
         "circuit_breaker", "outlier", "health_check",
-        "authz.allow", "authz.deny", "authz.identity", "ingress",
+        "authz.allow", "authz.deny", "authz.identity", "authz.ports", "ingress",
     })
     OPTIONS: ClassVar[Mapping[str, str]] = {
         "cloudmap_namespace": "discover versions through this AWS Cloud Map namespace (instances "
@@ -188,8 +190,8 @@ class AppMeshBackend(Backend):
         out = []
         versions: list[str | None] = [v.name for v in svc.versions] or [None]
         listeners = [self.listener(svc, p, ctx) for p in svc.ports]
-        allowed = self.allowed_callers(svc, ctx)
         for lst, port in zip(listeners, svc.ports, strict=True):
+            allowed = self.allowed_callers(svc, port, ctx)
             if port.mtls != "disabled":
                 lst["tls"] = self.listener_tls(svc, port, allowed)
         deps = self.dependencies(svc)
@@ -340,15 +342,16 @@ class AppMeshBackend(Backend):
         return {sp for sp, name in self.identities().items() if src.name in (name, sp.split("/ns/")[-1]
                                                                              .replace("/sa/", "/"))}
 
-    def allowed_callers(self, svc: Service, ctx: _Ctx) -> list[str] | None:
-        """The client SAN allow-list of the service's listeners (None: any mesh identity)."""
-        rules = [r for r in self.mesh.rules if svc.name in r.destinations or "*" in r.destinations]
+    def allowed_callers(self, svc: Service, port: Port, ctx: _Ctx) -> list[str] | None:
+        """The client SAN allow-list of one listener (None: any mesh identity)."""
+        rules = [r for r in self.mesh.rules if (svc.name in r.destinations or "*" in r.destinations)
+                 and (not r.ports or port.number in r.ports)]
         everyone = set(self.identities())
         allowed: set[str] | None = None if self.mesh.authz == "allow_by_default" else set()
         for r in rules:
             # A narrowed allow cannot be said (E301 unless --unsupported=warn): it admits nobody,
             # and a narrowed deny counts whole; both fail closed.
-            if r.action != "allow" or r.methods or r.paths or r.not_paths or r.ports or r.headers:
+            if r.action != "allow" or r.methods or r.paths or r.not_paths or r.headers:
                 continue
             for s in r.sources:
                 ids = self.source_spiffes(s)
@@ -362,8 +365,7 @@ class AppMeshBackend(Backend):
                 for s in r.sources:
                     ids = self.source_spiffes(s)
                     denied |= everyone if ids is None else ids
-        plaintext = svc.mtls != "strict" or any(p.mtls != "strict" for p in svc.ports)
-        if plaintext and (denied or allowed is not None):
+        if port.mtls != "strict" and (denied or allowed is not None):
             ctx.error(f"App Mesh does not check plaintext callers of '{svc.name}' (mTLS {svc.mtls}), so its "
                       "authorization would not hold", svc.span, help="use mtls strict")
         if allowed is None and not denied:

@@ -101,7 +101,9 @@ class _Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
 
     def error(self, message: str, span: Span, help: str = "") -> None:
-        self.diags.append(Diagnostic(E330, message, span, label="not expressible on consul", help=help))
+        d = Diagnostic(E330, message, span, label="not expressible on consul", help=help)
+        if d not in self.diags:  # a callee's setting is seen once per caller
+            self.diags.append(d)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -226,7 +228,7 @@ class ConsulBackend(Backend):
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
         "load_balance.consistent_hash", "circuit_breaker", "outlier",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
-        "authz.paths", "authz.headers",
+        "authz.paths", "authz.headers", "authz.ports",
     })
     ENTERPRISE: ClassVar[frozenset[str]] = frozenset({"rate_limit"})
 
@@ -532,6 +534,15 @@ class ConsulBackend(Backend):
 
     def intention_sources(self, mesh: Mesh, svc: Service, default: str, ctx: _Ctx) -> list[dict[str, Any]]:
         rules = [r for r in mesh.rules if svc.name in r.destinations or "*" in r.destinations]
+        # Intentions have no port: a rule naming every port of the service holds whole, one
+        # naming none of them does not apply, one naming some of them cannot be said.
+        ports = {p.number for p in svc.ports}
+        for r in [r for r in rules if r.ports]:
+            if not ports & set(r.ports):
+                rules.remove(r)
+            elif not ports <= set(r.ports):
+                ctx.error(f"Consul intentions cannot tell the ports of '{svc.name}' apart", r.span,
+                          help="name every port of the service, or split it into one service per port")
         l7 = self.protocol(svc, ctx) in HTTP_PROTOCOLS if svc.ports else False
         plaintext = svc.mtls == "permissive" or any(p.mtls == "permissive" for p in svc.ports)
         if plaintext and (default == "deny" or any(r.action == "deny" for r in rules)):
@@ -590,7 +601,8 @@ class ConsulBackend(Backend):
 
 
 def conditional(r: AuthzRule) -> bool:
-    return bool(r.methods or r.paths or r.headers or r.ports or r.not_paths)
+    """Narrowed by request attributes. Ports are settled per service (see intention_sources)."""
+    return bool(r.methods or r.paths or r.headers or r.not_paths)
 
 
 def consul_sources(mesh: Mesh, s: Source) -> list[str]:

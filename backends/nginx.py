@@ -234,7 +234,9 @@ class _Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
 
     def error(self, message: str, span: Span, help: str = "") -> None:
-        self.diags.append(Diagnostic(E330, message, span, label="not expressible on nginx", help=help))
+        d = Diagnostic(E330, message, span, label="not expressible on nginx", help=help)
+        if d not in self.diags:  # a callee's setting is seen once per caller
+            self.diags.append(d)
 
 
 class NginxBackend(Backend):
@@ -625,8 +627,6 @@ class NginxBackend(Backend):
                           help="nginx retries on HTTP 500, 502, 503, 504, 403, 404 and 429 only")
                 continue
             conds.append(RETRY_STATUS[code])
-        if retry.backoff_base_ms is not None or retry.budget is not None:
-            ctx.error("nginx retries have no backoff or budget", retry.span)
         ordered = sorted(set(conds), key=lambda c: (not c.isalpha() or c.startswith("http"), c))
         # meshc retries any method, like Envoy; nginx needs `non_idempotent` for POST and friends
         return [d("proxy_next_upstream", *ordered, "non_idempotent"),

@@ -82,7 +82,9 @@ class _Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
 
     def error(self, message: str, span: Span, help: str = "") -> None:
-        self.diags.append(Diagnostic(E330, message, span, label="not expressible on nginx-mesh", help=help))
+        d = Diagnostic(E330, message, span, label="not expressible on nginx-mesh", help=help)
+        if d not in self.diags:  # a callee's setting is seen once per caller
+            self.diags.append(d)
 
 
 class NginxMeshBackend(Backend):
@@ -147,8 +149,7 @@ class NginxMeshBackend(Backend):
                 {"service": self.backend_service(d.service, d.version), "weight": d.weight}
                 for d in rule.destinations]}
             if not rule.destinations:
-                ctx.error("NGINX Service Mesh routes only to services", rule.span)
-                continue
+                continue  # redirects and direct responses: E301 (not capabilities)
             if rule.matches:
                 if not http:
                     ctx.error("SMI traffic splits match HTTP requests only", rule.span)
