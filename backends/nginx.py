@@ -22,6 +22,8 @@ Lowering decisions, and where nginx cannot say exactly what meshc means:
   with another CA, use a per-workload CA or the Envoy target. Outbound, the callee is verified
   the same way (`proxy_ssl_name <sa>.<namespace>`: meshc leaves carry no DNS SAN, so OpenSSL
   checks the subject CN).
+- Strict mTLS: nginx verifies the client certificate after the handshake; a request without
+  one, with a foreign one, or in plaintext gets no answer (the connection is closed, 444).
 - Permissive mTLS is E301: nginx cannot serve TLS and plaintext on one port (no stream module).
 - Authorization: one ordered regex `map` per inbound port over `peer, method, headers, path`;
   denies first (deny beats allow), then allows, then the mesh default. Headers are read through
@@ -333,7 +335,10 @@ class NginxBackend(Backend):
             server += [d("listen", f"{addr}:{port.number}", "ssl"),
                        d("ssl_certificate", Lit(cert)), d("ssl_certificate_key", Lit(key)),
                        d("ssl_client_certificate", Lit(ca)), d("ssl_verify_client", "on"),
-                       d("ssl_verify_depth", 1), d("ssl_protocols", "TLSv1.2", "TLSv1.3")]
+                       d("ssl_verify_depth", 1), d("ssl_protocols", "TLSv1.2", "TLSv1.3"),
+                       # nginx checks the client certificate after the handshake: a missing or
+                       # foreign one (495/496), or plaintext (497), closes the connection unanswered
+                       d("error_page", 495, 496, 497, "@meshc_refuse")]
         else:
             server.append(d("listen", f"{addr}:{port.number}"))
         server.append(d("server_name", Lit(svc.name)))
@@ -361,6 +366,8 @@ class NginxBackend(Backend):
                 d("proxy_read_timeout", NO_TIMEOUT), d("proxy_send_timeout", NO_TIMEOUT),
                 d("proxy_next_upstream", "off")]
         server.append(block("location", "/", children=loc))
+        if port.mtls == "strict":
+            server.append(block("location", "@meshc_refuse", children=[d("return", 444)]))
         sc.servers.append(block("server", children=server))
         sc.index["inbound"][port.name] = {"address": addr, "port": port.number, "mtls": port.mtls,
                                           "protocol": port.protocol}
