@@ -304,9 +304,11 @@ def _and_strings(xs: tuple[Any, ...], ys: tuple[Any, ...]) -> Any:
 
 def and_match(a: Any, b: Any) -> Any:
     """The Match that holds when both `a` and `b` hold (None: never; UNKNOWN: not writable)."""
-    path = and_path(a.path, b.path)
-    if path is None or path is UNKNOWN:
-        return path
+    path = None
+    if a.path is not None or b.path is not None:  # and_path's None means "disjoint" here
+        path = and_path(a.path, b.path)
+        if path is None or path is UNKNOWN:
+            return path
     headers = _and_strings(a.headers, b.headers)
     if headers is None or headers is UNKNOWN:
         return headers

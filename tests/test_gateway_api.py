@@ -211,3 +211,8 @@ def test_capabilities() -> None:
     assert "authz.identity" not in GatewayApiBackend.CAPABILITIES
     assert "retry" not in GatewayApiBackend.CAPABILITIES
     assert "retry" in GatewayApiBackend({"experimental": "true"}).CAPABILITIES
+
+
+def test_more_headers_later_do_not_steal_earlier_requests() -> None:
+    got = rules(SVC % 'route {\n when header a == "1" -> v2\n when header b == "2" and header c == "3" -> v1\n otherwise -> v1 }')
+    assert [[h["name"] for h in m["headers"]] for m in got[0]["matches"]] == [["a"], ["a", "b", "c"]]

@@ -1,0 +1,124 @@
+"""Shared Kubernetes helpers: durations, core objects via the kubernetes models, stream layout,
+and the match algebra the route lowerings rely on."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from meshc.backends.base import Bundle
+from meshc.backends.k8s import (
+    UNKNOWN,
+    add_streams,
+    and_match,
+    and_matches,
+    and_path,
+    core_objects,
+    go_duration,
+    host_for,
+)
+
+from meshc.compiler import load_text
+from meshc.model import Match, PathMatch, StringMatch
+from meshc.validate import check_core, parse_go_duration
+
+
+@pytest.mark.parametrize("ms, text", [(0, "0s"), (1, "1ms"), (250, "250ms"), (1500, "1s500ms"), (60_000, "1m"),
+                                      (90_000, "1m30s"), (3_600_000, "1h"), (86_400_000, "24h"),
+                                      (100_000_000, "27h46m40s")])
+def test_go_duration(ms: int, text: str) -> None:
+    assert go_duration(ms) == text
+    assert parse_go_duration(text) == ms
+
+
+MESH = """mesh m { }
+service a { namespace shop port http 80 port grpc 9090 identity shared
+  version v1 { labels version=v1 track=stable } }
+service b { namespace shop port tcp 5432 identity shared }
+service c { port http 8080 }
+external pay { host "api.pay.example" port tls 443 }
+"""
+
+
+def test_core_objects_round_trip_through_client_models() -> None:
+    objs = core_objects(load_text(MESH), versions=True)
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("Namespace", "default"), ("Namespace", "shop"), ("ServiceAccount", "shared"), ("Service", "a"),
+        ("Service", "a-v1"), ("Service", "b"), ("ServiceAccount", "c"), ("Service", "c"), ("Service", "pay")]
+    for o in objs:
+        assert check_core(o) == [], o
+    a = objs[3]["spec"]
+    assert a["ports"] == [
+        {"name": "http-80", "port": 80, "targetPort": 80, "protocol": "TCP", "appProtocol": "http"},
+        {"name": "grpc-9090", "port": 9090, "targetPort": 9090, "protocol": "TCP", "appProtocol": "grpc"}]
+    assert objs[4]["spec"]["selector"] == {"app": "a", "track": "stable", "version": "v1"}
+    assert objs[8]["spec"] == {"type": "ExternalName", "externalName": "api.pay.example",
+                               "ports": [{"name": "tls-443", "port": 443, "targetPort": 443, "protocol": "TCP",
+                                          "appProtocol": "tls"}]}
+
+
+def test_streams_per_namespace_are_ordered_and_deterministic() -> None:
+    objs = core_objects(load_text(MESH))
+    extra = {"apiVersion": "x/v1", "kind": "Alpha", "metadata": {"name": "z", "namespace": "shop"}, "spec": {}}
+    b1, b2 = Bundle(), Bundle()
+    add_streams(b1, [extra, *objs])
+    add_streams(b2, list(reversed([extra, *objs])))
+    assert b1.files == b2.files
+    assert sorted(b1.files) == ["default.yaml", "kustomization.yaml", "shop.yaml"]
+    shop = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(b1.files["shop.yaml"])]
+    assert shop == [("Namespace", "shop"), ("ServiceAccount", "shared"), ("Service", "a"), ("Service", "b"),
+                    ("Alpha", "z")]
+    assert b"&id" not in b1.files["shop.yaml"]
+
+
+def test_host_names() -> None:
+    mesh = load_text(MESH)
+    a, pay = mesh.service("a"), mesh.service("pay")
+    assert host_for(a, "shop") == "a"
+    assert host_for(a, "default") == "a.shop.svc.cluster.local"
+    assert host_for(pay, "shop") == "api.pay.example"
+
+
+def P(kind: str, value: str) -> PathMatch:
+    return PathMatch(kind=kind, value=value)
+
+
+@pytest.mark.parametrize("a, b, want", [
+    (P("prefix", "/api"), P("prefix", "/api/v1"), P("prefix", "/api/v1")),
+    (P("prefix", "/a"), P("prefix", "/b"), None),
+    (P("under", "/api"), P("under", "/api/v1"), P("under", "/api/v1")),
+    (P("under", "/api"), P("under", "/apix"), None),
+    (P("prefix", "/api"), P("under", "/api"), P("under", "/api")),
+    (P("prefix", "/api/"), P("under", "/api"), P("prefix", "/api/")),
+    (P("prefix", "/api2"), P("under", "/api"), None),
+    (P("exact", "/api/x"), P("under", "/api"), P("exact", "/api/x")),
+    (P("exact", "/apix"), P("under", "/api"), None),
+    (P("exact", "/a1"), P("regex", "/a[0-9]"), P("exact", "/a1")),
+    (P("regex", "/a.*"), P("prefix", "/a"), UNKNOWN),
+])
+def test_and_path(a: PathMatch, b: PathMatch, want: object) -> None:
+    assert and_path(a, b) == want
+    assert and_path(b, a) == want
+
+
+def H(name: str, kind: str, value: str = "") -> StringMatch:
+    return StringMatch(name=name, kind=kind, value=value)
+
+
+def test_and_match_headers_methods() -> None:
+    x = Match(headers=(H("x", "exact", "1"),), methods=("GET", "POST"))
+    y = Match(path=P("under", "/a"), headers=(H("y", "present"),), methods=("POST", "PUT"))
+    c = and_match(x, y)
+    assert c.path == P("under", "/a") and c.methods == ("POST",) and [h.name for h in c.headers] == ["x", "y"]
+    assert and_match(x, Match(headers=(H("x", "exact", "2"),))) is None
+    assert and_match(x, Match(methods=("DELETE",))) is None
+    assert and_match(x, Match(headers=(H("x", "prefix", "1"),))) is UNKNOWN
+    assert and_match(Match(headers=(H("x", "present"),)), Match(headers=(H("x", "absent"),))) is None
+    assert and_matches((), (x,)) == (x,)
+    assert and_matches((x,), (Match(methods=("DELETE",)),)) is None
+
+
+def test_and_match_without_paths_is_not_disjoint() -> None:
+    a = Match(headers=(H("a", "exact", "1"),))
+    b = Match(headers=(H("b", "exact", "2"),), query=(H("q", "present"),))
+    c = and_match(a, b)
+    assert c is not None and c is not UNKNOWN and len(c.headers) == 2 and len(c.query) == 1
