@@ -32,7 +32,7 @@ Lowering decisions (docs/language.md semantics -> Gateway API):
 - Mirroring -> RequestMirror with an exact `fraction` of 10000.
 - No identity authorization, faults, load balancing, circuit breaking, outlier detection,
   health checks, rate limits or direct responses in the Gateway API: E301. mTLS and the
-  authorization posture are the mesh implementation's (warning W310 says so for
+  authorization posture are the mesh implementation's (warning W320 says so for
   deny_by_default, which these objects cannot enforce).
 """
 
@@ -211,7 +211,7 @@ class GatewayApiBackend(Backend):
         if mesh.authz != "deny_by_default":
             return []
         return [Diagnostic(
-            "W310", f"authz deny_by_default is not enforced by {self.name} objects", mesh.span,
+            "W320", f"authz deny_by_default is not enforced by {self.name} objects", mesh.span,
             label="delegated to the mesh implementation",
             help="configure the implementation's default-deny policy (e.g. an Istio allow-nothing "
                  "AuthorizationPolicy), or compile for istio or linkerd")]

@@ -204,7 +204,7 @@ def test_warn_mode_drops_whole_rule_not_its_condition() -> None:
 
 def test_deny_by_default_posture_is_a_warning() -> None:
     bundle = compile_mesh(load_text("mesh m { authz deny_by_default }\nservice a { port http 80 }"), "gateway-api")
-    assert [d.code for d in bundle.diagnostics] == ["W310"]
+    assert [d.code for d in bundle.diagnostics] == ["W320"]
 
 
 def test_capabilities() -> None:
