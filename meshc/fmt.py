@@ -10,6 +10,7 @@ Guarantees (tested with hypothesis): fmt(fmt(x)) == fmt(x) and parse(fmt(x)) == 
 
 from __future__ import annotations
 
+import bisect
 from lark import Token, Tree
 
 from meshc.ast import _unquote, quote
@@ -56,27 +57,42 @@ def _last_line(node: Tree | Token) -> int:
 
 
 class Printer:
-    def __init__(self, comments: list[Token]):
-        self.comments = sorted(comments, key=lambda c: (c.line, c.column))
+    def __init__(self, comments: list[Token], tree: Tree):
+        # A comment on the same line as an earlier token trails that token's line; any other
+        # comment stands on its own line before what follows it.
+        tokens = sorted(_tokens(tree), key=lambda t: t.start_pos or 0)
+        starts = [t.start_pos or 0 for t in tokens]
+        self.trailing: dict[int, Token] = {}
+        self.leading: list[Token] = []
+        for c in sorted(comments, key=lambda c: c.start_pos or 0):
+            i = bisect.bisect_left(starts, c.start_pos or 0) - 1
+            prev = tokens[i] if i >= 0 else None
+            if prev is not None and (prev.end_line or prev.line) == c.line:
+                self.trailing[prev.start_pos or 0] = c
+            else:
+                self.leading.append(c)
         self.next_comment = 0
         self.lines: list[str] = []
         self.last_source_line = 0
 
     # ----------------------------------------------------------------- comments and blank lines
     def _flush_before(self, line: int, depth: int) -> None:
-        """Emit the comments that stand before source line `line`."""
-        while self.next_comment < len(self.comments) and self.comments[self.next_comment].line < line:
-            c = self.comments[self.next_comment]
+        """Emit the stand-alone comments that come before source line `line`."""
+        while self.next_comment < len(self.leading) and self.leading[self.next_comment].line < line:
+            c = self.leading[self.next_comment]
             self._blank_if_gap(c.line)
             self.lines.append(INDENT * depth + str(c))
             self.last_source_line = c.line
             self.next_comment += 1
 
-    def _trailing(self, line: int) -> None:
-        """A comment on the same source line as what was just printed goes after it."""
-        if self.next_comment < len(self.comments) and self.comments[self.next_comment].line == line:
-            self.lines[-1] += "  " + str(self.comments[self.next_comment])
-            self.next_comment += 1
+    def _emit(self, text: str, depth: int, last: Token | list[Token]) -> None:
+        """One output line; the comments that trailed any of its tokens follow it."""
+        toks = last if isinstance(last, list) else [last]
+        notes = [str(self.trailing[t.start_pos or 0]) for t in toks if (t.start_pos or 0) in self.trailing]
+        # several source lines joined into one: all but the last comment go on lines above it
+        self.lines += [INDENT * depth + n for n in notes[:-1]]
+        self.lines.append(INDENT * depth + text + ("  " + notes[-1] if notes else ""))
+        self.last_source_line = max((t.end_line or t.line or 0) for t in toks)
 
     def _blank_if_gap(self, line: int) -> None:
         if self.last_source_line and line - self.last_source_line > 1 and self.lines and self.lines[-1] != "" \
@@ -98,65 +114,54 @@ class Printer:
             self.rule(node, depth)
         else:
             self._flush_before(_last_line(node), depth)  # comments inside a multi-line statement
-            self.lines.append(INDENT * depth + _join(_tokens(node)))
-            self.last_source_line = _last_line(node)
-            self._trailing(self.last_source_line)
+            toks = _tokens(node)
+            self._emit(_join(toks), depth, toks)
+
+    def _body(self, header: list[Token], body: list[Tree], close: Token, depth: int) -> None:
+        """`header {`, the statements one per line, `}`."""
+        self._flush_before(header[-1].line or 0, depth)
+        empty = not body and not (self.next_comment < len(self.leading)
+                                  and self.leading[self.next_comment].line < (close.line or 0))
+        if empty:
+            self._emit(_join(header[:-1]) + " {}", depth, [*header, close])
+            return
+        self._emit(_join(header[:-1]) + " {", depth, header)
+        for b in body:
+            self.statement(b, depth + 1)
+        self._flush_before(close.line or 0, depth + 1)
+        self._emit("}", depth, close)
 
     def block(self, node: Tree, depth: int) -> None:
         children = node.children
         lb = next(i for i, c in enumerate(children) if isinstance(c, Token) and c == "{")
-        header = _join([t for c in children[:lb] for t in _tokens(c)])
+        header = [t for c in children[:lb + 1] for t in _tokens(c)]
         body = [c for c in children[lb + 1:-1] if isinstance(c, Tree)]
         close = children[-1]
         assert isinstance(close, Token)
         if node.data == "version":
-            inline = f"{header} {{ {' '.join(_join(_tokens(b)) for b in body)} }}" if body else f"{header} {{ }}"
-            has_comments = any(_first_line(node) <= c.line <= _last_line(node) for c in
-                               self.comments[self.next_comment:])
+            toks = _tokens(node)
+            inline = f"{_join(header[:-1])} {{ {' '.join(_join(_tokens(b)) for b in body)} }}" if body \
+                else f"{_join(header[:-1])} {{}}"
+            inner = [t for t in toks[:-1] if (t.start_pos or 0) in self.trailing]
+            has_comments = inner or any(_first_line(node) <= c.line <= _last_line(node)
+                                        for c in self.leading[self.next_comment:])
             if len(INDENT * depth + inline) <= INLINE_WIDTH and not has_comments:
-                self.lines.append(INDENT * depth + inline)
-                self.last_source_line = _last_line(node)
-                self._trailing(self.last_source_line)
+                self._emit(inline, depth, close)
                 return
-        brace = children[lb]
-        assert isinstance(brace, Token)
-        self._flush_before(brace.line or 0, depth)
-        self.lines.append(INDENT * depth + header + " {")
-        self.last_source_line = brace.line or 0
-        self._trailing(self.last_source_line)
-        for b in body:
-            self.statement(b, depth + 1)
-        self._flush_before(close.line or 0, depth + 1)
-        self.lines.append(INDENT * depth + "}")
-        self.last_source_line = close.line or 0
-        self._trailing(self.last_source_line)
+        self._body(header, body, close, depth)
 
     def rule(self, node: Tree, depth: int) -> None:
-        body = node.children[-1] if isinstance(node.children[-1], Tree) and node.children[-1].data == "rule_body" \
-            else None
-        head = node.children[:-1] if body is not None else node.children
-        toks = [t for c in head for t in _tokens(c)]
+        last = node.children[-1]
+        body = last if isinstance(last, Tree) and last.data == "rule_body" else None
+        head = [t for c in (node.children[:-1] if body is not None else node.children) for t in _tokens(c)]
         if body is None:
             self._flush_before(_last_line(node), depth)
-            self.lines.append(INDENT * depth + _join(toks))
-            self.last_source_line = _last_line(node)
-            self._trailing(self.last_source_line)
+            self._emit(_join(head), depth, head)
             return
-        # `when ... -> dest {` then the body's statements, then `}`
         children = body.children
         brace, close = children[0], children[-1]
         assert isinstance(brace, Token) and isinstance(close, Token)
-        self._flush_before(brace.line or 0, depth)
-        self.lines.append(INDENT * depth + _join(toks) + " {")
-        self.last_source_line = brace.line or 0
-        self._trailing(self.last_source_line)
-        for b in children[1:-1]:
-            if isinstance(b, Tree):
-                self.statement(b, depth + 1)
-        self._flush_before(close.line or 0, depth + 1)
-        self.lines.append(INDENT * depth + "}")
-        self.last_source_line = close.line or 0
-        self._trailing(self.last_source_line)
+        self._body([*head, brace], [b for b in children[1:-1] if isinstance(b, Tree)], close, depth)
 
     def finish(self) -> str:
         self._flush_before(10**12, 0)
@@ -168,7 +173,7 @@ class Printer:
 def format_text(text: str, path: str = "<input>") -> str:
     """The canonical form of one file's text; raises MeshcError if it does not parse."""
     parsed = parse_text(text, path, keep_all_tokens=True)
-    p = Printer(parsed.comments)
+    p = Printer(parsed.comments, parsed.tree)
     for decl in parsed.tree.children:
         if isinstance(decl, Tree):
             p.statement(decl, 0, top=True)

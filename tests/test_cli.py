@@ -1,0 +1,140 @@
+"""The `meshc` CLI as users run it: exit codes, output streams, formats, and no traceback for
+any input, however broken."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from examples_index import ROOT
+
+BOOKINFO = "examples/bookinfo/bookinfo.mesh"
+
+
+def meshc(*args: str, cwd=ROOT, input: bytes | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("MESHC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "meshc.cli", *args], cwd=cwd, capture_output=True,
+                          input=input, timeout=timeout, env=env)
+
+
+def test_check_ok_exit_zero() -> None:
+    r = meshc("check", BOOKINFO)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"ok (4 services" in r.stderr
+    assert r.stdout == b""
+
+
+@pytest.fixture
+def warned(tmp_path):
+    p = tmp_path / "w.mesh"
+    p.write_text("mesh m {}\nservice a {\n  port http 80\n  route {\n    when path prefix \"/x\" -> a\n  }\n}\n"
+                 "allow ingress -> a\n")
+    return p
+
+
+def test_check_json_github_sarif(warned) -> None:
+    r = meshc("check", str(warned), "--format", "json")
+    data = json.loads(r.stdout)
+    assert data and data[0]["code"].startswith("W") and data[0]["line"] == 4 or data[0]["line"] == 5
+    r = meshc("check", str(warned), "--format", "github")
+    assert r.stdout.startswith(b"::warning file=")
+    r = meshc("check", str(warned), "--format", "sarif")
+    sarif = json.loads(r.stdout)
+    assert sarif["version"] == "2.1.0"
+    result = sarif["runs"][0]["results"][0]
+    assert result["level"] == "warning"
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] >= 4
+    r = meshc("check", str(warned), "--strict")
+    assert r.returncode == 1
+
+
+def test_errors_exit_one_and_machine_formats_on_stdout(tmp_path) -> None:
+    p = tmp_path / "bad.mesh"
+    p.write_text("mesh m {}\nservice a { port http 80 route { otherwise -> v9 } }\n")
+    r = meshc("check", str(p), "--format", "json")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)[0]["code"] == "E101"
+
+
+def test_unknown_target_did_you_mean() -> None:
+    r = meshc("compile", BOOKINFO, "--target", "envoi")
+    assert r.returncode == 1
+    assert b"unknown target 'envoi'" in r.stderr and b"did you mean 'envoy'" in r.stderr
+
+
+def test_compile_to_directory_and_stdout(tmp_path) -> None:
+    r = meshc("compile", BOOKINFO, "--target", "native", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr.decode()
+    assert any(tmp_path.iterdir())
+    r = meshc("compile", BOOKINFO, "--target", "model")
+    assert r.returncode == 0 and b"name: bookinfo" in r.stdout
+
+
+def test_usage_errors_exit_two(tmp_path) -> None:
+    assert meshc().returncode == 2
+    assert meshc("compile", BOOKINFO).returncode == 2  # no --target
+    assert meshc("check", str(tmp_path)).returncode == 2  # a folder with no .mesh files
+
+
+def test_fmt_check(tmp_path) -> None:
+    p = tmp_path / "x.mesh"
+    p.write_text("mesh   m {}\n")
+    r = meshc("fmt", "--check", str(p))
+    assert r.returncode == 1 and b"would reformat" in r.stderr
+    assert meshc("fmt", str(p)).returncode == 0
+    assert p.read_text() == "mesh m {}\n"
+    assert meshc("fmt", "--check", str(p)).returncode == 0
+
+
+# --------------------------------------------------------------------------- hostile input
+
+HOSTILE = {
+    "empty": b"",
+    "binary": bytes(range(256)) * 4,
+    "invalid-utf8": b"mesh m {}\nservice \xff\xfe { port http 80 }\n",
+    "unterminated-string": b'mesh m {}\nservice a { expose ingress paths prefix "/x }\n',
+    "unterminated-block": b"mesh m {}\nservice a {\n  port http 80\n",
+    "deep-nesting": b"mesh m {}\n" + b"service a " + b"{" * 10_000 + b"}" * 10_000,
+    "deep-conditions": b"mesh m {}\nservice a { port http 80 route { when " +
+                       b" and ".join([b"header h present"] * 10_000) + b" -> a otherwise -> a } }\n",
+    "unknown-keywords": b"mesh m {}\nservice a { port http 80 frobnicate 3 }\nwidget b {}\n",
+    "lone-brace": b"}",
+    "only-comment": b"# nothing here\n",
+    "crlf": b"mesh m {}\r\nservice a {\r\n  port http 80\r\n}\r\nallow ingress -> a\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_no_traceback_on_hostile_input(tmp_path, name: str) -> None:
+    p = tmp_path / f"{name}.mesh"
+    p.write_bytes(HOSTILE[name])
+    r = meshc("check", str(p))
+    err = r.stderr.decode()
+    assert "Traceback" not in err and "internal error" not in err, err
+    if name in ("crlf", "deep-conditions"):
+        assert r.returncode == 0, err
+    else:
+        assert r.returncode == 1, err
+        assert f"{name}.mesh:" in err and "error[E" in err
+
+
+def test_fifty_megabyte_file(tmp_path) -> None:
+    p = tmp_path / "huge.mesh"
+    line = b"service s { port http 80 }  # padding padding padding padding padding\n"
+    p.write_bytes(b"mesh m {}\n" + line * (50 * 2**20 // len(line)))
+    r = meshc("check", str(p))
+    assert r.returncode == 1
+    assert b"error[E005]" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_every_error_in_a_file_reported_in_one_run(tmp_path) -> None:
+    p = tmp_path / "many.mesh"
+    p.write_text("mesh m {}\nservice a {\n  port htp 80\n}\nservice b {\n  port http 80\n  use nope\n}\n"
+                 "allow c -> a\n")
+    r = meshc("check", str(p))
+    err = r.stderr.decode()
+    assert err.count("error[") == 3, err
