@@ -632,23 +632,23 @@ class Stream:
         self.resp_done = None
         self.up_chunked = chunked
         self.head_fut = self.conn.loop.create_future()
-        up.begin(self, head, self.method == "HEAD")
-        if self.has_body:
-            if self.sent_any and self.replay is not None:
-                chunks = self.replay
-            else:
-                chunks = self.pending
+        if not self.has_body:
+            up.begin(self, head, self.method == "HEAD")
+        else:
+            # The head and the body received so far leave in one write.
+            chunks = self.replay if self.sent_any and self.replay is not None else self.pending
+            parts = [head]
             for c in chunks:
-                up.write(b"%x\r\n%s\r\n" % (len(c), c) if chunked else c)
+                parts.append(b"%x\r\n%s\r\n" % (len(c), c) if chunked else c)
             if chunks:
                 self.sent_any = True
+            if self.body_done and chunked:
+                parts.append(b"0\r\n\r\n")
+            up.begin(self, b"".join(parts), self.method == "HEAD")
             self.pending = []
             self.pending_bytes = 0
             self.conn.unblock_read("body")
-            if self.body_done:
-                if chunked:
-                    up.write(b"0\r\n\r\n")
-            else:
+            if not self.body_done:
                 self.body_sink = up
         if self._expect_continue and not self.body_done:
             self._expect_continue = False
@@ -755,12 +755,19 @@ class Stream:
         out.append(b"\r\n")
         self.resp_no_body = no_body
         self.response_started = True
+        # The head and whatever body already arrived leave in one write (one syscall).
+        if not no_body:
+            for c in self.resp_pending:
+                if c:
+                    self.bytes_out += len(c)
+                    out.append(b"%x\r\n%s\r\n" % (len(c), c) if self.resp_chunked_out else c)
+        if self.resp_done is not None and self.resp_chunked_out:
+            out.append(b"0\r\n\r\n")
+            self.resp_chunked_out = False
         assert self.conn.transport is not None
         if not self.conn.closing:
             self.conn.transport.write(b"".join(out))
         self.forwarding = True
-        for c in self.resp_pending:
-            self._write_body(c)
         self.resp_pending = []
         up = self.upstream
         if up is not None:

