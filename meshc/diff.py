@@ -17,12 +17,14 @@ Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,7 @@ from meshc.model import (
     Destination,
     Match,
     Mesh,
+    Node,
     PathMatch,
     Retry,
     RouteRule,
@@ -211,15 +214,36 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha1(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
 
 
-_SPAN_JSON = re.compile(r'"span":"(?:[^"\\]|\\.)*",?')
+def _node_in(annotation: Any) -> tuple[type[Node], bool] | None:
+    """The model class inside a field's type, and whether the field holds many of them."""
+    if isinstance(annotation, type) and issubclass(annotation, Node):
+        return annotation, False
+    for arg in typing.get_args(annotation):
+        found = _node_in(arg)
+        if found is not None:
+            return found[0], found[1] or typing.get_origin(annotation) is tuple
+    return None
 
 
-def sig(node: Any) -> str:
-    """A fast span-free serialisation (pydantic's JSON, spans cut out). Equal signatures mean
-    equal meaning; unequal ones only mean "compare in detail" (order is not normalised)."""
+@functools.cache
+def _span_free(cls: type[Node]) -> dict[str, Any]:
+    """A pydantic `exclude` spec dropping every `span` under `cls`, so that the exclusion runs
+    in pydantic-core instead of calling the Span serializer for each node."""
+    spec: dict[str, Any] = {"span": True}
+    for name, info in cls.model_fields.items():
+        found = _node_in(info.annotation) if name != "span" else None
+        if found is not None:
+            sub = _span_free(found[0])
+            spec[name] = {"__all__": sub} if found[1] else sub
+    return spec
+
+
+def sig(node: Node | None) -> str:
+    """A fast span-free serialisation. Equal signatures mean equal meaning; unequal ones only
+    mean "compare in detail" (order-free collections are not normalised here)."""
     if node is None:
         return "null"
-    return _SPAN_JSON.sub("", node.model_dump_json())
+    return node.model_dump_json(exclude=_span_free(type(node)))
 
 
 # --------------------------------------------------------------------------- services
@@ -966,10 +990,13 @@ def _compile(mesh: Mesh, target: str) -> dict[str, bytes] | str:
     from meshc.diagnostics import MeshcError
 
     try:
-        return compile_mesh(mesh, target).files
+        # Features a target cannot express are the business of `meshc compile`; the diff
+        # shows what the target would receive (E301 downgraded, as with --unsupported=warn).
+        return compile_mesh(mesh, target, unsupported="warn").files
     except MeshcError as e:
-        first = e.diagnostics[0] if e.diagnostics else None
-        more = f" (+{len(e.diagnostics) - 1} more)" if len(e.diagnostics) > 1 else ""
+        errors = [d for d in e.diagnostics if d.severity == "error"] or e.diagnostics
+        first = errors[0] if errors else None
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return f"{first.code}: {first.message}{more}" if first else "failed"
     except Exception as e:  # a backend bug must not hide the rest of the review
         return f"internal error: {type(e).__name__}: {e}"
@@ -978,9 +1005,12 @@ def _compile(mesh: Mesh, target: str) -> dict[str, bytes] | str:
 def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Change]:
     for t in targets:
         fa, fb = _compile(old, t), _compile(new, t)
-        for side, res in (("old", fa), ("new", fb)):
-            if isinstance(res, str):
-                yield Change("targets", t, f"{t}: {side} side does not compile: {res}", "error")
+        if isinstance(fa, str) and isinstance(fb, str) and fa == fb:
+            yield Change("targets", t, f"{t}: does not compile (either side): {fb}", "error")
+        else:
+            for side, res in (("old", fa), ("new", fb)):
+                if isinstance(res, str):
+                    yield Change("targets", t, f"{t}: {side} side does not compile: {res}", "error")
         if isinstance(fa, str) or isinstance(fb, str):
             continue
         for path in sorted(fb.keys() - fa.keys()):
@@ -1239,6 +1269,10 @@ def _report(err: Exception, relabel: tuple[str, str] = ("", "")) -> int:
 
 
 def _targets(arg: str | None) -> list[str]:
+    if arg == "all":
+        from meshc.backends import available
+
+        return available()
     return [t.strip() for t in arg.split(",") if t.strip()] if arg else []
 
 
@@ -1294,6 +1328,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument("--fail-on", choices=("widen", "any", "never"), default="never",
                    help="exit 1 when a change widens access or weakens protection (widen), or on any change")
-    p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets")
+    p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets ('all': every target)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=run_diff)

@@ -290,7 +290,7 @@ def render_text(a: dict[str, Any]) -> str:
         out.append(f"  reason:  {a['reason']}")
     if a["access"] == "partial":
         out.append(f"  access: {a['access_detail']}")
-    if "rule" in a:
+    if "rule" in a and (a["method"] or a["path"] or a["access"] == "none"):
         out.append(f"  rule:    {_cited(a['rule'])}")
     if not (a["method"] or a["path"]):
         for r in a["granting_rules"]:
