@@ -92,7 +92,7 @@ class EnvoyRunner(Runner):
         addr = self.dir / name / "admin.addr"
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
-            [ENVOY or "envoy", "-c", str(self.dir / name / "envoy.yaml"), "--disable-hot-restart",
+            [ENVOY or "envoy", "-c", str(self.dir / self.index[name]["config"]), "--disable-hot-restart",
              "--concurrency", "1", "--admin-address-path", str(addr), "-l", "warning",
              "--drain-time-s", "2"],
             cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
@@ -130,7 +130,7 @@ class EnvoyRunner(Runner):
             raise NotImplementedError("update needs a scenario that requires `dynamic`")
         for name, files in self.compile(mesh_text, self.ctx).items():
             before = self.stats(name, r"^listener_manager\.lds\.update_success$|^cluster_manager\.cds\.update_success$")
-            changed = [rel for rel in sorted(files) if not rel.endswith("envoy.yaml")
+            changed = [rel for rel in sorted(files) if rel != self.index[name]["config"]
                        and self.write_atomic(self.dir / rel, files[rel])]
             if not changed:
                 continue
@@ -138,8 +138,8 @@ class EnvoyRunner(Runner):
             while time.monotonic() < deadline:
                 now = self.stats(name, r"^listener_manager\.lds\.update_success$|^cluster_manager\.cds\.update_success$")
                 if all(now.get(k, 0) > before.get(k, 0) for k in now if
-                       ("lds" in k and any(c.endswith("lds.yaml") for c in changed))
-                       or ("cds" in k and any(c.endswith("cds.yaml") for c in changed))):
+                       ("lds" in k and any("/lds." in c for c in changed))
+                       or ("cds" in k and any("/cds." in c for c in changed))):
                     break
                 time.sleep(0.05)
             else:
