@@ -123,6 +123,18 @@ class Cluster:
             self._tasks.append(loop.create_task(self._discovery_loop(needs_dns)))
         if self.cfg.health_check is not None:
             self._tasks.append(loop.create_task(self._health_loop(self.cfg.health_check)))
+        self._tasks.append(loop.create_task(self._sweep_loop()))
+
+    async def _sweep_loop(self) -> None:
+        """Close pooled connections idle for longer than the upstream idle timeout."""
+        while True:
+            await asyncio.sleep(max(self.idle_timeout / 2, 0.05))
+            now = time.monotonic()
+            for ep in self.endpoints:
+                stale = [c for c in ep.idle if now - c.idle_since >= self.idle_timeout]
+                for c in stale:
+                    ep.idle.remove(c)
+                    c.close()
 
     def close(self) -> None:
         """Stop background work and close idle connections; busy ones close when released."""
