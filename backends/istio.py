@@ -641,6 +641,11 @@ class IstioBackend(Backend):
                 if svc.expose.paths:
                     route["match"] = [{"uri": uri} for p in svc.expose.paths for uri, _ in path_matches(p)]
                 route["route"] = [{"destination": {"host": self.host(svc.name, ns), "port": {"number": http_port}}}]
+                # the gateway's hop gets the service's own timeout and retries, never Istio's defaults
+                timeout = self.effective_timeout(svc, None)
+                if timeout is not None and timeout.ms is not None:
+                    route["timeout"] = k8s.go_duration(timeout.ms)
+                route["retries"] = retry_policy(svc.resilience.retry)
                 http.append(route)
             name = mesh.name if len(groups) == 1 else f"{mesh.name}-ingress-{i}"
             out.append(k8s.cr(NET, "VirtualService", name, ns,

@@ -304,12 +304,14 @@ class LinkerdBackend(GatewayApiBackend):
             out.append(Match(path=p, methods=rule.methods, headers=rule.headers, span=rule.span))
         return out
 
-    def authentications(self, svc: Service, idx: int, rule: Any, ports: list[Port]) -> tuple[list[dict], list[dict]]:
-        """(authentication objects, refs to require). Sources are OR-ed, refs within one
-        AuthorizationPolicy are AND-ed: one policy per ref."""
+    def authentications(self, svc: Service, idx: int, rule: Any, ports: list[Port],
+                        suffix: str = "") -> tuple[list[dict], list[dict]]:
+        """(authentication objects, refs to require) for `ports`, which share one mTLS
+        strictness. Sources are OR-ed, refs within one AuthorizationPolicy are AND-ed: one
+        policy per ref."""
         objs: list[dict[str, Any]] = []
         refs: list[dict[str, str]] = []
-        base = f"{svc.name}-allow-{idx}"
+        base = f"{svc.name}-allow-{idx}{suffix}"
         idents = sorted({tuple(sorted(self.identity_ref(s).items())) for s in rule.sources
                          if s.kind in ("service", "identity", "ingress")})
         spec: dict[str, Any] = {}
@@ -353,22 +355,33 @@ class LinkerdBackend(GatewayApiBackend):
             ports = [p for p in svc.ports if not rule.ports or p.number in rule.ports]
             if not ports:
                 continue
-            objs, refs = self.authentications(svc, idx, rule, ports)
-            out += objs
             if rule.methods or rule.paths or rule.headers:
+                ports = [p for p in ports if p.protocol != "tcp"]
+                if not ports:
+                    self.gaps.add("authorization by method, path or header on TCP ports", rule.span)
+                    continue
+                if len({p.mtls == "strict" for p in ports}) > 1 and any(s.kind == "any" for s in rule.sources):
+                    self.gaps.add("`*` in a method/path/header rule over strict and permissive ports", rule.span,
+                                  "narrow the rule with `ports`")
+                objs, refs = self.authentications(svc, idx, rule, ports)
+                out += objs
                 ms = self.l7_matches(rule)
                 if ms:
                     l7.append((idx, rule, ms, ports, refs))
                 continue
-            for p in ports:
-                for ref in refs:
-                    out.append(self.authz_policy(svc, f"{svc.name}-allow-{idx}-{p.number}-{_KIND_SUFFIX[ref['kind']]}",
-                                                 {"group": POLICY, "kind": "Server", "name": self.server_name(svc, p)},
-                                                 ref))
+            # `*` means mTLS peers on strict ports and every address elsewhere
+            groups = [g for g in ([p for p in ports if p.mtls == "strict"], [p for p in ports if p.mtls != "strict"]) if g]
+            for group, suffix in zip(groups, ("", "-plain") if len(groups) > 1 else ("",), strict=False):
+                objs, refs = self.authentications(svc, idx, rule, group, suffix)
+                out += objs
+                for p in group:
+                    for ref in refs:
+                        name = f"{svc.name}-allow-{idx}-{p.number}-{_KIND_SUFFIX[ref['kind']]}"
+                        out.append(self.authz_policy(svc, name, {"group": POLICY, "kind": "Server",
+                                                                 "name": self.server_name(svc, p)}, ref))
         if not l7:
             return out
-        http_ports = sorted({p.number: p for _, _, _, ps, _ in l7 for p in ps if p.protocol != "tcp"}.values(),
-                            key=lambda p: p.number)
+        http_ports = sorted({p.number: p for _, _, _, ps, _ in l7 for p in ps}.values(), key=lambda p: p.number)
         parents = [{"group": POLICY, "kind": "Server", "name": self.server_name(svc, p)} for p in http_ports]
         # catch-all: requests outside the conditioned routes still meet server-level authorizations
         out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", f"{svc.name}-inbound", svc.namespace,

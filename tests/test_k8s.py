@@ -122,3 +122,24 @@ def test_and_match_without_paths_is_not_disjoint() -> None:
     b = Match(headers=(H("b", "exact", "2"),), query=(H("q", "present"),))
     c = and_match(a, b)
     assert c is not None and c is not UNKNOWN and len(c.headers) == 2 and len(c.query) == 1
+
+
+def test_kubernetes_targets_are_byte_identical_across_hash_seeds() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from examples_index import example_roots
+
+    code = ("import sys,hashlib; from pathlib import Path; from meshc.compiler import load; "
+            "from meshc.backends import compile_mesh; h=hashlib.sha256()\n"
+            "for t in ('istio','linkerd','gateway-api'):\n"
+            "  for p in sys.argv[1:]:\n"
+            "    b=compile_mesh(load([Path(p)]),t,unsupported='warn')\n"
+            "    h.update(b''.join(k.encode()+v for k,v in sorted(b.files.items())))\n"
+            "print(h.hexdigest())")
+    roots = [str(p) for p in example_roots().values()]
+    digests = {subprocess.run([sys.executable, "-c", code, *roots], capture_output=True, text=True, check=True,
+                              env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("0", "4242")}
+    assert len(digests) == 1 and len(next(iter(digests)).strip()) == 64

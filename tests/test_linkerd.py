@@ -201,3 +201,12 @@ def test_capabilities_are_honest() -> None:
     caps = LinkerdBackend.CAPABILITIES
     assert not {"route.mirror", "circuit_breaker", "authz.deny", "route.match.path.prefix"} & caps
     assert {"route.split", "retry", "timeout", "outlier", "rate_limit", "authz.identity"} <= caps
+
+
+def test_star_admits_plaintext_only_on_permissive_ports() -> None:
+    objs = objects("service a { port http 80 port http 81\n mtls permissive on port 81 }\nallow * -> a")
+    assert get(objs, "MeshTLSAuthentication", "a-allow-0")["spec"] == {"identities": ["*"]}
+    assert get(objs, "NetworkAuthentication", "a-allow-0-plain-any")["spec"]["networks"][0] == {"cidr": "0.0.0.0/0"}
+    assert get(objs, "AuthorizationPolicy", "a-allow-0-80-mtls")["spec"]["targetRef"]["name"] == "a-80"
+    assert get(objs, "AuthorizationPolicy", "a-allow-0-81-net")["spec"]["targetRef"]["name"] == "a-81"
+    assert "a-allow-0-80-net" not in kinds(objs, "AuthorizationPolicy")
