@@ -289,6 +289,7 @@ class Resolver:
                 elif isinstance(s, A.Setting) and s.key == "identity":
                     self.dns(s.value, "identity")
                     single["identity"] = s.value.text
+                    single["identity_span"] = s.span
                 elif isinstance(s, A.Setting) and s.key == "host":
                     host = s.value.value
                 elif isinstance(s, A.Setting) and s.key == "tls_originate":
@@ -355,7 +356,8 @@ class Resolver:
         return Service(
             name=name, namespace=svc_ns, span=decl.span,
             identity=Identity(name=single.get("identity", name), namespace=svc_ns,
-                              trust_domain=mesh.get("trust_domain", "cluster.local")),
+                              trust_domain=mesh.get("trust_domain", "cluster.local"),
+                              span=single.get("identity_span", decl.span)),
             ports=final_ports, endpoints=endpoints, versions=tuple(sorted(versions.values(), key=lambda v: v.name)),
             resilience=Resilience(span=decl.span, **res), faults=tuple(faults), calls=tuple(calls),
             expose=expose, external=external, mtls=svc_mtls, objectives=tuple(objectives))
