@@ -19,7 +19,7 @@ from meshc.diagnostics import Diagnostic, MeshcError, render
 
 # Modules that add their own sub-commands with `register(subparsers)`.
 PLUGINS = ("meshc.graph", "meshc.certs", "meshc.validate", "meshc.diff", "meshc.why",
-           "meshc.runtime.commands", "meshc.observe")
+           "meshc.runtime.commands", "meshc.observe", "meshc.importers")
 
 
 class UsageError(Exception):

@@ -1,0 +1,1 @@
+"""`meshc import`: existing mesh configuration -> .mesh (one module per source mesh)."""
