@@ -227,7 +227,20 @@ class GatewayApiBackend(Backend):
         return objs
 
     def core(self, mesh: Mesh) -> list[dict[str, Any]]:
+        self.check_version_service_names(mesh)
         return k8s.core_objects(mesh, versions=True)
+
+    def check_version_service_names(self, mesh: Mesh) -> None:
+        names = {s.name for s in mesh.services}
+        for svc in mesh.services:
+            for v in svc.versions:
+                vname = k8s.version_service_name(svc, v.name)
+                if len(vname) > 63:
+                    self.gaps.add(f"the per-version Service name '{vname}' (longer than 63 characters)", v.span,
+                                  "shorten the service or version name")
+                elif vname in names:
+                    self.gaps.add(f"the per-version Service '{vname}', which collides with a declared service",
+                                  v.span, "rename the version or the service")
 
     # ----------------------------------------------------------------- references
 

@@ -124,6 +124,7 @@ class LinkerdBackend(GatewayApiBackend):
     def core(self, mesh: Mesh) -> list[dict[str, Any]]:
         annotations = {"linkerd.io/inject": "enabled",
                        "config.linkerd.io/default-inbound-policy": self.default_policy(mesh, mesh.mtls)}
+        self.check_version_service_names(mesh)
         svc_annotations = {s.name: self.service_annotations(s) for s in mesh.services}
         return k8s.core_objects(mesh, versions=True, namespace_annotations=annotations,
                                 service_annotations=svc_annotations)

@@ -81,6 +81,7 @@ class Problem:
 _GO_DURATION = re.compile(r"^[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -462,6 +463,9 @@ def _meta_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
         out.append(("metadata.name", "missing name"))
     elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
         out.append(("metadata.name", f"{name!r} is not a DNS-1123 subdomain"))
+    if obj.get("kind") == "Service" and isinstance(name, str) and not _DNS_1035.match(name):
+        out.append(("metadata.name", f"Service name {name!r} is not a DNS-1035 label (at most 63 characters, "
+                                     "starting with a letter)"))
     ns = meta.get("namespace")
     if ns is not None and (not isinstance(ns, str) or len(ns) > 63 or not _DNS_LABEL.match(ns)):
         out.append(("metadata.namespace", f"{ns!r} is not a DNS-1123 label"))

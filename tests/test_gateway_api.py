@@ -216,3 +216,11 @@ def test_capabilities() -> None:
 def test_more_headers_later_do_not_steal_earlier_requests() -> None:
     got = rules(SVC % 'route {\n when header a == "1" -> v2\n when header b == "2" and header c == "3" -> v1\n otherwise -> v1 }')
     assert [[h["name"] for h in m["headers"]] for m in got[0]["matches"]] == [["a"], ["a", "b", "c"]]
+
+
+def test_version_service_names_must_fit_and_not_collide() -> None:
+    long = "s" * 40
+    errs = errors(f"service {long} {{ port http 80 version {'v' * 30} {{ labels v=x }} }}")
+    assert any("longer than 63" in m for m in errs)
+    errs = errors("service a { port http 80 version v1 { labels version=v1 } }\nservice a-v1 { port http 80 }")
+    assert any("collides" in m for m in errs)

@@ -200,3 +200,10 @@ def test_gateway_filter_union_rules_are_evaluated() -> None:
     msgs = messages([route], "gateway-api")
     assert any("filters[0]" in m for m in msgs)
     assert any("matches[0].path" in m for m in msgs)
+
+
+def test_service_names_are_dns_1035_labels() -> None:
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "9lives"}, "spec": {"ports": [{"port": 80}]}}
+    assert any(p.path == "metadata.name" for p in validate_objects([svc], None))
+    svc["metadata"]["name"] = "x" * 64
+    assert any(p.path == "metadata.name" for p in validate_objects([svc], None))
