@@ -101,9 +101,9 @@ def start_native(work: Path, text: str) -> tuple[subprocess.Popen[bytes], int]:
     from meshc.backends import compile_mesh
 
     from meshc.compiler import load_text
+    from meshc.runtime.testing import free_port_block
 
-    base = free_port() // 10 * 10
-    base = min(max(base, 20000), 60000)
+    base = free_port_block(8)
     bundle = compile_mesh(load_text(text, "bench.mesh"), "native", options={"base_port": str(base)})
     out = work / "native"
     bundle.write(out)

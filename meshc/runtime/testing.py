@@ -192,3 +192,22 @@ def sidecar(outbound_routes: list[dict[str, Any]] | None = None, clusters: list[
         data["outbound"] = [{"name": "out", "port": free_port(), "callee": "api", "callee_port": 80,
                              "routes": outbound_routes}]
     return C.SidecarConfig.model_validate(data)
+
+
+def free_port_block(n: int) -> int:
+    """The first of `n` consecutive ports that are free right now (for `base_port`)."""
+    for _ in range(200):
+        base = free_port()
+        if base + n >= 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError(f"no block of {n} free ports")
