@@ -10,6 +10,10 @@ Topology (the same as the Envoy backend's, so tests and tools read one `index.js
   an outbound server on `127.0.0.1:<outbound_base + i>` evaluates D's route table (versions,
   splits, retries, timeouts, rewrites, header operations, redirects, mirrors) and proxies to D's
   sidecar at `peer_host:<port>` over mTLS, setting `x-meshc-version` (or removing it).
+- Services with `expose ingress` get `<ingress identity>/nginx.conf`: plaintext HTTP on each
+  exposed port (server_name per host), a location per exposed path (`=` exact, `^~` byte
+  prefix, `~` anchored regex; `under` is `=` plus `^~ /p/`) entering the service's route table
+  as a caller would, with the ingress identity's certificate; every other path answers 404.
 
 Lowering decisions, and where nginx cannot say exactly what meshc means:
 - Identity. nginx exposes no subject-alternative-name variable (only njs could parse the URI
@@ -229,6 +233,7 @@ class Sidecar:
     upstream_tries: dict[str, int] = field(default_factory=dict)  # outbound upstream -> servers
     upstream_meta: dict[str, tuple[Service, Port]] = field(default_factory=dict)
     preamble: list[D] = field(default_factory=list)
+    route_tables: dict[str, tuple[str, list[D]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,7 +258,7 @@ class NginxBackend(Backend):
         "route.respond", "route.headers.request", "route.headers.response", "route.mirror",
         "route.no_default", "timeout", "retry", "retry.per_try", "retry.status_codes",
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
-        "load_balance.consistent_hash", "circuit_breaker", "rate_limit",
+        "load_balance.consistent_hash", "circuit_breaker", "rate_limit", "ingress",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers",
     })
@@ -287,6 +292,10 @@ class NginxBackend(Backend):
             sc = self.lower_sidecar(svc, ctx)
             bundle.add_text(f"{svc.name}/nginx.conf", render(sc))
             index["sidecars"][svc.name] = sc.index
+        gw = self.lower_ingress(ctx)
+        if gw is not None:
+            bundle.add_text(f"{gw.name}/nginx.conf", render(gw))
+            index["sidecars"][gw.name] = gw.index
         bundle.add_json("index.json", index)
         bundle.diagnostics.extend(ctx.diags)
         return bundle
@@ -303,7 +312,7 @@ class NginxBackend(Backend):
         sc.http += self.lower_upstreams(sc, ctx)
         return sc
 
-    def lower_common(self, svc: Service) -> list[D]:
+    def lower_common(self, svc: Service | None) -> list[D]:
         out = [
             # nginx has no escape for `$`: literal dollars are written through this variable
             block("geo", "$meshc_dollar", children=[d("default", Rx("$"))]),
@@ -481,7 +490,21 @@ class NginxBackend(Backend):
 
     def lower_outbound_server(self, sc: Sidecar, caller: Service, callee: Service, port: Port, listen: int,
                               ctx: _Ctx) -> None:
+        route_var, named = self.route_table(sc, caller, callee, port, ctx)
+        sc.servers.append(block("server", children=[
+            d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
+            d("root", Lit("/nonexistent/meshc")), block("location", "/", children=[dispatch(route_var)]),
+            *named]))
+        sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
+
+    def route_table(self, sc: Sidecar, caller: Service, callee: Service, port: Port,
+                    ctx: _Ctx) -> tuple[str, list[D]]:
+        """The callee's ordered route table as one regex map (http level, written once per
+        sidecar) and its named locations (one per rule), which every server routing to the
+        callee includes."""
         tag = f"{var_name(callee.name)}_{port.number}"
+        if tag in sc.route_tables:
+            return sc.route_tables[tag]
         rules = list(callee.routes) or [RouteRule(span=callee.span, destinations=(Destination(service=callee.name),))]
         headers = sorted({h.name for r in rules for m in r.matches for h in m.headers})
         query = sorted({q.name for r in rules for m in r.matches for q in m.query})
@@ -497,8 +520,7 @@ class NginxBackend(Backend):
                         *[f"$arg_{q}" for q in query], "$uri"])
         route_var = f"$meshc_route_{tag}"
         lines = [d("default", Lit(NO_ROUTE))]
-        locations: list[D] = [block("location", "/", children=[
-            d("try_files", Lit("/.meshc-no-such-file"), Expr(f"@{route_var}"))])]
+        locations: list[D] = []
         for i, rule in enumerate(rules):
             loc_name = f"{tag}_r{i}"
             for m in rule.matches or (Match(),):
@@ -511,10 +533,59 @@ class NginxBackend(Backend):
                 break  # nothing after `otherwise` can match
         locations.append(block("location", f"@{NO_ROUTE}", children=[d("return", 404)]))
         sc.http.append(block("map", Expr(key), Raw(route_var), children=lines))
-        sc.servers.append(block("server", children=[
-            d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
-            d("root", Lit("/nonexistent/meshc")), *locations]))
-        sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
+        sc.route_tables[tag] = (route_var, locations)
+        return sc.route_tables[tag]
+
+    # ------------------------------------------------------------------ ingress
+
+    def lower_ingress(self, ctx: _Ctx) -> Sidecar | None:
+        """`<ingress identity>/nginx.conf`: plaintext HTTP from outside on each exposed port;
+        exposed paths enter the service's route table (as from a caller), others get 404."""
+        exposed = [s for s in self.mesh.services if s.expose is not None and s.external is None
+                   and any(p.protocol in HTTP_PROTOCOLS for p in s.ports)]
+        if not exposed:
+            return None
+        gw = self.mesh.ingress_identity
+        sc = Sidecar(name=gw.name, identity=gw, index={"service": gw.name, "spiffe": gw.spiffe, "inbound": {},
+                                                      "outbound": {}, "ingress": {}})
+        sc.http += self.lower_common(None)
+        addr = self.opt("inbound_address", "0.0.0.0")
+        # (port, host) -> [(service, port, paths)]
+        groups: dict[tuple[int, str], list[tuple[Service, Port]]] = {}
+        for svc in exposed:
+            assert svc.expose is not None
+            port = next(p for p in svc.ports if p.protocol in HTTP_PROTOCOLS)
+            for host in svc.expose.hosts:
+                groups.setdefault((svc.expose.port, host), []).append((svc, port))
+            sc.index["ingress"][svc.name] = svc.expose.port
+        for listen in sorted({p for p, _ in groups}):
+            hosts = sorted(h for p, h in groups if p == listen)
+            for host in hosts:
+                body: list[D] = [d("listen", f"{addr}:{listen}", *(["default_server"] if host == "*" else [])),
+                                 d("server_name", Lit("_" if host == "*" else host)),
+                                 d("root", Lit("/nonexistent/meshc"))]
+                if self.mesh.path_normalization == "strict":
+                    body.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
+                                      children=[d("return", 400)]))
+                named: list[D] = []
+                whole = False
+                for svc, port in groups[(listen, host)]:
+                    route_var, locs = self.route_table(sc, svc, svc, port, ctx)
+                    named += locs
+                    assert svc.expose is not None
+                    for mods in ingress_locations(svc.expose.paths):
+                        whole = whole or mods == ("/",)
+                        body.append(block("location", *mods, children=[dispatch(route_var)]))
+                if not whole:
+                    body.append(block("location", "/", children=[d("return", 404)]))
+                body += dedupe_named(named)
+                sc.servers.append(block("server", children=body))
+            if "*" not in hosts:
+                sc.servers.append(block("server", children=[
+                    d("listen", f"{addr}:{listen}", "default_server"), d("server_name", Lit("_")),
+                    block("location", "/", children=[d("return", 404)])]))
+        sc.http += self.lower_upstreams(sc, ctx)
+        return sc
 
     def upstream_for(self, sc: Sidecar, dest: Destination, like: Port, tries: int) -> str:
         svc = self.mesh.service(dest.service)
@@ -705,6 +776,42 @@ class NginxBackend(Backend):
             block("map", "$meshc_up", "$meshc_scheme", children=scheme),
             block("map", "$meshc_up", "$meshc_peer_name", children=names),
             *out]
+
+
+def dispatch(route_var: str) -> D:
+    """Jump to the named location the route map chose, keeping the URI (try_files with no file)."""
+    return d("try_files", Lit("/.meshc-no-such-file"), Expr(f"@{route_var}"))
+
+
+def ingress_locations(paths: tuple[PathMatch, ...]) -> list[tuple[Arg, ...]]:
+    """nginx location modifiers for exposed paths (`^~` is a byte prefix that stops regex search)."""
+    out: list[tuple[Arg, ...]] = []
+    for p in paths or (PathMatch(kind="prefix", value="/"),):
+        if p.kind == "exact":
+            out.append((Raw("="), Lit(p.value)))
+        elif p.kind == "prefix":
+            out.append((Raw("/"),) if p.value == "/" else (Raw("^~"), Lit(p.value)))
+        elif p.kind == "under":
+            base = p.value.rstrip("/")
+            out += [(Raw("/"),)] if not base else [(Raw("="), Lit(base)), (Raw("^~"), Lit(base + "/"))]
+        else:
+            body = p.value.removeprefix("^").removesuffix("$")
+            out.append((Raw("~"), Rx(f"^(?:{body})$")))
+    seen: list[tuple[Arg, ...]] = []
+    for mods in out:
+        if mods not in seen:
+            seen.append(mods)
+    return seen
+
+
+def dedupe_named(locs: list[D]) -> list[D]:
+    out, names = [], set()
+    for loc in locs:
+        key = tuple(loc.args)
+        if key not in names:
+            names.add(key)
+            out.append(loc)
+    return out
 
 
 def var_name(name: str) -> str:

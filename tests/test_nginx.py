@@ -32,6 +32,7 @@ from meshc.model import (
     CircuitBreaker,
     Destination,
     Endpoint,
+    Ingress,
     Match,
     Mesh,
     PathMatch,
@@ -122,7 +123,7 @@ def test_hostile_strings_survive_quoting(certs: Path, tmp_path: Path) -> None:
              *rv.routes)
     bundle = lower(update_service(mesh, "reviews", routes=rules), certs_dir=str(certs))
     assert check_all(bundle, tmp_path) == 4
-    text = bundle.files["productpage/nginx.conf"].decode()
+    text = bundle.files["productpage/nginx.conf"].decode()  # (bookinfo() exposes nothing)
     assert 'return 418 "a\\"b\\\\c ${meshc_dollar}host ${meshc_dollar}{x} {;}";' in text
 
 
@@ -257,10 +258,12 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def e2e_mesh(front: int, back: int, v1: int, v2: int, out_base: int) -> Mesh:
-    """front -> back: header route to v2, else v1; retries 2 on 5xx; GET only; rate limit on /limited."""
+def e2e_mesh(front: int, back: int, v1: int, v2: int, out_base: int, ingress: int = 8080) -> Mesh:
+    """front -> back: header route to v2, else v1; retries 2 on 5xx; GET only; back exposed on
+    `ingress` for paths under /x."""
     del out_base
     back_svc = Service(
+        expose=Ingress(paths=(PathMatch(kind="under", value="/x"),), port=ingress),
         name="back", namespace="default", identity=ident("back"),
         ports=(Port(protocol="http", number=back, mtls="strict"),),
         versions=(Version(name="v1", labels=(("version", "v1"),), endpoints=(Endpoint(host="127.0.0.1", port=v1),)),
@@ -277,6 +280,7 @@ def e2e_mesh(front: int, back: int, v1: int, v2: int, out_base: int) -> Mesh:
                         endpoints=(Endpoint(host="127.0.0.1", port=1),), calls=("back",))
     rules = (AuthzRule(action="allow", sources=(Source(kind="service", name="front"),), destinations=("back",),
                        methods=("GET",)),
+             AuthzRule(action="allow", sources=(Source(kind="ingress"),), destinations=("back",)),
              AuthzRule(action="deny", sources=(Source(kind="any"),), destinations=("back",),
                        paths=(PathMatch(kind="prefix", value="/admin"),)))
     return Mesh(name="e2e", services=(back_svc, front_svc), rules=rules)
@@ -333,13 +337,13 @@ def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") ->
 def test_traffic_through_two_nginx_sidecars(apps: tuple[list[int], dict[str, int]], certs: Path,
                                            tmp_path: Path) -> None:
     (v1, v2), hits = apps
-    front, back, out_base = free_ports(3)
-    mesh = e2e_mesh(front, back, v1, v2, out_base)
+    front, back, out_base, ingress = free_ports(4)
+    mesh = e2e_mesh(front, back, v1, v2, out_base, ingress)
     bundle = lower(mesh, certs_dir=str(certs), inbound_address="127.0.0.1", outbound_base=str(out_base))
     assert not bundle.diagnostics
     procs = []
     try:
-        for svc in ("back", "front"):
+        for svc in ("back", "front", "ingress-gateway"):
             conf_ = tmp_path / svc / "nginx.conf"
             conf_.parent.mkdir(parents=True)
             conf_.write_bytes(bundle.files[f"{svc}/nginx.conf"])
@@ -353,6 +357,7 @@ def test_traffic_through_two_nginx_sidecars(apps: tuple[list[int], dict[str, int
             try:
                 socket.create_connection(("127.0.0.1", out_base), timeout=0.2).close()
                 socket.create_connection(("127.0.0.1", back), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", ingress), timeout=0.2).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, [p.stderr.read() if p.poll() is not None and p.stderr
@@ -375,6 +380,12 @@ def test_traffic_through_two_nginx_sidecars(apps: tuple[list[int], dict[str, int
         # retry 2 = 3 attempts
         assert get(url + "/flaky")[0] == 503
         assert hits[f"{v1}/flaky"] == 3
+        # through the ingress gateway: exposed paths only, with the ingress identity
+        gw = f"http://127.0.0.1:{ingress}"
+        status, body = get(gw + "/x/1")
+        assert (status, body["port"]) == (200, v1)
+        assert get(gw + "/x", {"x-canary": "yes"})[1]["port"] == v2
+        assert get(gw + "/xy")[0] == 404 and get(gw + "/admin")[0] == 404
         # straight to the callee without a client certificate: refused
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
