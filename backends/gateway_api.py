@@ -223,8 +223,19 @@ class GatewayApiBackend(Backend):
         for svc in mesh.services:
             if svc.external is None:
                 objs += self.lower_service_routes(svc)
+            else:
+                self.check_external(svc)
         objs += self.lower_ingress(mesh)
         return objs
+
+    def check_external(self, svc: Service) -> None:
+        """External services are ExternalName Services here, which routes cannot attach to."""
+        res = svc.resilience
+        for what, node in (("route rules", svc.routes[0] if svc.routes else None), ("timeouts", res.timeout),
+                           ("retries", res.retry)):
+            if node is not None:
+                self.gaps.add(f"{what} on an external service", node.span,
+                              f"{self.name} routes attach to in-cluster Services only")
 
     def core(self, mesh: Mesh) -> list[dict[str, Any]]:
         self.check_version_service_names(mesh)

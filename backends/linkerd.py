@@ -106,6 +106,7 @@ class LinkerdBackend(GatewayApiBackend):
         objs = self.core(mesh)
         for svc in mesh.services:
             if svc.external is not None:
+                self.check_external(svc)
                 continue
             if self.legacy:
                 objs += self.lower_service_profile(svc)

@@ -307,6 +307,30 @@ def _from_crd(store: SchemaStore, cls: Any, doc: Mapping[str, Any], origin: str)
             _add(store, cls, f"{group}/{ver.get('name')}", kind, schema, origin)
 
 
+_HELM_LINE = re.compile(r"^\s*\{\{-?.*-?\}\}\s*$")
+_HELM_INLINE = re.compile(r"\{\{-?.*?-?\}\}")
+
+
+def _read_manifests(path: Path) -> list[Any]:
+    """YAML documents of a manifest file. Helm chart templates (Linkerd publishes its CRDs as
+    charts/linkerd-crds) are read by dropping whole-line directives and blanking inline ones,
+    which only occur outside the schemas."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        if "{{" not in text:
+            return []
+    lines = [_HELM_INLINE.sub("helm-value", ln) for ln in text.splitlines() if not _HELM_LINE.match(ln)]
+    try:
+        return list(yaml.safe_load_all("\n".join(lines)))
+    except yaml.YAMLError:
+        return []
+
+
 def _is_crd(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
 
@@ -353,10 +377,7 @@ def _load_schemas(root: Path, target: str | None, experimental: bool) -> SchemaS
                 group, version, kind = parts
                 _add(store, cls, f"{group}/{version}" if group else version, kind, data, origin)
         else:
-            try:
-                docs = list(yaml.safe_load_all(path.read_text()))
-            except (OSError, yaml.YAMLError):
-                continue  # e.g. Helm templates: not a plain manifest
+            docs = _read_manifests(path)
             for doc in docs:
                 if _is_crd(doc):
                     _from_crd(store, cls, doc, origin)

@@ -210,3 +210,8 @@ def test_star_admits_plaintext_only_on_permissive_ports() -> None:
     assert get(objs, "AuthorizationPolicy", "a-allow-0-80-mtls")["spec"]["targetRef"]["name"] == "a-80"
     assert get(objs, "AuthorizationPolicy", "a-allow-0-81-net")["spec"]["targetRef"]["name"] == "a-81"
     assert "a-allow-0-80-net" not in kinds(objs, "AuthorizationPolicy")
+
+
+def test_resilience_on_external_services_is_not_dropped_silently() -> None:
+    errs = errors('external pay { host "api.pay.example" port http 80 timeout 2s }')
+    assert any("timeouts on an external service" in m for m in errs)

@@ -207,3 +207,35 @@ def test_service_names_are_dns_1035_labels() -> None:
     assert any(p.path == "metadata.name" for p in validate_objects([svc], None))
     svc["metadata"]["name"] = "x" * 64
     assert any(p.path == "metadata.name" for p in validate_objects([svc], None))
+
+
+def test_helm_templated_crd_manifests_are_read(tmp_path: Path) -> None:
+    (tmp_path / "crd.yaml").write_text("""{{- if .Values.enableThing }}
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: things.example.com
+  labels:
+    helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+spec:
+  group: example.com
+  names: {kind: Thing, plural: things}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              port: {x-kubernetes-int-or-string: true}
+{{- end }}
+""")
+    ok = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"port": "http"}}
+    assert validate_objects([ok], tmp_path) == []
+    bad = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"port": 1.5}}
+    assert [p.path for p in validate_objects([bad], tmp_path)] == ["spec.port"]
