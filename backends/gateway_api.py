@@ -226,6 +226,7 @@ class GatewayApiBackend(Backend):
             else:
                 self.check_external(svc)
         objs += self.lower_ingress(mesh)
+        k8s.check_unique(objs, gaps, mesh.span)
         return objs
 
     def check_external(self, svc: Service) -> None:

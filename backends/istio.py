@@ -210,6 +210,7 @@ class IstioBackend(Backend):
         objs += self.lower_peer_authentications(mesh)
         objs += self.lower_authorization(mesh)
         objs += self.lower_ingress(mesh)
+        k8s.check_unique(objs, gaps, mesh.span)
         return objs
 
     # ----------------------------------------------------------------- helpers
@@ -647,7 +648,8 @@ class IstioBackend(Backend):
                     route["timeout"] = k8s.go_duration(timeout.ms)
                 route["retries"] = retry_policy(svc.resilience.retry)
                 http.append(route)
-            name = mesh.name if len(groups) == 1 else f"{mesh.name}-ingress-{i}"
+            taken = mesh.service(mesh.name) is not None  # a service's own VirtualService has its name
+            name = mesh.name if len(groups) == 1 and not taken else f"{mesh.name}-ingress-{i}"
             out.append(k8s.cr(NET, "VirtualService", name, ns,
                               {"hosts": list(hosts), "gateways": [gw_name], "http": http}))
         return out

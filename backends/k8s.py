@@ -160,6 +160,18 @@ def core_objects(mesh: Mesh, *, versions: bool = False,
     return out
 
 
+def check_unique(objects: Iterable[K8sObject], gaps: Gaps, span: Span) -> None:
+    """Two generated objects with one kind, namespace and name would overwrite each other."""
+    seen: set[tuple[str, str, str]] = set()
+    for o in objects:
+        meta = o.get("metadata") or {}
+        key = (str(o.get("kind")), str(meta.get("namespace", "")), str(meta.get("name")))
+        if key in seen:
+            gaps.add(f"two generated {key[0]} objects named '{key[2]}' in namespace '{key[1]}'", span,
+                     "rename the service, version or mesh whose name they are derived from")
+        seen.add(key)
+
+
 def namespace_of(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     if obj.get("kind") == "Namespace":

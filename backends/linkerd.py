@@ -115,6 +115,7 @@ class LinkerdBackend(GatewayApiBackend):
             objs += self.lower_servers(svc)
             objs += self.lower_rate_limit(svc)
         objs += self.lower_authorization(mesh)
+        k8s.check_unique(objs, gaps, mesh.span)
         return objs
 
     def default_policy(self, mesh: Mesh, mtls: str) -> str:

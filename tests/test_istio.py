@@ -297,3 +297,10 @@ def test_unsupported_warn_drops_with_warning() -> None:
 def test_capabilities_are_data() -> None:
     assert "rate_limit" not in IstioBackend.CAPABILITIES
     assert {"route.mirror", "fault.delay", "authz.deny", "external.tls_originate"} <= IstioBackend.CAPABILITIES
+
+
+def test_generated_name_collisions_are_reported() -> None:
+    errs = errors("service default { port http 80 }\nservice x { port http 80 }\ndeny x -> default")
+    assert any("two generated AuthorizationPolicy objects named 'default-deny'" in e for e in errs)
+    objs = _objects_raw('mesh shop { }\nservice shop { port http 80 expose ingress }')
+    assert sorted(o["metadata"]["name"] for o in objs if o["kind"] == "VirtualService") == ["shop", "shop-ingress-0"]
