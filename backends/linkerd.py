@@ -346,9 +346,9 @@ class LinkerdBackend(GatewayApiBackend):
             for svc in targets:
                 per_svc.setdefault(svc.name, []).append((idx, rule))
         for name, rules in sorted(per_svc.items()):
-            svc = mesh.service(name)
-            assert svc is not None
-            out += self.service_authorization(svc, rules)
+            target = mesh.service(name)
+            assert target is not None
+            out += self.service_authorization(target, rules)
         return out
 
     def service_authorization(self, svc: Service, rules: list[tuple[int, Any]]) -> list[dict[str, Any]]:
