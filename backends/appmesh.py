@@ -424,10 +424,11 @@ class AppMeshBackend(Backend):
             paths: list[dict[str, Any]] = [{"prefix": "/"}]
             if m.path is not None:
                 p = m.path
-                paths = {"exact": [{"path": {"exact": p.value}}], "regex": [{"path": {"regex": p.value}}],
-                         "prefix": [{"prefix": p.value}],
-                         "under": [{"path": {"exact": p.value.rstrip("/") or "/"}},
-                                   {"prefix": p.value.rstrip("/") + "/"}]}[p.kind]
+                by_kind: dict[str, list[dict[str, Any]]] = {
+                    "exact": [{"path": {"exact": p.value}}], "regex": [{"path": {"regex": p.value}}],
+                    "prefix": [{"prefix": p.value}],
+                    "under": [{"path": {"exact": p.value.rstrip("/") or "/"}}, {"prefix": p.value.rstrip("/") + "/"}]}
+                paths = by_kind[p.kind]
                 if p.kind == "under" and not p.value.rstrip("/"):
                     paths = [{"prefix": "/"}]
             for path in paths:

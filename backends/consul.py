@@ -22,6 +22,10 @@ Lowering decisions (see docs/language.md for the meshc meaning):
   to it (its own and the `*` ones), then every allow, then an explicit catch-all with the mesh
   default; `deny beats allow` and the default hold whatever Consul's fallthrough would do.
   The mesh default is also a `* -> *` intention.
+- Ingress: an ingress-gateway entry named after the mesh's ingress identity (deploy the gateway
+  with consul-k8s `ingressGateways`). Exposed paths go through a virtual service
+  `<svc>-ingress` whose router matches only them; other paths reach no instance (Consul answers
+  503, where meshc says 404). A `*` host needs a listener of its own.
 - Rate limits (service-defaults `RateLimits`) are Consul Enterprise: accepted only with
   `--option enterprise`. Consul has no fault injection config entry, so faults are E301.
 """
@@ -66,6 +70,7 @@ KINDS: dict[str, tuple[str, int]] = {
     "service-splitter": ("ServiceSplitter", 4),
     "service-router": ("ServiceRouter", 5),
     "service-intentions": ("ServiceIntentions", 6),
+    "ingress-gateway": ("IngressGateway", 7),
 }
 
 PROTOCOLS = {"http": "http", "http2": "http2", "grpc": "grpc", "tcp": "tcp", "tls": "tcp"}
@@ -228,7 +233,7 @@ class ConsulBackend(Backend):
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
         "load_balance.consistent_hash", "circuit_breaker", "outlier",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
-        "authz.paths", "authz.headers", "authz.ports",
+        "authz.paths", "authz.headers", "authz.ports", "ingress",
     })
     ENTERPRISE: ClassVar[frozenset[str]] = frozenset({"rate_limit"})
 
@@ -257,7 +262,9 @@ class ConsulBackend(Backend):
             out.append(self.lower_service_defaults(mesh, svc, inner, ctx))
             out += self.lower_routing(mesh, svc, ctx)
         out += self.lower_intentions(mesh, inner, ctx)
-        return sorted(out, key=lambda e: (KINDS[e.kind][1], e.name))
+        out += self.lower_ingress(mesh, inner, ctx)
+        unique = {(e.kind, e.name): e for e in out}  # a split shared by a route and the ingress
+        return sorted(unique.values(), key=lambda e: (KINDS[e.kind][1], e.name))
 
     # ------------------------------------------------------------------ mesh-wide
 
@@ -519,6 +526,69 @@ class ConsulBackend(Backend):
             return {"Name": q.name, HEADER_KINDS[q.kind]: q.value}
         ctx.error(f"Consul matches query parameters by exact value, regex or presence, not '{q.kind}'", q.span)
         return {"Name": q.name, "Present": True}
+
+    # ------------------------------------------------------------------ ingress
+
+    def lower_ingress(self, mesh: Mesh, inner: list[Service], ctx: _Ctx) -> list[Entry]:
+        """One ingress-gateway entry named after the ingress identity; exposed paths go through a
+        virtual service `<svc>-ingress` whose router matches only them."""
+        exposed = [s for s in inner if s.expose is not None]
+        if not exposed:
+            return []
+        out: list[Entry] = []
+        listeners: dict[int, list[tuple[dict[str, Any], Service]]] = {}
+        protocols: dict[int, str] = {}
+        for svc in exposed:
+            assert svc.expose is not None
+            proto = self.protocol(svc, ctx)
+            http = proto in HTTP_PROTOCOLS
+            name = svc.name
+            if svc.expose.paths:
+                if not http:
+                    ctx.error("Consul's ingress gateway cannot select paths of a TCP service", svc.expose.span)
+                else:
+                    name = f"{svc.name}-ingress"
+                    out += self.ingress_router(mesh, svc, name, ctx)
+            entry: dict[str, Any] = {"Name": name}
+            hosts = list(svc.expose.hosts)
+            if http and hosts != ["*"]:
+                entry["Hosts"] = hosts
+            elif http:
+                entry["Hosts"] = ["*"]
+            listeners.setdefault(svc.expose.port, []).append((entry, svc))
+            lproto = "http" if http else "tcp"
+            if protocols.setdefault(svc.expose.port, lproto) != lproto:
+                ctx.error(f"Consul ingress listener {svc.expose.port} mixes HTTP and TCP services", svc.expose.span)
+        for port, services in listeners.items():
+            if len(services) > 1 and any(e.get("Hosts") == ["*"] for e, _ in services):
+                ctx.error("a Consul ingress listener serves a `*` host only when it has a single service",
+                          services[0][1].expose.span if services[0][1].expose else services[0][1].span,
+                          help="give the services on this port their own hosts")
+            if protocols[port] == "tcp" and len(services) > 1:
+                ctx.error("a Consul TCP ingress listener serves one service", services[1][1].span)
+        body = {"Listeners": [{"Port": port, "Protocol": protocols[port],
+                               "Services": [e for e, _ in sorted(listeners[port], key=lambda x: x[0]["Name"])]}
+                              for port in sorted(listeners)]}
+        out.append(Entry("ingress-gateway", mesh.ingress_identity.name, mesh.ingress_identity.namespace, body))
+        return out
+
+    def ingress_router(self, mesh: Mesh, svc: Service, virtual: str, ctx: _Ctx) -> list[Entry]:
+        """Routes of `<svc>-ingress`: the exposed paths, to the service's default destination.
+        A router cannot route to another router, so a service with its own conditional route
+        table cannot have its paths filtered (E330). Unexposed paths find no instance (503)."""
+        assert svc.expose is not None
+        if any(r.matches for r in svc.routes):
+            ctx.error(f"Consul cannot expose some paths of '{svc.name}', which has its own route rules "
+                      "(a service-router cannot route to another router)", svc.expose.span,
+                      help="expose every path (no `paths`), or move the path choice into the route table")
+        splitters: list[Entry] = []
+        default = next((r for r in svc.routes if r.is_default), None)
+        index = svc.routes.index(default) if default is not None else 0
+        dest = self.route_destination(mesh, svc, default or RouteRule(span=svc.span), index, splitters, ctx)
+        routes = [{"Match": {"HTTP": m}, "Destination": dict(dest)}
+                  for p in svc.expose.paths for m in path_matches(p)]
+        return [Entry("service-defaults", virtual, svc.namespace, {"Protocol": "http"}),
+                Entry("service-router", virtual, svc.namespace, {"Routes": routes}), *splitters]
 
     # ------------------------------------------------------------------ intentions
 

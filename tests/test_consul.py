@@ -266,3 +266,23 @@ def test_permissive_service_under_default_deny_is_an_error() -> None:
     bundle = ConsulBackend().lower(update_service(mesh, "details", mtls="permissive"))
     assert [d.code for d in bundle.diagnostics] == ["E330"]
     assert "plaintext" in bundle.diagnostics[0].message
+
+
+def test_ingress_exposes_only_the_listed_paths() -> None:
+    from meshc.model import Ingress
+
+    mesh = update_service(bookinfo(), "productpage", expose=Ingress(
+        paths=(PathMatch(kind="exact", value="/productpage"), PathMatch(kind="under", value="/static")), port=8080))
+    bundle = lower(mesh)
+    gw = entry(bundle, "IngressGateway", "ingress-gateway")
+    assert gw == {"listeners": [{"port": 8080, "protocol": "http",
+                                 "services": [{"name": "productpage-ingress", "hosts": ["*"]}]}]}
+    routes = entry(bundle, "ServiceRouter", "productpage-ingress")["routes"]
+    assert [r["match"]["http"] for r in routes] == [{"pathExact": "/productpage"}, {"pathExact": "/static"},
+                                                   {"pathPrefix": "/static/"}]
+    assert {r["destination"]["service"] for r in routes} == {"productpage"}
+    assert entry(bundle, "ServiceDefaults", "productpage-ingress") == {"protocol": "http"}
+    validate_crds("consul", list(crds(bundle).values()))
+    # a service with its own route rules cannot have its paths filtered (no router behind a router)
+    mesh = update_service(bookinfo(), "reviews", expose=Ingress(paths=(PathMatch(kind="prefix", value="/r"),)))
+    assert [d.code for d in ConsulBackend().lower(mesh).diagnostics] == ["E330"]
