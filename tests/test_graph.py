@@ -1,0 +1,314 @@
+"""Graph checks (meshc/graph.py): each check fires on a minimal mesh and not on its fix;
+amplification, the call graph, dot/mermaid output and the `meshc graph` command."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from meshc import graph
+from meshc.compiler import load_text
+from meshc.model import FULL, Mesh, PathMatch
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD = "mesh shop {}\n"
+
+
+def _mesh(body: str, head: str = HEAD) -> Mesh:
+    return load_text(head + body, checks=False)
+
+
+def _codes(body: str, head: str = HEAD, **kw: int) -> list[str]:
+    return [d.code for d in graph.check(_mesh(body, head), **kw)]
+
+
+WEB = """
+service web {
+  port http 8080
+  expose ingress
+  %s
+}
+allow ingress -> web
+"""
+
+# (id, code, firing mesh, corrected mesh)
+PAIRS = [
+    ("no-otherwise", "W202",
+     WEB % 'version v1 { labels version=v1 }\n route { when header x-beta == "1" -> v1 }',
+     WEB % 'version v1 { labels version=v1 }\n route { when header x-beta == "1" -> v1\n otherwise -> v1 }'),
+    ("shadowed-prefix", "W203",
+     WEB % 'version v1 { labels version=v1 }\n route { when path prefix "/a" -> v1\n'
+           ' when path prefix "/a/b" -> v1\n otherwise -> v1 }',
+     WEB % 'version v1 { labels version=v1 }\n route { when path prefix "/a/b" -> v1\n'
+           ' when path prefix "/a" -> v1\n otherwise -> v1 }'),
+    ("shadowed-method", "W203",
+     WEB % 'version v1 { labels version=v1 }\n route { when method GET, POST -> v1\n'
+           ' when path exact "/x" and method GET -> v1\n otherwise -> v1 }',
+     WEB % 'version v1 { labels version=v1 }\n route { when method POST -> v1\n'
+           ' when path exact "/x" and method GET -> v1\n otherwise -> v1 }'),
+    ("shadowed-header", "W203",
+     WEB % 'version v1 { labels version=v1 }\n route { when header x-user present -> v1\n'
+           ' when header x-user == "jason" -> v1\n otherwise -> v1 }',
+     WEB % 'version v1 { labels version=v1 }\n route { when header x-user == "jason" -> v1\n'
+           ' when header x-user present -> v1\n otherwise -> v1 }'),
+    ("dead-call", "W204",
+     WEB % "calls db" + "service db { port http 5432 }\nallow ingress -> db\n",
+     WEB % "calls db" + "service db { port http 5432 }\nallow web -> db methods GET\n"),
+    ("dead-exposure", "W204",
+     "service web {\n port http 80\n expose ingress\n}\nallow * -> web\ndeny ingress -> web\n",
+     "service web {\n port http 80\n expose ingress\n}\nallow * -> web\ndeny ingress -> web paths prefix \"/x\"\n"),
+    ("dead-permissive", "W204",
+     WEB % "calls db" + "service db {\n port http 5432\n mtls permissive\n}\nallow web -> db\n",
+     WEB % "calls db" + "service db {\n port http 5432\n}\nallow web -> db\n"),
+    ("amplification", "W205",
+     WEB % "calls api\n retry 3" + "service api {\n port http 81\n retry 2\n}\nallow web -> api\n",
+     WEB % "calls api\n retry 1" + "service api {\n port http 81\n retry 2\n}\nallow web -> api\n"),
+    ("timeout-budget", "W206",
+     WEB % "calls api\n timeout 1s" + "service api {\n port http 81\n timeout 3s\n}\nallow web -> api\n",
+     WEB % "calls api\n timeout 4s" + "service api {\n port http 81\n timeout 3s\n}\nallow web -> api\n"),
+    ("timeout-retries", "W206",
+     WEB % "calls api\n timeout 1s" + "service api {\n port http 81\n retry 3 per_try 300ms\n}\nallow web -> api\n",
+     WEB % "calls api\n timeout 1s" + "service api {\n port http 81\n retry 1 per_try 300ms\n}\nallow web -> api\n"),
+    ("per-try", "E212", WEB % "timeout 1s\n retry 2 per_try 1s", WEB % "timeout 1s\n retry 2 per_try 300ms"),
+    ("permissive-identity", "W207",
+     WEB % "mtls permissive" + "service api {\n port http 81\n}\nallow api -> web\nallow api -> api\n",
+     WEB % "" + "service api {\n port http 81\n}\nallow api -> web\nallow api -> api\n"),
+    ("unreachable", "W209", WEB % "" + "service audit { port http 81 }\n",
+     WEB % "" + "service audit { port http 81 }\nallow web -> audit\n"),
+    ("cycle", "W210",
+     WEB % "calls api" + "service api {\n port http 81\n calls web\n}\nallow web -> api\nallow api -> web\n",
+     WEB % "calls api" + "service api {\n port http 81\n}\nallow web -> api\nallow api -> web\n"),
+    ("port-collision", "E211",
+     "service a {\n port http 80\n expose ingress\n endpoints 127.0.0.1:9000\n}\n"
+     "service b {\n port http 80\n expose ingress\n endpoints localhost:9000\n}\nallow ingress -> a, b\n",
+     "service a {\n port http 80\n expose ingress\n endpoints 127.0.0.1:9000\n}\n"
+     "service b {\n port http 80\n expose ingress\n endpoints localhost:9001\n}\nallow ingress -> a, b\n"),
+    ("version-collision", "E211",
+     WEB % "version v1 { labels version=v1 endpoints 127.0.0.1:9000 }\n"
+           " version v2 { labels version=v2 endpoints 127.0.0.1:9000 }",
+     WEB % "endpoints 127.0.0.1:9000\n version v1 { labels version=v1 endpoints 127.0.0.1:9000 }\n"
+           " version v2 { labels version=v2 endpoints 127.0.0.1:9001 }"),
+]
+
+
+@pytest.mark.parametrize(("code", "bad", "good"), [p[1:] for p in PAIRS], ids=[p[0] for p in PAIRS])
+def test_check_fires_and_fix_silences(code: str, bad: str, good: str) -> None:
+    assert code in _codes(bad)
+    assert _codes(good) == []
+
+
+def test_path_normalization_pairs() -> None:
+    deny = WEB % "" + 'deny * -> web paths prefix "/admin"\n'
+    assert _codes(deny, "mesh shop { path_normalization off }\n") == ["W208"]
+    assert _codes(deny, "mesh shop { path_normalization strict }\n") == []
+    except_ = ('service web {\n port http 80\n expose ingress\n}\n'
+               'allow ingress -> web except paths prefix "/internal"\n')
+    assert _codes(except_, "mesh shop { path_normalization off }\n") == ["W208"]
+    assert _codes(except_) == []
+
+
+def test_split_weights_from_code() -> None:
+    """The resolver rejects a bad split first (E111); a model built in code reaches E201."""
+    src = WEB % ("version v1 { labels version=v1 }\n version v2 { labels version=v2 }\n"
+                 " route { otherwise -> split { v1 50%, v2 50% } }")
+    mesh = _mesh(src)
+    assert graph.check(mesh) == []
+    web = mesh.service("web")
+    assert web is not None
+    rule = web.routes[0]
+    bad_rule = rule.model_copy(update={"destinations": (rule.destinations[0],
+                                                        rule.destinations[1].model_copy(update={"weight": 4000}))})
+    bad = mesh.model_copy(update={"services": (web.model_copy(update={"routes": (bad_rule,)}),)})
+    found = [d for d in graph.check(bad) if d.code == "E201"]
+    assert len(found) == 1 and "90%" in found[0].message and found[0].span == rule.span
+
+
+def test_diagnostic_points_at_line_with_label_and_help() -> None:
+    src = WEB % "timeout 1s\n retry 2 per_try 2s"
+    (d,) = graph.check(_mesh(src))
+    assert d.code == "E212" and d.severity == "error"
+    assert (HEAD + src).splitlines()[d.span.line - 1].strip() == "retry 2 per_try 2s"
+    assert d.label and d.help
+
+
+def test_per_try_against_mesh_default_timeout() -> None:
+    assert _codes(WEB % "retry 1 per_try 5s", "mesh shop { timeout 2s }\n") == ["E212"]
+    assert _codes(WEB % "retry 1 per_try 5s\n timeout none", "mesh shop { timeout 2s }\n") == []
+
+
+def test_timeout_unbounded_callee_is_not_compared() -> None:
+    # the callee has retries but neither timeout nor per_try: its time is unbounded, not compared
+    src = WEB % "calls api\n timeout 1s" + "service api {\n port http 81\n retry 3\n}\nallow web -> api\n"
+    assert "W206" not in _codes(src)
+
+
+def test_amplification_path_and_limit() -> None:
+    src = (WEB % "calls api\n retry 3" + "service api {\n port http 81\n calls db\n retry 3\n}\n"
+           "service db {\n port http 82\n retry 2\n}\nallow web -> api\nallow api -> db\n")
+    mesh = _mesh(src)
+    amp = graph.amplification(mesh)
+    assert amp["db"] == (48, ("web", "api", "db"))
+    assert amp["web"] == (4, ("web",))
+    w = [d for d in graph.check(mesh) if d.code == "W205"]
+    assert [d.message.split(": ", 1)[1] for d in w if "'db'" in d.message] == [
+        "one request may become 48 attempts at 'db': web -> api -> db (4x4x3 = 48 attempts)"]
+    assert "W205" not in [d.code for d in graph.check(mesh, amplification_limit=48)]
+    assert [d.code for d in graph.check(mesh, amplification_limit=47)] == ["W205"]
+
+
+def test_amplification_route_hop_does_not_multiply() -> None:
+    src = (WEB % "calls reviews" + "service reviews {\n port http 81\n retry 2\n"
+           " route { otherwise -> split { reviews 50%, next 50% } }\n}\n"
+           "service next {\n port http 81\n retry 9\n}\n"
+           "allow web -> reviews, next\nallow reviews -> next\n")
+    amp = graph.amplification(_mesh(src))
+    assert amp["next"] == (10, ("next",))  # its own retry 9, not 3 x 10
+    assert amp["reviews"] == (3, ("reviews",))
+
+
+def test_amplification_in_cycles_terminates_on_simple_paths() -> None:
+    src = (WEB % "calls b\n retry 1" + "service b {\n port http 81\n calls c\n retry 2\n}\n"
+           "service c {\n port http 82\n calls web, b\n retry 3\n}\n"
+           "allow web -> b\nallow b -> c\nallow c -> web, b\n")
+    amp = graph.amplification(_mesh(src))
+    for _value, path in amp.values():
+        assert len(path) == len(set(path))  # a simple path
+    # every simple path through the 3-cycle multiplies 2 x 3 x 4 = 24
+    assert {name: v for name, (v, _) in amp.items()} == {"web": 24, "b": 24, "c": 24}
+
+
+def test_amplification_greedy_for_large_cycles() -> None:
+    n = graph.EXACT_CYCLE_SIZE + 3
+    names = [f"s{i}" for i in range(n)]
+    body = "".join(f"service {s} {{\n port http 80\n calls {names[(i + 1) % n]}\n retry 1\n}}\n"
+                   f"allow {s} -> {names[(i + 1) % n]}\n" for i, s in enumerate(names))
+    amp = graph.amplification(_mesh(body))
+    for value, path in amp.values():
+        assert len(path) == len(set(path)) and value == 2 ** len(path)
+    assert max(v for v, _ in amp.values()) == 2 ** n
+
+
+def test_path_covers_table() -> None:
+    P = lambda k, v: PathMatch(kind=k, value=v)  # noqa: E731
+    covers = graph.path_covers
+    assert covers(P("prefix", "/api"), P("prefix", "/apix"))
+    assert covers(P("prefix", "/api"), P("under", "/api/v2"))
+    assert not covers(P("under", "/api"), P("prefix", "/apix"))
+    assert not covers(P("under", "/api"), P("prefix", "/api"))
+    assert covers(P("under", "/api"), P("prefix", "/api/"))
+    assert covers(P("under", "/api"), P("exact", "/api"))
+    assert covers(P("under", "/"), P("regex", ".*"))
+    assert not covers(P("exact", "/a"), P("prefix", "/a"))
+    assert covers(P("regex", "/v[0-9]+"), P("exact", "/v2"))
+    assert not covers(P("regex", "/v[0-9]+"), P("prefix", "/v2"))
+
+
+def test_dead_route_names_the_caller() -> None:
+    src = ("service front {\n port http 80\n expose ingress\n calls reviews\n}\n"
+           "service reviews {\n port http 80\n route { otherwise -> split { reviews 90%, next 10% } }\n}\n"
+           "service next { port http 80 }\n"
+           "allow ingress -> front\nallow front -> reviews\nallow reviews -> next\n")
+    (d,) = graph.check(_mesh(src))
+    assert d.code == "W204" and "'front'" in d.message and "'next'" in d.message
+    assert graph.check(_mesh(src + "allow front -> next\n")) == []
+
+
+def test_permissive_port_only() -> None:
+    src = ("service web {\n port http 80\n port grpc 81\n expose ingress\n}\n"
+           "service api { port http 80 }\nallow ingress -> web%s\nallow api -> web, api%s\n")
+
+    def with_disabled_grpc(mesh: Mesh) -> Mesh:
+        # built in code: only the grpc port of web is plaintext
+        web = mesh.service("web")
+        assert web is not None
+        ports = tuple(p.model_copy(update={"mtls": "disabled"}) if p.number == 81 else p for p in web.ports)
+        services = tuple(web.model_copy(update={"ports": ports}) if s.name == "web" else s
+                         for s in mesh.services)
+        return mesh.model_copy(update={"services": services})
+
+    assert graph.check(_mesh(src % ("", ""))) == []
+    found = graph.check(with_disabled_grpc(_mesh(src % ("", ""))))
+    assert [d.code for d in found] == ["W207", "W207"]
+    assert all("grpc-81 (disabled)" in d.message and "http-80" not in d.message for d in found)
+    assert [d.message.split(" relies")[0] for d in found] == ["allow rule for ingress", "allow rule for api"]
+    # rules narrowed to the strict port are fine
+    assert graph.check(with_disabled_grpc(_mesh(src % (" ports 80", " ports 80")))) == []
+
+
+def test_call_graph_edges_and_kinds() -> None:
+    src = ("service front {\n port http 80\n expose ingress\n calls reviews\n}\n"
+           "service reviews {\n port http 80\n route { otherwise -> split { reviews 90%, next 10% }"
+           " { mirror shadow 5% } }\n}\n"
+           "service next { port http 80 }\nservice shadow { port http 80 }\n"
+           "allow ingress -> front\nallow front -> reviews, next\nallow reviews -> shadow\n")
+    g = graph.call_graph(_mesh(src))
+    assert g.edges["ingress", "front"]["kinds"] == ("allow", "expose")
+    assert g.edges["front", "reviews"]["kinds"] == ("allow", "calls")
+    assert g.edges["reviews", "next"]["kinds"] == ("split",)
+    assert g.edges["reviews", "next"]["weight"] == 1000
+    assert g.edges["reviews", "shadow"]["kinds"] == ("allow", "mirror")
+    assert g.edges["front", "next"]["kinds"] == ("allow",)
+    assert g.nodes["ingress"]["kind"] == "ingress"
+
+
+def test_dot_and_mermaid_styles() -> None:
+    src = (WEB % "calls api, db" + "service api { port http 81 }\nservice db { port http 82 }\n"
+           "allow web -> api methods GET\nallow ingress -> db\n")
+    mesh = _mesh(src)
+    dot = graph.to_dot(mesh)
+    assert dot.startswith('digraph "shop" {') and dot.endswith("}\n")
+    assert '"web" -> "db" [color="red", style="dashed", fontcolor="red", label="denied"];' in dot
+    assert '"web" -> "api" [color="darkgreen", label="partial"];' in dot
+    assert '"ingress" -> "web" [color="black"];' in dot
+    mer = graph.to_mermaid(mesh)
+    assert mer.startswith("flowchart LR\n")
+    ids = dict(re.findall(r'^\s+(n\d+)[\[(/]+"([\w-]+)"', mer, re.M))
+    inv = {v: k for k, v in ids.items()}
+    assert f"{inv['web']} -.->|denied| {inv['db']}" in mer
+    assert graph.to_dot(mesh) == dot and graph.to_mermaid(mesh) == mer  # deterministic
+
+
+def test_register_graph_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="meshc")
+    graph.register(parser.add_subparsers(dest="command"))
+    f = tmp_path / "m.mesh"
+    f.write_text(HEAD + WEB % "")
+    args = parser.parse_args(["graph", str(f), "--format", "mermaid"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.startswith("flowchart LR")
+    bad = tmp_path / "bad.mesh"
+    bad.write_text("service {")
+    args = parser.parse_args(["graph", str(bad)])
+    assert args.func(args) == 1
+    assert "error[" in capsys.readouterr().err
+
+
+def test_bookinfo_is_clean() -> None:
+    from meshc.compiler import load
+
+    mesh = load([ROOT / "examples" / "bookinfo" / "bookinfo.mesh"], checks=False)
+    assert graph.check(mesh) == []
+    assert graph.amplification(mesh)["ratings"] == (2, ("reviews", "ratings"))
+
+
+CASES = sorted((ROOT / "tests" / "diagnostics").glob("graph_*.mesh"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_diagnostic_inputs_fire_their_one_check(case: Path) -> None:
+    text = case.read_text()
+    expect = re.match(r"# expect: ([EW]\d{3})", text)
+    assert expect, "each graph_*.mesh starts with `# expect: CODE`"
+    found = {d.code for d in graph.check(load_text(text, case.name, checks=False))}
+    assert found == {expect.group(1)}
+
+
+def test_documented_codes() -> None:
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    block = doc.split("<!-- graph:begin -->", 1)[1].split("<!-- graph:end -->", 1)[0]
+    emitted = set(re.findall(r'"([EW]2\d\d)"', (ROOT / "meshc" / "graph.py").read_text()))
+    assert emitted and emitted <= set(re.findall(r"^## ([EW]2\d\d)$", block, re.M))
+    assert FULL == 10_000
