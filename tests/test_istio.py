@@ -304,3 +304,13 @@ def test_generated_name_collisions_are_reported() -> None:
     assert any("two generated AuthorizationPolicy objects named 'default-deny'" in e for e in errs)
     objs = _objects_raw('mesh shop { }\nservice shop { port http 80 expose ingress }')
     assert sorted(o["metadata"]["name"] for o in objs if o["kind"] == "VirtualService") == ["shop", "shop-ingress-0"]
+
+
+def test_conditional_fault_inside_a_conditional_rule() -> None:
+    routes = http(SVC % ('route {\n when path under "/api" -> v2 { fault when header x-f == "1" abort 503 100% }\n'
+                         ' otherwise -> v1 }'))
+    assert [(r.get("match"), "fault" in r) for r in routes] == [
+        ([{"uri": {"exact": "/api"}, "headers": {"x-f": {"exact": "1"}}},
+          {"uri": {"prefix": "/api/"}, "headers": {"x-f": {"exact": "1"}}}], True),
+        ([{"uri": {"exact": "/api"}}, {"uri": {"prefix": "/api/"}}], False),
+        (None, False)]
