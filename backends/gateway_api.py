@@ -512,13 +512,20 @@ class GatewayApiBackend(Backend):
             out.append(base)
         return out
 
-    def grpc_route_spec(self, svc: Service, port: Port | None, number: int) -> dict[str, Any]:
-        rules = []
+    def grpc_resilience(self, svc: Service) -> dict[str, str]:
+        """Timeouts and retries of a gRPC service: GRPCRoute has no fields for them (E301);
+        a subclass may return route annotations instead."""
         for rule in self.default_rules(svc):
             for what, val in (("timeouts", rule.timeout or svc.resilience.timeout),
                               ("retries", rule.retry or svc.resilience.retry)):
                 if val is not None:
                     self.gaps.add(f"{what} on a gRPC service", val.span, "GRPCRoute has no timeouts or retries")
+        return {}
+
+    def grpc_route_spec(self, svc: Service, port: Port | None, number: int) -> dict[str, Any]:
+        rules = []
+        self.grpc_resilience(svc)
+        for rule in self.default_rules(svc):
             body = self.rule_body(svc, rule, number)
             body.pop("timeouts", None)
             body.pop("retry", None)

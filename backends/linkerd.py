@@ -196,11 +196,29 @@ class LinkerdBackend(GatewayApiBackend):
         if not svc.routes or not any(p.protocol in ("http", "http2", "grpc") for p in svc.ports):
             return [] if not svc.routes else self.lower_tcp_route(svc)
         objs = super().lower_service_routes(svc)
-        annotations = self.retry_annotations(svc.resilience.retry)
         for o in objs:
+            grpc = o["kind"] == "GRPCRoute"
+            annotations = self.grpc_resilience(svc) if grpc else self.retry_annotations(svc.resilience.retry)
             if annotations:
                 o["metadata"]["annotations"] = dict(annotations)
         return objs
+
+    def grpc_resilience(self, svc: Service) -> dict[str, str]:
+        """GRPCRoute has no timeout field, but Linkerd reads `timeout.linkerd.io/request` on it:
+        exact when every rule has the same timeout. gRPC retry conditions are gRPC statuses,
+        which meshc's HTTP conditions do not name: E301."""
+        rules = self.default_rules(svc)
+        timeouts = {(t.ms if t else None) for t in (self.effective_timeout(svc, r) for r in rules)}
+        if len(timeouts) > 1:
+            self.gaps.add("different timeouts per rule on a gRPC service", rules[0].span,
+                          "Linkerd sets gRPC timeouts per route (annotation); use one service timeout")
+        for r in rules:
+            retry = r.retry or svc.resilience.retry
+            if retry is not None and retry.attempts > 0:
+                self.gaps.add("retries on a gRPC service", retry.span,
+                              "Linkerd retries gRPC on gRPC status codes (retry.linkerd.io/grpc)")
+        ms = next(iter(timeouts)) if len(timeouts) == 1 else None
+        return {"timeout.linkerd.io/request": k8s.go_duration(ms)} if ms is not None else {}
 
     def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:
         objs = super().lower_tcp_route(svc)

@@ -215,3 +215,12 @@ def test_star_admits_plaintext_only_on_permissive_ports() -> None:
 def test_resilience_on_external_services_is_not_dropped_silently() -> None:
     errs = errors('external pay { host "api.pay.example" port http 80 timeout 2s }')
     assert any("timeouts on an external service" in m for m in errs)
+
+
+def test_grpc_timeout_is_an_annotation_on_the_grpc_route() -> None:
+    objs = objects('service g { port grpc 9090 timeout 3s route {\n when path under "/pkg.Admin" -> g\n otherwise -> g } }')
+    route = get(objs, "GRPCRoute", "g")
+    assert route["metadata"]["annotations"] == {"timeout.linkerd.io/request": "3s"}
+    assert route["spec"]["rules"][0]["matches"] == [{"method": {"type": "Exact", "service": "pkg.Admin"}}]
+    errs = errors('service g { port grpc 9090 route {\n when path under "/pkg.Admin" -> g { timeout 1s }\n otherwise -> g } }')
+    assert any("different timeouts per rule on a gRPC service" in m for m in errs)
