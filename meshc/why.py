@@ -333,7 +333,7 @@ def _headers(items: list[str]) -> dict[str, str]:
 
 def run_why(args: argparse.Namespace) -> int:
     from meshc.diagnostics import MeshcError
-    from meshc.diff import _report, load_paths
+    from meshc.diff import _report, load_paths, no_gc
 
     rest = args.request or []
     if len(rest) not in (0, 2):
@@ -341,7 +341,8 @@ def run_why(args: argparse.Namespace) -> int:
         return 2
     method, path = (rest[0].upper(), rest[1]) if rest else (None, None)
     try:
-        mesh = load_paths([Path(p) for p in (args.mesh or ["."])])
+        with no_gc():
+            mesh = load_paths([Path(p) for p in (args.mesh or ["."])])
     except (MeshcError, OSError) as e:
         return _report(e)
     try:
