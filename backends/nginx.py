@@ -333,7 +333,7 @@ class NginxBackend(Backend):
         addr = self.opt("inbound_address", "0.0.0.0")
         app_var = f"$meshc_app_{port.number}"
         authz_var = f"$meshc_authz_{port.number}"
-        sc.http += self.app_upstreams(svc, port)
+        sc.http += self.app_upstreams(svc, port, ctx)
         # the version the caller's sidecar picked -> the endpoints of that version
         sc.http.append(block("map", Raw("$http_x_meshc_version"), Raw(app_var),
                              children=[d("default", Lit(f"app_{port.number}"))]
@@ -384,7 +384,7 @@ class NginxBackend(Backend):
     def app_port(self, svc: Service, port: Port, ep_port: int) -> int:
         return ep_port + (port.number - svc.ports[0].number)
 
-    def app_upstreams(self, svc: Service, port: Port) -> list[D]:
+    def app_upstreams(self, svc: Service, port: Port, ctx: _Ctx) -> list[D]:
         groups = [(f"app_{port.number}", svc.all_endpoints())]
         groups += [(f"app_{port.number}_{v.name}", svc.endpoints_of(v.name)) for v in svc.versions]
         out = []
@@ -395,6 +395,10 @@ class NginxBackend(Backend):
                 body.append(d(LB[lb.policy]))
             elif lb is not None and lb.policy == "consistent_hash":
                 key = HASH_KEY[lb.hash_on or "header"].format(var_name(lb.hash_key))
+                if lb.cookie_ttl_ms is not None:
+                    # Envoy sets the affinity cookie when it is missing; nginx only reads it
+                    ctx.error("nginx hashes on an existing cookie; it cannot issue one (ttl)", lb.span,
+                              help="drop `ttl` if the application sets the cookie itself")
                 body.append(d("hash", Expr(key), "consistent"))
             uniq = sorted({(e.host, self.app_port(svc, port, e.port)) for e in eps})
             if not uniq:

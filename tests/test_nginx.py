@@ -400,3 +400,94 @@ def test_traffic_through_two_nginx_sidecars(apps: tuple[list[int], dict[str, int
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+RICH = r'''
+mesh rich {
+  mtls strict
+  authz deny_by_default
+}
+service web {
+  port http 9001
+  identity web
+  endpoints 127.0.0.1:19001
+  calls api
+}
+service api {
+  port http 9002
+  identity api
+  version v1 { labels version=v1  endpoints 127.0.0.1:19011 }
+  version v2 { labels version=v2  endpoints 127.0.0.1:19012 }
+  route {
+    when path regex "^/item/[0-9]{1,3}$" and header x-user regex "a.*\"b" -> v2
+    when query debug == "1" -> respond 418 "no \"debug\" ${here}"
+    when path exact "/old" -> redirect path "/new" code 302
+    when header x-gone absent and method POST, PUT -> v1 {
+      rewrite host "internal.example"
+      response_headers set cache-control "no-store"
+      response_headers remove server
+      mirror v2 12.5%
+    }
+    when path under "/api" -> v2 {
+      rewrite prefix "/v2"
+      timeout 1500ms
+      retry 2 on 503, connect-failure per_try 500ms
+    }
+    otherwise -> split { v1 87.5%, v2 12.5% }
+  }
+  load_balance consistent_hash cookie "sid"
+  rate_limit 600/m burst 10
+  circuit_breaker max_connections 7
+}
+allow web -> api methods GET, POST, PUT headers x-tenant == "a b"
+allow * -> api paths under "/public" except paths prefix "/public/secret"
+deny identity web -> api paths regex "^/admin.*"
+'''
+
+
+def route_map(text: str, var: str) -> tuple[list[str], list[tuple[str, str]]]:
+    m = re.search(r'map "([^"]*)" \$' + var + r' \{\n(.*?)\n    \}', text, re.S)
+    assert m
+    lines = re.findall(r'^\s+"~((?:[^"\\]|\\.)*)" "([a-z0-9_]+)";$', m[2], re.M)
+    return m[1].split("\\n"), [(re.sub(r"\\(.)", r"\1", rx), v) for rx, v in lines]
+
+
+@needs_nginx
+def test_rich_route_table_passes_nginx_t_and_keeps_rule_order(certs: Path, tmp_path: Path) -> None:
+    from meshc.certs import write_certs
+    from meshc.compiler import load_text
+
+    mesh = load_text(RICH, "rich.mesh")
+    write_certs(mesh, tmp_path / "certs")
+    backend = NginxBackend({"certs_dir": str(tmp_path / "certs")})
+    assert not backend.unsupported(mesh)
+    bundle = backend.lower(mesh)
+    assert not bundle.diagnostics
+    assert check_all(bundle, tmp_path) == 2
+    text = conf(bundle, "web")
+    fields, lines = route_map(text, "meshc_route_api_9002")
+    assert fields == ["$request_method", "$http_x_gone", "$http_x_user", "$arg_debug", "$uri"]
+
+    def pick(method: str, path: str, headers: dict[str, str] | None = None, debug: str = "") -> str:
+        h = headers or {}
+        key = "\n".join([method, h.get("x-gone", ""), h.get("x-user", ""), debug, path])
+        return next((v for rx, v in lines if re.search(rx, key)), "meshc_404").rsplit("_", 1)[-1]
+
+    assert pick("GET", "/item/12", {"x-user": 'a--"b'}) == "r0"
+    assert pick("GET", "/item/1234", {"x-user": 'a--"b'}) == "r5"
+    assert pick("GET", "/x", debug="1") == "r1"
+    assert pick("GET", "/old") == "r2"
+    assert pick("POST", "/z") == "r3" and pick("POST", "/z", {"x-gone": "1"}) == "r5"
+    assert pick("GET", "/api") == "r4" and pick("GET", "/api/x") == "r4" and pick("GET", "/apix") == "r5"
+    assert 'return 418 "no \\"debug\\" ${meshc_dollar}{here}";' in text
+    assert 'return 302 "$scheme://$host/new";' in text
+    assert '12.50% "1";' in text and '87.50% "out_api_9002/v1";' in text
+    r4 = location(text, "@api_9002_r4")
+    assert "proxy_next_upstream_tries 3;" in r4 and "proxy_read_timeout 500ms;" in r4
+    assert "proxy_next_upstream_timeout 1500ms;" in r4
+    assert 'rewrite "^\\\\/api/(.*)$" "/v2/$1" break;' in r4
+    api = conf(bundle, "api")
+    assert 'hash "$cookie_sid" consistent;' in api
+    assert "limit_req_zone $server_name zone=meshc_rl_api:1m rate=600r/m;" in api
+    assert "limit_req zone=meshc_rl_api burst=9 nodelay;" in api
+    assert [int(x) for x in re.findall(r"max_conns=(\d+)", text)] == [3, 2, 2]  # 7 over retry 2 = 3 tries
