@@ -588,6 +588,8 @@ class EnvoyBackend(Backend):
             filters.append(typed("envoy.filters.http.fault", FAULT, {}))
         routes = self.inbound_routes(svc, base_cluster, by_version)
         hcm = self.hcm(f"inbound_{port.number}", filters, routes, inbound=True)
+        # The version header is between sidecars only; the application never sees it.
+        hcm["route_config"]["request_headers_to_remove"] = [VERSION_HEADER]
         return typed("envoy.filters.network.http_connection_manager", HCM, hcm)
 
     def inbound_routes(self, svc: Service, base_cluster: str, by_version: dict[str, str]) -> list[dict[str, Any]]:
@@ -636,7 +638,9 @@ class EnvoyBackend(Backend):
             "merge_slashes": strict,
             "path_with_escaped_slashes_action": "REJECT_REQUEST" if strict else "KEEP_UNCHANGED",
             "generate_request_id": True,
-            "preserve_external_request_id": not inbound,
+            # Keep the caller's request id along the whole call chain (trace propagation); the
+            # ingress gateway, facing the outside, overrides this and mints its own.
+            "preserve_external_request_id": True,
             "route_config": {"name": prefix, "virtual_hosts": vhosts},
             "http_filters": filters + [typed("envoy.filters.http.router", ROUTER, {})],
             "tracing": {"random_sampling": {"value": self.mesh.observability.trace_sampling / 100}},
@@ -746,9 +750,7 @@ class EnvoyBackend(Backend):
             if port.mtls != "disabled":
                 c["transport_socket"] = self.upstream_tls(sc.identity, svc, port)
         c["connect_timeout"] = "5s"
-        thresholds = circuit_breaker(r.circuit_breaker, self.retry_budget(svc))
-        if thresholds:
-            c["circuit_breakers"] = {"thresholds": [thresholds]}
+        c["circuit_breakers"] = {"thresholds": [circuit_breaker(r.circuit_breaker, self.retry_budget(svc))]}
         if port.protocol in ("http2", "grpc"):
             c["typed_extension_protocol_options"] = http2_options()
         return c
@@ -984,17 +986,21 @@ def retry_policy(rt: Retry) -> dict[str, Any]:
     return out
 
 
+UNLIMITED = 2**32 - 1
+
+
 def circuit_breaker(cb: CircuitBreaker | None, budget: Retry | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if cb is not None:
-        for key, val in (("max_connections", cb.max_connections), ("max_pending_requests", cb.max_pending),
-                         ("max_requests", cb.max_requests), ("max_retries", cb.max_retries)):
-            if val is not None:
-                out[key] = val
+    """Thresholds of a callee cluster. A limit the mesh does not set is written as unlimited:
+    Envoy's hidden defaults (1024 connections/requests, 3 concurrent retries) would otherwise
+    throttle a service that declared no circuit breaker, or cut `retry 5` short under load."""
+    cb = cb or CircuitBreaker()
+    out: dict[str, Any] = {"priority": "DEFAULT"}
+    for key, val in (("max_connections", cb.max_connections), ("max_pending_requests", cb.max_pending),
+                     ("max_requests", cb.max_requests), ("max_retries", cb.max_retries)):
+        out[key] = UNLIMITED if val is None else val
     if budget is not None and budget.budget is not None:
+        # A budget replaces max_retries in Envoy (a share of active requests, at least 3 retries).
         out["retry_budget"] = {"budget_percent": {"value": budget.budget / 100}}
-    if out:
-        out["priority"] = "DEFAULT"
     return out
 
 

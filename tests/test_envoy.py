@@ -338,6 +338,13 @@ def test_callee_clusters_carry_resilience_and_upstream_san() -> None:
     assert pay["transport_socket"]["typed_config"]["sni"] == "api.stripe.com"
 
 
+def test_unset_limits_are_unlimited_not_envoy_defaults() -> None:
+    cs = clusters(load(lower(rich_mesh()), "front/envoy.yaml"))
+    (t,) = cs["outbound|9100||plain"]["circuit_breakers"]["thresholds"]
+    assert t == {"priority": "DEFAULT", "max_connections": 2**32 - 1, "max_pending_requests": 2**32 - 1,
+                 "max_requests": 2**32 - 1, "max_retries": 2**32 - 1}
+
+
 def test_endpoint_clusters_carry_lb_outlier_health() -> None:
     cs = clusters(load(lower(rich_mesh()), "reviews/envoy.yaml"))
     assert set(cs) >= {"inbound|9080|", "inbound|9080|v1", "inbound|9080|v2", "outbound|9081||ratings"}
@@ -367,6 +374,7 @@ def test_inbound_version_routes_faults_and_rate_limit() -> None:
     assert first["abort"] == {"http_status": 503, "percentage": {"numerator": 500, "denominator": "TEN_THOUSAND"}}
     assert "delay" not in routes[-1]["typed_per_filter_config"]["envoy.filters.http.fault"]
     assert routes[0]["match"]["headers"][-1] == {"name": VERSION_HEADER, "string_match": {"exact": "v1"}}
+    assert hcm["route_config"]["request_headers_to_remove"] == [VERSION_HEADER]  # never reaches the app
 
 
 def test_sidecar_scoped_to_dependencies() -> None:
@@ -504,3 +512,50 @@ def test_validate_examples(name: str, files: list[Path], tmp_path: Path) -> None
         if dynamic:
             paths = compile_for_validation(mesh, tmp_path / "dyn", dynamic="true")
         envoy_validate(paths, tmp_path)
+
+
+# --------------------------------------------------------------------------- from .mesh text
+
+
+def test_e302_points_at_the_mesh_line() -> None:
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    text = """mesh m { }
+service db {
+  port tcp 5432
+  endpoints 127.0.0.1:15432
+  retry 2 on connect-failure
+  timeout none
+}
+"""
+    with pytest.raises(MeshcError) as err:
+        compile_mesh(load_text(text, "db.mesh"), "envoy")
+    (d,) = err.value.diagnostics
+    assert (d.code, d.span.file, d.span.line) == ("E302", "db.mesh", 5)
+    assert "retries" in d.message
+
+
+def test_bookinfo_reviews_sidecar() -> None:
+    from meshc.compiler import load as load_mesh
+
+    mesh = load_mesh([ROOT / "examples" / "bookinfo" / "bookinfo.mesh"])
+    files = lower(mesh)
+    pp = load(files, "productpage/envoy.yaml")
+    # productpage calls details and reviews: exactly those outbound listeners
+    assert sorted(n for n in listeners(pp) if n.startswith("outbound_")) == [
+        "outbound_details_9080", "outbound_reviews_9080"]
+    routes = routes_of(listeners(pp)["outbound_reviews_9080"])
+    assert [r["route"].get("cluster") or [c["name"] for c in r["route"]["weighted_clusters"]["clusters"]]
+            for r in routes] == ["outbound|9080|v2|reviews",
+                                 ["outbound|9080|v2|reviews", "outbound|9080|v3|reviews"],
+                                 "outbound|9080|v1|reviews"]
+    assert {r["route"]["timeout"] for r in routes} == {"2s"}
+    assert routes[0]["route"]["retry_policy"]["num_retries"] == 1
+    ratings = load(files, "ratings/envoy.yaml")
+    (deny, allow) = [f["typed_config"]["rules"] for f in hcm_of(listeners(ratings)["inbound_9080"])["http_filters"]
+                     if f["name"] == "envoy.filters.http.rbac"]
+    assert deny["action"] == "DENY" and allow["action"] == "ALLOW"
+    assert "ingress-gateway/envoy.yaml" in files

@@ -46,6 +46,8 @@ Scenario schema (YAML):
           refused: true                 # the connection or handshake failed
           tail: {last: n, status: 200, upstream: NAME}   # the last n responses
           no_failures: true             # (update) no background request failed
+          upstream_saw: {header: value} # request headers as the upstream received them
+                                        # (value null: the header did not arrive)
 """
 
 from __future__ import annotations
@@ -533,6 +535,16 @@ def check(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str,
         if bad:
             problems.append(f"{len(bad)} of {len(rs)} requests failed during the update: "
                             f"{dict(Counter(r.status for r in bad))} {errors}")
+    for name, want in (expect.get("upstream_saw") or {}).items():
+        for r in rs:
+            try:
+                got = json.loads(r.body)["headers"].get(name.lower())
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"upstream_saw: no echo from an upstream in {r.body[:100]!r}")
+                break
+            if got != want:
+                problems.append(f"upstream saw {name}: {got!r}, want {want!r}")
+                break
     if "min_count" in expect and len(rs) < int(expect["min_count"]):
         problems.append(f"only {len(rs)} requests were sent, want at least {expect['min_count']}")
     return problems
