@@ -133,7 +133,7 @@ def _traffic_edges(mesh: Mesh) -> Iterator[tuple[str, str, str, Span, dict[str, 
                     yield svc.name, d.service, kind, d.span, {"weight": d.weight}
             if rule.mirror is not None:
                 target = rule.mirror.destination.service
-                if authz.lookup(mesh, target) is not None:
+                if target != svc.name and authz.lookup(mesh, target) is not None:
                     yield svc.name, target, "mirror", rule.mirror.span, {"percent": rule.mirror.percent}
 
 
@@ -557,11 +557,23 @@ def check_amplification(mesh: Mesh, limit: int = DEFAULT_AMPLIFICATION_LIMIT) ->
 
 
 def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
-    """The longest a request to `svc` can take (bounded settings only), how, and where set."""
+    """The longest a request to `svc` can take (bounded settings only), how, and where set.
+
+    Only settings the callee chose count: its retries, or its own (rule, service or policy)
+    timeout. A callee that merely inherits the mesh default and does not retry is cut by the
+    caller's shorter timeout as intended, so it is not a finding.
+    """
+    if not svc.is_http:
+        return None  # request timeouts and retries do not apply to TCP/TLS ports
     worst: tuple[int, str, Span] | None = None
     for rule in _rule_slots(svc):
         timeout = _effective_timeout(mesh, svc, rule)
         retry = _effective_retry(svc, rule)
+        # The resolver copies the mesh default into the service; same span and value = inherited.
+        own_timeout = (rule is not None and rule.timeout is not None) or (
+            svc.resilience.timeout is not None and svc.resilience.timeout != mesh.timeout)
+        if not own_timeout and (retry is None or retry.attempts == 0):
+            continue
         candidates: list[tuple[int, str, Span]] = []
         if timeout is not None and timeout.ms is not None:
             candidates.append((timeout.ms, f"timeout {fmt_ms(timeout.ms)}", timeout.span))
@@ -592,7 +604,7 @@ def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
     """W206 (caller budget below callee worst case) and E212 (per_try >= timeout)."""
     worst_cache: dict[str, tuple[int, str, Span] | None] = {}
     for svc in mesh.services:
-        budget = _budget(mesh, svc)
+        budget = _budget(mesh, svc) if svc.is_http else None
         if budget is None or budget.ms is None:
             continue
         for callee in dict.fromkeys(svc.calls):

@@ -312,3 +312,21 @@ def test_documented_codes() -> None:
     emitted = set(re.findall(r'"([EW]2\d\d)"', (ROOT / "meshc" / "graph.py").read_text()))
     assert emitted and emitted <= set(re.findall(r"^## ([EW]2\d\d)$", block, re.M))
     assert FULL == 10_000
+
+
+def test_timeout_inherited_default_and_tcp_are_not_compared() -> None:
+    head = "mesh shop { timeout 10s }\n"
+    http = WEB % "calls api\n timeout 1s" + "service api { port http 81 }\nallow web -> api\n"
+    assert _codes(http, head) == []  # api only inherits the mesh default and does not retry
+    assert _codes(http.replace("port http 81", "port http 81\n retry 2"), head) == ["W206"]
+    tcp = WEB % "calls db\n timeout 1s" + "service db {\n port tcp 5432\n timeout 5s\n}\nallow web -> db\n"
+    assert _codes(tcp, head) == []
+    assert _codes(tcp.replace("port tcp", "port http"), head) == ["W206"]
+
+
+def test_mirror_to_own_version_is_not_a_cycle() -> None:
+    src = WEB % ("version v1 { labels version=v1 }\n version v2 { labels version=v2 }\n"
+                 " route { otherwise -> v2 { mirror v1 100% } }")
+    mesh = _mesh(src)
+    assert graph.check(mesh) == []
+    assert not graph.call_graph(mesh).has_edge("web", "web")
