@@ -783,13 +783,73 @@ class _Probe:
                 "=".join(self.header) if self.header else "")
 
 
+_CATEGORY_SAMPLE = {"CATEGORY_DIGIT": "0", "CATEGORY_WORD": "a", "CATEGORY_SPACE": " ",
+                    "CATEGORY_NOT_DIGIT": "a", "CATEGORY_NOT_WORD": "-", "CATEGORY_NOT_SPACE": "a"}
+
+
+def regex_sample(pattern: str) -> str | None:
+    """A short string the regex fully matches (None when unsure), so that a rule written as
+    a regex has a concrete request in its region."""
+    try:
+        from re import _parser as sre  # type: ignore[attr-defined]
+
+        parsed = sre.parse(pattern)
+    except Exception:
+        return None
+
+    def gen(items: Any) -> str:
+        out = []
+        for op, arg in items:
+            name = str(op)
+            if name == "LITERAL":
+                out.append(chr(arg))
+            elif name == "NOT_LITERAL":
+                out.append("a" if chr(arg) != "a" else "b")
+            elif name == "ANY":
+                out.append("a")
+            elif name == "IN":
+                out.append(_in_sample(arg))
+            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, _hi, sub = arg
+                out.append(gen(sub) * lo)
+            elif name == "SUBPATTERN":
+                out.append(gen(arg[-1]))
+            elif name == "BRANCH":
+                out.append(gen(arg[1][0]))
+            elif name == "AT":
+                continue
+            else:
+                raise ValueError(name)
+        return "".join(out)
+
+    def _in_sample(items: Any) -> str:
+        negate = any(str(op) == "NEGATE" for op, _ in items)
+        for op, arg in items:
+            name = str(op)
+            if negate:
+                break
+            if name == "LITERAL":
+                return chr(arg)
+            if name == "RANGE":
+                return chr(arg[0])
+            if name == "CATEGORY":
+                return _CATEGORY_SAMPLE.get(str(arg), "a")
+        return "a" if not negate or ("a" not in str(items)) else "b"
+
+    try:
+        sample = gen(parsed)
+    except (ValueError, TypeError, IndexError):
+        return None
+    return sample if re.fullmatch(pattern, sample) else None
+
+
 def _path_candidates(atoms: list[PathMatch]) -> list[str]:
     """Concrete paths that land in every region the path atoms distinguish (one per region)."""
     from meshc import authz
 
     cands = {"/", "/meshc-diff-unmatched"}
     for a in atoms:
-        v = a.value if a.kind != "regex" else re.sub(r"[\\^$.*+?()\[\]{}|]", "", a.value)
+        v = a.value if a.kind != "regex" else (regex_sample(a.value) or re.sub(r"[\\^$.*+?()\[\]{}|]", "", a.value))
         if not v.startswith("/"):
             v = "/" + v
         base = v.rstrip("/") or "/"
@@ -808,7 +868,7 @@ def _header_probe(m: StringMatch) -> tuple[str, str] | None:
     if m.kind == "absent":
         return None
     if m.kind == "regex":
-        return (m.name, re.sub(r"[\\^$.*+?()\[\]{}|]", "", m.value))
+        return (m.name, regex_sample(m.value) or re.sub(r"[\\^$.*+?()\[\]{}|]", "", m.value))
     return (m.name, m.value or "1")
 
 

@@ -335,3 +335,28 @@ def test_cli_usage_and_load_errors(tmp_path, capsys):
     good.write_text(SHOP)
     rc, out, err = run_cli(["diff", str(good), str(bad)], capsys)
     assert rc == 1 and out == "" and "bad.mesh" in err and "Traceback" not in err
+
+
+def test_reordering_inside_declarations_reports_nothing():
+    new = edit("methods GET, POST", "methods POST, GET")
+    new = edit("split { v1 90%, v2 10% }", "split { v2 10%, v1 90% }", new)
+    new = edit("  calls checkout, reviews\n", "  calls reviews, checkout\n", new)
+    new = edit("allow frontend -> checkout, reviews", "allow frontend -> reviews, checkout", new)
+    assert diff(new).empty, lines(diff(new))
+
+
+def test_regex_rules_are_probed_with_matching_requests():
+    rule = 'allow frontend -> ratings methods GET paths regex "^/ratings/[0-9]+$"\n'
+    d = diff(SHOP + rule)
+    assert lines(d) == ["+ allow frontend -> ratings GET /ratings/0 (widens)"]
+    # The same rule written with an equivalent character class: nothing changes.
+    assert semantic_diff(mesh(SHOP + rule), mesh(SHOP + rule.replace("[0-9]", "[0123456789]"))).empty
+
+
+def test_inventory_changes_are_neutral():
+    new = edit("service ratings {\n  port http 9080\n",
+               "service ratings {\n  port http 9080\n  endpoints 127.0.0.1:9999\n  version v3 { labels version=v3 }\n")
+    got = lines(diff(new))
+    assert "~ ratings: endpoints (none) -> 127.0.0.1:9999" in got
+    assert "+ ratings: version v3" in got
+    assert all(c.effect == "neutral" for c in diff(new).changes)
