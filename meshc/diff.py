@@ -776,11 +776,11 @@ class _Probe:
     method: str | None
     path: str | None
     port: int | None
-    header: tuple[str, str] | None
+    header: tuple[tuple[str, str], ...] | None  # request headers; None: none at all
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.method or "", self.path or "", str(self.port or ""),
-                "=".join(self.header) if self.header else "")
+                ",".join("=".join(h) for h in self.header or ()))
 
 
 _CATEGORY_SAMPLE = {"CATEGORY_DIGIT": "0", "CATEGORY_WORD": "a", "CATEGORY_SPACE": " ",
@@ -885,8 +885,14 @@ def _probes(rules: Iterable[AuthzRule], ports: set[int]) -> tuple[list[_Probe], 
     rule_ports = {p for r in rules for p in r.ports}
     all_ports = sorted(ports | rule_ports)
     portvals: list[int | None] = list(all_ports) if all_ports else [None]
-    hdrs = sorted({h for r in rules for m in r.headers if (h := _header_probe(m)) is not None})
-    hvals: list[tuple[str, str] | None] = [None, *hdrs]
+    # Each header condition alone, and each rule's conditions together (a rule may need all).
+    sets: set[tuple[tuple[str, str], ...]] = set()
+    for r in rules:
+        pairs = [h for m in r.headers if (h := _header_probe(m)) is not None]
+        sets |= {(h,) for h in pairs}
+        if len(pairs) > 1:
+            sets.add(tuple(sorted(dict(pairs).items())))
+    hvals: list[tuple[tuple[str, str], ...] | None] = [None, *sorted(sets)]
     probes = [_Probe(m, p, po, h) for m in mvals for p in pvals for po in portvals for h in hvals]
     return probes, {"method": mvals, "path": pvals, "port": portvals, "header": hvals}
 
@@ -931,7 +937,7 @@ def _grants(mesh: Mesh, source: str | None, dest: str, probes: list[_Probe]) -> 
     out = {}
     for p in probes:
         d = authz.decide(mesh, source, dest, method=p.method, path=p.path, port=p.port,
-                         headers=dict([p.header]) if p.header else None)
+                         headers=dict(p.header) if p.header else None)
         if d.allowed:
             out[p] = d
     return out
@@ -987,7 +993,8 @@ def _fmt_request(row: tuple[Any, ...], dims: dict[str, list[Any]]) -> str:
     if port != ANY:
         bits.append(f"port {port}")
     if header != ANY:
-        bits.append("without matching headers" if header is None else f'header {header[0]} == "{header[1]}"')
+        bits.append("without matching headers" if header is None else
+                    "headers " + ", ".join(f'{k} == "{v}"' for k, v in header))
     return " ".join(bits)
 
 

@@ -360,3 +360,9 @@ def test_inventory_changes_are_neutral():
     assert "~ ratings: endpoints (none) -> 127.0.0.1:9999" in got
     assert "+ ratings: version v3" in got
     assert all(c.effect == "neutral" for c in diff(new).changes)
+
+
+def test_header_conditions_are_probed_together():
+    rule = 'allow frontend -> ratings headers x-tenant == "a", x-env == "prod"\n'
+    got = lines(diff(SHOP + rule))
+    assert got == ['+ allow frontend -> ratings headers x-env == "prod", x-tenant == "a" (widens)']
