@@ -190,6 +190,10 @@ class IstioBackend(Backend):
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
         k8s.add_streams(bundle, self._objects(mesh, k8s.Gaps(self.name)))
+        bundle.diagnostics += k8s.normalization_warning(
+            mesh, self.name, "install Istio with meshConfig.pathNormalization.normalization: MERGE_SLASHES (or "
+                             "DECODE_AND_MERGE_SLASHES, which decodes %2F instead of refusing it) so that `//` and "
+                             "`.`/`..` cannot bypass path rules")
         return bundle
 
     def _objects(self, mesh: Mesh, gaps: k8s.Gaps) -> list[dict[str, Any]]:

@@ -160,6 +160,18 @@ def core_objects(mesh: Mesh, *, versions: bool = False,
     return out
 
 
+def normalization_warning(mesh: Mesh, target: str, how: str) -> list[Diagnostic]:
+    """W321 when path-based authorization relies on path normalization that the target's
+    objects cannot switch on (it is install-time configuration there)."""
+    if mesh.path_normalization != "strict":
+        return []
+    rule = next((r for r in mesh.rules if r.paths or r.not_paths), None)
+    if rule is None:
+        return []
+    return [Diagnostic("W321", f"path normalization before authorization is not part of the {target} objects",
+                       rule.span, label="path-based rule", help=how)]
+
+
 def check_unique(objects: Iterable[K8sObject], gaps: Gaps, span: Span) -> None:
     """Two generated objects with one kind, namespace and name would overwrite each other."""
     seen: set[tuple[str, str, str]] = set()

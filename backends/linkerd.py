@@ -96,7 +96,11 @@ class LinkerdBackend(GatewayApiBackend):
         return True  # as annotations, not the Gateway API `retry` field
 
     def posture_warnings(self, mesh: Mesh) -> list[Any]:
-        return []  # enforced by Servers' accessPolicy and the namespace default policy
+        # the posture is enforced by Servers' accessPolicy and the namespace default policy;
+        # path normalization is not a Linkerd setting
+        return k8s.normalization_warning(
+            mesh, self.name, "Linkerd matches authorization routes on the request path as sent; normalize "
+                             "paths in front of the mesh (ingress) or prefer identity-only rules")
 
     # ----------------------------------------------------------------- objects
 

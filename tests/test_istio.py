@@ -314,3 +314,12 @@ def test_conditional_fault_inside_a_conditional_rule() -> None:
           {"uri": {"prefix": "/api/"}, "headers": {"x-f": {"exact": "1"}}}], True),
         ([{"uri": {"exact": "/api"}}, {"uri": {"prefix": "/api/"}}], False),
         (None, False)]
+
+
+def test_path_rules_warn_that_normalization_is_install_time() -> None:
+    bundle = compile_mesh(load_text(MESH + 'service a { port http 80 }\nallow * -> a paths under "/x"'), "istio")
+    assert [d.code for d in bundle.diagnostics] == ["W321"]
+    assert "MERGE_SLASHES" in bundle.diagnostics[0].help
+    off = compile_mesh(load_text('mesh m { path_normalization off }\nservice a { port http 80 }\n'
+                                 'allow * -> a paths under "/x"'), "istio")
+    assert off.diagnostics == []
