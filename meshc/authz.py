@@ -222,7 +222,8 @@ def index(mesh: Mesh) -> _Index:
     compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
     idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled)
     key = id(mesh)
-    _CACHE[key] = (weakref.ref(mesh, lambda _r, k=key: _CACHE.pop(k, None)), idx)
+    _CACHE[key] = (weakref.ref(mesh), idx)
+    weakref.finalize(mesh, _CACHE.pop, key, None)
     return idx
 
 

@@ -201,7 +201,8 @@ def _traffic_graph(mesh: Mesh) -> nx.DiGraph:
         return hit[1]
     g = _build_traffic_graph(mesh)
     key = id(mesh)
-    _GRAPHS[key] = (weakref.ref(mesh, lambda _r, k=key: _GRAPHS.pop(k, None)), g)
+    _GRAPHS[key] = (weakref.ref(mesh), g)
+    weakref.finalize(mesh, _GRAPHS.pop, key, None)
     return g
 
 
