@@ -593,7 +593,7 @@ def register(subparsers: Any) -> None:
                    help="CRD schema folder (default: $MESHC_SCHEMAS or ../shared/schemas if present)")
     p.add_argument("--experimental", action="store_true",
                    help="prefer experimental-channel schemas (Gateway API) where both exist")
-    p.add_argument("--option", "-O", action="append", default=[], metavar="NAME[=VALUE]",
+    p.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
                    help="backend option used when compiling .mesh files")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_validate)
@@ -613,9 +613,13 @@ def _read_inputs(paths: list[Path], target: str | None, options: dict[str, str])
         if not target:
             raise ValueError("--target is required to validate .mesh files")
         from meshc.backends import compile_mesh
-        from meshc.compiler import load
+        from meshc.compiler import load_all
+        from meshc.diagnostics import render
 
-        bundle = compile_mesh(load(meshes), target, unsupported="warn", options=options)
+        loaded = load_all(meshes)
+        bundle = compile_mesh(loaded.mesh, target, unsupported="warn", options=options)
+        if bundle.diagnostics:  # what the target could not say was dropped: say so
+            print(render(bundle.diagnostics, "text", loaded.sources), end="", file=sys.stderr)
         files.update({f"<{target}>/{k}": v for k, v in bundle.files.items()})
     return files
 
