@@ -18,6 +18,11 @@ Local topology (written to `index.json` in the bundle, which tests and tools rea
   (`outbound|<port>|<version>|<service>`) and point to the callee's sidecar at `peer_host`,
   with the callee's circuit-breaker limits, retry budget and upstream mTLS that accepts only
   the callee's SPIFFE ID.
+- Faults: a service's `fault` lines run in its own sidecar (inbound, before forwarding); a
+  `fault` inside a route rule runs where that rule is matched, in the caller's sidecar, before
+  routing (so, as with Istio, the caller's retries do not retry an injected abort).
+- Limits the mesh leaves unset are written as unlimited, and "no timeout" as `0s`: no hidden
+  Envoy default (15 s route timeout, 1024 requests, 3 concurrent retries) applies silently.
 - A sidecar holds only its own dependencies, so its size does not grow with the mesh.
 - Services with `expose ingress` get an `ingress-gateway/envoy.yaml` (identity:
   `mesh.ingress_identity`) routing the exposed paths to the service's default destination.
