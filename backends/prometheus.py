@@ -50,9 +50,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from meshc.backends.base import FEATURES, Backend, Bundle
 from prometheus_client.utils import floatToGoString
 
-from meshc.backends.base import FEATURES, Backend, Bundle
 from meshc.diagnostics import Diagnostic
 from meshc.model import FULL, Mesh, Service, Slo
 from meshc.runtime.observability import _BUCKETS as NATIVE_BUCKETS
@@ -410,10 +410,9 @@ class PrometheusBackend(Backend):
                         "annotations": {
                             "summary": f"{svc.name}: {self.describe(slo)} is burning its error budget "
                                        f"{factor:g}x too fast ({long}/{short} windows)",
-                            "description": f"error ratio {{{{ $value | humanizePercentage }}}} over {long} "
-                                           f"(and over {short}) against a budget of "
-                                           f"{budget:.4%} over {_go_duration(slo.window_ms)}; "
-                                           f"objective written at {slo.span}",
+                            "description": f"error ratio over {long} and over {short} above {float(threshold):.4%} "
+                                           f"({factor:g}x the budget of {budget:.4%} over "
+                                           f"{_go_duration(slo.window_ms)}); objective written at {slo.span}",
                         },
                     })
         if not rules:
