@@ -244,9 +244,15 @@ class IstioBackend(Backend):
         if not svc.is_http:
             if not svc.routes:
                 return None
-            tcp = [{"route": self.route_destinations(r.destinations, svc.namespace)}
-                   for r in svc.routes if r.is_default and r.destinations]
-            return k8s.cr(NET, "VirtualService", svc.name, svc.namespace, {"hosts": [host], "tcp": tcp})
+            routes = [self.route_destinations(r.destinations, svc.namespace)
+                      for r in svc.routes if r.is_default and r.destinations]
+            spec: dict[str, Any] = {"hosts": [host]}
+            # Istio applies `tcp` routes to opaque TCP ports only; TLS ports take `tls` routes by SNI
+            if any(p.protocol == "tcp" for p in svc.ports):
+                spec["tcp"] = [{"route": r} for r in routes]
+            if any(p.protocol == "tls" for p in svc.ports):
+                spec["tls"] = [{"match": [{"sniHosts": [host]}], "route": r} for r in routes]
+            return k8s.cr(NET, "VirtualService", svc.name, svc.namespace, spec)
         rules = svc.routes or (RouteRule(destinations=(Destination(service=svc.name),), span=svc.span),)
         http: list[dict[str, Any]] = []
         for rule in rules:

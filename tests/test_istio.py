@@ -323,3 +323,15 @@ def test_path_rules_warn_that_normalization_is_install_time() -> None:
     off = compile_mesh(load_text('mesh m { path_normalization off }\nservice a { port http 80 }\n'
                                  'allow * -> a paths under "/x"'), "istio")
     assert off.diagnostics == []
+
+
+def test_tcp_and_tls_splits() -> None:
+    objs = objects("service db { port tcp 5432 version a { labels v=a } version b { labels v=b }\n"
+                   " route { otherwise -> split { a 75%, b 25% } } }\n"
+                   "service vault { port tls 8200 version a { labels v=a } version b { labels v=b }\n"
+                   " route { otherwise -> split { a 50%, b 50% } } }")
+    assert get(objs, "VirtualService", "db")["spec"] == {"hosts": ["db"], "tcp": [{"route": [
+        {"destination": {"host": "db", "subset": "a"}, "weight": 75},
+        {"destination": {"host": "db", "subset": "b"}, "weight": 25}]}]}
+    tls = get(objs, "VirtualService", "vault")["spec"]
+    assert "tcp" not in tls and tls["tls"][0]["match"] == [{"sniHosts": ["vault"]}]
