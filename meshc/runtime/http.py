@@ -66,6 +66,62 @@ def reason(status: int) -> bytes:
     return REASONS.get(status, "Unknown").encode()
 
 
+# =========================================================================== control flow
+
+
+class Driver:
+    """Runs a request's control coroutine like an asyncio Task, minus the Task: the first step
+    runs at once (most requests reach their upstream write without suspending), later steps run
+    when the awaited future completes. `cancel()` has Task semantics (CancelledError at the
+    await)."""
+
+    __slots__ = ("coro", "waiting", "_done", "_must_cancel", "loop")
+
+    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop):
+        self.coro = coro
+        self.loop = loop
+        self.waiting: asyncio.Future[Any] | None = None
+        self._done = False
+        self._must_cancel = False
+        self._step(None)
+
+    def _step(self, exc: BaseException | None) -> None:
+        try:
+            yielded = self.coro.send(None) if exc is None else self.coro.throw(exc)
+        except StopIteration:
+            self._done = True
+            return
+        except BaseException:  # run() handles everything; never let a request kill the loop
+            self._done = True
+            log.exception("request control flow failed")
+            return
+        if yielded is None:  # a bare yield (sleep(0)): run again soon
+            self.loop.call_soon(self._wake, None)
+            return
+        yielded._asyncio_future_blocking = False
+        self.waiting = yielded
+        yielded.add_done_callback(self._wake)
+
+    def _wake(self, _fut: Any) -> None:
+        self.waiting = None
+        if self._must_cancel:
+            self._must_cancel = False
+            self._step(asyncio.CancelledError())
+        else:
+            self._step(None)
+
+    def cancel(self) -> bool:
+        if self._done:
+            return False
+        w = self.waiting
+        if w is None or not w.cancel():
+            self._must_cancel = True
+        return True
+
+    def done(self) -> bool:
+        return self._done
+
+
 # =========================================================================== downstream
 
 
@@ -93,9 +149,12 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hsize = 0
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # Header-read and idle deadlines (monotonic seconds, 0: none), checked by the sidecar's
+        # timer sweep: cheaper than a timer handle per request.
+        self.header_deadline = 0.0
+        self.idle_deadline = 0.0
         self._error_status = 0
+        self._starting = False
 
     # ------------------------------------------------------------------ connection
 
@@ -123,25 +182,24 @@ class Downstream(asyncio.Protocol):
         self.queue.clear()
 
     def _cancel_timers(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.header_deadline = self.idle_deadline = 0.0
 
     def _arm_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self.loop.call_later(self.listener.limits.idle_timeout_ms / 1000, self._idle_expired)
+        self.idle_deadline = time.monotonic() + self.listener.limits.idle_timeout_ms / 1000
+
+    def check_timers(self, now: float) -> None:
+        if self.header_deadline and now >= self.header_deadline:
+            self._header_expired()
+        if self.idle_deadline and now >= self.idle_deadline:
+            self._idle_expired()
 
     def _idle_expired(self) -> None:
-        self._idle_timer = None
+        self.idle_deadline = 0.0
         if self.current is None and self.parsing is None and not self.queue:
             self.close()
 
     def _header_expired(self) -> None:
-        self._header_timer = None
+        self.header_deadline = 0.0
         if self.current is None and not self.queue:
             self.local_error(408, b"request header read timeout")
         else:
@@ -193,9 +251,7 @@ class Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._error_status:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.idle_deadline = 0.0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -239,9 +295,8 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hsize = 0
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.listener.limits.header_timeout_ms / 1000,
-                                                      self._header_expired)
+        if not self.header_deadline:
+            self.header_deadline = time.monotonic() + self.listener.limits.header_timeout_ms / 1000
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -256,9 +311,7 @@ class Downstream(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self.header_deadline = 0.0
         p = self.parser
         stream = Stream(self, p.get_method().decode("latin-1"), self._url, self._headers,
                         p.get_http_version() == "1.1", p.should_keep_alive())
@@ -284,9 +337,19 @@ class Downstream(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
 
     def _start_next(self) -> None:
-        if self.queue:
-            self.current = self.queue.popleft()
+        if not self.queue or self.current is not None or self.closing:
+            return
+        if self._starting:
+            # A request answered synchronously while starting: start the next one from the loop,
+            # so a long pipeline of local answers does not recurse.
+            self.loop.call_soon(self._start_next)
+            return
+        self.current = self.queue.popleft()
+        self._starting = True
+        try:
             self.current.start()
+        finally:
+            self._starting = False
 
     def stream_done(self, stream: Stream) -> None:
         if self.current is not stream:
@@ -484,7 +547,7 @@ class Stream:
         self.upstream: Upstream | None = None
         self.body_sink: Upstream | None = None
         self.up_chunked = False
-        self.task: asyncio.Task[Any] | None = None
+        self.task: Driver | None = None
         self.head_fut: asyncio.Future[Any] | None = None
         self.body_done_fut: asyncio.Future[Any] | None = None
         self.done_fut: asyncio.Future[Any] | None = None
@@ -513,7 +576,7 @@ class Stream:
             self.close_after = True
             self.respond(self.reject, b"bad request" if self.reject == 400 else b"not supported")
             return
-        self.task = self.conn.loop.create_task(self.run())
+        self.task = Driver(self.run(), self.conn.loop)
 
     async def run(self) -> None:
         try:

@@ -240,8 +240,10 @@ class HttpListener:
         for n, v in s.headers:
             if n == b"connection":
                 conn_tokens.update(t.strip().lower() for t in v.split(b","))
+        # x-meshc-* headers are the mesh's own: an application cannot set them.
         headers = [(n, v) for n, v in s.headers
-                   if n not in drop and n not in conn_tokens and n not in _HOP and n != b"expect"]
+                   if n not in drop and n not in conn_tokens and n not in _HOP and n != b"expect"
+                   and not n.startswith(b"x-meshc-")]
         if ops is not None:
             headers = ops.apply_request(headers)
         if host is None:
@@ -465,6 +467,7 @@ class Sidecar:
     async def start(self) -> None:
         await self._apply(self.cfg, first=True)
         await self._start_admin()
+        self._timers = asyncio.get_running_loop().create_task(self._timer_loop())
         if self.path is not None:
             self._mtime = self._stat()
             self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
@@ -619,6 +622,14 @@ class Sidecar:
         log.info("%s: config reloaded from %s", self.name, self.path)
         return True
 
+    async def _timer_loop(self) -> None:
+        """Header-read and idle timeouts of every connection, checked four times a second."""
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for c in list(self.connections):
+                c.check_timers(now)
+
     def _stat(self) -> tuple[int, int] | None:
         try:
             st = self.path.stat()  # type: ignore[union-attr]
@@ -654,6 +665,8 @@ class Sidecar:
 
     async def close(self) -> None:
         self.draining = True
+        if getattr(self, "_timers", None) is not None:
+            self._timers.cancel()
         if self._watch is not None:
             self._watch.cancel()
         for slot in self.slots.values():

@@ -150,6 +150,9 @@ class TcpDownstream(asyncio.Protocol):
             if self.peer is not None:
                 self.peer.close()
 
+    def check_timers(self, now: float) -> None:
+        pass  # byte streams have no request boundaries to time
+
     def drain(self) -> None:
         pass  # a TCP connection has no request boundary; the drain timeout closes it
 
