@@ -546,6 +546,7 @@ class GatewayApiBackend(Backend):
         return {"parentRefs": [self.parent_ref(svc, port)], "rules": rules}
 
     def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:
+        k8s.check_tcp_service(svc, self.gaps)
         if not svc.routes:
             return []
         rules = []

@@ -242,6 +242,7 @@ class IstioBackend(Backend):
     def lower_virtual_service(self, svc: Service) -> dict[str, Any] | None:
         host = self.host(svc.name, svc.namespace)
         if not svc.is_http:
+            k8s.check_tcp_service(svc, self.gaps)
             if not svc.routes:
                 return None
             routes = [self.route_destinations(r.destinations, svc.namespace)

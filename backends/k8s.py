@@ -172,6 +172,20 @@ def normalization_warning(mesh: Mesh, target: str, how: str) -> list[Diagnostic]
                        rule.span, label="path-based rule", help=how)]
 
 
+def check_tcp_service(svc: Service, gaps: Gaps) -> None:
+    """Request-level settings on a service without HTTP ports have nothing to apply to."""
+    if svc.is_http:
+        return
+    for rule in svc.routes:
+        if not rule.is_default:
+            gaps.add("a conditional route rule on a TCP service", rule.span, "TCP routes can only split")
+    res = svc.resilience
+    if res.timeout is not None and res.timeout.ms is not None:
+        gaps.add("a request timeout on a TCP service", res.timeout.span)
+    if res.retry is not None and res.retry.attempts > 0:
+        gaps.add("retries on a TCP service", res.retry.span)
+
+
 def check_unique(objects: Iterable[K8sObject], gaps: Gaps, span: Span) -> None:
     """Two generated objects with one kind, namespace and name would overwrite each other."""
     seen: set[tuple[str, str, str]] = set()

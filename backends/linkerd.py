@@ -146,7 +146,7 @@ class LinkerdBackend(GatewayApiBackend):
         opaque = [str(p.number) for p in svc.ports if p.protocol == "tcp"]
         if opaque:
             out["config.linkerd.io/opaque-ports"] = ",".join(opaque)
-        if not svc.routes or self.legacy:
+        if svc.is_http and (not svc.routes or self.legacy):
             # no HTTPRoute: Linkerd reads retry and timeout settings from the Service
             out |= self.retry_annotations(svc.resilience.retry)
             t = svc.resilience.timeout or self.mesh.timeout
@@ -197,8 +197,10 @@ class LinkerdBackend(GatewayApiBackend):
         return body
 
     def lower_service_routes(self, svc: Service) -> list[dict[str, Any]]:
-        if not svc.routes or not any(p.protocol in ("http", "http2", "grpc") for p in svc.ports):
-            return [] if not svc.routes else self.lower_tcp_route(svc)
+        if not svc.is_http:
+            return self.lower_tcp_route(svc)
+        if not svc.routes:
+            return []  # retries and timeouts are Service annotations then
         objs = super().lower_service_routes(svc)
         for o in objs:
             grpc = o["kind"] == "GRPCRoute"

@@ -143,3 +143,18 @@ def test_kubernetes_targets_are_byte_identical_across_hash_seeds() -> None:
     digests = {subprocess.run([sys.executable, "-c", code, *roots], capture_output=True, text=True, check=True,
                               env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("0", "4242")}
     assert len(digests) == 1 and len(next(iter(digests)).strip()) == 64
+
+
+@pytest.mark.parametrize("target", ["istio", "linkerd", "gateway-api"])
+def test_request_settings_on_tcp_services_are_e301(target: str) -> None:
+    from meshc.backends import compile_mesh
+
+    from meshc.diagnostics import MeshcError
+
+    src = ("mesh m { authz allow_by_default }\nservice db { port tcp 5432 timeout 2s retry 2 on connect-failure\n"
+           " version a { labels v=a }\n route {\n when header x == \"1\" -> a\n otherwise -> a } }")
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(load_text(src), target)
+    msgs = " | ".join(d.message for d in e.value.diagnostics)
+    assert "request timeout on a TCP service" in msgs and "retries on a TCP service" in msgs
+    assert "conditional route rule on a TCP service" in msgs
