@@ -146,6 +146,12 @@ class Cluster:
                 conn.close()
             ep.idle.clear()
 
+    def reload_tls(self) -> None:
+        """Re-read certificate files (new connections use them; pooled ones keep theirs)."""
+        t = self.cfg.tls
+        if t is not None and t.mode == "mtls":
+            self.ssl = tls.mesh_client_context(self.base, t.ca, t.cert, t.key)
+
     # ------------------------------------------------------------------ discovery
 
     def _set_endpoints(self, keys: list[tuple[str, str, int]]) -> None:

@@ -167,6 +167,7 @@ class Slot:
         self.runtime = runtime
         self.key = key
         self.server: Any = None
+        self.ctx: ssl.SSLContext | None = None
         self.sock: socket.socket | None = None
         self.accept_task: asyncio.Task[Any] | None = None
 
@@ -492,6 +493,7 @@ class Sidecar:
             for cc in cfg.clusters:
                 old = old_clusters.get(cc.name)
                 if old is not None and old.cfg == cc and not first:
+                    old.reload_tls()  # certificate rotation without a config change
                     new_clusters[cc.name] = old
                 else:
                     c = Cluster(cc, self.base, self.metrics, self.name, cfg.limits.upstream_idle_timeout_ms)
@@ -528,8 +530,15 @@ class Sidecar:
                 slot = self.slots.get(key)
                 if slot is not None and key[1] != 0:
                     slot.runtime = lst
+                    if slot.ctx is not None and not first:
+                        # Same files, maybe new contents (certificate rotation): new handshakes
+                        # use them; the bound socket and its connections stay.
+                        lc = lst.cfg
+                        slot.ctx.load_cert_chain(tls._resolve(self.base, lc.tls.cert), tls._resolve(self.base, lc.tls.key))
+                        slot.ctx.load_verify_locations(tls._resolve(self.base, lc.tls.ca))
                     continue
                 slot = Slot(self, lst, key)
+                slot.ctx = contexts[lst.name]
                 await self._bind(slot, contexts[lst.name])
                 self.slots[key] = slot
         except OSError as e:
@@ -614,7 +623,7 @@ class Sidecar:
         try:
             cfg = C.load_sidecar(self.path)
             await self._apply(cfg)
-        except C.ConfigError as e:
+        except (C.ConfigError, OSError, ssl.SSLError, ValueError) as e:
             log.error("%s\nmeshc proxy: keeping the previous config of %s", e, self.name)
             self.metrics.child(self.metrics.reloads, self.name, "failure").inc()
             return False

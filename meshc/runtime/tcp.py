@@ -41,7 +41,7 @@ class _Peer(asyncio.Protocol):
         t = self.down.transport
         if t is not None and t.can_write_eof():
             t.write_eof()
-            return True
+            return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
         self.down.close()
         return False
 
@@ -128,9 +128,11 @@ class TcpDownstream(asyncio.Protocol):
             self.buffer.append(data)
 
     def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.transport is not None and self.peer.transport.can_write_eof():
-            self.peer.transport.write_eof()
-            return True
+        peer = self.peer.transport if self.peer is not None else None
+        if peer is not None and peer.can_write_eof():
+            peer.write_eof()
+            # TLS cannot half-close: asyncio closes an SSL transport after EOF anyway.
+            return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
         self.close()
         return False
 
