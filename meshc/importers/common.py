@@ -1,0 +1,272 @@
+"""What every importer shares: reading input files, the report of what could not be carried
+over, unit conversions, and `Draft` services that become the frozen model.
+
+An importer reads documents into `Draft`s, then `finish()` builds the `Mesh`, prints it with
+`meshc.unparse`, and loads the text back with the real front end, so the `.mesh` it writes is
+exactly what `meshc compile` will see (and an importer bug cannot produce a file that does not
+compile: it becomes an error naming the importer, never a silently wrong file).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshc.diagnostics import MeshcError
+from meshc.model import (
+    FULL,
+    AuthzRule,
+    External,
+    Fault,
+    Identity,
+    Ingress,
+    Mesh,
+    Observability,
+    Port,
+    Resilience,
+    RouteRule,
+    Service,
+    Timeout,
+    Version,
+)
+from meshc.unparse import unparse
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+class ImportError_(Exception):
+    """Input that cannot be read at all (not YAML/JSON/HCL, unknown format)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    resource: str  # e.g. "VirtualService default/reviews"
+    field: str  # e.g. "spec.http[0].corsPolicy"
+    why: str
+
+    def line(self) -> str:
+        return f"{self.resource}\t{self.field}\t{self.why}"
+
+    def comment(self) -> str:
+        return f"meshc import: {self.resource} {self.field}: {self.why}"
+
+
+@dataclass
+class Report:
+    """Everything that was not carried over (or was changed on the way), with its place in the
+    `.mesh` (a key of `meshc.unparse` notes: "", "mesh", "service:NAME", "route:NAME", "authz")."""
+
+    entries: list[tuple[str, Entry]] = field(default_factory=list)
+
+    def add(self, resource: str, fld: str, why: str, place: str = "") -> None:
+        e = (place, Entry(resource, fld, why))
+        if e not in self.entries:
+            self.entries.append(e)
+
+    def notes(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for place, e in self.entries:
+            out.setdefault(place, []).append(e.comment())
+        return out
+
+    def text(self) -> str:
+        lines = ["resource\tfield\twhy"] + [e.line() for _, e in self.entries]
+        return "\n".join(lines) + "\n"
+
+    def __iter__(self) -> Iterator[Entry]:
+        return (e for _, e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_documents(paths: Iterable[Path]) -> list[tuple[str, Any]]:
+    """(file name, document) for every YAML or JSON document in the files, in order. Kubernetes
+    `List` objects are flattened; empty documents are skipped."""
+    out: list[tuple[str, Any]] = []
+    for p in paths:
+        text = Path(p).read_text(encoding="utf-8")
+        try:
+            docs = list(yaml.safe_load_all(text))  # JSON is YAML
+        except yaml.YAMLError as e:
+            raise ImportError_(f"{p}: not YAML or JSON: {e}") from None
+        for d in docs:
+            if d is None:
+                continue
+            if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
+                out += [(str(p), i) for i in d["items"] if i]
+            else:
+                out.append((str(p), d))
+    return out
+
+
+def kind_of(doc: Any) -> str:
+    return doc.get("kind", "") if isinstance(doc, dict) else ""
+
+
+def meta(doc: dict[str, Any], default_ns: str = "default") -> tuple[str, str]:
+    m = doc.get("metadata") or {}
+    return str(m.get("name", "")), str(m.get("namespace") or default_ns)
+
+
+def resource(doc: dict[str, Any]) -> str:
+    name, ns = meta(doc)
+    return f"{kind_of(doc)} {ns}/{name}"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def duration_ms(value: Any) -> int | None:
+    """A Go/protobuf duration ("1.5s", "500ms", "1h30m", "30s") or a number of seconds -> ms."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return round(value * 1000)
+    text = str(value).strip()
+    if not text:
+        return None
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    return round(sum(float(n) * _UNIT_MS[u] for n, u in parts))
+
+
+def percent(value: Any) -> int | None:
+    """A percentage as a float or string (12.5, "12.5%") -> hundredths, rounded to two decimals."""
+    if value is None:
+        return None
+    try:
+        v = float(str(value).rstrip("%"))
+    except ValueError:
+        return None
+    return max(0, min(FULL, round(v * 100)))
+
+
+def dns_name(text: str) -> str:
+    """A DNS-1123 label made from any name (`Reviews_V2` -> `reviews-v2`)."""
+    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return s or "x"
+
+
+def weights_to_percent(weights: list[int]) -> list[int]:
+    """Relative integer weights -> hundredths that add up to exactly FULL (largest remainder)."""
+    total = sum(weights)
+    if total <= 0:
+        return [FULL // len(weights)] * len(weights) if weights else []
+    raw = [w * FULL / total for w in weights]
+    out = [int(r) for r in raw]
+    rest = FULL - sum(out)
+    for i in sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))[:rest]:
+        out[i] += 1
+    return out
+
+
+# --------------------------------------------------------------------------- drafts
+
+
+@dataclass
+class Draft:
+    """A service being assembled from several resources."""
+
+    name: str
+    namespace: str
+    ports: dict[int, str] = field(default_factory=dict)  # number -> protocol
+    port_mtls: dict[int, str] = field(default_factory=dict)
+    mtls: str | None = None
+    identity: str | None = None
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    routes: list[RouteRule] = field(default_factory=list)
+    resilience: dict[str, Any] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    expose: Ingress | None = None
+    external: External | None = None
+    selector: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_http(self) -> bool:
+        return any(p in ("http", "http2", "grpc") for p in self.ports.values())
+
+
+@dataclass
+class MeshSettings:
+    name: str = "imported"
+    namespace: str = "default"
+    trust_domain: str = "cluster.local"
+    mtls: str = "strict"
+    authz: str = "deny_by_default"
+    ingress_identity: tuple[str, str] | None = None
+    access_log: str = "json"
+    trace_sampling: int = 100
+
+
+def build_mesh(settings: MeshSettings, drafts: dict[str, Draft], rules: list[AuthzRule], report: Report) -> Mesh:
+    services = []
+    for name, d in sorted(drafts.items()):
+        if not d.ports:
+            d.ports[80] = "http"
+            report.add(f"service {name}", "ports", "no port found in the input; assumed http 80",
+                       f"service:{name}")
+        mtls = d.mtls or settings.mtls
+        ports = tuple(Port(protocol=proto, number=n, mtls=d.port_mtls.get(n, mtls))  # type: ignore[arg-type]
+                      for n, proto in sorted(d.ports.items()))
+        versions = tuple(Version(name=v, labels=tuple(sorted(labels.items())))
+                         for v, labels in sorted(d.versions.items()))
+        ident_name = d.identity or name
+        if d.external is not None:
+            ident_name, mtls, ns = name, settings.mtls, settings.namespace
+            ports = tuple(p.model_copy(update={"mtls": mtls}) for p in ports)
+        else:
+            ns = d.namespace
+        services.append(Service(
+            name=name, namespace=ns,
+            identity=Identity(name=ident_name, namespace=ns, trust_domain=settings.trust_domain),
+            ports=ports, versions=versions, routes=tuple(d.routes), resilience=Resilience(**d.resilience),
+            faults=tuple(d.faults), calls=tuple(c for c in dict.fromkeys(d.calls) if c in drafts and c != name),
+            expose=d.expose, external=d.external, mtls=mtls))  # type: ignore[arg-type]
+    ing = settings.ingress_identity or ("ingress-gateway", settings.namespace)
+    return Mesh(name=settings.name, namespace=settings.namespace, trust_domain=settings.trust_domain,
+                mtls=settings.mtls, authz=settings.authz,  # type: ignore[arg-type]
+                observability=Observability(access_log=settings.access_log,  # type: ignore[arg-type]
+                                            trace_sampling=settings.trace_sampling),
+                ingress_identity=Identity(name=ing[0], namespace=ing[1], trust_domain=settings.trust_domain),
+                services=tuple(services), rules=tuple(rules))
+
+
+@dataclass
+class Result:
+    text: str
+    report: Report
+    mesh: Mesh  # the model of `text`, as the front end reads it
+
+
+def finish(mesh: Mesh, report: Report, source: str) -> Result:
+    """Print the model, note what the text cannot say, and read the text back."""
+    from meshc.compiler import load_text
+
+    text, lost = unparse(mesh, report.notes())
+    for x in lost:
+        report.add(x.where, x.field, x.why)
+    header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried over " \
+             "(see the comments below)" if len(report) else f"meshc import: generated from {source} configuration"
+    text, _ = unparse(mesh, {"": [header], **report.notes()})
+    try:
+        model = load_text(text, "imported.mesh", checks=False)
+    except MeshcError as e:
+        raise ImportError_(f"the {source} importer produced a .mesh that does not compile:\n{e}") from None
+    return Result(text, report, model)
+
+
+def no_timeout() -> Timeout:
+    return Timeout(ms=None)

@@ -1,0 +1,882 @@
+"""Istio -> .mesh: reads networking.istio.io (v1, v1beta1, v1alpha3) and security.istio.io
+(v1, v1beta1) resources plus core Services, ServiceAccounts and workloads.
+
+- Service/Deployment: services, ports, versions (`version` label), identities.
+- DestinationRule: versions (subsets), load balancing, connection pool (circuit breaker),
+  outlier detection, retry budget.
+- VirtualService: ordered HTTP routes (matches, splits, redirects, direct responses, rewrites,
+  header operations, mirrors, timeouts, retries, faults). Settings that every route of a
+  service repeats are lifted to the service. A VirtualService bound to a Gateway becomes
+  `expose ingress` on its service.
+- ServiceEntry (+ DestinationRule with TLS `SIMPLE`): external services, TLS origination.
+- PeerAuthentication: mesh, namespace, workload and port mTLS modes (Istio's default is
+  PERMISSIVE when there is none).
+- AuthorizationPolicy: allow/deny rules. Istio allows everything to a workload no ALLOW policy
+  selects; meshc has one default, so when any ALLOW policy exists the mesh is
+  `deny_by_default` and every service no ALLOW policy selects gets `allow * -> svc` (the same
+  meaning). A condition that cannot be written makes an ALLOW rule be left out (fail closed) and
+  is dropped from a DENY rule (which then denies more); both are reported.
+- Sidecar egress hosts: `calls`.
+
+Istio's implicit default retry policy (2 retries) is written out explicitly on HTTP services.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from meshc.importers.common import (
+    Draft,
+    MeshSettings,
+    Report,
+    Result,
+    build_mesh,
+    dns_name,
+    duration_ms,
+    finish,
+    kind_of,
+    meta,
+    percent,
+    read_documents,
+    resource,
+    weights_to_percent,
+)
+from meshc.importers.kube import lookup_host, read_services
+from meshc.model import (
+    FULL,
+    AuthzRule,
+    CircuitBreaker,
+    Destination,
+    DirectResponse,
+    External,
+    Fault,
+    HeaderOps,
+    Ingress,
+    LoadBalance,
+    Match,
+    Mirror,
+    Outlier,
+    PathMatch,
+    Redirect,
+    Retry,
+    Rewrite,
+    RouteRule,
+    Source,
+    StringMatch,
+    Timeout,
+)
+
+ROOT_NAMESPACE = "istio-system"
+MTLS = {"STRICT": "strict", "PERMISSIVE": "permissive", "DISABLE": "disabled"}
+LB = {"ROUND_ROBIN": "round_robin", "LEAST_REQUEST": "least_request", "LEAST_CONN": "least_request",
+      "RANDOM": "random"}
+RETRY_ON = {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"}
+ISTIO_DEFAULT_RETRY_ON = ("connect-failure", "refused-stream")
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+PRESENT = {".*", ".+", "^.*$", "^.+$"}
+SE_PROTOCOL = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "TCP": "tcp", "TLS": "tls", "HTTPS": "tls",
+               "MONGO": "tcp"}
+HANDLED_ROUTE_KEYS = {"match", "route", "redirect", "directResponse", "rewrite", "headers", "mirror",
+                      "mirrorPercentage", "mirror_percent", "mirrorPercent", "timeout", "retries", "fault", "name"}
+
+
+class IstioImporter:
+    source = "istio"
+
+    def __init__(self, docs: list[tuple[str, Any]], mesh_name: str | None = None):
+        self.docs = [d for _, d in docs if isinstance(d, dict)]
+        self.report = Report()
+        self.drafts: dict[str, Draft] = {}
+        self.external_hosts: dict[str, str] = {}
+        self.settings = MeshSettings(mtls="permissive", authz="allow_by_default")
+        self.mesh_name = mesh_name
+        self.rules: list[AuthzRule] = []
+        self.routed: set[str] = set()  # services with a VirtualService (no implicit retry default)
+
+    def of(self, *kinds: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if kind_of(d) in kinds]
+
+    def note(self, doc: dict[str, Any] | str, fld: str, why: str, place: str = "") -> None:
+        self.report.add(doc if isinstance(doc, str) else resource(doc), fld, why, place)
+
+    # ----------------------------------------------------------------- entry
+    def run(self) -> Result:
+        read_services([("", d) for d in self.docs], self.report, self.drafts)
+        self.settings.namespace = self.main_namespace()
+        for se in self.of("ServiceEntry"):
+            self.service_entry(se)
+        for dr in self.of("DestinationRule"):
+            self.destination_rule(dr)
+        gateways = {meta(g)[0]: g for g in self.of("Gateway")}
+        ingress_vs = []
+        for vs in self.of("VirtualService"):
+            gws = (vs.get("spec") or {}).get("gateways") or []
+            if gws and any(g != "mesh" for g in gws):
+                ingress_vs.append(vs)
+            if not gws or "mesh" in gws:
+                self.virtual_service(vs)
+        for vs in ingress_vs:
+            self.ingress(vs, gateways)
+        self.default_retries()
+        self.peer_authentications()
+        self.trust_domain()
+        self.authorization()
+        self.sidecars()
+        self.settings.name = self.mesh_name or self.guess_name(gateways)
+        mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
+        return finish(mesh, self.report, self.source)
+
+    def main_namespace(self) -> str:
+        counts = Counter(d.namespace for d in self.drafts.values())
+        if not counts:
+            counts = Counter(meta(d)[1] for d in self.docs if (d.get("metadata") or {}).get("namespace")
+                             and meta(d)[1] != ROOT_NAMESPACE)
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if counts else "default"
+
+    def guess_name(self, gateways: dict[str, Any]) -> str:
+        for g in sorted(gateways):
+            if g.endswith("-gateway"):
+                return dns_name(g[: -len("-gateway")])
+        return dns_name(self.settings.namespace)
+
+    def draft_for(self, host: str, ns: str, doc: dict[str, Any], fld: str) -> Draft | None:
+        name = lookup_host(host, ns, self.drafts, self.external_hosts)
+        if name is not None:
+            return self.drafts[name]
+        if host == "*" or "*" in host:
+            self.note(doc, fld, f"wildcard host '{host}' has no .mesh equivalent")
+            return None
+        parts = host.split(".")
+        if len(parts) > 1 and not (len(parts) >= 3 and parts[2] == "svc") and len(parts) != 2:
+            self.note(doc, fld, f"host '{host}' is neither a Kubernetes service nor a ServiceEntry host")
+            return None
+        key = dns_name(parts[0])
+        d = self.drafts.setdefault(key, Draft(key, parts[1] if len(parts) > 1 else ns))
+        self.note(doc, fld, f"no Kubernetes Service '{host}' in the input; declared from this reference",
+                  f"service:{key}")
+        return d
+
+    # ----------------------------------------------------------------- ServiceEntry
+    def service_entry(self, se: dict[str, Any]) -> None:
+        name, ns = meta(se)
+        spec = se.get("spec") or {}
+        hosts = spec.get("hosts") or []
+        if not hosts:
+            self.note(se, "spec.hosts", "no host")
+            return
+        key = dns_name(name)
+        if spec.get("location") == "MESH_INTERNAL":
+            self.note(se, "spec.location", "a MESH_INTERNAL entry is imported as an external service",
+                      f"service:{key}")
+        d = self.drafts.setdefault(key, Draft(key, ns))
+        d.external = External(host=hosts[0])
+        for h in hosts:
+            self.external_hosts[h] = key
+        if len(hosts) > 1:
+            self.note(se, "spec.hosts", f"only the first host ({hosts[0]}) is kept", f"service:{key}")
+        for p in spec.get("ports") or []:
+            proto = SE_PROTOCOL.get(str(p.get("protocol", "TCP")).upper())
+            if proto is None or not isinstance(p.get("number"), int):
+                self.note(se, f"spec.ports[{p.get('name')}]", f"protocol {p.get('protocol')} is not supported",
+                          f"service:{key}")
+                continue
+            d.ports[p["number"]] = proto
+        for fld in ("endpoints", "addresses", "workloadSelector", "subjectAltNames", "exportTo"):
+            if spec.get(fld):
+                self.note(se, f"spec.{fld}", "not expressible for external services", f"service:{key}")
+
+    # ----------------------------------------------------------------- DestinationRule
+    def destination_rule(self, dr: dict[str, Any]) -> None:
+        _, ns = meta(dr)
+        spec = dr.get("spec") or {}
+        d = self.draft_for(str(spec.get("host", "")), ns, dr, "spec.host")
+        if d is None:
+            return
+        place = f"service:{d.name}"
+        for s in spec.get("subsets") or []:
+            vname = dns_name(str(s.get("name", "")))
+            labels = {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
+            if d.external is not None:
+                self.note(dr, f"spec.subsets[{vname}]", "external services have no versions", place)
+                continue
+            d.versions[vname] = labels or {"version": vname}
+            if s.get("trafficPolicy"):
+                self.note(dr, f"spec.subsets[{vname}].trafficPolicy", "per-version traffic policies are not "
+                          "expressible; the service-level policy applies", place)
+        tp = spec.get("trafficPolicy") or {}
+        if d.external is not None:
+            self.external_tls(dr, d, tp)
+            return
+        self.traffic_policy(dr, d, tp)
+
+    def external_tls(self, dr: dict[str, Any], d: Draft, tp: dict[str, Any]) -> None:
+        assert d.external is not None
+        settings = [(pl.get("port", {}).get("number"), pl.get("tls") or {}) for pl in tp.get("portLevelSettings") or []]
+        if tp.get("tls"):
+            settings.append((None, tp["tls"]))
+        for number, tls in settings:
+            if tls.get("mode") == "SIMPLE":
+                d.external = External(host=d.external.host, tls_originate=True,
+                                      sni=tls.get("sni") if tls.get("sni") != d.external.host else None)
+                for n, proto in list(d.ports.items()):
+                    if number in (None, n) and proto in ("http", "tls"):
+                        d.ports[n] = "tls"
+            elif tls.get("mode") not in (None, "DISABLE"):
+                self.note(dr, "spec.trafficPolicy.tls", f"TLS mode {tls.get('mode')} to an external service",
+                          f"service:{d.name}")
+        rest = {k for k in tp if k not in ("tls", "portLevelSettings")}
+        if rest:
+            self.traffic_policy(dr, d, {k: tp[k] for k in rest})
+
+    def traffic_policy(self, dr: dict[str, Any], d: Draft, tp: dict[str, Any]) -> None:
+        place = f"service:{d.name}"
+        lb = tp.get("loadBalancer") or {}
+        if "simple" in lb:
+            policy = LB.get(str(lb["simple"]))
+            if policy:
+                d.resilience["load_balance"] = LoadBalance(policy=policy)  # type: ignore[arg-type]
+            else:
+                self.note(dr, "spec.trafficPolicy.loadBalancer.simple", f"{lb['simple']} has no .mesh equivalent",
+                          place)
+        elif "consistentHash" in lb:
+            ch = lb["consistentHash"] or {}
+            if "httpHeaderName" in ch:
+                d.resilience["load_balance"] = LoadBalance(policy="consistent_hash", hash_on="header",
+                                                           hash_key=str(ch["httpHeaderName"]).lower())
+            elif "httpCookie" in ch:
+                c = ch["httpCookie"] or {}
+                d.resilience["load_balance"] = LoadBalance(policy="consistent_hash", hash_on="cookie",
+                                                           hash_key=str(c.get("name", "")),
+                                                           cookie_ttl_ms=duration_ms(c.get("ttl")))
+            elif "httpQueryParameterName" in ch:
+                d.resilience["load_balance"] = LoadBalance(policy="consistent_hash", hash_on="query",
+                                                           hash_key=str(ch["httpQueryParameterName"]))
+            elif ch.get("useSourceIp"):
+                d.resilience["load_balance"] = LoadBalance(policy="consistent_hash", hash_on="source_ip")
+            else:
+                self.note(dr, "spec.trafficPolicy.loadBalancer.consistentHash", "hash key not supported", place)
+        for k in set(lb) - {"simple", "consistentHash"}:
+            self.note(dr, f"spec.trafficPolicy.loadBalancer.{k}", "not expressible", place)
+        pool = tp.get("connectionPool") or {}
+        if pool:
+            tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
+            cb = CircuitBreaker(max_connections=tcp.get("maxConnections"), max_pending=http.get("http1MaxPendingRequests"),
+                                max_requests=http.get("http2MaxRequests"), max_retries=http.get("maxRetries"))
+            if any(v is not None for v in (cb.max_connections, cb.max_pending, cb.max_requests, cb.max_retries)):
+                d.resilience["circuit_breaker"] = cb
+            for k in set(tcp) - {"maxConnections"}:
+                self.note(dr, f"spec.trafficPolicy.connectionPool.tcp.{k}", "not expressible", place)
+            for k in set(http) - {"http1MaxPendingRequests", "http2MaxRequests", "maxRetries"}:
+                self.note(dr, f"spec.trafficPolicy.connectionPool.http.{k}", "not expressible", place)
+        od = tp.get("outlierDetection")
+        if od:
+            kw: dict[str, Any] = {}
+            c5 = od.get("consecutive5xxErrors", od.get("consecutiveErrors", od.get("consecutiveGatewayErrors")))
+            if c5 is not None:
+                kw["consecutive_5xx"] = int(c5)
+            for src, dst in (("interval", "interval_ms"), ("baseEjectionTime", "eject_ms")):
+                if od.get(src) is not None and duration_ms(od[src]) is not None:
+                    kw[dst] = duration_ms(od[src])
+            if od.get("maxEjectionPercent") is not None:
+                kw["max_percent"] = int(od["maxEjectionPercent"]) * 100
+            d.resilience["outlier"] = Outlier(**kw)
+            for k in set(od) - {"consecutive5xxErrors", "consecutiveErrors", "consecutiveGatewayErrors", "interval",
+                                "baseEjectionTime", "maxEjectionPercent"}:
+                self.note(dr, f"spec.trafficPolicy.outlierDetection.{k}", "not expressible", place)
+        if tp.get("retryBudget"):
+            d.resilience["_budget"] = percent((tp["retryBudget"] or {}).get("percent"))
+        tls = (tp.get("tls") or {}).get("mode")
+        if tls not in (None, "ISTIO_MUTUAL", "DISABLE"):
+            self.note(dr, "spec.trafficPolicy.tls.mode", f"client TLS mode {tls} to a mesh service is not "
+                      "expressible (meshc uses the mesh's mTLS)", place)
+        for pl in tp.get("portLevelSettings") or []:
+            if set(pl) - {"port", "tls"}:
+                self.note(dr, "spec.trafficPolicy.portLevelSettings", "per-port traffic policies are not "
+                          "expressible", place)
+        for k in set(tp) - {"loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings",
+                            "retryBudget"}:
+            self.note(dr, f"spec.trafficPolicy.{k}", "not expressible", place)
+
+    # ----------------------------------------------------------------- VirtualService
+    def virtual_service(self, vs: dict[str, Any]) -> None:
+        _, ns = meta(vs)
+        spec = vs.get("spec") or {}
+        targets = [d for h in spec.get("hosts") or [] if (d := self.draft_for(str(h), ns, vs, "spec.hosts"))]
+        if not targets:
+            return
+        for k in ("tcp", "tls"):
+            if spec.get(k):
+                self.note(vs, f"spec.{k}", "TCP/TLS routes are not expressible (routing is HTTP only)",
+                          f"service:{targets[0].name}")
+        for k in ("exportTo",):
+            if spec.get(k):
+                self.note(vs, f"spec.{k}", "not expressible", f"service:{targets[0].name}")
+        for d in targets:
+            rules = [r for i, h in enumerate(spec.get("http") or [])
+                     if (r := self.http_route(vs, i, h, d, ns)) is not None]
+            self.set_routes(d, rules)
+
+    def http_route(self, vs: dict[str, Any], i: int, h: dict[str, Any], owner: Draft, ns: str) -> RouteRule | None:
+        place = f"route:{owner.name}"
+        at = f"spec.http[{i}]"
+        for k in set(h) - HANDLED_ROUTE_KEYS:
+            self.note(vs, f"{at}.{k}", "not expressible", place)
+        matches = self.matches(vs, at, h.get("match") or [], place)
+        if matches is None:
+            self.note(vs, f"{at}.match", "the route is left out: a match condition cannot be written", place)
+            return None
+        kw: dict[str, Any] = {"matches": matches}
+        if h.get("redirect"):
+            rd = h["redirect"]
+            code = int(rd.get("redirectCode", 301))
+            kw["redirect"] = Redirect(path=rd.get("uri"), host=rd.get("authority"), scheme=rd.get("scheme"),
+                                      port=rd.get("port"), code=code)
+            for k in set(rd) - {"uri", "authority", "scheme", "port", "redirectCode"}:
+                self.note(vs, f"{at}.redirect.{k}", "not expressible", place)
+        elif h.get("directResponse"):
+            dr = h["directResponse"]
+            body = (dr.get("body") or {})
+            if body.get("bytes"):
+                self.note(vs, f"{at}.directResponse.body.bytes", "binary bodies are not expressible", place)
+            kw["respond"] = DirectResponse(status=int(dr.get("status", 200)), body=str(body.get("string", "")))
+        else:
+            dests = self.destinations(vs, at, h.get("route") or [], owner, ns)
+            if not dests:
+                self.note(vs, f"{at}.route", "the route is left out: no destination could be resolved", place)
+                return None
+            kw["destinations"] = dests
+        rw = h.get("rewrite") or {}
+        if rw:
+            rkw: dict[str, Any] = {}
+            if "uri" in rw:
+                rkw["prefix"] = rw["uri"]
+            if "authority" in rw:
+                rkw["host"] = rw["authority"]
+            urr = rw.get("uriRegexRewrite") or {}
+            if urr:
+                if urr.get("match") in ("^.*$", ".*"):
+                    rkw["path"] = urr.get("rewrite")
+                else:
+                    self.note(vs, f"{at}.rewrite.uriRegexRewrite", "regex rewrites are not expressible", place)
+            if rkw:
+                kw["rewrite"] = Rewrite(**rkw)
+        hdrs = h.get("headers") or {}
+        for direction, key in (("request", "request_headers"), ("response", "response_headers")):
+            ops = hdrs.get(direction) or {}
+            if ops:
+                kw[key] = HeaderOps(set=tuple((k.lower(), str(v)) for k, v in (ops.get("set") or {}).items()),
+                                    add=tuple((k.lower(), str(v)) for k, v in (ops.get("add") or {}).items()),
+                                    remove=tuple(k.lower() for k in ops.get("remove") or []))
+        if h.get("mirror"):
+            md = self.destination(vs, f"{at}.mirror", h["mirror"], owner, ns)
+            mp = h.get("mirrorPercentage", {}).get("value") if isinstance(h.get("mirrorPercentage"), dict) else \
+                h.get("mirror_percent", h.get("mirrorPercent"))
+            if md is not None:
+                kw["mirror"] = Mirror(destination=md, percent=percent(mp) if mp is not None else FULL)
+        if "timeout" in h:
+            ms = duration_ms(h["timeout"])
+            kw["timeout"] = Timeout(ms=ms or None)
+        else:
+            kw["timeout"] = None
+        kw["retry"] = self.retries(vs, at, h.get("retries"), place)
+        if h.get("fault"):
+            f = self.fault(vs, at, h["fault"], place)
+            if f is not None:
+                kw["faults"] = (f,)
+        return RouteRule(**kw)
+
+    def retries(self, doc: dict[str, Any], at: str, r: dict[str, Any] | None, place: str) -> Retry | None:
+        if r is None:
+            return Retry(attempts=2, on=ISTIO_DEFAULT_RETRY_ON)  # marker: Istio's implicit default
+        attempts = int(r.get("attempts", 0) or 0)
+        if attempts == 0:
+            return Retry(attempts=0, on=())
+        on: list[str] = []
+        codes: list[int] = []
+        conds = str(r.get("retryOn") or "connect-failure,refused-stream,unavailable,cancelled").split(",")
+        for c in (c.strip() for c in conds if c.strip()):
+            if c in RETRY_ON:
+                on.append(c)
+            elif c.isdigit():
+                codes.append(int(c))
+            elif c != "retriable-status-codes":
+                self.note(doc, f"{at}.retries.retryOn", f"retry condition '{c}' has no .mesh equivalent", place)
+        if not on and not codes:
+            on = ["connect-failure"]
+        extra = set(r) - {"attempts", "retryOn", "perTryTimeout", "backoff", "retryRemoteLocalities"}
+        for k in sorted(extra):
+            self.note(doc, f"{at}.retries.{k}", "not expressible", place)
+        return Retry(attempts=attempts, on=tuple(dict.fromkeys(on)), status_codes=tuple(codes),  # type: ignore[arg-type]
+                     per_try_ms=duration_ms(r.get("perTryTimeout")), backoff_base_ms=(b := duration_ms(r.get("backoff"))),
+                     backoff_max_ms=10 * b if b is not None else None)  # Istio: max is 10 x base
+
+    def fault(self, doc: dict[str, Any], at: str, f: dict[str, Any], place: str) -> Fault | None:
+        kw: dict[str, Any] = {}
+        delay = f.get("delay") or {}
+        if delay:
+            ms = duration_ms(delay.get("fixedDelay"))
+            if ms is None:
+                self.note(doc, f"{at}.fault.delay", "only fixed delays are expressible", place)
+            else:
+                kw["delay_ms"] = ms
+                p = (delay.get("percentage") or {}).get("value", delay.get("percent"))
+                kw["delay_percent"] = percent(p) if p is not None else FULL
+        abort = f.get("abort") or {}
+        if abort:
+            if "httpStatus" in abort:
+                kw["abort_status"] = int(abort["httpStatus"])
+                p = (abort.get("percentage") or {}).get("value", abort.get("percent"))
+                kw["abort_percent"] = percent(p) if p is not None else FULL
+            else:
+                self.note(doc, f"{at}.fault.abort", "only HTTP status aborts are expressible", place)
+        return Fault(**kw) if kw else None
+
+    def destinations(self, doc: dict[str, Any], at: str, route: list[dict[str, Any]], owner: Draft,
+                     ns: str) -> tuple[Destination, ...]:
+        found = []
+        for j, r in enumerate(route):
+            d = self.destination(doc, f"{at}.route[{j}]", r.get("destination") or {}, owner, ns)
+            if d is not None:
+                found.append((d, int(r.get("weight", 0) or 0)))
+            for k in set(r) - {"destination", "weight"}:
+                self.note(doc, f"{at}.route[{j}].{k}", "not expressible", f"route:{owner.name}")
+        if not found:
+            return ()
+        weights = [w for _, w in found]
+        if len(found) == 1:
+            weights = [1]
+        pcts = weights_to_percent(weights)
+        merged: dict[tuple[str, str | None], int] = {}
+        for (d, _), p in zip(found, pcts, strict=True):
+            merged[(d.service, d.version)] = merged.get((d.service, d.version), 0) + p
+        return tuple(Destination(service=s, version=v, weight=p) for (s, v), p in merged.items() if p > 0)
+
+    def destination(self, doc: dict[str, Any], at: str, dest: dict[str, Any], owner: Draft,
+                    ns: str) -> Destination | None:
+        d = self.draft_for(str(dest.get("host", "")), ns, doc, f"{at}.host")
+        if d is None:
+            return None
+        subset = dest.get("subset")
+        version = dns_name(str(subset)) if subset else None
+        if version is not None and version not in d.versions:
+            d.versions[version] = {"version": str(subset)}
+            self.note(doc, f"{at}.subset", f"subset '{subset}' is not defined by a DestinationRule; "
+                      f"assumed labels version={subset}", f"service:{d.name}")
+        return Destination(service=d.name, version=version)
+
+    def matches(self, doc: dict[str, Any], at: str, ms: list[dict[str, Any]], place: str) -> tuple[Match, ...] | None:
+        out: list[Match] = []
+        for j, m in enumerate(ms):
+            got = self.match(doc, f"{at}.match[{j}]", m, place)
+            if got is None:
+                return None
+            out.append(got)
+        return merge_under(tuple(out))
+
+    def match(self, doc: dict[str, Any], at: str, m: dict[str, Any], place: str) -> Match | None:
+        kw: dict[str, Any] = {}
+        ok = True
+        for k in set(m) - {"uri", "headers", "withoutHeaders", "queryParams", "method", "name"}:
+            self.note(doc, f"{at}.{k}", "match condition not expressible", place)
+            ok = False
+        if m.get("uri"):
+            kind, value = next(iter(m["uri"].items()))
+            if kind not in ("exact", "prefix", "regex"):
+                self.note(doc, f"{at}.uri", f"uri {kind} not expressible", place)
+                ok = False
+            else:
+                kw["path"] = PathMatch(kind=kind, value=str(value))
+        headers = []
+        for name, sm in (m.get("headers") or {}).items():
+            s = self.string_match(str(name).lower(), sm or {})
+            if s is None:
+                self.note(doc, f"{at}.headers.{name}", "header match not expressible", place)
+                ok = False
+            else:
+                headers.append(s)
+        for name, sm in (m.get("withoutHeaders") or {}).items():
+            if (sm or {}).get("regex") in PRESENT:
+                headers.append(StringMatch(name=str(name).lower(), kind="absent"))
+            else:
+                self.note(doc, f"{at}.withoutHeaders.{name}", "only `absent` is expressible", place)
+                ok = False
+        query = []
+        for name, sm in (m.get("queryParams") or {}).items():
+            s = self.string_match(str(name), sm or {})
+            if s is None or s.kind == "absent":
+                self.note(doc, f"{at}.queryParams.{name}", "query match not expressible", place)
+                ok = False
+            else:
+                query.append(s)
+        if m.get("method"):
+            kind, value = next(iter(m["method"].items()))
+            methods = [value] if kind == "exact" else str(value).split("|") if kind == "regex" else []
+            methods = [x.replace("\\", "") for x in methods]
+            if not methods or any(x not in METHODS for x in methods):
+                self.note(doc, f"{at}.method", f"method {kind} '{value}' not expressible", place)
+                ok = False
+            else:
+                kw["methods"] = tuple(methods)
+        if not ok:
+            return None
+        return Match(headers=tuple(headers), query=tuple(query), **kw)
+
+    @staticmethod
+    def string_match(name: str, sm: dict[str, Any]) -> StringMatch | None:
+        if not sm:
+            return None
+        kind, value = next(iter(sm.items()))
+        if kind == "regex" and value in PRESENT:
+            return StringMatch(name=name, kind="present")
+        if kind in ("exact", "prefix", "regex"):
+            return StringMatch(name=name, kind=kind, value=str(value))
+        return None
+
+    def set_routes(self, d: Draft, rules: list[RouteRule]) -> None:
+        """Lift what every route repeats (timeout, retries, faults) to the service."""
+        if not rules:
+            return
+        self.routed.add(d.name)
+        forwarding = [r for r in rules if r.destinations] or rules
+        last = forwarding[-1]
+        timeouts = [r.timeout for r in rules]
+        svc_timeout = last.timeout
+        retries = [r.retry for r in rules]
+        svc_retry = last.retry
+        if svc_timeout is not None:
+            d.resilience["timeout"] = svc_timeout
+        if svc_retry is not None and svc_retry.attempts > 0:
+            d.resilience["retry"] = svc_retry
+        faults = [r.faults for r in rules]
+        lift_faults = len(set(faults)) == 1 and faults[0] and len(rules) == 1
+        if lift_faults:
+            d.faults = list(faults[0])
+        out = []
+        for r, t, rt in zip(rules, timeouts, retries, strict=True):
+            upd: dict[str, Any] = {}
+            upd["timeout"] = None if _same(t, svc_timeout) else (t or Timeout(ms=None))
+            if _same(rt, svc_retry):
+                upd["retry"] = None
+            elif rt is None or rt.attempts == 0:
+                upd["retry"] = Retry(attempts=0, on=()) if svc_retry is not None and svc_retry.attempts else None
+            else:
+                upd["retry"] = rt
+            if lift_faults:
+                upd["faults"] = ()
+            if r.redirect is not None or r.respond is not None:
+                upd["retry"] = upd["timeout"] = None  # no upstream request: nothing to time out or retry
+            out.append(r.model_copy(update=upd))
+        only = out[0] if len(out) == 1 else None
+        if only is not None and only.is_default and len(only.destinations) == 1 and \
+                only.destinations[0] == Destination(service=d.name) and \
+                only == RouteRule(destinations=only.destinations):
+            out = []
+        d.routes = out
+
+    def default_retries(self) -> None:
+        """The Istio-default retry marker becomes an explicit retry (or none) per service."""
+        default = Retry(attempts=2, on=ISTIO_DEFAULT_RETRY_ON)
+        used = False
+        for d in self.drafts.values():
+            if d.external is not None and not d.routes and "retry" not in d.resilience:
+                continue
+            budget = d.resilience.pop("_budget", None)
+            if d.is_http and "retry" not in d.resilience and d.name not in self.routed and d.external is None:
+                d.resilience["retry"] = default
+            if d.resilience.get("retry") == default:
+                used = True
+            if budget is not None and d.resilience.get("retry") is not None:
+                d.resilience["retry"] = d.resilience["retry"].model_copy(update={"budget": budget})
+        if used:
+            self.report.add("Istio defaults", "retries", "Istio's implicit retry policy (2 retries on "
+                            "connect-failure, refused-stream, unavailable, cancelled) is written out; the gRPC "
+                            "conditions unavailable and cancelled have no .mesh equivalent", "mesh")
+
+    # ----------------------------------------------------------------- ingress
+    def ingress(self, vs: dict[str, Any], gateways: dict[str, Any]) -> None:
+        _, ns = meta(vs)
+        spec = vs.get("spec") or {}
+        hosts = tuple(sorted(str(h) for h in spec.get("hosts") or ["*"]))
+        port = 80
+        for g in spec.get("gateways") or []:
+            gw = gateways.get(str(g).split("/")[-1])
+            if gw is None:
+                continue
+            sel = (gw.get("spec") or {}).get("selector") or {}
+            if sel and sel != {"istio": "ingressgateway"}:
+                self.note(gw, "spec.selector", "the ingress gateway is meshc's single ingress", "mesh")
+            servers = (gw.get("spec") or {}).get("servers") or []
+            if servers:
+                port = int((servers[0].get("port") or {}).get("number", 80))
+            for s in servers:
+                if s.get("tls"):
+                    self.note(gw, "spec.servers.tls", "TLS termination at the gateway is not expressible", "mesh")
+        for i, h in enumerate(spec.get("http") or []):
+            at = f"spec.http[{i}]"
+            dests = [(r.get("destination") or {}).get("host") for r in h.get("route") or []]
+            if len(dests) != 1:
+                self.note(vs, f"{at}.route", "an ingress route to several destinations is not expressible")
+                continue
+            d = self.draft_for(str(dests[0]), ns, vs, f"{at}.route")
+            if d is None:
+                continue
+            paths: list[PathMatch] = []
+            for j, m in enumerate(h.get("match") or []):
+                uri = m.get("uri") or {}
+                if set(m) - {"uri"} or not uri:
+                    self.note(vs, f"{at}.match[{j}]", "ingress exposure is by path only; other conditions dropped",
+                              f"service:{d.name}")
+                if uri:
+                    kind, value = next(iter(uri.items()))
+                    paths.append(PathMatch(kind=kind, value=str(value)))
+            paths_t = tuple(m.path for m in merge_under(tuple(Match(path=p) for p in paths)) if m.path)
+            for k in set(h) - {"match", "route", "timeout", "retries", "name"}:
+                self.note(vs, f"{at}.{k}", "ingress routes carry no settings of their own", f"service:{d.name}")
+            if d.expose is not None:
+                paths_t = d.expose.paths + paths_t if d.expose.paths and paths_t else ()
+            d.expose = Ingress(paths=paths_t, hosts=hosts, port=port)
+
+    # ----------------------------------------------------------------- mTLS
+    def peer_authentications(self) -> None:
+        ns_modes: dict[str, str] = {}
+        for pa in self.of("PeerAuthentication"):
+            _, ns = meta(pa)
+            spec = pa.get("spec") or {}
+            mode = MTLS.get(str((spec.get("mtls") or {}).get("mode", "UNSET")))
+            sel = (spec.get("selector") or {}).get("matchLabels")
+            if not sel:
+                if mode is None:
+                    continue
+                if ns == ROOT_NAMESPACE:
+                    self.settings.mtls = mode
+                else:
+                    ns_modes[ns] = mode
+                if spec.get("portLevelMtls"):
+                    self.note(pa, "spec.portLevelMtls", "port-level modes need a selector in Istio")
+                continue
+            d = self.selected(sel)
+            if d is None:
+                self.note(pa, "spec.selector", "selects no service of the input")
+                continue
+            if mode is not None:
+                d.mtls = mode
+            for port, pm in (spec.get("portLevelMtls") or {}).items():
+                pmode = MTLS.get(str((pm or {}).get("mode", "UNSET")))
+                if pmode is not None and str(port).isdigit():
+                    d.port_mtls[int(port)] = pmode
+        for d in self.drafts.values():
+            if d.mtls is None and d.namespace in ns_modes and d.external is None:
+                d.mtls = ns_modes[d.namespace]
+
+    def selected(self, labels: dict[str, Any]) -> Draft | None:
+        labels = {str(k): str(v) for k, v in labels.items()}
+        for d in sorted(self.drafts.values(), key=lambda x: x.name):
+            if d.selector and d.selector.items() <= labels.items():
+                return d
+        name = labels.get("app")
+        return self.drafts.get(dns_name(name)) if name else None
+
+    # ----------------------------------------------------------------- authorization
+    def trust_domain(self) -> None:
+        for ap in self.of("AuthorizationPolicy"):
+            for rule in (ap.get("spec") or {}).get("rules") or []:
+                for f in rule.get("from") or []:
+                    for p in (f.get("source") or {}).get("principals") or []:
+                        m = re.match(r"^([^/]+)/ns/([^/]+)/sa/([^/]+)$", str(p))
+                        if m:
+                            self.settings.trust_domain = m.group(1)
+                            return
+
+    def principal(self, p: str) -> Source | None:
+        if p == "*":
+            return Source(kind="authenticated")
+        m = re.match(r"^(?:spiffe://)?(?:[^/]+/)?ns/([^/]+)/sa/([^/]+)$", p)
+        if not m:
+            return None
+        ns, sa = m.group(1), m.group(2)
+        for d in sorted(self.drafts.values(), key=lambda x: x.name):
+            if d.external is None and (d.identity or d.name) == sa and d.namespace == ns:
+                return Source(kind="service", name=d.name)
+        if "ingress" in sa:
+            self.settings.ingress_identity = (sa, ns)
+            return Source(kind="ingress")
+        return Source(kind="identity", name=dns_name(sa))
+
+    def authorization(self) -> None:
+        policies = self.of("AuthorizationPolicy")
+        internal = sorted(n for n, d in self.drafts.items() if d.external is None)
+        allow_scopes: set[str] = set()  # service names an ALLOW policy selects
+        for ap in policies:
+            name, ns = meta(ap)
+            spec = ap.get("spec") or {}
+            action = str(spec.get("action", "ALLOW")).lower()
+            if action not in ("allow", "deny"):
+                self.note(ap, "spec.action", f"{action.upper()} policies are not expressible", "authz")
+                continue
+            sel = (spec.get("selector") or {}).get("matchLabels")
+            if spec.get("targetRef") or spec.get("targetRefs"):
+                self.note(ap, "spec.targetRefs", "policies attached to gateways are not expressible", "authz")
+                continue
+            if sel:
+                d = self.selected(sel)
+                if d is None:
+                    self.note(ap, "spec.selector", "selects no service of the input", "authz")
+                    continue
+                targets = [d.name]
+            elif ns == ROOT_NAMESPACE or {self.drafts[n].namespace for n in internal} <= {ns}:
+                targets = ["*"]
+            else:
+                targets = [n for n in internal if self.drafts[n].namespace == ns]
+            if action == "allow":
+                allow_scopes.update(internal if targets == ["*"] else targets)
+            for i, rule in enumerate(spec.get("rules") or []):
+                self.authz_rule(ap, f"spec.rules[{i}]", action, rule, tuple(targets))
+        if allow_scopes:
+            self.settings.authz = "deny_by_default"
+            rest = [n for n in internal if n not in allow_scopes]
+            if rest:
+                self.rules.append(AuthzRule(action="allow", sources=(Source(kind="any"),),
+                                            destinations=tuple(rest)))
+                self.report.add("AuthorizationPolicy", "(none)", f"no ALLOW policy selects {', '.join(rest)}: "
+                                "Istio admits every caller there, written as `allow * ->`", "authz")
+            # deny rules first is not needed: order carries no meaning
+
+    def authz_rule(self, ap: dict[str, Any], at: str, action: str, rule: dict[str, Any],
+                   targets: tuple[str, ...]) -> None:
+        problems: list[tuple[str, str]] = []
+        sources: list[Source] = []
+        for j, f in enumerate(rule.get("from") or []):
+            src = f.get("source") or {}
+            for k in set(src) - {"principals", "notPrincipals"}:
+                problems.append((f"{at}.from[{j}].source.{k}", "source condition not expressible"))
+            for p in src.get("principals") or []:
+                s = self.principal(str(p))
+                if s is None:
+                    problems.append((f"{at}.from[{j}].source.principals", f"principal '{p}' not understood"))
+                else:
+                    sources.append(s)
+            np = src.get("notPrincipals") or []
+            if np == ["*"]:
+                sources.append(Source(kind="unauthenticated"))
+            elif np:
+                problems.append((f"{at}.from[{j}].source.notPrincipals", "only ['*'] is expressible"))
+        if not rule.get("from"):
+            sources = [Source(kind="any")]
+        ops = [(t.get("operation") or {}) for t in rule.get("to") or []] or [{}]
+        headers, ports_from_when = self.when(rule.get("when") or [], at, problems)
+        if action == "allow" and problems:
+            for fld, why in problems:
+                self.note(ap, fld, why + "; the ALLOW rule is left out (fail closed)", "authz")
+            return
+        for fld, why in problems:
+            self.note(ap, fld, why + "; the condition is dropped, so the DENY rule denies more", "authz")
+        if not sources:
+            return
+        for k, op in enumerate(ops):
+            bad = set(op) - {"methods", "paths", "notPaths", "ports"}
+            if bad:
+                for b in sorted(bad):
+                    self.note(ap, f"{at}.to[{k}].operation.{b}", "not expressible" +
+                              ("; the ALLOW rule is left out" if action == "allow" else "; dropped"), "authz")
+                if action == "allow":
+                    continue
+            paths = self.authz_paths(ap, f"{at}.to[{k}].operation.paths", op.get("paths") or [])
+            not_paths = self.authz_paths(ap, f"{at}.to[{k}].operation.notPaths", op.get("notPaths") or [])
+            if paths is None or not_paths is None:
+                if action == "allow":
+                    continue
+                paths, not_paths = paths or (), not_paths or ()
+            methods = tuple(m for m in op.get("methods") or [] if m in METHODS)
+            ports = tuple(int(p) for p in op.get("ports") or [] if str(p).isdigit()) + ports_from_when
+            self.rules.append(AuthzRule(action=action, sources=tuple(dict.fromkeys(sources)),  # type: ignore[arg-type]
+                                        destinations=targets, methods=methods, paths=paths, not_paths=not_paths,
+                                        ports=ports, headers=headers))
+
+    def when(self, conds: list[dict[str, Any]], at: str, problems: list[tuple[str, str]]
+             ) -> tuple[tuple[StringMatch, ...], tuple[int, ...]]:
+        headers: list[StringMatch] = []
+        ports: list[int] = []
+        for j, c in enumerate(conds):
+            key = str(c.get("key", ""))
+            values, not_values = c.get("values") or [], c.get("notValues") or []
+            m = re.fullmatch(r"request\.headers\[(.+)\]", key)
+            if m and len(values) == 1 and not not_values:
+                v = str(values[0])
+                name = m.group(1).lower()
+                headers.append(StringMatch(name=name, kind="present") if v == "*" else
+                               StringMatch(name=name, kind="prefix", value=v[:-1]) if v.endswith("*") else
+                               StringMatch(name=name, kind="exact", value=v))
+            elif m and not values and not_values == ["*"]:
+                headers.append(StringMatch(name=m.group(1).lower(), kind="absent"))
+            elif key == "destination.port" and values and all(str(v).isdigit() for v in values) and not not_values:
+                ports += [int(v) for v in values]
+            else:
+                problems.append((f"{at}.when[{j}]", f"condition on '{key}' not expressible"))
+        return tuple(headers), tuple(ports)
+
+    def authz_paths(self, ap: dict[str, Any], at: str, paths: list[str]) -> tuple[PathMatch, ...] | None:
+        out: list[PathMatch] = []
+        values = [str(p) for p in paths]
+        for p in values:
+            if p.endswith("/*") and p[:-2] in values:
+                out.append(PathMatch(kind="under", value=p[:-2]))
+            elif p.endswith("*") and not p.startswith("*"):
+                if p[:-1] in values and p[:-1].endswith("/") is False and p[:-1] + "/*" == p:
+                    continue
+                out.append(PathMatch(kind="prefix", value=p[:-1] or "/"))
+            elif p == "*":
+                out.append(PathMatch(kind="prefix", value="/"))
+            elif p.startswith("*"):
+                self.note(ap, at, f"suffix path '{p}' not expressible")
+                return None
+            elif p + "/*" in values:
+                continue  # the exact half of an `under`
+            else:
+                out.append(PathMatch(kind="exact", value=p))
+        return tuple(out)
+
+    # ----------------------------------------------------------------- Sidecar
+    def sidecars(self) -> None:
+        for sc in self.of("Sidecar"):
+            _, ns = meta(sc)
+            spec = sc.get("spec") or {}
+            sel = (spec.get("workloadSelector") or {}).get("labels")
+            d = self.selected(sel) if sel else None
+            if d is None:
+                continue
+            for eg in spec.get("egress") or []:
+                for h in eg.get("hosts") or []:
+                    hns, _, host = str(h).partition("/")
+                    if host in ("*", "") or "*" in host:
+                        continue
+                    name = lookup_host(host, ns if hns in ("~", ".") else hns, self.drafts, self.external_hosts)
+                    if name is not None and name != d.name:
+                        d.calls.append(name)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(a == b)
+
+
+def merge_under(ms: tuple[Match, ...]) -> tuple[Match, ...]:
+    """`exact /p` or `prefix /p/` with otherwise equal conditions: meshc's `under /p`."""
+    out = list(ms)
+    i = 0
+    while i < len(out):
+        m = out[i]
+        if m.path is not None and m.path.kind == "exact" and m.path.value != "/":
+            twin = m.model_copy(update={"path": PathMatch(kind="prefix", value=m.path.value + "/")})
+            if twin in out:
+                out.remove(twin)
+                out[out.index(m)] = m.model_copy(update={"path": PathMatch(kind="under", value=m.path.value)})
+        i += 1
+    return tuple(out)
+
+
+def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
+    return IstioImporter(read_documents(paths), mesh_name).run()

@@ -1,0 +1,225 @@
+"""Round trip: for every example x and every target T with an importer,
+import(compile(x, T)) is semantically equal to x (meshc.diff.semantic_diff reports nothing) on
+every feature T can express.
+
+Before comparing, both sides are normalised the same way:
+- features T does not support (E301, compiled with unsupported="warn") are removed from x;
+- facts no Kubernetes/cloud target writes are removed: static endpoints (pods are found by
+  selector), observability settings (install-time configuration);
+- equivalent spellings are made equal: the mesh-wide timeout is applied to each HTTP service
+  (targets write effective timeouts), a rule timeout or retry equal to its service's is dropped,
+  an SNI equal to the external host is left implicit.
+Anything else the importer or the backend loses fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from meshc.backends import available as targets_available
+from meshc.backends import compile_mesh, get
+
+from meshc.compiler import load
+from meshc.diff import semantic_diff
+from meshc.importers import available as importers_available
+from meshc.importers import import_files
+from meshc.model import Mesh, Observability, Resilience, RouteRule, Service
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "bookinfo": [ROOT / "examples/bookinfo/bookinfo.mesh"],
+    "shop": [ROOT / "examples/shop/shop.mesh"],
+    "tcp-database": [ROOT / "examples/tcp-database/tcp-database.mesh"],
+    "multifile": [ROOT / "examples/multifile/prod.mesh"],
+}
+# importer name -> the compile target it reads
+TARGETS = {"istio": "istio", "linkerd": "linkerd", "consul": "consul", "appmesh": "appmesh",
+           "nginx-mesh": "nginx-mesh"}
+INPUT_SUFFIXES = {".yaml", ".yml", ".json", ".hcl"}
+
+_RES_KEYS = {"circuit_breaker", "outlier", "health_check", "rate_limit"}
+
+
+def unsupported_features(mesh: Mesh, target: str) -> set[str]:
+    backend = get(target)()
+    out = set()
+    for d in backend.unsupported(mesh):
+        m = re.search(r"feature '([^']+)'", d.help or "")
+        out.add(m.group(1) if m else f"gap:{d.message}")
+    return out
+
+
+def _strip_service(s: Service, feats: set[str], mesh: Mesh) -> Service:
+    res: dict[str, Any] = dict(s.resilience)
+    res.pop("span", None)
+    for k in _RES_KEYS & feats:
+        res[k] = None
+    if "timeout" in feats:
+        res["timeout"] = None
+    if res.get("load_balance") is not None and f"load_balance.{res['load_balance'].policy}" in feats:
+        res["load_balance"] = None
+    res["retry"] = _strip_retry(res.get("retry"), feats)
+    upd: dict[str, Any] = {"resilience": Resilience(**res), "endpoints": ()}
+    upd["versions"] = tuple(v.model_copy(update={"endpoints": ()}) for v in s.versions)
+    if "slo" in feats:
+        upd["objectives"] = ()
+    if "ingress" in feats:
+        upd["expose"] = None
+    upd["faults"] = _strip_faults(s.faults, feats)
+    if s.external is not None:
+        ext = s.external
+        if "external.tls_originate" in feats:
+            ext = ext.model_copy(update={"tls_originate": False, "sni": None})
+        elif ext.sni == ext.host:
+            ext = ext.model_copy(update={"sni": None})
+        upd["external"] = ext
+    upd["routes"] = tuple(r for r in (_strip_rule(r, feats) for r in s.routes) if r is not None)
+    return s.model_copy(update=upd)
+
+
+def _strip_retry(rt: Any, feats: set[str]) -> Any:
+    if rt is None or "retry" in feats:
+        return None
+    if ISTIO_BACKOFF in feats and rt.backoff_base_ms is not None:
+        rt = rt.model_copy(update={"backoff_max_ms": 10 * rt.backoff_base_ms})
+    for feat, field, empty in (("retry.per_try", "per_try_ms", None), ("retry.budget", "budget", None),
+                               ("retry.status_codes", "status_codes", ())):
+        if feat in feats:
+            rt = rt.model_copy(update={field: empty})
+    if "retry.backoff" in feats:
+        rt = rt.model_copy(update={"backoff_base_ms": None, "backoff_max_ms": None})
+    return rt
+
+
+def _strip_faults(faults: tuple[Any, ...], feats: set[str]) -> tuple[Any, ...]:
+    out = []
+    for f in faults:
+        if "fault.delay" in feats:
+            f = f.model_copy(update={"delay_ms": None})
+        if "fault.abort" in feats:
+            f = f.model_copy(update={"abort_status": None})
+        if f.delay_ms is not None or f.abort_status is not None:
+            out.append(f)
+    return tuple(out)
+
+
+def _strip_rule(r: RouteRule, feats: set[str]) -> RouteRule | None:
+    upd: dict[str, Any] = {"faults": _strip_faults(r.faults, feats), "retry": _strip_retry(r.retry, feats)}
+    if "timeout" in feats:
+        upd["timeout"] = None
+    for feat, field in (("route.mirror", "mirror"), ("route.headers.request", "request_headers"),
+                        ("route.headers.response", "response_headers")):
+        if feat in feats:
+            upd[field] = None
+    if ("route.redirect" in feats and r.redirect) or ("route.respond" in feats and r.respond):
+        return None
+    return r.model_copy(update=upd)
+
+
+# Istio fixes the backoff maximum at 10 x the base: compared as such.
+ISTIO_BACKOFF = "gap:a retry backoff maximum other than 10 x the base interval cannot be expressed when targeting istio"
+HANDLED = ({ISTIO_BACKOFF, "timeout", "retry", "retry.per_try", "retry.budget", "retry.status_codes", "retry.backoff", "slo",
+            "ingress", "external.tls_originate", "fault.delay", "fault.abort", "route.mirror",
+            "route.headers.request", "route.headers.response", "route.redirect", "route.respond",
+            "endpoints.static"} | _RES_KEYS | {f"load_balance.{p}" for p in
+                                               ("round_robin", "least_request", "random", "consistent_hash")})
+
+
+def effective(mesh: Mesh) -> Mesh:
+    """Equivalent spellings made equal (see the module docstring)."""
+    services = []
+    for s in mesh.services:
+        res = s.resilience
+        t = res.timeout if res.timeout is not None else (mesh.timeout if s.is_http else None)
+        if not s.is_http:
+            t = None  # a request timeout means nothing without HTTP
+        if t is not None and t.ms is None:
+            t = None
+        routes = []
+        for r in s.routes:
+            upd: dict[str, Any] = {}
+            rt = r.timeout if r.timeout is None or r.timeout.ms is not None else None
+            if r.timeout is not None and rt is None and t is not None:
+                rt = r.timeout  # an explicit `timeout none` under a service timeout
+            if rt is not None and t is not None and rt.ms == t.ms:
+                rt = None
+            if rt is not None and t is None and rt.ms is None:
+                rt = None
+            upd["timeout"] = rt
+            if r.retry is not None and _same_retry(r.retry, res.retry):
+                upd["retry"] = None
+            if r.retry is not None and res.retry is None and r.retry.attempts == 0:
+                upd["retry"] = None
+            if r.redirect is not None or r.respond is not None:
+                upd["retry"] = upd["timeout"] = None
+            routes.append(r.model_copy(update=upd))
+        services.append(s.model_copy(update={"resilience": res.model_copy(update={"timeout": t}),
+                                             "routes": tuple(routes)}))
+    return rebuild(mesh, services=tuple(services), timeout=None, observability=Observability())
+
+
+def rebuild(mesh: Mesh, **update: Any) -> Mesh:
+    """A changed copy with its service index rebuilt (model_copy keeps the old index)."""
+    return Mesh(**{**{k: getattr(mesh, k) for k in Mesh.model_fields}, **update})
+
+
+def _same_retry(a: Any, b: Any) -> bool:
+    return b is not None and a.model_dump(exclude={"span"}) == b.model_dump(exclude={"span"})
+
+
+def normalise(mesh: Mesh, feats: set[str], drop_rules_to: set[str] = frozenset()) -> Mesh:  # type: ignore[assignment]
+    services = tuple(_strip_service(s, feats, mesh) for s in mesh.services)
+    rules = tuple(r for r in mesh.rules if not set(r.destinations) <= drop_rules_to)
+    return effective(rebuild(mesh, services=services, rules=rules,
+                             timeout=None if "timeout" in feats else mesh.timeout))
+
+
+def round_trip(example: str, source: str) -> tuple[Mesh, Mesh, set[str], str]:
+    x = load(EXAMPLES[example])
+    target = TARGETS[source]
+    feats = unsupported_features(x, target)
+    bundle = compile_mesh(x, target, unsupported="warn")
+    with tempfile.TemporaryDirectory() as d:
+        paths = [p for p in bundle.write(Path(d)) if p.suffix in INPUT_SUFFIXES and p.name != "kustomization.yaml"]
+        result = import_files(source, paths, x.name)
+    return x, result.mesh, feats, result.text
+
+
+# Facts a target does not write although it declares the feature (backend findings, reported).
+BACKEND_GAPS: dict[str, dict[str, Any]] = {
+    # Istio authorization is written for in-mesh workloads only: rules whose only destinations are
+    # external services do not reach the generated files.
+    "istio": {"rules_to_externals": True},
+}
+
+
+@pytest.mark.parametrize("source", sorted(TARGETS))
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_round_trip(example: str, source: str) -> None:
+    if source not in importers_available():
+        pytest.skip(f"no {source} importer yet")
+    if TARGETS[source] not in targets_available():
+        pytest.skip(f"no {TARGETS[source]} backend")
+    x, y, feats, text = round_trip(example, source)
+    unhandled = feats - HANDLED
+    if unhandled:
+        pytest.skip(f"{source} cannot express {sorted(unhandled)}: no normalisation for them")
+    gaps = BACKEND_GAPS.get(source, {})
+    externals = {s.name for s in x.services if s.external} if gaps.get("rules_to_externals") else set()
+    a, b = normalise(x, feats, externals), normalise(y, feats, externals)
+    diff = semantic_diff(a, b)
+    assert diff.empty, "\n".join(c.line() for c in diff.changes) + "\n\n" + text
+
+
+def test_normalise_detects_a_loss() -> None:
+    """The comparison is not vacuous: dropping one route rule is reported."""
+    x = load(EXAMPLES["bookinfo"])
+    reviews = x.service("reviews")
+    assert reviews is not None
+    y = rebuild(x, services=tuple(s.model_copy(update={"routes": s.routes[1:]})
+                                  if s.name == "reviews" else s for s in x.services))
+    assert not semantic_diff(normalise(x, set()), normalise(y, set())).empty
