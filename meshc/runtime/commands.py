@@ -146,7 +146,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     mesh = load(list(args.files))  # MeshcError is reported by the CLI
     options = {} if args.base_port is None else {"base_port": str(args.base_port)}
-    bundle = compile_mesh(mesh, "native", options=options)
+    # Running a mesh locally should not fail on what only matters elsewhere (SLOs): such
+    # features become warnings here.
+    bundle = compile_mesh(mesh, "native", options=options, unsupported="warn")
+    if bundle.diagnostics:
+        from meshc.diagnostics import render
+
+        sources = {}
+        for f in mesh.files:
+            with contextlib.suppress(OSError):
+                sources[f] = Path(f).read_text()
+        print(render(bundle.diagnostics, "text", sources), file=sys.stderr, end="")
     tmp = None
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="meshc-up-")
