@@ -569,7 +569,13 @@ class GatewayApiBackend(Backend):
     # ----------------------------------------------------------------- ingress
 
     def lower_ingress(self, mesh: Mesh) -> list[dict[str, Any]]:
-        exposed = [s for s in mesh.services if s.expose is not None]
+        exposed = []
+        for s in mesh.services:
+            if s.expose is not None and not s.is_http:
+                self.gaps.add("ingress exposure of a service without HTTP ports", s.expose.span,
+                              "the ingress Gateway routes HTTP")
+            elif s.expose is not None:
+                exposed.append(s)
         if not exposed:
             return []
         ns = mesh.namespace

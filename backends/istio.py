@@ -456,19 +456,24 @@ class IstioBackend(Backend):
             ports.append({"number": p.number, "name": f"{proto.lower()}-{p.number}", "protocol": proto})
         spec = {"hosts": [ext.host], "location": "MESH_EXTERNAL", "resolution": "DNS", "ports": ports}
         out = [k8s.cr(NET, "ServiceEntry", svc.name, svc.namespace, spec)]
+        # load balancing, circuit breaking, outlier detection apply to egress too; the
+        # in-mesh tls mode does not (an external host has no Istio identity)
+        tp = {k: v for k, v in self.traffic_policy(svc).items() if k not in ("tls", "portLevelSettings")}
         if ext.tls_originate:
             tls = {"mode": "SIMPLE", "sni": ext.sni or ext.host}
-            tp: dict[str, Any] = {"portLevelSettings": [{"port": {"number": p.number}, "tls": tls}
-                                                         for p in svc.ports if p.protocol == "tls"]}
-            if not tp["portLevelSettings"]:
-                tp = {"tls": tls}
-            out.append(k8s.cr(NET, "DestinationRule", svc.name, svc.namespace,
-                              {"host": ext.host, "trafficPolicy": tp}))
-        if svc.routes or svc.resilience.timeout or svc.resilience.retry:
-            if svc.is_http:
-                rules = svc.routes or (RouteRule(destinations=(Destination(service=svc.name),), span=svc.span),)
-                http = [r for rule in rules for r in self.lower_rule(svc, rule)]
-                out.append(k8s.cr(NET, "VirtualService", svc.name, svc.namespace, {"hosts": [ext.host], "http": http}))
+            levels = [{"port": {"number": p.number}, "tls": tls} for p in svc.ports if p.protocol == "tls"]
+            if levels:
+                tp["portLevelSettings"] = levels
+            else:
+                tp["tls"] = tls
+        if tp:
+            out.append(k8s.cr(NET, "DestinationRule", svc.name, svc.namespace, {"host": ext.host, "trafficPolicy": tp}))
+        if svc.is_http or ext.tls_originate:  # callers speak HTTP: route it (and pin retries/timeouts)
+            rules = svc.routes or (RouteRule(destinations=(Destination(service=svc.name),), span=svc.span),)
+            http = [r for rule in rules for r in self.lower_rule(svc, rule)]
+            out.append(k8s.cr(NET, "VirtualService", svc.name, svc.namespace, {"hosts": [ext.host], "http": http}))
+        else:
+            k8s.check_tcp_service(svc, self.gaps)
         return out
 
     # ----------------------------------------------------------------- Sidecar
@@ -626,7 +631,13 @@ class IstioBackend(Backend):
     # ----------------------------------------------------------------- ingress
 
     def lower_ingress(self, mesh: Mesh) -> list[dict[str, Any]]:
-        exposed = [s for s in mesh.services if s.expose is not None]
+        exposed = []
+        for s in mesh.services:
+            if s.expose is not None and not s.is_http:
+                self.gaps.add("ingress exposure of a service without HTTP ports", s.expose.span,
+                              "the ingress Gateway routes HTTP")
+            elif s.expose is not None:
+                exposed.append(s)
         if not exposed:
             return []
         ns = mesh.namespace

@@ -335,3 +335,14 @@ def test_tcp_and_tls_splits() -> None:
         {"destination": {"host": "db", "subset": "b"}, "weight": 25}]}]}
     tls = get(objs, "VirtualService", "vault")["spec"]
     assert "tcp" not in tls and tls["tls"][0]["match"] == [{"sniHosts": ["vault"]}]
+
+
+def test_external_policies_and_routes() -> None:
+    objs = objects('service a { port http 80 calls ext }\n'
+                   'external ext { host "api.example" port http 80 circuit_breaker max_connections 5 }')
+    assert get(objs, "DestinationRule", "ext")["spec"] == {
+        "host": "api.example", "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 5}}}}
+    assert get(objs, "VirtualService", "ext")["spec"]["http"] == [
+        {"retries": {"attempts": 0}, "route": [{"destination": {"host": "api.example"}}]}]
+    errs = errors("service db { port tcp 5432 expose ingress }")
+    assert any("ingress exposure of a service without HTTP ports" in e for e in errs)
