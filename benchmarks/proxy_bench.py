@@ -155,14 +155,43 @@ def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
             "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": errors.group(1) if errors else ""}  # type: ignore[dict-item]
 
 
-def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace,
+            work: Path) -> dict[str, float]:
     wrk(port, args.connections, 2)  # warm up (connections, pools, JIT-less caches)
+    spy = None
+    if args.profile and name == "native":
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.duration),
+                                "--format", "raw", "--nonblocking", "-o", str(work / "native.folded")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = cpu_seconds(proc.pid)
     result = wrk(port, args.connections, args.duration)
     result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(result["requests"], 1) * 1e6
+    if spy is not None:
+        spy.wait(30)
+        print_profile(work / "native.folded")
     print(f"{name:7s} {result['rps']:>10.0f} req/s   p50 {result['p50']:6.2f} ms   p99 {result['p99']:6.2f} ms   "
           f"{result['cpu_us']:6.1f} CPU µs/req   non-2xx {int(result['non2xx'])} {result['errors']}")
     return result
+
+
+def print_profile(folded: Path, top: int = 15) -> None:
+    """Self time by function from py-spy's collapsed stacks, and time under our own modules."""
+    if not folded.exists():
+        print("(py-spy produced no profile; it needs ptrace permission)")
+        return
+    own: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + n
+    print(f"py-spy: {total} samples of the native proxy; self time by function:")
+    for leaf, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / max(total, 1):5.1f}%  {leaf}")
 
 
 def main() -> int:
@@ -170,6 +199,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", choices=("native", "envoy"))
+    ap.add_argument("--profile", action="store_true", help="profile the native proxy with py-spy (pip install py-spy)")
     args = ap.parse_args()
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:
@@ -203,7 +233,7 @@ def main() -> int:
                     write_certs(load_text(text, "bench.mesh"), work / "certs")
                     proc, port = start_envoy(work, text, api_port)
                 try:
-                    results[name] = measure(name, proc, port, args)
+                    results[name] = measure(name, proc, port, args, work)
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     try:
