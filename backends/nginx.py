@@ -841,7 +841,8 @@ def redirect_target(r: Any) -> Lit | Expr:
     """`return 30x URL`: unset parts keep the request's."""
     scheme = r.scheme or "$scheme"
     host = (r.host or "$host") + (f":{r.port}" if r.port else "")
-    path = r.path.replace("$", "${meshc_dollar}") if r.path is not None else "$request_uri"
+    # a new path keeps the query string (as Envoy's path_redirect does); no path keeps the URI
+    path = r.path.replace("$", "${meshc_dollar}") + "$is_args$args" if r.path is not None else "$request_uri"
     if r.host:
         host = r.host.replace("$", "${meshc_dollar}") + (f":{r.port}" if r.port else "")
     return Expr(f"{scheme}://{host}{path}")

@@ -480,7 +480,7 @@ def test_rich_route_table_passes_nginx_t_and_keeps_rule_order(certs: Path, tmp_p
     assert pick("POST", "/z") == "r3" and pick("POST", "/z", {"x-gone": "1"}) == "r5"
     assert pick("GET", "/api") == "r4" and pick("GET", "/api/x") == "r4" and pick("GET", "/apix") == "r5"
     assert 'return 418 "no \\"debug\\" ${meshc_dollar}{here}";' in text
-    assert 'return 302 "$scheme://$host/new";' in text
+    assert 'return 302 "$scheme://$host/new$is_args$args";' in text
     assert '12.50% "1";' in text and '87.50% "out_api_9002/v1";' in text
     r4 = location(text, "@api_9002_r4")
     assert "proxy_next_upstream_tries 3;" in r4 and "proxy_read_timeout 500ms;" in r4
