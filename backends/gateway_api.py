@@ -233,7 +233,9 @@ class GatewayApiBackend(Backend):
         """External services are ExternalName Services here, which routes cannot attach to."""
         res = svc.resilience
         for what, node in (("route rules", svc.routes[0] if svc.routes else None), ("timeouts", res.timeout),
-                           ("retries", res.retry)):
+                           ("retries", res.retry), ("outlier detection", res.outlier),
+                           ("rate limits", res.rate_limit), ("circuit breakers", res.circuit_breaker),
+                           ("load balancing", res.load_balance), ("faults", svc.faults[0] if svc.faults else None)):
             if node is not None:
                 self.gaps.add(f"{what} on an external service", node.span,
                               f"{self.name} routes attach to in-cluster Services only")

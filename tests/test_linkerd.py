@@ -224,3 +224,8 @@ def test_grpc_timeout_is_an_annotation_on_the_grpc_route() -> None:
     assert route["spec"]["rules"][0]["matches"] == [{"method": {"type": "Exact", "service": "pkg.Admin"}}]
     errs = errors('service g { port grpc 9090 route {\n when path under "/pkg.Admin" -> g { timeout 1s }\n otherwise -> g } }')
     assert any("different timeouts per rule on a gRPC service" in m for m in errs)
+
+
+def test_outlier_on_external_services_is_e301() -> None:
+    errs = errors('external pay { host "api.pay.example" port http 80 outlier consecutive_5xx 3 }')
+    assert any("outlier detection on an external service" in m for m in errs)
