@@ -14,6 +14,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -488,3 +489,32 @@ def test_tcp_proxy_both_ways(env: Env, lt: LoopThread) -> None:
         while chunk := s.recv(65536):
             got += chunk
     assert got == payload.upper()
+
+
+def test_dns_names_are_resolved_per_address(env: Env) -> None:
+    """STRICT_DNS: `localhost` becomes one endpoint per resolved address (IPv4 serves here;
+    an IPv6 address, if resolved, refuses and is retried away)."""
+    app = env.upstream("app")
+    cfg = sidecar([route("r", "A", retry={"num_retries": 3, "on": ["connect-failure"], "backoff_base_ms": 1})],
+                  [{"name": "A", "endpoints": [{"host": "localhost", "port": app.port}], "dns_refresh_ms": 200}])
+    sc = env.start(cfg)
+    assert all(get(env.port())[0] == 200 for _ in range(4))
+    labels = [e.label for e in sc.clusters["A"].endpoints]
+    assert labels and all(lbl.startswith("localhost(") for lbl in labels), labels
+    assert any("127.0.0.1" in lbl for lbl in labels)
+
+
+def test_circuit_breaker_max_retries_limits_concurrent_retries(env: Env, lt: LoopThread) -> None:
+    async def slow_fail(req: Request) -> Any:
+        await asyncio.sleep(0.3)
+        return 503, [], b"no"
+    up = env.upstream("a", slow_fail)
+    env.start(sidecar([route("r", "A", retry={"num_retries": 1, "on": ["5xx"], "backoff_base_ms": 1})],
+                      [cluster("A", up.port, circuit_breaker={"max_retries": 1})]))
+    threads = [threading.Thread(target=get, args=(env.port(),)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    # 6 first attempts; at most one retry in flight at a time, so fewer than 6 retries
+    assert 6 < len(up.requests) < 12, len(up.requests)
