@@ -34,6 +34,7 @@ Certificates are read at run time from `certs_dir` in the layout `meshc certs` w
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -134,6 +135,7 @@ def socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
