@@ -324,7 +324,9 @@ class IstioImporter:
         at = f"spec.http[{i}]"
         for k in set(h) - HANDLED_ROUTE_KEYS:
             self.note(vs, f"{at}.{k}", "not expressible", place)
-        matches = self.matches(vs, at, h.get("match") or [], place)
+        # `exact /p` + `prefix /p/` is meshc's `under /p`, except under a prefix rewrite (Istio
+        # rewrites `/p/x` to `R/x`... only when R ends like the matched prefix: keep them apart).
+        matches = self.matches(vs, at, h.get("match") or [], place, merge="uri" not in (h.get("rewrite") or {}))
         if matches is None:
             self.note(vs, f"{at}.match", "the route is left out: a match condition cannot be written", place)
             return None
@@ -467,14 +469,15 @@ class IstioImporter:
                       f"assumed labels version={subset}", f"service:{d.name}")
         return Destination(service=d.name, version=version)
 
-    def matches(self, doc: dict[str, Any], at: str, ms: list[dict[str, Any]], place: str) -> tuple[Match, ...] | None:
+    def matches(self, doc: dict[str, Any], at: str, ms: list[dict[str, Any]], place: str,
+                merge: bool = True) -> tuple[Match, ...] | None:
         out: list[Match] = []
         for j, m in enumerate(ms):
             got = self.match(doc, f"{at}.match[{j}]", m, place)
             if got is None:
                 return None
             out.append(got)
-        return merge_under(tuple(out))
+        return merge_under(tuple(out)) if merge else tuple(out)
 
     def match(self, doc: dict[str, Any], at: str, m: dict[str, Any], place: str) -> Match | None:
         kw: dict[str, Any] = {}
