@@ -32,7 +32,7 @@ Path semantics: Linkerd PathPrefix matches whole segments, exactly meshc `under`
 Not expressible (E301): deny rules, rules for unauthenticated-only sources, path exclusions,
 mTLS disabled, load-balancer choice (Linkerd always uses EWMA), circuit-breaker limits,
 mirroring, rewrites, direct responses, faults, active health checks, retry backoff and
-budgets (except in legacy ServiceProfiles), connection-level retry conditions, ingress
+budgets, connection-level retry conditions, ingress
 exposure and TLS origination.
 """
 
@@ -90,7 +90,9 @@ class LinkerdBackend(GatewayApiBackend):
                                            "RequestRedirect"})
         self.legacy = "legacy_service_profile" in self.options and self.flag("legacy_service_profile")
         # retries are annotations here, whatever the Gateway API channel
-        self.CAPABILITIES = type(self).CAPABILITIES | ({"retry.budget"} if self.legacy else set())  # type: ignore[misc]
+        # ServiceProfile conditions are regexes: byte prefixes are exact there
+        self.CAPABILITIES = type(self).CAPABILITIES | (  # type: ignore[misc]
+            {"route.match.path.prefix"} if self.legacy else set())
 
     def retries_supported(self) -> bool:
         return True  # as annotations, not the Gateway API `retry` field
@@ -146,11 +148,11 @@ class LinkerdBackend(GatewayApiBackend):
         opaque = [str(p.number) for p in svc.ports if p.protocol == "tcp"]
         if opaque:
             out["config.linkerd.io/opaque-ports"] = ",".join(opaque)
-        if svc.is_http and (not svc.routes or self.legacy):
+        if svc.is_http and not svc.routes and not self.legacy:
             # no HTTPRoute: Linkerd reads retry and timeout settings from the Service
             out |= self.retry_annotations(svc.resilience.retry)
             t = svc.resilience.timeout or self.mesh.timeout
-            if t is not None and t.ms is not None and not self.legacy:
+            if t is not None and t.ms is not None:
                 out["timeout.linkerd.io/request"] = k8s.go_duration(t.ms)
         return out
 
@@ -235,29 +237,36 @@ class LinkerdBackend(GatewayApiBackend):
     # ----------------------------------------------------------------- legacy ServiceProfile
 
     def lower_service_profile(self, svc: Service) -> list[dict[str, Any]]:
+        """ServiceProfile routes are tried in order (first match wins), like meshc rules; they
+        carry timeouts and route names but no destinations, filters or retry counts."""
         if not svc.is_http:
             return []
         routes = []
-        for i, rule in enumerate(svc.routes):
+        for i, rule in enumerate(self.default_rules_all(svc)):
             if any(d.service != svc.name or d.version is not None for d in rule.destinations):
                 self.gaps.add("version routing or splits with legacy ServiceProfiles", rule.span,
                               "ServiceProfiles only describe routes; drop `legacy_service_profile`")
-            conds = [self.profile_condition(m) for m in rule.matches] or [{"pathRegex": ".*"}]
+            for what, node in (("redirects", rule.redirect), ("request header changes", rule.request_headers),
+                               ("response header changes", rule.response_headers)):
+                if node is not None:
+                    self.gaps.add(f"{what} with legacy ServiceProfiles", node.span)
             retry = rule.retry or svc.resilience.retry
+            if retry is not None and retry.attempts > 0:
+                self.gaps.add("counted retries with legacy ServiceProfiles", retry.span,
+                              "ServiceProfile retries are limited by a budget, not a count; drop "
+                              "`legacy_service_profile` to get retry.linkerd.io annotations")
+            conds = [self.profile_condition(m) for m in rule.matches] or [{"pathRegex": ".*"}]
             timeout = self.effective_timeout(svc, rule)
             for j, cond in enumerate(conds):
                 entry: dict[str, Any] = {"name": f"rule-{i}-{j}", "condition": cond}
-                if retry is not None and retry.attempts > 0:
-                    entry["isRetryable"] = True
                 if timeout is not None and timeout.ms is not None:
                     entry["timeout"] = k8s.go_duration(timeout.ms)
                 routes.append(entry)
-        spec: dict[str, Any] = {"routes": routes}
-        retry = svc.resilience.retry
-        if retry is not None and retry.budget is not None:
-            spec["retryBudget"] = {"retryRatio": retry.budget / 10_000, "minRetriesPerSecond": 10, "ttl": "10s"}
         name = f"{svc.name}.{svc.namespace}.svc.{self.domain}"
-        return [k8s.cr(PROFILE_API, "ServiceProfile", name, svc.namespace, spec)]
+        return [k8s.cr(PROFILE_API, "ServiceProfile", name, svc.namespace, {"routes": routes})]
+
+    def default_rules_all(self, svc: Service) -> tuple[RouteRule, ...]:
+        return svc.routes or (RouteRule(destinations=(), span=svc.span),)
 
     def profile_condition(self, m: Match) -> dict[str, Any]:
         cond: dict[str, Any] = {}

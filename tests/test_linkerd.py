@@ -169,13 +169,20 @@ def test_rate_limit() -> None:
 
 
 def test_legacy_service_profile_replaces_routes() -> None:
-    objs = objects("service a { port http 80\n route {\n when path under \"/api\" and method GET -> a\n otherwise -> a }\n"
-                   " retry 2 on 5xx budget 20%\n timeout 1s }", legacy_service_profile="true")
+    objs = objects("service a { port http 80\n route {\n when path prefix \"/api\" and method GET -> a\n"
+                   " when path under \"/v1\" -> a { timeout 200ms }\n otherwise -> a }\n timeout 1s }",
+                   legacy_service_profile="true")
     assert not kinds(objs, "HTTPRoute")
     sp = get(objs, "ServiceProfile", "a.default.svc.cluster.local")["spec"]
-    assert sp["routes"][0] == {"name": "rule-0-0", "condition": {"pathRegex": "^/api(/.*)?$", "method": "GET"},
-                               "isRetryable": True, "timeout": "1s"}
-    assert sp["retryBudget"]["retryRatio"] == 0.2
+    assert sp["routes"] == [
+        {"name": "rule-0-0", "condition": {"pathRegex": "^/api.*", "method": "GET"}, "timeout": "1s"},
+        {"name": "rule-1-0", "condition": {"pathRegex": "^/v1(/.*)?$"}, "timeout": "200ms"},
+        {"name": "rule-2-0", "condition": {"pathRegex": ".*"}, "timeout": "1s"}]
+    plain = objects("service b { port http 80 timeout 2s }", legacy_service_profile="true")
+    assert get(plain, "ServiceProfile", "b.default.svc.cluster.local")["spec"]["routes"] == [
+        {"name": "rule-0-0", "condition": {"pathRegex": ".*"}, "timeout": "2s"}]
+    errs = errors("service a { port http 80 retry 2 on 5xx }", legacy_service_profile="true")
+    assert any("counted retries with legacy ServiceProfiles" in m for m in errs)
 
 
 @pytest.mark.parametrize("src, needle", [
