@@ -609,6 +609,10 @@ class GatewayApiBackend(Backend):
                                                      "port": http_port}]}
             if ms:
                 rule["matches"] = ms
+            # the gateway hop gets the service's own timeout, never the implementation's default
+            rule["timeouts"] = self.timeouts(svc, RouteRule(span=svc.span))
+            if not rule["timeouts"]:
+                del rule["timeouts"]
             spec: dict[str, Any] = {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                                     "name": gw_name, "namespace": ns}],
                                     "rules": [rule]}

@@ -229,6 +229,10 @@ class LinkerdBackend(GatewayApiBackend):
         return {"timeout.linkerd.io/request": k8s.go_duration(ms)} if ms is not None else {}
 
     def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:
+        if svc.routes and any(p.protocol == "tls" for p in svc.ports):
+            self.gaps.add("splits on TLS ports", svc.routes[0].span,
+                          "Linkerd routes TLS by SNI (TLSRoute), which meshc splits do not name")
+            return []
         objs = super().lower_tcp_route(svc)
         for o in objs:
             o["apiVersion"] = "gateway.networking.k8s.io/v1alpha2"  # the TCPRoute Linkerd ships

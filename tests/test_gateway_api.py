@@ -176,7 +176,8 @@ def test_ingress_gateway() -> None:
     route = get(objs, "HTTPRoute", "web-ingress")["spec"]
     assert route["hostnames"] == ["shop.example"]
     assert route["rules"] == [{"backendRefs": [{"group": "", "kind": "Service", "name": "web", "port": 8080}],
-                               "matches": [{"path": {"type": "PathPrefix", "value": "/app"}}]}]
+                               "matches": [{"path": {"type": "PathPrefix", "value": "/app"}}],
+                               "timeouts": {"request": "0s"}}]
 
 
 @pytest.mark.parametrize("src, needle", [
