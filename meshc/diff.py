@@ -134,7 +134,7 @@ class Diff:
         return out
 
     def relabel(self, old: str, new: str) -> Diff:
-        """Rewrite a path prefix in locations (the temporary tree of `--base` becomes `REF:`)."""
+        """Rewrite a path prefix in locations (the virtual git root of `--base` becomes `REF:`)."""
         return Diff([Change(c.category, c.subject, c.text, c.op, c.effect,
                             c.where.replace(old, new), c.old, c.new) for c in self.changes])
 
@@ -542,23 +542,29 @@ def _diff_resilience(old: Mesh, new: Mesh, a: Service, b: Service) -> Iterator[C
         yield from _diff_faults(name, head, o.faults, r.faults, loc(r.span))
 
 
-def _amplification_inputs(mesh: Mesh) -> str:
-    """What worst-case attempts depend on: calls, retries and route destinations."""
-    h = hashlib.sha1()
-    for s in mesh.services:
-        h.update(json.dumps([s.name, sorted(s.calls), sig(s.resilience.retry),
-                             [[sig(r.retry), sorted((d.service, d.version or "") for d in r.destinations),
-                               r.mirror.destination.service if r.mirror else ""]
-                              for r in s.routes]]).encode())
-    return h.hexdigest()
+def _amplification_key(s: Service) -> str:
+    """What worst-case attempts depend on in one service: calls, retries, route targets."""
+    return json.dumps([sorted(s.calls), sig(s.resilience.retry),
+                       [[sig(r.retry), sorted((d.service, d.version or "") for d in r.destinations),
+                         r.mirror.destination.service if r.mirror else ""] for r in s.routes]])
 
 
-def _diff_amplification(old: Mesh, new: Mesh) -> Iterator[Change]:
+def _amplification_changed(old: Mesh, new: Mesh, changed: Iterable[str]) -> bool:
+    if {s.name for s in old.services} != {s.name for s in new.services}:
+        return True
+    for name in changed:
+        a, b = old.service(name), new.service(name)
+        if a is None or b is None or _amplification_key(a) != _amplification_key(b):
+            return True
+    return False
+
+
+def _diff_amplification(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterator[Change]:
     try:
         from meshc import graph
     except ImportError:  # graph checks not installed: nothing to compare
         return
-    if _amplification_inputs(old) == _amplification_inputs(new):
+    if not _amplification_changed(old, new, changed):
         return
     aa, ab = graph.amplification(old), graph.amplification(new)
     for svc in sorted(aa.keys() | ab.keys()):
@@ -716,52 +722,51 @@ def _diff_new_service_posture(new: Mesh, names: Iterable[str]) -> Iterator[Chang
 # --------------------------------------------------------------------------- access
 
 
-def _rule_plains(mesh: Mesh) -> dict[int, str]:
-    """Each authorization rule once, span-free, with a service source's identity appended (a
-    renamed service account changes the grant). Not order-normalised: a rule rewritten in
-    another order only costs a probe, which then finds no difference."""
-    out = {}
-    for r in mesh.rules:
-        idents = [_identity_of(mesh, s.name) for s in r.sources if s.kind == "service"]
-        out[id(r)] = sig(r) + "|" + ",".join(idents)
-    return out
-
-
 def _identity_of(mesh: Mesh, name: str) -> str:
     s = mesh.service(name)
     return s.identity.spiffe if s else ""
 
 
-def _relevant(mesh: Mesh) -> tuple[dict[str, list[AuthzRule]], list[AuthzRule]]:
-    by: dict[str, list[AuthzRule]] = defaultdict(list)
-    star: list[AuthzRule] = []
-    for r in mesh.rules:
-        for d in dict.fromkeys(r.destinations):
-            (star if d == "*" else by[d]).append(r)
-    return by, star
+def _access_head(mesh: Mesh) -> tuple[str, ...]:
+    """Mesh settings every authorization decision depends on."""
+    return (mesh.mtls, mesh.authz, mesh.path_normalization, mesh.trust_domain, mesh.ingress_identity.spiffe)
 
 
-def _authz_fingerprints(mesh: Mesh) -> dict[str, str]:
-    """Per destination service: everything its effective grants depend on, canonical.
-
-    Rules are order-free (deny beats allow), so the relevant rules are compared sorted."""
-    by, star = _relevant(mesh)
-    plains = _rule_plains(mesh)
-    star_plain = sorted(plains[id(r)] for r in star)
-    uses_identity = any(s.kind in ("identity", "authenticated") for r in mesh.rules for s in r.sources)
-    # `identity NAME` sources match whichever services run as NAME: then the identity map counts.
-    ident_map = (hashlib.sha1(json.dumps(sorted((s.name, s.identity.spiffe) for s in mesh.services))
-                              .encode()).hexdigest() if uses_identity else "")
-    head = [mesh.mtls, mesh.authz, mesh.path_normalization, mesh.trust_domain,
-            mesh.ingress_identity.spiffe, ident_map, star_plain]
-    head_s = json.dumps(head)
+def _rule_keys(mesh: Mesh) -> dict[str, AuthzRule]:
+    """Each rule, span-free, with its service sources' identities (a renamed service account
+    changes the grant). Not order-normalised: a rule rewritten in another order only costs a
+    probe, which then finds no difference."""
     out = {}
-    for s in mesh.services:
-        rules = sorted(plains[id(r)] for r in by.get(s.name, ()))
-        data = [head_s, s.identity.spiffe, s.mtls, s.external is not None,
-                sorted((p.protocol, p.number, p.mtls) for p in s.ports), rules]
-        out[s.name] = hashlib.sha1(json.dumps(data).encode()).hexdigest()
+    for r in mesh.rules:
+        idents = ",".join(_identity_of(mesh, s.name) for s in r.sources if s.kind == "service")
+        out[sig(r) + "|" + idents] = r
     return out
+
+
+def _affected_destinations(old: Mesh, new: Mesh, changed: Iterable[str]) -> list[str]:
+    """Destinations whose effective grants may differ; every other one is provably unchanged:
+    same rules naming it (or `*`), same service, same mesh-wide settings."""
+    everyone = sorted({s.name for s in old.services} | {s.name for s in new.services})
+    if _access_head(old) != _access_head(new):
+        return everyone
+    names_a, names_b = {s.name for s in old.services}, {s.name for s in new.services}
+    moved = set(changed) | (names_a ^ names_b)
+    affected = set(moved)
+    ka, kb = _rule_keys(old), _rule_keys(new)
+    differing = [ka[k] for k in ka.keys() - kb.keys()] + [kb[k] for k in kb.keys() - ka.keys()]
+    # `identity NAME` sources match whichever services run as NAME: a service that changed
+    # (or appeared) may now match one, which affects that rule's destinations too.
+    idents = {f"{s.identity.namespace}/{s.identity.name}" for m in (old, new) for n in moved
+              if (s := m.service(n)) is not None}
+    idents |= {i.split("/", 1)[1] for i in idents}
+    for r in (*old.rules, *new.rules):
+        if any(src.kind == "identity" and src.name in idents for src in r.sources):
+            differing.append(r)
+    for r in differing:
+        if "*" in r.destinations:
+            return everyone
+        affected.update(r.destinations)
+    return sorted(affected & (names_a | names_b))
 
 
 ANY = "*"
@@ -1018,15 +1023,12 @@ def _diff_access_pair(old: Mesh, new: Mesh, dest: str, probes: list[_Probe], dim
             yield Change("access", f"{label} -> {dest}", text, op, effect, where)  # type: ignore[arg-type]
 
 
-def _diff_access(old: Mesh, new: Mesh) -> Iterator[Change]:
-    fa, fb = _authz_fingerprints(old), _authz_fingerprints(new)
-    dests = sorted(n for n in fa.keys() | fb.keys() if fa.get(n) != fb.get(n))
-    if not dests:
-        return
-    by_a, star_a = _relevant(old)
-    by_b, star_b = _relevant(new)
-    for dest in dests:
-        rules = by_a.get(dest, []) + star_a + by_b.get(dest, []) + star_b
+def _diff_access(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterator[Change]:
+    from meshc import authz
+
+    ia, ib = authz.index(old), authz.index(new)
+    for dest in _affected_destinations(old, new, changed):
+        rules = [r for idx in (ia, ib) for group in idx.rules_for(dest) for r in group]
         sa, sb = old.service(dest), new.service(dest)
         ports = {p.number for s in (sa, sb) if s is not None for p in s.ports}
         probes, dims = _probes(rules, ports)
@@ -1114,8 +1116,8 @@ def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> 
         changes += _diff_resilience(old, new, a, b)
         changes += _diff_service_posture(old, new, a, b)
     changes += _diff_new_service_posture(new, sorted({s.name for s in new.services} - names_a))
-    changes += _diff_access(old, new)
-    changes += _diff_amplification(old, new)
+    changes += _diff_access(old, new, changed)
+    changes += _diff_amplification(old, new, changed)
     if targets:
         changes += diff_targets(old, new, targets)
     return Diff(changes)

@@ -366,3 +366,12 @@ def test_header_conditions_are_probed_together():
     rule = 'allow frontend -> ratings headers x-tenant == "a", x-env == "prod"\n'
     got = lines(diff(SHOP + rule))
     assert got == ['+ allow frontend -> ratings headers x-env == "prod", x-tenant == "a" (widens)']
+
+
+def test_service_taking_an_identity_named_by_a_rule_gains_its_access():
+    base = SHOP + "allow identity legacy-batch -> ratings methods GET, POST\n"
+    new = edit("service checkout {\n  port http 8080\n", "service checkout {\n  port http 8080\n  identity legacy-batch\n",
+               base)
+    got = lines(semantic_diff(mesh(base), mesh(new)))
+    assert "~ checkout: identity default/checkout -> default/legacy-batch" in got
+    assert "+ allow checkout -> ratings GET, POST (widens)" in got
