@@ -499,6 +499,38 @@ def _meta_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+# Duration fields that their CRD types as a bare string (no format, pattern or CEL rule).
+# (apiVersion, kind) -> dotted paths, `[]` stepping into every list item.
+DURATION_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("linkerd.io/v1alpha2", "ServiceProfile"): ("spec.routes[].timeout", "spec.retryBudget.ttl"),
+}
+
+
+def _values_at(obj: Any, path: str, where: str = "") -> Iterable[tuple[str, Any]]:
+    head, _, rest = path.partition(".")
+    many = head.endswith("[]")
+    key = head[:-2] if many else head
+    if not isinstance(obj, dict) or key not in obj:
+        return
+    here = f"{where}.{key}" if where else key
+    items = list(enumerate(obj[key])) if many and isinstance(obj[key], list) else [(None, obj[key])]
+    for i, val in items:
+        loc = here if i is None else f"{here}[{i}]"
+        if rest:
+            yield from _values_at(val, rest, loc)
+        else:
+            yield loc, val
+
+
+def _duration_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for path in DURATION_FIELDS.get((str(obj.get("apiVersion")), str(obj.get("kind"))), ()):
+        for loc, val in _values_at(obj, path):
+            if not isinstance(val, str) or parse_go_duration(val) is None:
+                out.append((loc, f"{val!r} is not a duration (Go syntax, e.g. 1m30s, 250ms)"))
+    return out
+
+
 def _fmt_path(parts: Iterable[Any]) -> str:
     out = ""
     for p in parts:
@@ -522,7 +554,7 @@ def validate_object(obj: Any, store: SchemaStore | None) -> list[tuple[str, str]
     loaded = store.get(api_version, kind)
     if loaded is None:
         return [("", f"no schema for {api_version} {kind} in {store.root}")]
-    out = _meta_problems(obj)
+    out = _meta_problems(obj) + _duration_problems(obj)
     errors = sorted(loaded.validator.iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     for e in errors:
         out.append((_fmt_path(e.absolute_path), e.message))

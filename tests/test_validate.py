@@ -239,3 +239,12 @@ spec:
     assert validate_objects([ok], tmp_path) == []
     bad = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"port": 1.5}}
     assert [p.path for p in validate_objects([bad], tmp_path)] == ["spec.port"]
+
+
+@needs_schemas
+def test_bare_string_durations_are_checked() -> None:
+    sp = {"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile", "metadata": {"name": "a.default.svc.cluster.local"},
+          "spec": {"routes": [{"name": "r", "condition": {"pathRegex": ".*"}, "timeout": "1s"},
+                              {"name": "s", "condition": {"pathRegex": ".*"}, "timeout": "soon"}]}}
+    assert [(p.path, "duration" in p.message) for p in validate_objects([sp], SCHEMAS, target="linkerd")] == [
+        ("spec.routes[1].timeout", True)]
