@@ -8,7 +8,9 @@ tree from somewhere other than the disk (e.g. a git revision).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +86,27 @@ def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
     return order
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Front-end objects form no reference cycles worth collecting while they are built, but
+    allocating millions of them makes the cyclic collector rescan the heap over and over (4x
+    slower at 10,000 services). Pause it for the pipeline; reference counting still frees."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = True) -> Loaded:
     """Parse, resolve and check; raise MeshcError on errors, return warnings alongside."""
+    with _no_cyclic_gc():
+        return _load_all(paths, read, checks)
+
+
+def _load_all(paths: Sequence[Path], read: Reader, checks: bool) -> Loaded:
     parsed = parse_all(paths, read)
     # Root files come last in `parsed` (imports first), so overlays in a root file apply last.
     mesh = resolve([p.ast for p in parsed])
