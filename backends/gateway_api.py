@@ -30,6 +30,10 @@ Lowering decisions (docs/language.md semantics -> Gateway API):
   502-504, and listed codes). Connection-level conditions (connect-failure, reset,
   refused-stream) and retriable-4xx have no Gateway API spelling: E301.
 - Mirroring -> RequestMirror with an exact `fraction` of 10000.
+- Ingress: one Gateway (listeners per port and host) and an HTTPRoute per exposed service
+  with the service's timeout; byte-prefix ingress paths are E301 like route matches.
+- External services are ExternalName Services; routes cannot attach to them, so route rules
+  and resilience settings on an external are E301. TCP services: TCPRoute splits only.
 - No identity authorization, faults, load balancing, circuit breaking, outlier detection,
   health checks, rate limits or direct responses in the Gateway API: E301. mTLS and the
   authorization posture are the mesh implementation's (warning W320 says so for

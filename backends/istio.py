@@ -39,7 +39,15 @@ Lowering decisions (docs/language.md semantics -> Istio):
   are not schema-checked here: E301. SLOs are not proxy configuration: E301 (use the
   prometheus target).
 - `path_normalization strict` is MeshConfig (`meshConfig.pathNormalization`), not a CRD:
-  set `normalization: MERGE_SLASHES` at install time (Istio rejects `%2F` by default).
+  warning W321 asks for `normalization: MERGE_SLASHES` at install time when rules use paths.
+- TCP services: splits become `tcp` routes (TCP ports) or SNI-matched `tls` routes (TLS
+  ports, which `tcp` routes do not cover); conditions, timeouts and retries there are E301.
+- Ingress: the gateway's VirtualService carries the service's timeout and retries (Istio's
+  gateway default would otherwise be 2 retries).
+- External services: ServiceEntry (MESH_EXTERNAL, DNS), a VirtualService pinning retries and
+  timeouts for HTTP callers, and a DestinationRule for load balancing, pools, outlier
+  detection and TLS origination (`SIMPLE`, SNI) — never ISTIO_MUTUAL.
+- Generated names (`<svc>-allow`, `default-deny`, `<mesh>-gateway`, ...) that collide are E301.
 """
 
 from __future__ import annotations
