@@ -118,12 +118,23 @@ def attempts_into(svc: Service) -> tuple[int, Retry | None]:
 # --------------------------------------------------------------------------- the graph
 
 
+def _calls(svc: Service) -> Iterator[tuple[str, Span]]:
+    """Each declared callee once, with the span to blame: the `calls` entry if the model keeps
+    one (`Service.call_spans`, parallel to `calls`), else the service."""
+    spans = getattr(svc, "call_spans", None) or ()
+    seen: set[str] = set()
+    for i, callee in enumerate(svc.calls):
+        if callee not in seen:
+            seen.add(callee)
+            yield callee, spans[i] if i < len(spans) else svc.span
+
+
 def _traffic_edges(mesh: Mesh) -> Iterator[tuple[str, str, str, Span, dict[str, object]]]:
     """(source, target, kind, span, extra) for every edge requests can travel."""
     for svc in mesh.services:
-        for callee in svc.calls:
+        for callee, span in _calls(svc):
             if authz.lookup(mesh, callee) is not None:
-                yield svc.name, callee, "calls", svc.span, {}
+                yield svc.name, callee, "calls", span, {}
         if svc.expose is not None:
             yield INGRESS_NODE, svc.name, "expose", svc.expose.span, {}
         for rule in svc.routes:
@@ -503,14 +514,14 @@ def _dead_help(why: str, source: str, dest: str, alternative: str) -> str:
 def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
     """W204: declared calls, exposures, cross-service routes and mirrors that authz refuses."""
     for svc in mesh.services:
-        for callee in dict.fromkeys(svc.calls):
+        for callee, span in _calls(svc):
             if authz.lookup(mesh, callee) is None:
                 continue
             why = _refusal(mesh, svc.name, callee)
             if why:
                 yield Diagnostic(
                     "W204", f"'{svc.name}' calls '{callee}', but '{callee}' refuses every request from it ({why})",
-                    svc.span, label=f"calls {callee}: dead traffic",
+                    span, label=f"calls {callee}: dead traffic",
                     help=_dead_help(why, svc.name, callee, "drop the call"))
         if svc.expose is not None:
             why = _refusal(mesh, authz.INGRESS, svc.name)
@@ -557,6 +568,31 @@ def check_amplification(mesh: Mesh, limit: int = DEFAULT_AMPLIFICATION_LIMIT) ->
             help="retry at one layer only (usually the edge), lower retry counts, or add a retry budget")
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """The (timeout, retry) a request to a service may run under, and whether the timeout is
+    the service's own choice (rule, service or policy) rather than the inherited mesh default."""
+
+    timeout: Timeout | None
+    retry: Retry | None
+    own_timeout: bool
+
+
+def _settings(mesh: Mesh, svc: Service) -> list[_Setting]:
+    """The distinct settings over `svc`'s forwarding rules (most rules share the service's)."""
+    out: dict[tuple[int, int], _Setting] = {}
+    service_own = svc.resilience.timeout is not None and svc.resilience.timeout != mesh.timeout
+    for rule in _rule_slots(svc):
+        timeout = _effective_timeout(mesh, svc, rule)
+        retry = _effective_retry(svc, rule)
+        key = (id(timeout), id(retry))
+        if key not in out:
+            # The resolver copies the mesh default into the service; same span and value = inherited.
+            own = (rule is not None and rule.timeout is not None) or service_own
+            out[key] = _Setting(timeout, retry, own)
+    return list(out.values())
+
+
 def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
     """The longest a request to `svc` can take (bounded settings only), how, and where set.
 
@@ -567,13 +603,9 @@ def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
     if not svc.is_http:
         return None  # request timeouts and retries do not apply to TCP/TLS ports
     worst: tuple[int, str, Span] | None = None
-    for rule in _rule_slots(svc):
-        timeout = _effective_timeout(mesh, svc, rule)
-        retry = _effective_retry(svc, rule)
-        # The resolver copies the mesh default into the service; same span and value = inherited.
-        own_timeout = (rule is not None and rule.timeout is not None) or (
-            svc.resilience.timeout is not None and svc.resilience.timeout != mesh.timeout)
-        if not own_timeout and (retry is None or retry.attempts == 0):
+    for st in _settings(mesh, svc):
+        timeout, retry = st.timeout, st.retry
+        if not st.own_timeout and (retry is None or retry.attempts == 0):
             continue
         candidates: list[tuple[int, str, Span]] = []
         if timeout is not None and timeout.ms is not None:
@@ -589,11 +621,11 @@ def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
     return worst
 
 
-def _budget(mesh: Mesh, svc: Service) -> Timeout | None:
-    """The timeout bounding every request `svc` serves (the largest over its rules), if all are bounded."""
+def _budget(settings: list[_Setting]) -> Timeout | None:
+    """The timeout bounding every request a service serves (the largest), if all are bounded."""
     found: Timeout | None = None
-    for rule in _rule_slots(svc):
-        t = _effective_timeout(mesh, svc, rule)
+    for st in settings:
+        t = st.timeout
         if t is None or t.ms is None:
             return None
         if found is None or t.ms > (found.ms or 0):
@@ -604,8 +636,9 @@ def _budget(mesh: Mesh, svc: Service) -> Timeout | None:
 def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
     """W206 (caller budget below callee worst case) and E212 (per_try >= timeout)."""
     worst_cache: dict[str, tuple[int, str, Span] | None] = {}
+    settings = {svc.name: _settings(mesh, svc) for svc in mesh.services}
     for svc in mesh.services:
-        budget = _budget(mesh, svc) if svc.is_http else None
+        budget = _budget(settings[svc.name]) if svc.is_http and svc.calls else None
         if budget is None or budget.ms is None:
             continue
         for callee in dict.fromkeys(svc.calls):
@@ -625,9 +658,8 @@ def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
                 help=f"raise this timeout above {fmt_ms(worst[0])}, or lower the timeout or retries of '{callee}'")
     seen: set[tuple[int, int]] = set()
     for svc in mesh.services:
-        for rule in _rule_slots(svc):
-            retry = _effective_retry(svc, rule)
-            timeout = _effective_timeout(mesh, svc, rule)
+        for st in settings[svc.name]:
+            retry, timeout = st.retry, st.timeout
             if retry is None or retry.per_try_ms is None or timeout is None or timeout.ms is None:
                 continue
             if retry.per_try_ms < timeout.ms or (id(retry), id(timeout)) in seen:
