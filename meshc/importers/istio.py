@@ -38,6 +38,8 @@ from meshc.importers.common import (
     duration_ms,
     finish,
     kind_of,
+    lift_routes,
+    merge_under,
     meta,
     percent,
     read_documents,
@@ -539,45 +541,9 @@ class IstioImporter:
         return None
 
     def set_routes(self, d: Draft, rules: list[RouteRule]) -> None:
-        """Lift what every route repeats (timeout, retries, faults) to the service."""
-        if not rules:
-            return
-        self.routed.add(d.name)
-        forwarding = [r for r in rules if r.destinations] or rules
-        last = forwarding[-1]
-        timeouts = [r.timeout for r in rules]
-        svc_timeout = last.timeout
-        retries = [r.retry for r in rules]
-        svc_retry = last.retry
-        if svc_timeout is not None:
-            d.resilience["timeout"] = svc_timeout
-        if svc_retry is not None and svc_retry.attempts > 0:
-            d.resilience["retry"] = svc_retry
-        faults = [r.faults for r in rules]
-        lift_faults = len(set(faults)) == 1 and faults[0] and len(rules) == 1
-        if lift_faults:
-            d.faults = list(faults[0])
-        out = []
-        for r, t, rt in zip(rules, timeouts, retries, strict=True):
-            upd: dict[str, Any] = {}
-            upd["timeout"] = None if _same(t, svc_timeout) else (t or Timeout(ms=None))
-            if _same(rt, svc_retry):
-                upd["retry"] = None
-            elif rt is None or rt.attempts == 0:
-                upd["retry"] = Retry(attempts=0, on=()) if svc_retry is not None and svc_retry.attempts else None
-            else:
-                upd["retry"] = rt
-            if lift_faults:
-                upd["faults"] = ()
-            if r.redirect is not None or r.respond is not None:
-                upd["retry"] = upd["timeout"] = None  # no upstream request: nothing to time out or retry
-            out.append(r.model_copy(update=upd))
-        only = out[0] if len(out) == 1 else None
-        if only is not None and only.is_default and len(only.destinations) == 1 and \
-                only.destinations[0] == Destination(service=d.name) and \
-                only == RouteRule(destinations=only.destinations):
-            out = []
-        d.routes = out
+        if rules:
+            self.routed.add(d.name)
+        lift_routes(d, rules)
 
     def default_retries(self) -> None:
         """The Istio-default retry marker becomes an explicit retry (or none) per service."""
@@ -858,27 +824,6 @@ class IstioImporter:
                     name = lookup_host(host, ns if hns in ("~", ".") else hns, self.drafts, self.external_hosts)
                     if name is not None and name != d.name:
                         d.calls.append(name)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    return bool(a == b)
-
-
-def merge_under(ms: tuple[Match, ...]) -> tuple[Match, ...]:
-    """`exact /p` or `prefix /p/` with otherwise equal conditions: meshc's `under /p`."""
-    out = list(ms)
-    i = 0
-    while i < len(out):
-        m = out[i]
-        if m.path is not None and m.path.kind == "exact" and m.path.value != "/":
-            twin = m.model_copy(update={"path": PathMatch(kind="prefix", value=m.path.value + "/")})
-            if twin in out:
-                out.remove(twin)
-                out[out.index(m)] = m.model_copy(update={"path": PathMatch(kind="under", value=m.path.value)})
-        i += 1
-    return tuple(out)
 
 
 def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
