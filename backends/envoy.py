@@ -327,7 +327,8 @@ class EnvoyBackend(Backend):
         "certs_dir": "where the `meshc certs` files are at run time (default: certs)",
         "config_dir": "where this bundle is at run time, for --dynamic xDS paths (default: .)",
         "admin_port": "admin port on 127.0.0.1 (default 15000; 0 picks a free port)",
-        "inbound_address": "address the inbound listeners bind (default 0.0.0.0)",
+        "inbound_address": "address the inbound and Prometheus listeners bind (default 0.0.0.0)",
+        "prometheus_port": "port serving /stats/prometheus (default 15090; 0: none)",
         "outbound_base": "first outbound loopback port of every sidecar (default 15100)",
         "peer_host": "host where callee sidecars are reached (default 127.0.0.1)",
         "format": "yaml (default) or json: compact JSON is ~40x faster to write for very large meshes",
@@ -380,6 +381,7 @@ class EnvoyBackend(Backend):
         return bundle
 
     def emit(self, bundle: Bundle, sc: Sidecar) -> None:
+        self.add_prometheus(sc)
         clusters = [sc.clusters[k] for k in sorted(sc.clusters)]
         boot = self.bootstrap(sc)
         fmt = "json" if self.opt("format", "yaml") == "json" else "yaml"
@@ -411,6 +413,26 @@ class EnvoyBackend(Backend):
         if not self.mesh.observability.metrics:
             boot["stats_config"] = {"stats_matcher": {"reject_all": True}}
         return boot
+
+    def add_prometheus(self, sc: Sidecar) -> None:
+        """Prometheus scrapes `/stats/prometheus` on its own port; admin stays on loopback.
+        Nothing else of admin is reachable through it (exact path, GET only)."""
+        admin_port = self.int_opt("admin_port", 15000)
+        port = self.int_opt("prometheus_port", 15090)
+        if not self.mesh.observability.metrics or port == 0 or admin_port == 0:
+            return
+        sc.clusters["prometheus_stats"] = static_cluster("prometheus_stats", [("127.0.0.1", admin_port)])
+        hcm = {"stat_prefix": "prometheus", "codec_type": "AUTO",
+               "route_config": {"name": "prometheus", "virtual_hosts": [{
+                   "name": "prometheus", "domains": ["*"], "routes": [{
+                       "match": {"path": "/stats/prometheus",
+                                 "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+                       "route": {"cluster": "prometheus_stats"}}]}]},
+               "http_filters": [typed("envoy.filters.http.router", ROUTER, {})]}
+        addr = self.opt("inbound_address", "0.0.0.0")
+        sc.listeners.append({"name": "prometheus", "address": socket(addr, port), "filter_chains": [
+            {"filters": [typed("envoy.filters.network.http_connection_manager", HCM, hcm)]}]})
+        sc.index["prometheus"] = {"address": addr, "port": port, "path": "/stats/prometheus"}
 
     def index_rules(self, mesh: Mesh) -> None:
         """Rules by destination and allow edges by source, once: lowering stays linear."""

@@ -380,8 +380,8 @@ def test_inbound_version_routes_faults_and_rate_limit() -> None:
 def test_sidecar_scoped_to_dependencies() -> None:
     many = [svc(f"s{i:03d}", 10000 + i, eps=(20000 + i,), calls=(f"s{(i + 1) % 50:03d}",)) for i in range(50)]
     boot = load(lower(mesh_of(*many)), "s000/envoy.yaml")
-    assert sorted(listeners(boot)) == ["inbound_10000", "outbound_s001_10001"]
-    assert sorted(clusters(boot)) == ["inbound|10000|", "outbound|10001||s001"]
+    assert sorted(listeners(boot)) == ["inbound_10000", "outbound_s001_10001", "prometheus"]
+    assert sorted(clusters(boot)) == ["inbound|10000|", "outbound|10001||s001", "prometheus_stats"]
 
 
 def test_allow_rule_edges_are_dependencies() -> None:
@@ -429,11 +429,23 @@ def test_ingress_gateway() -> None:
         "tls_certificates"][0]["certificate_chain"]["filename"] == "certs/default.ingress-gateway.pem"
 
 
+def test_prometheus_listener_only_exposes_stats() -> None:
+    boot = load(lower(rich_mesh()), "front/envoy.yaml")
+    prom = listeners(boot)["prometheus"]
+    assert prom["address"]["socket_address"]["port_value"] == 15090
+    (route,) = routes_of(prom)
+    assert route["match"]["path"] == "/stats/prometheus" and route["route"]["cluster"] == "prometheus_stats"
+    assert clusters(boot)["prometheus_stats"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
+        "endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    assert "prometheus" not in listeners(load(lower(rich_mesh(), prometheus_port="0"), "front/envoy.yaml"))
+
+
 def test_observability_settings() -> None:
     from meshc.model import Observability
     off = rich_mesh().model_copy(update={"observability": Observability(access_log="off", metrics=False)})
     boot = load(lower(off), "front/envoy.yaml")
     assert boot["stats_config"] == {"stats_matcher": {"reject_all": True}}
+    assert "prometheus" not in listeners(boot)
     assert "access_log" not in hcm_of(listeners(boot)["inbound_9000"])
     on = hcm_of(listeners(load(lower(rich_mesh()), "front/envoy.yaml"))["inbound_9000"])
     fmt = on["access_log"][0]["typed_config"]["log_format"]["json_format"]
@@ -517,3 +529,40 @@ def test_validate_examples(name: str, files: list[Path], tmp_path: Path) -> None
     # here); two dynamic bootstraps cover the xDS wiring.
     paths += compile_for_validation(mesh, tmp_path / "dyn", dynamic="true")[:2]
     envoy_validate(paths, tmp_path)
+
+
+@needs_envoy
+def test_prometheus_port_serves_stats_only(tmp_path: Path) -> None:
+    """A real Envoy: /stats/prometheus on the scrape port, admin's other pages unreachable."""
+    import socket as sock
+    import time
+    import urllib.error
+    import urllib.request
+
+    def free() -> int:
+        with sock.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    admin, prom, inbound = free(), free(), free()
+    m = mesh_of(svc("a", inbound, eps=(free(),)))
+    paths = compile_for_validation(m, tmp_path, admin_port=str(admin), prometheus_port=str(prom),
+                                   inbound_address="127.0.0.1")
+    proc = subprocess.Popen([ENVOY or "envoy", "-c", str(paths[0]), "--disable-hot-restart", "--concurrency", "1",
+                             "-l", "error"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        body = ""
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{prom}/stats/prometheus", timeout=1) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.1)
+        assert "envoy_cluster_upstream_rq_total" in body or "envoy_server_live" in body
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{prom}/config_dump", timeout=2)
+        assert err.value.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
