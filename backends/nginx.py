@@ -573,11 +573,18 @@ class NginxBackend(Backend):
                                       children=[d("return", 400)]))
                 named: list[D] = []
                 whole = False
+                taken: dict[tuple[Arg, ...], str] = {}
                 for svc, port in groups[(listen, host)]:
                     route_var, locs = self.route_table(sc, svc, svc, port, ctx)
                     named += locs
                     assert svc.expose is not None
                     for mods in ingress_locations(svc.expose.paths):
+                        if mods in taken:
+                            ctx.error(f"'{svc.name}' and '{taken[mods]}' expose the same path on port {listen} "
+                                      f"(host {host})", svc.expose.span,
+                                      help="give them different paths, hosts or ports")
+                            continue
+                        taken[mods] = svc.name
                         whole = whole or mods == ("/",)
                         body.append(block("location", *mods, children=[dispatch(route_var)]))
                 if not whole:
