@@ -854,8 +854,16 @@ def check(mesh: Mesh, *, amplification_limit: int = DEFAULT_AMPLIFICATION_LIMIT)
 # --------------------------------------------------------------------------- rendering
 
 
-def _edge_style(mesh: Mesh, u: str, v: str, data: dict[str, object]) -> tuple[str, str]:
-    """(style, label) for an edge: denied / partial / allowed / split / mirror / allow."""
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _edge_style(mesh: Mesh, u: str, v: str, data: dict[str, object],
+                callers: dict[str, list[str]]) -> tuple[str, str]:
+    """(style, label) for an edge: denied / partial / allowed / split / mirror / allow.
+
+    A declared call or exposure is judged by the caller's own access; a route or mirror hop by
+    the access of the routing service's callers (routed requests keep the caller's identity)."""
     kinds = data["kinds"]
     assert isinstance(kinds, tuple)
     traffic = [k for k in kinds if k != "allow"]
@@ -866,14 +874,17 @@ def _edge_style(mesh: Mesh, u: str, v: str, data: dict[str, object]) -> tuple[st
         labels.append(f"route {fmt_percent(int(data.get('weight', FULL)))}")  # type: ignore[call-overload]
     if "mirror" in kinds:
         labels.append(f"mirror {fmt_percent(int(data.get('percent', FULL)))}")  # type: ignore[call-overload]
-    level = authz.access(mesh, u if u != INGRESS_NODE else authz.INGRESS, v).level
-    if level == "none":
-        return "denied", ", ".join(labels + ["denied"])
-    if "split" in kinds:
-        return "split", ", ".join(labels)
-    if "mirror" in kinds and len(traffic) == 1:
-        return "mirror", ", ".join(labels)
-    return ("partial" if level == "partial" else "allowed"), ", ".join(labels + (["partial"] if level == "partial" else []))
+    if "calls" in kinds or "expose" in kinds:
+        acc = authz.access(mesh, u if u != INGRESS_NODE else authz.INGRESS, v)
+        if acc.level == "none":
+            return "denied", ", ".join(labels + ["denied"])
+        if acc.level == "partial":
+            return "partial", ", ".join(labels + [_short(str(acc).removeprefix("partial: "))])
+        return "allowed", ", ".join(labels)
+    refused = [c for c in callers.get(u, []) if not authz.reachable(mesh, c, v)]
+    if refused:
+        return "denied", ", ".join(labels + [_short("denied for " + ", ".join(refused))])
+    return ("split" if "split" in kinds or "route" in kinds else "mirror"), ", ".join(labels)
 
 
 _DOT_STYLE = {
@@ -898,8 +909,9 @@ def to_dot(mesh: Mesh) -> str:
              '  edge [fontname="Helvetica", fontsize=10];']
     for n in sorted(g.nodes):
         lines.append(f"  {_dq(n)} [{_DOT_NODE[g.nodes[n]['kind']]}];")
+    callers = _declared_callers(mesh)
     for u, v in sorted(g.edges):
-        style, label = _edge_style(mesh, u, v, g.edges[u, v])
+        style, label = _edge_style(mesh, u, v, g.edges[u, v], callers)
         attrs = _DOT_STYLE[style] + (f", label={_dq(label)}" if label else "")
         lines.append(f"  {_dq(u)} -> {_dq(v)} [{attrs}];")
     lines.append("}")
@@ -925,8 +937,9 @@ def to_mermaid(mesh: Mesh) -> str:
         left, right = shape[g.nodes[n]["kind"]]
         lines.append(f"  {i}{left}{_mermaid_text(n)}{right}")
     link_styles = []
+    callers = _declared_callers(mesh)
     for k, (u, v) in enumerate(sorted(g.edges)):
-        style, label = _edge_style(mesh, u, v, g.edges[u, v])
+        style, label = _edge_style(mesh, u, v, g.edges[u, v], callers)
         arrow = _MERMAID_ARROW[style]
         lines.append(f"  {ids[u]} {arrow}{'|' + _mermaid_text(label) + '|' if label else ''} {ids[v]}")
         if style in _MERMAID_COLOR:

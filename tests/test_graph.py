@@ -261,7 +261,7 @@ def test_dot_and_mermaid_styles() -> None:
     dot = graph.to_dot(mesh)
     assert dot.startswith('digraph "shop" {') and dot.endswith("}\n")
     assert '"web" -> "db" [color="red", style="dashed", fontcolor="red", label="denied"];' in dot
-    assert '"web" -> "api" [color="darkgreen", label="partial"];' in dot
+    assert '"web" -> "api" [color="darkgreen", label="methods GET"];' in dot
     assert '"ingress" -> "web" [color="black"];' in dot
     mer = graph.to_mermaid(mesh)
     assert mer.startswith("flowchart LR\n")
@@ -330,3 +330,14 @@ def test_mirror_to_own_version_is_not_a_cycle() -> None:
     mesh = _mesh(src)
     assert graph.check(mesh) == []
     assert not graph.call_graph(mesh).has_edge("web", "web")
+
+
+def test_dot_route_edges_judge_the_callers() -> None:
+    src = ("service front {\n port http 80\n expose ingress\n calls reviews\n}\n"
+           "service reviews {\n port http 80\n route { otherwise -> split { reviews 90%, next 10% } }\n}\n"
+           "service next { port http 80 }\n"
+           "allow ingress -> front\nallow front -> reviews\nallow reviews -> next\n")
+    dot = graph.to_dot(_mesh(src))
+    assert '"reviews" -> "next" [color="red", style="dashed", fontcolor="red", label="route 10%, denied for front"];' in dot
+    dot = graph.to_dot(_mesh(src + "allow front -> next\n"))
+    assert '"reviews" -> "next" [color="blue", fontcolor="blue", label="route 10%"];' in dot
