@@ -568,6 +568,7 @@ class Stream:
         self.trace_id = ""
         self.response_ops: Any = None
         self._expect_continue = self.hdict.get("expect", "").lower() == "100-continue"
+        self.request_id = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -791,15 +792,22 @@ class Stream:
         status, headers = self.resp_head
         self.resp_status = status
         no_body = self.method == "HEAD" or status in (204, 304)
-        has_cl = any(n == b"content-length" for n, _ in headers)
-        has_te = any(n == b"transfer-encoding" for n, _ in headers)
-        self._resp_framing_known = has_cl or has_te or no_body
+        has_cl = has_te = False
+        conn_tokens: frozenset[bytes] = frozenset()
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
-        conn_tokens = _connection_tokens(headers)
         for n, v in headers:
-            if n in HOP_BY_HOP or n in conn_tokens:
+            if n in HOP_BY_HOP:
+                if n == b"transfer-encoding":
+                    has_te = True
+                elif n == b"connection":
+                    conn_tokens = _connection_tokens(headers)
                 continue
+            if n == b"content-length":
+                has_cl = True
             out.append(b"%s: %s\r\n" % (n, v))
+        if conn_tokens:
+            out = [out[0]] + [ln for ln in out[1:] if ln.split(b":", 1)[0] not in conn_tokens]
+        self._resp_framing_known = has_cl or has_te or no_body
         if ops is not None:
             out = [out[0]] + ops.apply_response(out[1:])
         for n, v in extra:

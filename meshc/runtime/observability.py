@@ -119,11 +119,29 @@ class AccessLog:
         if self.out is None:
             return
         if self.fmt == "json":
-            # Field by field: C-accelerated string escaping, no generic encoder per request.
             line = "{" + ",".join(f'"{k}":{_enc(v) if isinstance(v, str) else v}' for k, v in entry.items()) + "}"
         else:
             line = ('{start} "{method} {path} {protocol}" {status} {bytes_received} {bytes_sent} {duration_ms} '
                     '"{upstream}" "{route}" "{peer}" {trace_id}').format_map(entry)
+        self.write(line)
+
+    def log_http(self, sidecar: str, listener: str, method: str, path: str, protocol: str, status: int,
+                 duration_ms: float, bytes_in: int, bytes_out: int, route: str, cluster: str, upstream: str,
+                 peer: str, client: str, trace_id: str, request_id: str) -> None:
+        """The per-request line, formatted in one f-string (the hot path; same fields as `log`)."""
+        if self.fmt != "json":
+            self.log({"start": now_iso(), "method": method, "path": path, "protocol": protocol, "status": status,
+                      "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration_ms": duration_ms,
+                      "upstream": upstream, "route": route, "peer": peer, "trace_id": trace_id})
+            return
+        self.write(
+            f'{{"start":"{now_iso()}","sidecar":{_enc(sidecar)},"listener":{_enc(listener)},"method":{_enc(method)},'
+            f'"path":{_enc(path)},"protocol":"{protocol}","status":{status},"duration_ms":{duration_ms},'
+            f'"bytes_received":{bytes_in},"bytes_sent":{bytes_out},"route":{_enc(route)},"cluster":{_enc(cluster)},'
+            f'"upstream":{_enc(upstream)},"peer":{_enc(peer)},"client":{_enc(client)},"trace_id":{_enc(trace_id)},'
+            f'"request_id":{_enc(request_id)}}}')
+
+    def write(self, line: str) -> None:
         self._pending.append(line)
         if not self._scheduled:
             import asyncio

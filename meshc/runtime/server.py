@@ -236,15 +236,17 @@ class HttpListener:
     def _head(self, s: Stream, path: str, query: str, host: bytes | None, ops: HeaderOps | None,
               xfcc: str | None) -> Callable[[bool], bytes]:
         tp, s.trace_id = traceparent(s.hdict.get("traceparent"), self.sampling)
-        drop = {b"host", b"traceparent", b"x-forwarded-client-cert"}
-        conn_tokens: set[bytes] = set()
+        headers = []
+        conn_tokens: set[bytes] | None = None
         for n, v in s.headers:
-            if n == b"connection":
-                conn_tokens.update(t.strip().lower() for t in v.split(b","))
-        # x-meshc-* headers are the mesh's own: an application cannot set them.
-        headers = [(n, v) for n, v in s.headers
-                   if n not in drop and n not in conn_tokens and n not in _HOP and n != b"expect"
-                   and not n.startswith(b"x-meshc-")]
+            if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
+                # x-meshc-* headers are the mesh's own: an application cannot set them.
+                if n == b"connection":
+                    conn_tokens = {t.strip().lower() for t in v.split(b",")}
+                continue
+            headers.append((n, v))
+        if conn_tokens:
+            headers = [(n, v) for n, v in headers if n not in conn_tokens]
         if ops is not None:
             headers = ops.apply_request(headers)
         if host is None:
@@ -252,7 +254,9 @@ class HttpListener:
                                else self.sidecar.name).encode("latin-1")
         extra = [(b"host", host), (b"traceparent", tp.encode())]
         if "x-request-id" not in s.hdict:
-            extra.append((b"x-request-id", new_request_id()))
+            rid = new_request_id()
+            s.request_id = rid.decode()
+            extra.append((b"x-request-id", rid))
         if "x-forwarded-proto" not in s.hdict:
             extra.append((b"x-forwarded-proto", b"http"))
         if xfcc:
@@ -260,7 +264,7 @@ class HttpListener:
         if s.chunked_in:
             extra.append((b"transfer-encoding", b"chunked"))
         target = path + ("?" + query if query else "")
-        body = b"".join(b"%s: %s\r\n" % (n, v) for n, v in extra + headers)
+        body = b"".join([b"%s: %s\r\n" % hv for hv in extra + headers])
         first = b"%s %s HTTP/1.1\r\n" % (s.method.encode(), target.encode("latin-1"))
         head = first + body + b"\r\n"
         return lambda _tls: head
@@ -351,17 +355,16 @@ class HttpListener:
         if self.record_metrics:
             sc.metrics.observe_request(sc.name, self.name, s.route_name, s.cluster_name, s.resp_status, dur)
         if sc.access_log.out is not None:
-            sc.access_log.log({
-                "start": now_iso(), "sidecar": sc.name, "listener": self.name, "method": s.method,
-                "path": s.url, "protocol": "HTTP/1.1" if s.http11 else "HTTP/1.0", "status": s.resp_status,
-                "duration_ms": round(dur * 1000, 3), "bytes_received": s.bytes_in, "bytes_sent": s.bytes_out,
-                "route": s.route_name, "cluster": s.cluster_name, "upstream": s.upstream_label,
-                "peer": s.conn.peer or "-", "client": s.conn.client_ip, "trace_id": s.trace_id,
-                "request_id": s.hdict.get("x-request-id", "-")})
+            sc.access_log.log_http(
+                sc.name, self.name, s.method, s.url, "HTTP/1.1" if s.http11 else "HTTP/1.0", s.resp_status,
+                round(dur * 1000, 3), s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
+                s.conn.peer or "-", s.conn.client_ip, s.trace_id, s.request_id or s.hdict.get("x-request-id", "-"))
 
 
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                   b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+# Request headers never forwarded as received: hop-by-hop ones, and those the proxy sets itself.
+_DROP_UPSTREAM = _HOP | {b"host", b"traceparent", b"x-forwarded-client-cert", b"expect"}
 
 
 def _location(r: C.RedirectCfg, s: Stream, view: RequestView) -> str:
