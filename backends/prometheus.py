@@ -315,7 +315,7 @@ class PrometheusBackend(Backend):
         counter, error, bucket = self._metrics(svc)
         m = self.svc_matchers(svc)
         if slo.kind == "availability":
-            return (f"sum(rate({self.sel(counter, *m, error)}[{window}]))\n/\n"
+            return (f"(sum(rate({self.sel(counter, *m, error)}[{window}])) or vector(0))\n/\n"
                     f"sum(rate({self.sel(counter, *m)}[{window}]))")
         total = f"sum(rate({self.sel(bucket, *m, INF)}[{window}]))"
         good = self.good_latency(bucket, m, window, (slo.threshold_ms or 0) / 1000)
@@ -332,8 +332,10 @@ class PrometheusBackend(Backend):
         golden: list[dict[str, Any]] = [
             {"record": "meshc:service:request_rate5m",
              "expr": f"sum by ({by_svc}) (rate({self.sel(src.counter, inb)}[5m]))"},
+            # `or ... * 0`: a service without any 5xx yet has no error series; its error rate is 0.
             {"record": "meshc:service:error_rate5m",
-             "expr": f"sum by ({by_svc}) (rate({self.sel(src.counter, inb, src.error)}[5m]))"},
+             "expr": f"sum by ({by_svc}) (rate({self.sel(src.counter, inb, src.error)}[5m]))\n"
+                     f"or\n0 * sum by ({by_svc}) (rate({self.sel(src.counter, inb)}[5m]))"},
             {"record": "meshc:service:success_ratio5m",
              "expr": "1 - meshc:service:error_rate5m / meshc:service:request_rate5m"},
         ]
@@ -347,7 +349,8 @@ class PrometheusBackend(Backend):
              "expr": f"sum by ({by_edge}) ({self.edge_expr(f'rate({self.sel(src.edge_counter, edge)}[5m])')})"},
             {"record": "meshc:edge:error_rate5m",
              "expr": f"sum by ({by_edge}) "
-                     f"({self.edge_expr(f'rate({self.sel(src.edge_counter, edge, src.edge_error)}[5m])')})"},
+                     f"({self.edge_expr(f'rate({self.sel(src.edge_counter, edge, src.edge_error)}[5m])')})\n"
+                     f"or\n0 * meshc:edge:request_rate5m"},
             {"record": "meshc:edge:success_ratio5m",
              "expr": "1 - meshc:edge:error_rate5m / meshc:edge:request_rate5m"},
         ]

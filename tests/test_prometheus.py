@@ -291,6 +291,8 @@ def test_recording_rules_values(tmp_path: Path) -> None:
     series = [
         {"series": f'meshc_requests_total{{{inbound},status="200"}}', "values": "0+540x20"},
         {"series": f'meshc_requests_total{{{inbound},status="500"}}', "values": "0+60x20"},
+        {"series": 'meshc_requests_total{mesh="g",service="web",listener="inbound|80||0",status="200"}',
+         "values": "0+60x20"},
         {"series": f'meshc_requests_total{{{edge},status="200"}}', "values": "0+300x20"},
         {"series": f'meshc_requests_total{{{edge},status="503"}}', "values": "0+300x20"},
         {"series": f'meshc_request_duration_seconds_bucket{{{inbound},le="0.1"}}', "values": "0+300x20"},
@@ -301,12 +303,15 @@ def test_recording_rules_values(tmp_path: Path) -> None:
         ("meshc:service:request_rate5m", {"mesh": "g", "service": "api"}, 10),
         ("meshc:service:success_ratio5m", {"mesh": "g", "service": "api"}, 0.9),
         ("meshc:service:request_duration_seconds:p50_5m", {"mesh": "g", "service": "api"}, 0.1),
+        # No 5xx series at all: the error rate is 0, not absent.
+        ("meshc:service:error_rate5m", {"mesh": "g", "service": "web"}, 0),
+        ("meshc:service:success_ratio5m", {"mesh": "g", "service": "web"}, 1),
         ("meshc:edge:request_rate5m", {"mesh": "g", "src_service": "web", "dst_service": "api"}, 10),
         ("meshc:edge:success_ratio5m", {"mesh": "g", "src_service": "web", "dst_service": "api"}, 0.5),
     ]
     spec = {"rule_files": [str(out / "rules/g-recording.yml")], "evaluation_interval": "1m",
             "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
-                {"expr": name, "eval_time": "10m", "exp_samples": [{"labels": _sel(name, labels),
+                {"expr": _sel(name, labels), "eval_time": "10m", "exp_samples": [{"labels": _sel(name, labels),
                                                                     "value": value}]}
                 for name, labels, value in exprs]}]}
     (tmp_path / "t.yml").write_text(yaml.safe_dump(spec))
