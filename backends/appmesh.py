@@ -15,6 +15,9 @@ Objects, named after the meshc service `S` (namespace `N`):
   single method and priorities (0 = first), so rule order becomes priority order. `under "/p"`
   becomes two routes (exact `/p`, prefix `/p/`).
 - VirtualService `S.N.svc.cluster.local` (Kubernetes name `S`) provided by the router.
+- External services: a VirtualNode discovered by DNS at the external host, a router, and a
+  VirtualService named after the host; TLS origination is the callers' backend client policy
+  (trust `system_ca`, SAN = the SNI name).
 - VirtualGateway `<ingress identity>` and one GatewayRoute per exposed path (prefix rewriting
   disabled, so the service sees the path the client sent).
 
@@ -124,8 +127,11 @@ class AppMeshBackend(Backend):
         "timeout", "retry", "retry.per_try", "load_balance.round_robin",
         "circuit_breaker", "outlier", "health_check",
         "authz.allow", "authz.deny", "authz.identity", "authz.ports", "ingress",
+        "external", "external.tls_originate",
     })
     OPTIONS: ClassVar[Mapping[str, str]] = {
+        "system_ca": "CA bundle the callers' Envoy trusts for TLS origination to external services "
+                     "(default /etc/ssl/certs/ca-certificates.crt)",
         "cloudmap_namespace": "discover versions through this AWS Cloud Map namespace (instances "
                               "filtered by the version labels) instead of per-version DNS names",
     }
@@ -142,6 +148,14 @@ class AppMeshBackend(Backend):
     @staticmethod
     def vs_dns(svc: Service) -> str:
         return f"{svc.name}.{svc.namespace}.svc.cluster.local"
+
+    def vs_name(self, svc: Service) -> str:
+        """The virtual service's App Mesh name: the name applications resolve."""
+        return svc.external.host if svc.external is not None else self.vs_dns(svc)
+
+    def policy_of(self, caller: Service, callee: Service) -> dict[str, Any]:
+        policy = self.client_policy(caller, callee)
+        return {"clientPolicy": policy} if policy else {}
 
     # ------------------------------------------------------------------ entry point
 
@@ -164,8 +178,36 @@ class AppMeshBackend(Backend):
             out += self.lower_nodes(svc, ctx)
             out += self.lower_router(svc, ctx)
             out.append(self.lower_virtual_service(svc))
+        for svc in mesh.services:
+            if svc.external is not None and svc.ports:
+                out += self.lower_external(svc, ctx)
         out += self.lower_gateway(mesh, inner, ctx)
         return out
+
+    # ------------------------------------------------------------------ external services
+
+    def lower_external(self, svc: Service, ctx: _Ctx) -> list[Resource]:
+        """An external host: a virtual node discovered by DNS (no sidecar, no pods), behind a
+        router (for timeouts and retries) and a virtual service named after the host. With TLS
+        origination the callers speak HTTP and their Envoy originates TLS (see client_policy)."""
+        ext = svc.external
+        assert ext is not None
+        if ext.tls_originate:
+            svc = svc.model_copy(update={"ports": tuple(p.model_copy(update={"protocol": "http"})
+                                                        for p in svc.ports)})
+        listeners = [{"portMapping": {"port": p.number, "protocol": PROTOCOLS[p.protocol]}} for p in svc.ports]
+        spec = {"listeners": listeners, "serviceDiscovery": {"dns": {"hostname": ext.host}}}
+        node = Resource("VirtualNode", svc.name, "CreateVirtualNode",
+                        self.crd("VirtualNode", svc.name, svc.namespace, {"awsName": svc.name, **spec}),
+                        {"meshName": self.mesh.name, "virtualNodeName": svc.name, "spec": spec})
+        router = self.router_name(svc)
+        vs = Resource("VirtualService", svc.name, "CreateVirtualService",
+                      self.crd("VirtualService", svc.name, svc.namespace, {
+                          "awsName": ext.host,
+                          "provider": {"virtualRouter": {"virtualRouterRef": {"name": router}}}}),
+                      {"meshName": self.mesh.name, "virtualServiceName": ext.host,
+                       "spec": {"provider": {"virtualRouter": {"virtualRouterName": router}}}})
+        return [node, *self.lower_router(svc, ctx), vs]
 
     def meta(self, name: str, namespace: str) -> dict[str, Any]:
         return {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "meshc"}}
@@ -204,12 +246,10 @@ class AppMeshBackend(Backend):
             api_spec = dict(base)
             crd_spec = dict(base)
             if deps:
-                api_spec["backends"] = [{"virtualService": {"virtualServiceName": self.vs_dns(d),
-                                                            "clientPolicy": self.client_policy(svc, d)}}
-                                        for d in deps]
+                api_spec["backends"] = [{"virtualService": {"virtualServiceName": self.vs_name(d),
+                                                            **self.policy_of(svc, d)}} for d in deps]
                 crd_spec["backends"] = [{"virtualService": {"virtualServiceRef": {"name": d.name},
-                                                            "clientPolicy": self.client_policy(svc, d)}}
-                                        for d in deps]
+                                                            **self.policy_of(svc, d)}} for d in deps]
             labels = {"app": svc.name}
             v = svc.version(version) if version else None
             if v is not None:
@@ -229,7 +269,7 @@ class AppMeshBackend(Backend):
             names.update(d.service for d in r.destinations)
         names.discard(svc.name)
         found = [self.mesh.service(n) for n in sorted(names)]
-        return [s for s in found if s is not None and s.external is None and s.ports]
+        return [s for s in found if s is not None and s.ports]
 
     def discovery(self, svc: Service, version: str | None) -> dict[str, Any]:
         ns = self.options.get("cloudmap_namespace")
@@ -316,6 +356,14 @@ class AppMeshBackend(Backend):
                 "validation": validation}
 
     def client_policy(self, caller: Service, callee: Service) -> dict[str, Any]:
+        ext = callee.external
+        if ext is not None:
+            if not ext.tls_originate:
+                return {}
+            ca = self.options.get("system_ca", "/etc/ssl/certs/ca-certificates.crt")
+            return {"tls": {"enforce": True, "validation": {
+                "trust": {"file": {"certificateChain": ca}},
+                "subjectAlternativeNames": {"match": {"exact": [ext.sni or ext.host]}}}}}
         return {"tls": {"enforce": True, "certificate": {"sds": {"secretName": caller.identity.spiffe}},
                         "validation": {"trust": {"sds": {"secretName": self.spiffe_bundle()}},
                                        "subjectAlternativeNames": {"match": {"exact": [callee.identity.spiffe]}}}}}

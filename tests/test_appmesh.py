@@ -182,3 +182,35 @@ def test_unsupported_features_are_e301() -> None:
     assert any("rate limits" in m for m in messages)
     assert any("authorization by path" in m for m in messages)
     assert any("least-request" in m for m in messages)
+
+
+def test_external_service_with_tls_origination() -> None:
+    from test_consul_fixtures import ident
+
+    from meshc.model import External, Port, Service, Timeout
+
+    mesh = bookinfo()
+    ext = Service(name="payments", namespace="default", identity=ident("payments"),
+                  ports=(Port(protocol="tls", number=443, mtls="disabled"),),
+                  external=External(host="api.stripe.com", tls_originate=True, sni="api.stripe.com"),
+                  resilience=bookinfo().service("details").resilience.model_copy(  # type: ignore[union-attr]
+                      update={"timeout": Timeout(ms=3000)}))
+    mesh = replace(update_service(mesh, "ratings", calls=("payments",)),
+                   services=tuple(sorted((*update_service(mesh, "ratings", calls=("payments",)).services, ext),
+                                         key=lambda s: s.name)))
+    bundle = lower(mesh)
+    bodies = api_bodies(bundle)
+    node = bodies["aws/2-CreateVirtualNode-payments.json"]["spec"]
+    assert node == {"listeners": [{"portMapping": {"port": 443, "protocol": "http"}}],
+                    "serviceDiscovery": {"dns": {"hostname": "api.stripe.com"}}}
+    assert bodies["aws/5-CreateVirtualService-payments.json"]["virtualServiceName"] == "api.stripe.com"
+    assert route(bundle, "payments-r0-0")["httpRoute"]["timeout"]["perRequest"] == {"unit": "s", "value": 3}
+    (backend,) = bodies["aws/2-CreateVirtualNode-ratings-v1.json"]["spec"]["backends"]
+    assert backend["virtualService"] == {
+        "virtualServiceName": "api.stripe.com",
+        "clientPolicy": {"tls": {"enforce": True, "validation": {
+            "trust": {"file": {"certificateChain": "/etc/ssl/certs/ca-certificates.crt"}},
+            "subjectAlternativeNames": {"match": {"exact": ["api.stripe.com"]}}}}}}
+    validate_crds("appmesh", list(crds(bundle).values()))
+    for path, body in bodies.items():
+        assert not botocore_errors(path.split("/")[1].split("-")[1], body), path
