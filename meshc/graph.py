@@ -397,8 +397,8 @@ def path_covers(a: PathMatch, b: PathMatch) -> bool:
             return a.value == b.value
         rx = authz._regex(a.value)
         return b.kind == "exact" and rx is not None and rx.fullmatch(b.value) is not None
-    if b.kind == "regex":
-        return a.kind == "prefix" and a.value == "" or a.kind == "under" and a.value.rstrip("/") == ""
+    if b.kind == "regex":  # only a match-everything path covers an arbitrary regex
+        return a.kind == "prefix" and a.value in ("", "/") or a.kind == "under" and a.value.rstrip("/") == ""
     if a.kind == "exact":
         return b.kind == "exact" and b.value == a.value
     if a.kind == "prefix":
@@ -432,8 +432,13 @@ def _string_implies(b: StringMatch, a: StringMatch) -> bool:
     return b.kind == "exact" and rx is not None and rx.fullmatch(b.value) is not None
 
 
-def _conds_covered(a: tuple[StringMatch, ...], b: tuple[StringMatch, ...]) -> bool:
-    return all(any(x.name.lower() == y.name.lower() and _string_implies(y, x) for y in b) for x in a)
+def _conds_covered(a: tuple[StringMatch, ...], b: tuple[StringMatch, ...], fold: bool) -> bool:
+    """Is every condition of `a` implied by one of `b` on the same name? (`fold`: names are
+    case-insensitive, as header names; query parameter names are not.)"""
+    def key(m: StringMatch) -> str:
+        return m.name.lower() if fold else m.name
+
+    return all(any(key(x) == key(y) and _string_implies(y, x) for y in b) for x in a)
 
 
 def match_covers(a: Match, b: Match) -> bool:
@@ -442,7 +447,7 @@ def match_covers(a: Match, b: Match) -> bool:
         return False
     if a.methods and (not b.methods or not {m.upper() for m in b.methods} <= {m.upper() for m in a.methods}):
         return False
-    return _conds_covered(a.headers, b.headers) and _conds_covered(a.query, b.query)
+    return _conds_covered(a.headers, b.headers, True) and _conds_covered(a.query, b.query, False)
 
 
 def rule_covers(earlier: RouteRule, later: RouteRule) -> bool:
@@ -714,20 +719,36 @@ def _ports_weak(mesh: Mesh, name: str, ports: tuple[int, ...]) -> bool:
         p.number in ports for p in svc.ports) and svc.mtls != "strict"
 
 
+def _bypass(rule: AuthzRule) -> str | None:
+    """How a raw, unnormalized path gets around this rule, or None if it cannot."""
+    def literal(m: PathMatch) -> str:
+        return m.value if m.kind != "regex" else "/admin"
+
+    if rule.action == "deny" and rule.paths:
+        v = literal(rule.paths[0])
+        return f"deny rule matches paths: '/{v}' or '/x/..{v}' is not denied"
+    if rule.not_paths:
+        v = literal(rule.not_paths[0])
+        if rule.action == "deny":
+            return f"deny rule excepts paths: '{v.rstrip('/')}/../admin' is excepted from it"
+        return f"allow rule excepts paths: '/{v}' or '/x/..{v}' is not excepted"
+    widening = [m for m in rule.paths if m.kind != "exact"]
+    if rule.action == "allow" and widening:
+        v = literal(widening[0])
+        return f"allow rule matches paths by {widening[0].kind}: '{v.rstrip('/')}/../admin' is allowed"
+    return None
+
+
 def check_path_normalization(mesh: Mesh) -> Iterator[Diagnostic]:
-    """W208."""
+    """W208: path-based rules that raw paths get around when normalization is off."""
     if mesh.path_normalization != "off":
         return
     for rule in mesh.rules:
-        if rule.action == "deny" and rule.paths:
-            what, example = "deny rule matches paths", rule.paths[0].value
-        elif rule.action == "allow" and rule.not_paths:
-            what, example = "allow rule excepts paths", rule.not_paths[0].value
-        else:
+        how = _bypass(rule)
+        if how is None:
             continue
-        bypass = "/" + example if example.startswith("/") else "/./" + example
         yield Diagnostic(
-            "W208", f"{what} while `path_normalization off`: '{bypass}' or '/x/..{example}' slips past it",
+            "W208", f"{how} (`path_normalization off`)",
             rule.span, label="bypassable without path normalization",
             help="set `path_normalization strict` in the mesh block (decode, resolve dot segments, "
                  "merge slashes, reject encoded slashes before authorization)")

@@ -110,6 +110,22 @@ def test_path_normalization_pairs() -> None:
     assert _codes(except_) == []
 
 
+@pytest.mark.parametrize(("rule", "fires", "says"), [
+    ('deny * -> web paths prefix "/admin"', True, "'//admin' or '/x/../admin' is not denied"),
+    ('deny * -> web except paths prefix "/public"', True, "'/public/../admin' is excepted"),
+    ('allow ingress -> web except paths under "/internal"', True, "'//internal'"),
+    ('allow ingress -> web paths prefix "/public/"', True, "'/public/../admin' is allowed"),
+    ('allow ingress -> web paths exact "/health"', False, ""),  # a raw path can only fail to match
+    ("deny * -> web methods DELETE", False, ""),
+])
+def test_path_normalization_patterns(rule: str, fires: bool, says: str) -> None:
+    src = "service web {\n port http 80\n expose ingress\n}\nallow * -> web\n" + rule + "\n"
+    found = graph.check(_mesh(src, "mesh shop { path_normalization off }\n"))
+    assert [d.code for d in found] == (["W208"] if fires else [])
+    assert all(says in d.message for d in found)
+    assert graph.check(_mesh(src)) == []
+
+
 def test_split_weights_from_code() -> None:
     """The resolver rejects a bad split first (E111); a model built in code reaches E201."""
     src = WEB % ("version v1 { labels version=v1 }\n version v2 { labels version=v2 }\n"
