@@ -732,14 +732,28 @@ def _access_head(mesh: Mesh) -> tuple[str, ...]:
     return (mesh.mtls, mesh.authz, mesh.path_normalization, mesh.trust_domain, mesh.ingress_identity.spiffe)
 
 
-def _rule_keys(mesh: Mesh) -> dict[str, AuthzRule]:
-    """Each rule, span-free, with its service sources' identities (a renamed service account
-    changes the grant). Not order-normalised: a rule rewritten in another order only costs a
-    probe, which then finds no difference."""
+_RULE_FIELDS = {"span", "action", "sources", "destinations", "methods", "paths", "not_paths", "ports", "headers"}
+
+
+def _rule_keys(mesh: Mesh) -> dict[tuple[Any, ...], AuthzRule]:
+    """Each rule as a span-free tuple, its service sources resolved to their identities (a
+    renamed service account changes the grant). Not order-normalised: a rule rewritten in
+    another order only costs a probe, which then finds no difference."""
+    if set(AuthzRule.model_fields) != _RULE_FIELDS:  # the model grew: fall back to the full form
+        return {(sig(r), tuple(_identity_of(mesh, x.name) for x in r.sources if x.kind == "service")): r
+                for r in mesh.rules}
+    spiffe = {s.name: s.identity.spiffe for s in mesh.services}
+
+    def sm(ms: tuple[StringMatch, ...]) -> tuple[tuple[str, str, str], ...]:
+        return tuple((m.name, m.kind, m.value) for m in ms)
+
     out = {}
     for r in mesh.rules:
-        idents = ",".join(_identity_of(mesh, s.name) for s in r.sources if s.kind == "service")
-        out[sig(r) + "|" + idents] = r
+        key = (r.action, tuple((x.kind, x.name, spiffe.get(x.name, "") if x.kind == "service" else "")
+                               for x in r.sources),
+               r.destinations, r.methods, tuple((p.kind, p.value) for p in r.paths),
+               tuple((p.kind, p.value) for p in r.not_paths), r.ports, sm(r.headers))
+        out[key] = r
     return out
 
 
@@ -1099,14 +1113,12 @@ def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Chang
 def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> Diff:
     """Compare two resolved meshes by meaning. `targets`: also list changed generated files."""
     changes: list[Change] = []
-    names_a = {s.name for s in old.services}
-    changed = []
-    for name in sorted(names_a & {s.name for s in new.services}):
-        a, b = old.service(name), new.service(name)
-        assert a is not None and b is not None
-        # Most services of a large mesh are untouched by a change: skip them cheaply.
-        if a is not b and sig(a) != sig(b):
-            changed.append(name)
+    by_a = {s.name: s for s in old.services}
+    by_b = {s.name: s for s in new.services}
+    names_a = set(by_a)
+    # Most services of a large mesh are untouched by a change: skip them cheaply.
+    changed = [n for n in sorted(names_a & by_b.keys())
+               if by_a[n] is not by_b[n] and sig(by_a[n]) != sig(by_b[n])]
     changes += _diff_services(old, new, changed)
     changes += _diff_mesh_settings(old, new)
     for name in changed:
