@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshc import __version__
+from meshc.compiler import expand_paths
 from meshc.diagnostics import Diagnostic, MeshcError, render
 
 # Modules that add their own sub-commands with `register(subparsers)`.
@@ -72,32 +73,10 @@ def _sources_of(diags: Sequence[Diagnostic]) -> dict[str, str]:
 
 
 def mesh_files(paths: Sequence[str]) -> list[Path]:
-    """Expand directories to their root .mesh files (those no other file there imports)."""
-    from meshc.parse import parse_file
-
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(p.glob("*.mesh"))
-            imported: set[Path] = set()
-            for f in files:
-                try:
-                    parsed = parse_file(str(f), f.read_bytes())
-                except MeshcError:
-                    continue
-                from meshc import ast as A
-
-                imported |= {(f.parent / d.path.value).resolve() for d in parsed.ast.decls
-                             if isinstance(d, A.ImportDecl)}
-            roots = [f for f in files if f.resolve() not in imported]
-            if not roots:
-                raise UsageError(f"no .mesh files in {p}")
-            out += roots
-        else:
-            out.append(p)
-    if not out:
-        raise UsageError("no input files")
-    return out
+    try:
+        return expand_paths([Path(p) for p in paths])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -48,6 +48,32 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a directory stands for its root .mesh files (those that no other file in
+    it imports), so `meshc check examples/multifile` compiles prod.mesh with what it imports."""
+    out: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            out.append(p)
+            continue
+        files = sorted(p.glob("*.mesh"))
+        imported: set[Path] = set()
+        for f in files:
+            try:
+                parsed = parse_file(str(f), f.read_bytes())
+            except (MeshcError, OSError):
+                continue  # reported when it is compiled
+            imported |= {(f.parent / d.path.value).resolve() for d in parsed.ast.decls
+                         if isinstance(d, A.ImportDecl)}
+        roots = [f for f in files if f.resolve() not in imported]
+        if not roots:
+            raise ValueError(f"no .mesh files in {p}")
+        out += roots
+    if not out:
+        raise ValueError("no input files")
+    return out
+
+
 def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
     """Parse the root files and everything they import (depth-first, imports first)."""
     order: list[Parsed] = []
@@ -102,6 +128,12 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = True) -> Loaded:
     """Parse, resolve and check; raise MeshcError on errors, return warnings alongside."""
+    if read is _read_disk:
+        try:
+            paths = expand_paths(paths)
+        except ValueError as e:
+            raise MeshcError([Diagnostic("E106", str(e), Span(file=str(paths[0]) if paths else "", line=0,
+                                                              column=0))]) from None
     with _no_cyclic_gc():
         return _load_all(paths, read, checks)
 
