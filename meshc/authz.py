@@ -520,7 +520,26 @@ def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
     open_default = mesh.authz == "allow_by_default"
     if not allows and not open_default:
         return False
-    ident = identity_of(mesh, source)
+    return _reachable(mesh, source, identity_of(mesh, source), dest, denies, allows)
+
+
+def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: str) -> bool:
+    """`reachable` for a caller known only by its identity (e.g. a workload outside the model
+    that holds the service account an `identity NAME` rule names), or None for plaintext."""
+    idx = index(mesh)
+    dest = idx.services.get(destination)
+    if dest is None:
+        raise ValueError(f"unknown destination service '{destination}'")
+    denies, allows = idx.rules_for(destination)
+    if not allows and mesh.authz != "allow_by_default":
+        return False
+    return _reachable(mesh, None, identity, dest, denies, allows)
+
+
+def _reachable(mesh: Mesh, source: str | None, ident: Identity | None, dest: Service,
+               denies: list[AuthzRule], allows: list[AuthzRule]) -> bool:
+    idx = index(mesh)
+    open_default = mesh.authz == "allow_by_default"
     proven = Caller(source, ident)
     plain = Caller(source, None)
     td = mesh.trust_domain

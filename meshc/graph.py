@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import re
 import sys
 import weakref
@@ -45,6 +46,7 @@ from meshc.model import (
     FULL,
     AuthzRule,
     Endpoint,
+    Identity,
     Match,
     Mesh,
     PathMatch,
@@ -373,7 +375,10 @@ def _is_catch_all(rule: RouteRule) -> bool:
 
 
 def _match_is_empty(m: Match) -> bool:
-    return m.path is None and not m.headers and not m.query and not m.methods
+    """A match every request satisfies: no conditions, or only a path matching every path."""
+    universal = m.path is None or (m.path.kind == "prefix" and m.path.value in ("", "/")) or (
+        m.path.kind == "under" and m.path.value.rstrip("/") == "")
+    return universal and not m.headers and not m.query and not m.methods
 
 
 def check_route_default(mesh: Mesh) -> Iterator[Diagnostic]:
@@ -754,6 +759,18 @@ def check_path_normalization(mesh: Mesh) -> Iterator[Diagnostic]:
                  "merge slashes, reject encoded slashes before authorization)")
 
 
+def _outsiders(mesh: Mesh, allows: list[AuthzRule]) -> Iterator[Identity]:
+    """Identities of workloads the model does not declare that allow rules still admit:
+    `identity NAME` (a service account, e.g. a batch job) and `authenticated` (any mTLS peer)."""
+    for rule in allows:
+        for src in rule.sources:
+            if src.kind == "identity":
+                ns, _, name = src.name.rpartition("/")
+                yield Identity(name=name, namespace=ns or mesh.namespace, trust_domain=mesh.trust_domain)
+            elif src.kind == "authenticated":
+                yield Identity(name="any-peer", namespace=mesh.namespace, trust_domain=mesh.trust_domain)
+
+
 def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
     """W209: nobody may call it (authorization) and it is not exposed."""
     idx = authz.index(mesh)
@@ -767,7 +784,8 @@ def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
         else:
             reachable = any(
                 authz.reachable(mesh, None if src == authz.UNAUTHENTICATED else src, svc.name)
-                for src in authz._candidate_sources(mesh, allows, everyone))
+                for src in authz._candidate_sources(mesh, allows, everyone)) or any(
+                authz.reachable_by_identity(mesh, ident, svc.name) for ident in _outsiders(mesh, allows))
         if not reachable:
             yield Diagnostic(
                 "W209", f"service '{svc.name}' is unreachable: no caller may call it and it is not exposed",
@@ -815,6 +833,18 @@ def _a_cycle(g: nx.DiGraph, start: str, scc: set[str]) -> list[str]:
 _LOOPBACK = {"localhost": "127.0.0.1", "::1": "127.0.0.1", "ip6-localhost": "127.0.0.1"}
 
 
+def _is_bound_address(host: str) -> bool:
+    """IP literals and localhost name one listening socket; a DNS name may front several
+    services legitimately (a shared database server, a load balancer), so it is not checked."""
+    if host.lower() in _LOOPBACK:
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def check_port_collisions(mesh: Mesh) -> Iterator[Diagnostic]:
     """E211: one host:port, two owners (services, or versions of one service)."""
     owner: dict[tuple[str, int], tuple[str, str | None, Span, Endpoint]] = {}
@@ -822,6 +852,8 @@ def check_port_collisions(mesh: Mesh) -> Iterator[Diagnostic]:
         shared = {(_LOOPBACK.get(e.host.lower(), e.host.lower()), e.port) for e in svc.endpoints}
         places = [(None, e) for e in svc.endpoints] + [(v.name, e) for v in svc.versions for e in v.endpoints]
         for version, ep in places:
+            if not _is_bound_address(ep.host):
+                continue
             key = (_LOOPBACK.get(ep.host.lower(), ep.host.lower()), ep.port)
             prev = owner.get(key)
             if prev is None:

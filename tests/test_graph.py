@@ -357,3 +357,28 @@ def test_dot_route_edges_judge_the_callers() -> None:
     assert '"reviews" -> "next" [color="red", style="dashed", fontcolor="red", label="route 10%, denied for front"];' in dot
     dot = graph.to_dot(_mesh(src + "allow front -> next\n"))
     assert '"reviews" -> "next" [color="blue", fontcolor="blue", label="route 10%"];' in dot
+
+
+def test_port_collision_ignores_shared_dns_names() -> None:
+    src = ("service a {\n port tcp 5432\n endpoints db.internal:5432\n}\n"
+           "service b {\n port tcp 5432\n endpoints db.internal:5432\n}\n"
+           "service web {\n port http 80\n expose ingress\n calls a, b\n}\n"
+           "allow ingress -> web\nallow web -> a, b\n")
+    assert _codes(src) == []
+    assert _codes(src.replace("db.internal", "10.0.0.7")) == ["E211"]
+
+
+def test_identity_and_authenticated_sources_make_a_service_reachable() -> None:
+    base = WEB % "" + "service batch-api { port http 81 }\n"
+    assert _codes(base) == ["W209"]
+    assert _codes(base + "allow identity legacy-batch -> batch-api\n") == []
+    assert _codes(base + "allow authenticated -> batch-api\n") == []
+    # a plaintext port cannot prove the outsider's identity either
+    assert _codes(base.replace("port http 81", "port http 81\n mtls disabled")
+                  + "allow identity legacy-batch -> batch-api\n") == ["W209", "W207"]
+
+
+def test_universal_path_counts_as_otherwise() -> None:
+    src = WEB % ('version v1 { labels version=v1 }\n route { when path prefix "/" -> v1\n'
+                 ' when header x-a present -> v1 }')
+    assert _codes(src) == ["W203"]  # no W202: prefix "/" catches everything
