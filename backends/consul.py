@@ -26,6 +26,8 @@ Lowering decisions (see docs/language.md for the meshc meaning):
   with consul-k8s `ingressGateways`). Exposed paths go through a virtual service
   `<svc>-ingress` whose router matches only them; other paths reach no instance (Consul answers
   503, where meshc says 404). A `*` host needs a listener of its own.
+- External services are Consul destinations (service-defaults `Destination`, transparent proxy)
+  linked to a terminating gateway, which originates TLS when asked (`CAFile`, `SNI`).
 - Rate limits (service-defaults `RateLimits`) are Consul Enterprise: accepted only with
   `--option enterprise`. Consul has no fault injection config entry, so faults are E301.
 """
@@ -71,6 +73,7 @@ KINDS: dict[str, tuple[str, int]] = {
     "service-router": ("ServiceRouter", 5),
     "service-intentions": ("ServiceIntentions", 6),
     "ingress-gateway": ("IngressGateway", 7),
+    "terminating-gateway": ("TerminatingGateway", 8),
 }
 
 PROTOCOLS = {"http": "http", "http2": "http2", "grpc": "grpc", "tcp": "tcp", "tls": "tcp"}
@@ -128,8 +131,13 @@ def weight(p: int) -> int | float:
 
 
 def crd_key(key: str) -> str:
-    """Consul API field -> consul-k8s CRD field: `HTTP` -> `http`, `MutualTLSMode` -> `mutualTLSMode`."""
-    return key.lower() if key.isupper() else key[0].lower() + key[1:]
+    """Consul API field -> consul-k8s CRD field: `HTTP` -> `http`, `MutualTLSMode` ->
+    `mutualTLSMode`, `CAFile` -> `caFile` (a leading acronym is lowered up to its last letter)."""
+    n = len(key) - len(key.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    if n == len(key):
+        return key.lower()
+    keep = max(n - 1, 1)
+    return key[:keep].lower() + key[keep:]
 
 
 def to_crd(value: Any) -> Any:
@@ -218,7 +226,11 @@ class ConsulBackend(Backend):
     name: ClassVar[str] = "consul"
     description: ClassVar[str] = "Consul config entries (HCL for `consul config write`) and consul-k8s CRDs"
     OPTIONS: ClassVar[dict[str, str]] = {
-        "enterprise": "the cluster runs Consul Enterprise: allow Enterprise-only features (rate limits)"}
+        "enterprise": "the cluster runs Consul Enterprise: allow Enterprise-only features (rate limits)",
+        "terminating_gateway": "name of the terminating gateway that reaches external services "
+                               "(default terminating-gateway)",
+        "system_ca": "CA file the terminating gateway trusts for TLS origination "
+                     "(default /etc/ssl/certs/ca-certificates.crt)"}
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset({
         # Consul discovers endpoints itself: static endpoints serve the local targets only.
         "endpoints.static",
@@ -233,7 +245,7 @@ class ConsulBackend(Backend):
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
         "load_balance.consistent_hash", "circuit_breaker", "outlier",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
-        "authz.paths", "authz.headers", "authz.ports", "ingress",
+        "authz.paths", "authz.headers", "authz.ports", "ingress", "external", "external.tls_originate",
     })
     ENTERPRISE: ClassVar[frozenset[str]] = frozenset({"rate_limit"})
 
@@ -258,11 +270,19 @@ class ConsulBackend(Backend):
     def entries(self, mesh: Mesh, ctx: _Ctx) -> list[Entry]:
         out = [self.lower_proxy_defaults(mesh), self.lower_mesh_entry(mesh)]
         inner = [s for s in mesh.services if s.external is None]
+        externals = [as_http(s) for s in mesh.services if s.external is not None and s.ports]
         for svc in inner:
-            out.append(self.lower_service_defaults(mesh, svc, inner, ctx))
+            out.append(self.lower_service_defaults(mesh, svc, inner + externals, ctx))
             out += self.lower_routing(mesh, svc, ctx)
-        out += self.lower_intentions(mesh, inner, ctx)
+        for ext in externals:
+            out += self.lower_external(mesh, ext, ctx)
+        out += self.lower_intentions(mesh, inner + externals, ctx)
         out += self.lower_ingress(mesh, inner, ctx)
+        links = [link for e in out if e.kind == "terminating-gateway" for link in e.body["Services"]]
+        out = [e for e in out if e.kind != "terminating-gateway"]
+        if links:
+            out.append(Entry("terminating-gateway", self.options.get("terminating_gateway", "terminating-gateway"),
+                             mesh.namespace, {"Services": sorted(links, key=lambda x: x["Name"])}))
         unique = {(e.kind, e.name): e for e in out}  # a split shared by a route and the ingress
         return sorted(unique.values(), key=lambda e: (KINDS[e.kind][1], e.name))
 
@@ -527,6 +547,27 @@ class ConsulBackend(Backend):
         ctx.error(f"Consul matches query parameters by exact value, regex or presence, not '{q.kind}'", q.span)
         return {"Name": q.name, "Present": True}
 
+    # ------------------------------------------------------------------ external services
+
+    def lower_external(self, mesh: Mesh, ext: Service, ctx: _Ctx) -> list[Entry]:
+        """A Consul destination (service-defaults `Destination`, reached through the terminating
+        gateway by transparent proxies), its routing like any service, and its terminating
+        gateway link (TLS origination: `CAFile` + `SNI`)."""
+        assert ext.external is not None
+        if len(ext.ports) > 1:
+            ctx.error("a Consul destination has one port", ext.ports[1].span)
+        port = ext.ports[0]
+        body: dict[str, Any] = {"Protocol": self.protocol(ext, ctx),
+                                "Destination": {"Addresses": [ext.external.host], "Port": port.number}}
+        link: dict[str, Any] = {"Name": ext.name}
+        if ext.external.tls_originate:
+            link["CAFile"] = self.options.get("system_ca", "/etc/ssl/certs/ca-certificates.crt")
+            link["SNI"] = ext.external.sni or ext.external.host
+        gateway = self.options.get("terminating_gateway", "terminating-gateway")
+        return [Entry("service-defaults", ext.name, ext.namespace, body),
+                *self.lower_routing(mesh, ext, ctx),
+                Entry("terminating-gateway", gateway, mesh.namespace, {"Services": [link]})]
+
     # ------------------------------------------------------------------ ingress
 
     def lower_ingress(self, mesh: Mesh, inner: list[Service], ctx: _Ctx) -> list[Entry]:
@@ -668,6 +709,13 @@ class ConsulBackend(Backend):
         if not r.paths:
             return [base or {"PathPrefix": "/"}]
         return [{**base, **p} for path in r.paths for p in path_matches(path)]
+
+
+def as_http(svc: Service) -> Service:
+    """An external service whose callers speak HTTP (the gateway originates TLS) is an HTTP one."""
+    if svc.external is None or not svc.external.tls_originate:
+        return svc
+    return svc.model_copy(update={"ports": tuple(p.model_copy(update={"protocol": "http"}) for p in svc.ports)})
 
 
 def conditional(r: AuthzRule) -> bool:

@@ -286,3 +286,24 @@ def test_ingress_exposes_only_the_listed_paths() -> None:
     # a service with its own route rules cannot have its paths filtered (no router behind a router)
     mesh = update_service(bookinfo(), "reviews", expose=Ingress(paths=(PathMatch(kind="prefix", value="/r"),)))
     assert [d.code for d in ConsulBackend().lower(mesh).diagnostics] == ["E330"]
+
+
+def test_external_service_is_a_destination_behind_the_terminating_gateway() -> None:
+    from test_consul_fixtures import ident
+
+    from meshc.model import External, Port, Service
+
+    ext = Service(name="payments", namespace="default", identity=ident("payments"),
+                  ports=(Port(protocol="tls", number=443, mtls="disabled"),),
+                  external=External(host="api.stripe.com", tls_originate=True))
+    mesh = replace(bookinfo(), services=tuple(sorted((*bookinfo().services, ext), key=lambda s: s.name)),
+                   rules=(*bookinfo().rules, AuthzRule(action="allow", sources=(Source(kind="service", name="ratings"),),
+                                                       destinations=("payments",))))
+    bundle = lower(mesh)
+    assert entry(bundle, "ServiceDefaults", "payments") == {
+        "protocol": "http", "destination": {"addresses": ["api.stripe.com"], "port": 443}}
+    assert entry(bundle, "TerminatingGateway", "terminating-gateway") == {"services": [
+        {"name": "payments", "caFile": "/etc/ssl/certs/ca-certificates.crt", "sni": "api.stripe.com"}]}
+    sources = entry(bundle, "ServiceIntentions", "payments")["sources"]
+    assert sources == [{"name": "ratings", "action": "allow"}]
+    validate_crds("consul", list(crds(bundle).values()))
