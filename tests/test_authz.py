@@ -179,3 +179,54 @@ def test_matrix_full_and_allow_by_default(shop: Mesh) -> None:
     assert cart.level == "partial" and str(cart) == 'partial: everything except paths prefix "/admin"'
     assert ("unauthenticated", "cart") not in m  # strict mTLS refuses plaintext
     assert m[("unauthenticated", "legacy")].level == "full"
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_segments = st.sampled_from(["a", "admin", ".", "..", "", "%2e", "%2E%2e", "%61dmin", "x%20y", "%7e", "~", "%41"])
+
+
+@given(st.lists(_segments, max_size=8), st.booleans())
+def test_normalize_path_is_idempotent_and_clean(parts: list[str], trailing: bool) -> None:
+    raw = "/" + "/".join(parts) + ("/" if trailing else "")
+    norm = authz.normalize_path(raw)
+    assert norm is not None
+    assert authz.normalize_path(norm) == norm
+    assert norm.startswith("/") and "//" not in norm
+    assert not any(seg in (".", "..") for seg in norm.split("/"))
+    assert "%2e" not in norm.lower() and "%61" not in norm.lower()
+
+
+@given(st.text(alphabet="/%2fF5cC.a", max_size=12))
+def test_normalize_path_never_lets_an_encoded_slash_through(raw: str) -> None:
+    norm = authz.normalize_path("/" + raw)
+    assert norm is None or ("%2f" not in norm.lower() and "%5c" not in norm.lower())
+
+
+REQUESTS = [dict(method=m, path=p, port=port, headers=h)
+            for m in ("GET", "POST", "DELETE")
+            for p in ("/", "/items", "/admin/x", "/api", "/api/internal/k", "/health")
+            for port in (80, 81, 9080)
+            for h in ({}, {"x-tenant": "a"})]
+
+
+@pytest.mark.parametrize("posture", ["deny_by_default", "allow_by_default"])
+def test_matrix_agrees_with_decide(shop: Mesh, posture: str) -> None:
+    """none: every request refused; full: every request admitted; partial: some of each."""
+    mesh = shop.model_copy(update={"authz": posture})
+    m = authz.matrix(mesh)
+    sources = [s.name for s in mesh.services] + ["ingress", "unauthenticated"]
+    for src in sources:
+        for dest in mesh.services:
+            level = m.get((src, dest.name), authz.NO_ACCESS).level
+            ports = [p.number for p in dest.ports]
+            results = {authz.decide(mesh, None if src == "unauthenticated" else src, dest.name,
+                                    **{**r, "port": r["port"] if r["port"] in ports else ports[0]}).allowed
+                       for r in REQUESTS}
+            expected = {"none": {False}, "full": {True}}.get(level)
+            assert expected is None or results == expected, (src, dest.name, level, results)
+            if level == "partial":
+                assert True in results, (src, dest.name)
