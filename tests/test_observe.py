@@ -190,3 +190,40 @@ def test_stat_counts_match_traffic_on_a_running_mesh(tmp_path: Path, capsys: pyt
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_refreshing_frames_report_rates(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two frames from a live prometheus_client exporter: the second sees the new requests."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    m = Metrics()
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=m.registry)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        for _ in range(400):  # bounded: at most ~4 s
+            if stop.wait(0.01):
+                return
+            m.observe_request("web", "outbound|9080||api", "api|0", "outbound|9080||api", 200, 0.004)
+
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        assert main(["top", "--admin", f"web=127.0.0.1:{port}", "--count", "2", "--interval", "0.3",
+                     "--format", "json"]) == 0
+        text = capsys.readouterr().out
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        server.shutdown()
+    docs, pos, dec = [], 0, json.JSONDecoder()
+    while text[pos:].strip():
+        doc, pos = dec.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+        docs.append(doc)
+    assert len(docs) == 2
+    first, second = (d["routes"][0] for d in docs)
+    assert first["rps"] > 0 and second["requests"] > first["requests"]
+    assert second["latency_ms"]["p50"] == pytest.approx(3.75, abs=1.3)  # in the (2.5, 5] ms bucket
