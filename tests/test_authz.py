@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshc import authz
 from meshc.model import AuthzRule, Identity, Mesh, PathMatch, Port, Service, Source, StringMatch
@@ -182,9 +184,6 @@ def test_matrix_full_and_allow_by_default(shop: Mesh) -> None:
 
 
 # --------------------------------------------------------------------------- properties
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _segments = st.sampled_from(["a", "admin", ".", "..", "", "%2e", "%2E%2e", "%61dmin", "x%20y", "%7e", "~", "%41"])
 
