@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -1377,6 +1378,76 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
+class OldSideError(Exception):
+    """An error loading the old side (reported with the old side's file names)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+# Above this much .mesh text the two sides are loaded in parallel (fork): parsing dominates,
+# and shipping the old model back (pickle) costs a fraction of parsing it.
+PARALLEL_BYTES = 1_000_000
+
+
+def _child_load(load: Callable[[], Mesh | None], conn: Any) -> None:
+    from meshc.diagnostics import MeshcError
+
+    gc.disable()
+    try:
+        result: tuple[str, Any] = ("ok", load())
+    except MeshcError as e:
+        result = ("meshc", e.diagnostics)
+    except UsageError as e:
+        result = ("usage", str(e))
+    except Exception as e:  # reported by the parent as an OS-level failure
+        result = ("os", f"{type(e).__name__}: {e}")
+    conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    conn.close()
+
+
+def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh],
+               parallel: bool) -> tuple[Mesh | None, Mesh]:
+    """(old, new). With `parallel`, the old side loads in a forked child meanwhile.
+    Errors of the old side are raised as OldSideError; the new side's as they are."""
+    import multiprocessing as mp
+
+    from meshc.diagnostics import MeshcError
+
+    if not parallel or "fork" not in mp.get_all_start_methods():
+        new = load_new()
+        try:
+            return load_old(), new
+        except (MeshcError, UsageError, OSError) as e:
+            raise OldSideError(e) from e
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_load, args=(load_old, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        new = load_new()
+        kind, value = pickle.loads(recv.recv_bytes())
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        recv.close()
+    errors: dict[str, Callable[[Any], BaseException]] = {
+        "meshc": MeshcError, "usage": UsageError, "os": lambda v: OSError(v)}
+    if kind != "ok":
+        raise OldSideError(errors[kind](value))
+    return value, new
+
+
+def _size(paths: Sequence[Path]) -> int:
+    try:
+        return sum(f.stat().st_size for f in expand(paths))
+    except OSError:
+        return 0
+
+
 def run_diff(args: argparse.Namespace) -> int:
     with no_gc():
         return _run_diff(args)
@@ -1387,23 +1458,26 @@ def _run_diff(args: argparse.Namespace) -> int:
 
     paths = [Path(p) for p in args.paths]
     targets = _targets(args.target)
+    if not args.base and len(paths) != 2:
+        sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
+        return 2
+    new_paths = (paths or [Path(".")]) if args.base else paths[1:]
+    parallel = args.jobs > 1 and _size(new_paths) >= PARALLEL_BYTES
+    relabel = (str(GIT_ROOT) + "/", f"{args.base}:") if args.base else ("", "")
+
+    def load_old() -> Mesh | None:
+        return load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
+
     try:
+        try:
+            old, new = load_sides(load_old, lambda: load_paths(new_paths), parallel)
+        except OldSideError as e:
+            if isinstance(e.error, MeshcError):
+                return _report(e.error, relabel)
+            raise e.error from None
+        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
         if args.base:
-            new_paths = paths or [Path(".")]
-            new = load_paths(new_paths)
-            try:
-                old = load_at_ref(args.base, new_paths)
-            except MeshcError as e:
-                return _report(e, (str(GIT_ROOT) + "/", f"{args.base}:"))
-            if old is None:
-                old = Mesh(name=new.name)
-            result = semantic_diff(old, new, targets=targets).relabel(str(GIT_ROOT) + "/", f"{args.base}:")
-        else:
-            if len(paths) != 2:
-                sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
-                return 2
-            old, new = load_paths([paths[0]]), load_paths([paths[1]])
-            result = semantic_diff(old, new, targets=targets)
+            result = result.relabel(*relabel)
     except UsageError as e:
         sys.stderr.write(f"meshc diff: {e}\n")
         return 2
@@ -1436,4 +1510,6 @@ def register(subparsers: Any) -> None:
                    help="exit 1 when a change widens access or weakens protection (widen), or on any change")
     p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets ('all': every target)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=2,
+                   help="load the two sides in parallel when they are large (default 2; 1: one after the other)")
     p.set_defaults(func=run_diff)
