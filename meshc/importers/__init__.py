@@ -63,6 +63,7 @@ def run_import(args: argparse.Namespace) -> int:
         Path(args.output).write_text(result.text, encoding="utf-8")
     else:
         sys.stdout.write(result.text)
+        sys.stdout.flush()
     report = result.report.text()
     if args.report:
         Path(args.report).write_text(report, encoding="utf-8")

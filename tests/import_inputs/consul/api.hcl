@@ -1,0 +1,4 @@
+Kind     = "service-defaults"
+Name     = "api"
+Protocol = "http"
+LocalRequestTimeoutMs = 3000
