@@ -504,11 +504,16 @@ def example_files() -> list[Path]:
 
 
 def example_meshes() -> list[tuple[str, list[Path]]]:
-    """Each example directory is one mesh (multi-file examples import the rest)."""
+    """Every entry point of every example: files no other file imports (prod.mesh), and files
+    with their own `mesh` block (base.mesh, the development setup prod.mesh builds on)."""
+    import re
     out = []
     for d in sorted({p.parent for p in example_files()}):
-        roots = [p for p in sorted(d.glob("*.mesh")) if p.stem == d.name] or sorted(d.glob("*.mesh"))[:1]
-        out.append((d.name, roots))
+        files = sorted(d.glob("*.mesh"))
+        imported = {m for p in files for m in re.findall(r'^import\s+"([^"]+)"', p.read_text(), re.M)}
+        for p in files:
+            if p.name not in imported or re.search(r"^mesh\s", p.read_text(), re.M):
+                out.append((f"{d.name}/{p.stem}", [p]))
     return out
 
 
