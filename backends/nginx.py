@@ -234,6 +234,7 @@ class Sidecar:
     upstream_meta: dict[str, tuple[Service, Port]] = field(default_factory=dict)
     preamble: list[D] = field(default_factory=list)
     route_tables: dict[str, tuple[str, list[D]]] = field(default_factory=dict)
+    externals: dict[str, Service] = field(default_factory=dict)  # "host:port" -> external service
 
 
 @dataclass
@@ -259,6 +260,7 @@ class NginxBackend(Backend):
         "route.no_default", "timeout", "retry", "retry.per_try", "retry.status_codes",
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
         "load_balance.consistent_hash", "circuit_breaker", "rate_limit", "ingress",
+        "external", "external.tls_originate", "protocol.tls",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers",
     })
@@ -268,6 +270,9 @@ class NginxBackend(Backend):
         "inbound_address": "address the inbound servers listen on (default 0.0.0.0)",
         "outbound_base": "first outbound loopback port of every sidecar (default 15100)",
         "peer_host": "host where callee sidecars are reached (default 127.0.0.1)",
+        "resolver": "DNS server nginx asks for external hosts at request time (default 127.0.0.53)",
+        "system_ca": "CA bundle trusted for TLS origination to external services "
+                     "(default /etc/ssl/certs/ca-certificates.crt)",
     }
 
     def opt(self, key: str, default: str) -> str:
@@ -283,6 +288,12 @@ class NginxBackend(Backend):
     def lower(self, mesh: Mesh) -> Bundle:
         self.mesh = mesh
         ctx = _Ctx()
+        self.ext_retry_spans: list[Span] = []
+        for svc in mesh.services:
+            for p in svc.ports:
+                if p.protocol == "tls" and not originates(svc):
+                    ctx.error("nginx forwards TLS passthrough only with the stream module, which this target "
+                              "does not use", p.span, help="originate TLS (`tls originate`) or use envoy")
         bundle = Bundle()
         index: dict[str, Any] = {"topology": "one sidecar per service; see meshc.backends.nginx",
                                  "version_header": VERSION_HEADER, "sidecars": {}}
@@ -292,6 +303,8 @@ class NginxBackend(Backend):
             sc = self.lower_sidecar(svc, ctx)
             bundle.add_text(f"{svc.name}/nginx.conf", render(sc))
             index["sidecars"][svc.name] = sc.index
+        for span in dict.fromkeys(self.ext_retry_spans):
+            ctx.error("nginx retries an external host only across its DNS addresses, not N+1 times", span)
         gw = self.lower_ingress(ctx)
         if gw is not None:
             bundle.add_text(f"{gw.name}/nginx.conf", render(gw))
@@ -422,26 +435,27 @@ class NginxBackend(Backend):
 
     # ------------------------------------------------------------------ authorization
 
-    def authz_map(self, svc: Service, port: Port, var: str, ctx: _Ctx) -> D:
+    def authz_map(self, svc: Service, port: Port, var: str, ctx: _Ctx, peer: str | None = None) -> D:
+        """The authorization map of one port; `peer`: a fixed caller identity (egress)."""
         rules = [r for r in self.mesh.rules
                  if (svc.name in r.destinations or "*" in r.destinations)
                  and (not r.ports or port.number in r.ports)]
         headers = sorted({h.name for r in rules for h in r.headers})
         for h in headers:
             check_header(h, next(x.span for r in rules for x in r.headers if x.name == h), ctx)
-        key = SEP.join(["$meshc_peer", "$request_method", *[f"$http_{var_name(h)}" for h in headers], "$uri"])
+        key = SEP.join([peer or "$meshc_peer", "$request_method", *[f"$http_{var_name(h)}" for h in headers], "$uri"])
         default = "deny" if self.mesh.authz == "deny_by_default" else "allow"
         lines = [d("default", Lit(default))]
         for action in ("deny", "allow"):
             for r in rules:
                 if r.action == action:
-                    for rx in self.rule_regexes(r, headers, port):
+                    for rx in self.rule_regexes(r, headers, port, proven=peer is not None):
                         lines.append(d(Rx("~" + rx), Lit(action)))
         return block("map", Expr(key), Raw(var), children=lines)
 
-    def rule_regexes(self, r: AuthzRule, headers: list[str], port: Port) -> list[str]:
+    def rule_regexes(self, r: AuthzRule, headers: list[str], port: Port, proven: bool = False) -> list[str]:
         peers = "|".join(self.source_regex(s) for s in r.sources)
-        if port.mtls != "strict":
+        if port.mtls != "strict" and not proven:
             # plaintext callers: only `*` and `unauthenticated` can match ($meshc_peer is empty)
             peers = "|".join(self.source_regex(s) for s in r.sources if s.kind in ("any", "unauthenticated"))
             if not any(s.kind in ("any", "unauthenticated") for s in r.sources):
@@ -480,7 +494,7 @@ class NginxBackend(Backend):
             if rule.action == "allow" and any(s.kind == "service" and s.name == svc.name for s in rule.sources):
                 names.update(x for x in rule.destinations if x != "*")
         names.discard(svc.name)
-        return sorted(n for n in names if (c := self.mesh.service(n)) is not None and c.external is None)
+        return sorted(n for n in names if self.mesh.service(n) is not None)
 
     def lower_outbound(self, sc: Sidecar, svc: Service, ctx: _Ctx) -> None:
         base = int(self.opt("outbound_base", "15100"))
@@ -488,17 +502,23 @@ class NginxBackend(Backend):
         for i, (dep, port) in enumerate(slots):
             callee = self.mesh.service(dep)
             assert callee is not None
-            if port.protocol not in HTTP_PROTOCOLS:
+            if port.protocol not in HTTP_PROTOCOLS and not originates(callee):
                 continue
             self.lower_outbound_server(sc, svc, callee, port, base + i, ctx)
 
     def lower_outbound_server(self, sc: Sidecar, caller: Service, callee: Service, port: Port, listen: int,
                               ctx: _Ctx) -> None:
         route_var, named = self.route_table(sc, caller, callee, port, ctx)
+        guard: list[D] = []
+        if callee.external is not None:
+            # egress authorization runs in the caller's sidecar, which knows its own identity
+            var = f"$meshc_egress_{var_name(callee.name)}_{port.number}"
+            sc.http.append(self.authz_map(callee, port, var, ctx, peer=caller.identity.spiffe))
+            guard = [block("if", Raw(f"({var}"), Raw("="), Lit("deny"), Raw(")"), children=[d("return", 403)])]
         sc.servers.append(block("server", children=[
             d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
-            d("root", Lit("/nonexistent/meshc")), block("location", "/", children=[dispatch(route_var)]),
-            *named]))
+            d("root", Lit("/nonexistent/meshc")), *guard,
+            block("location", "/", children=[dispatch(route_var)]), *named]))
         sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
 
     def route_table(self, sc: Sidecar, caller: Service, callee: Service, port: Port,
@@ -603,6 +623,13 @@ class NginxBackend(Backend):
         assert svc is not None
         port = (next((p for p in svc.ports if p.number == like.number), None)
                 or next((p for p in svc.ports if p.protocol == like.protocol), None) or svc.ports[0])
+        if svc.external is not None:
+            # resolved at request time (`resolver`): nginx resolves upstream blocks only at start
+            name = f"{svc.external.host}:{port.number}"
+            sc.externals[name] = svc
+            if tries > 1:
+                self.ext_retry_spans.append(svc.span)
+            return name
         name = f"out_{var_name(svc.name)}_{port.number}"
         sc.upstream_tries[name] = max(sc.upstream_tries.get(name, 1), tries)
         sc.upstream_meta[name] = (svc, port)
@@ -684,10 +711,17 @@ class NginxBackend(Backend):
                 out.append(d("add_header", Lit(name), Lit(value), "always"))
             for name in resp.remove:
                 out.append(d("proxy_hide_header", Lit(name)))
-        out += [d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
-                d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
-                d("proxy_ssl_verify_depth", 1), d("proxy_ssl_name", Raw("$meshc_peer_name")),
-                d("proxy_ssl_session_reuse", "on")]
+        if callee.external is not None:
+            if not host:  # the external API expects its own name, not the mesh service's
+                out[2] = d("proxy_set_header", "Host", Lit(callee.external.host))
+            out += [d("proxy_ssl_server_name", "on"), d("proxy_ssl_name", Raw("$meshc_peer_name")),
+                    d("proxy_ssl_trusted_certificate", Lit(self.opt("system_ca", "/etc/ssl/certs/ca-certificates.crt"))),
+                    d("proxy_ssl_verify", "on"), d("proxy_ssl_verify_depth", 5)]
+        else:
+            out += [d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
+                    d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
+                    d("proxy_ssl_verify_depth", 1), d("proxy_ssl_name", Raw("$meshc_peer_name")),
+                    d("proxy_ssl_session_reuse", "on")]
         out += self.timeouts(rule.timeout or callee.resilience.timeout or self.mesh.timeout, retry)
         out += self.retries(retry, ctx)
         return out
@@ -776,6 +810,13 @@ class NginxBackend(Backend):
             out.append(block("upstream", name, children=body))
             scheme.append(d(Lit(name), Lit("https" if port.mtls != "disabled" else "http")))
             names.append(d(Lit(name), Lit(f"{svc.identity.name}.{svc.identity.namespace}")))
+        for name in sorted(sc.externals):
+            ext = sc.externals[name].external
+            assert ext is not None
+            scheme.append(d(Lit(name), Lit("https" if ext.tls_originate else "http")))
+            names.append(d(Lit(name), Lit(ext.sni or ext.host)))
+        if sc.externals:
+            out += [d("resolver", self.opt("resolver", "127.0.0.53"), "valid=30s"), d("resolver_timeout", "5s")]
         if not out:
             return []  # no outbound server: the maps below would name an unset variable
         return [
@@ -823,6 +864,11 @@ def dedupe_named(locs: list[D]) -> list[D]:
             names.add(key)
             out.append(loc)
     return out
+
+
+def originates(svc: Service) -> bool:
+    """An external service whose callers speak plain HTTP while the sidecar speaks TLS."""
+    return svc.external is not None and svc.external.tls_originate
 
 
 def var_name(name: str) -> str:

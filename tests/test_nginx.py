@@ -491,3 +491,62 @@ def test_rich_route_table_passes_nginx_t_and_keeps_rule_order(certs: Path, tmp_p
     assert "limit_req_zone $server_name zone=meshc_rl_api:1m rate=600r/m;" in api
     assert "limit_req zone=meshc_rl_api burst=9 nodelay;" in api
     assert [int(x) for x in re.findall(r"max_conns=(\d+)", text)] == [3, 2, 2]  # 7 over retry 2 = 3 tries
+
+
+@needs_nginx
+def test_external_service_egress_with_tls_origination(tmp_path: Path) -> None:
+    """Callers speak HTTP to their loopback port; nginx resolves the host at request time, originates
+    TLS (SNI, system CAs) and authorizes the egress call in the caller's own sidecar."""
+    from meshc.certs import write_certs
+    from meshc.compiler import load_text
+
+    mesh = load_text(r'''
+mesh egress { authz deny_by_default }
+service app {
+  port http 9001
+  endpoints 127.0.0.1:19001
+  calls stripe, blocked
+}
+external stripe {
+  host "api.stripe.com"
+  port tls 443
+  tls originate sni "api.stripe.com"
+  timeout 3s
+}
+external blocked {
+  host "example.org"
+  port http 80
+}
+allow app -> stripe methods POST
+''', "egress.mesh")
+    write_certs(mesh, tmp_path / "certs")
+    backend = NginxBackend({"certs_dir": str(tmp_path / "certs"), "resolver": "10.0.0.10"})
+    assert not backend.unsupported(mesh)
+    bundle = backend.lower(mesh)
+    assert not bundle.diagnostics
+    assert check_all(bundle, tmp_path) == 1
+    text = conf(bundle, "app")
+    assert "resolver 10.0.0.10 valid=30s;" in text
+    assert 'set $meshc_pick "api.stripe.com:443/";' in text and 'set $meshc_pick "example.org:80/";' in text
+    assert '"api.stripe.com:443" "https";' in text and '"example.org:80" "http";' in text
+    assert 'proxy_set_header Host "api.stripe.com";' in text
+    assert 'proxy_ssl_trusted_certificate "/etc/ssl/certs/ca-certificates.crt";' in text
+    default, lines, names = authz_map(text.replace("$meshc_egress_stripe_443", "$meshc_authz_1"), 1)
+    peer = mesh.service("app").identity.spiffe  # type: ignore[union-attr]
+    assert nginx_decides(default, lines, peer, "POST", "/v1/charges", {}, names)
+    assert not nginx_decides(default, lines, peer, "GET", "/v1/charges", {}, names)
+    assert 'map "spiffe://cluster.local/ns/default/sa/app\\n$request_method\\n$uri" $meshc_egress_blocked_80' in text
+    # TLS passthrough (no origination) needs the stream module: E330
+    plain = load_text(r'''
+mesh p { authz allow_by_default }
+service app {
+  port http 9001
+  endpoints 127.0.0.1:19001
+  calls db
+}
+external db {
+  host "db.example.org"
+  port tls 5432
+}
+''', "p.mesh")
+    assert [d.code for d in NginxBackend().lower(plain).diagnostics] == ["E330"]
