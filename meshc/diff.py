@@ -129,7 +129,7 @@ class Diff:
         return out
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(EFFECTS, 0)
+        out: dict[str, int] = dict.fromkeys(EFFECTS, 0)
         for c in self.changes:
             out[c.effect] += 1
         return out
@@ -965,7 +965,7 @@ def _grants(mesh: Mesh, source: str | None, dest: str, probes: list[_Probe]) -> 
 
 def _collapse(probes: set[_Probe], dims: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
     """Summarise a set of probes: a dimension all of whose values are present becomes ANY."""
-    rows = {(p.method, p.path, p.port, p.header) for p in probes}
+    rows: set[tuple[Any, ...]] = {(p.method, p.path, p.port, p.header) for p in probes}
     names = ("method", "path", "port", "header")
     for i, name in enumerate(names):
         values = dims[name]
@@ -1050,6 +1050,8 @@ def _diff_access(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterator[Chang
         classes = _source_classes(old, new, rules)
         named = set(classes[:-3])
         for label in classes:
+            src_a: str | None
+            src_b: str | None
             if label == OTHER_SOURCES:
                 ra, rb = _representative(old, named), _representative(new, named)
                 if ra is None or rb is None:
