@@ -218,6 +218,9 @@ def value_regex(m: StringMatch) -> str:
 
 
 ANY_FIELD = "[^\\n]*"
+ACCESS_LOG_JSON = (("time", "$time_iso8601"), ("method", "$request_method"), ("path", "$request_uri"),
+                   ("status", "$status"), ("duration_ms", "$request_time"), ("upstream", "$upstream_addr"),
+                   ("peer", "$meshc_peer"), ("request_id", "$request_id"))
 
 
 # --------------------------------------------------------------------------- sidecar model
@@ -325,8 +328,20 @@ class NginxBackend(Backend):
         sc.http += self.lower_upstreams(sc, ctx)
         return sc
 
+    def access_log(self) -> list[D]:
+        """The mesh's access log on stdout (never nginx's compiled-in /var/log path)."""
+        fmt = self.mesh.observability.access_log
+        if fmt == "off":
+            return [d("access_log", "off")]
+        if fmt == "text":
+            return [d("access_log", "/dev/stdout", "combined")]
+        fields = ", ".join(f'"{k}":"{v}"' for k, v in ACCESS_LOG_JSON)
+        return [d("log_format", "meshc_json", "escape=json", Expr("{" + fields + "}")),
+                d("access_log", "/dev/stdout", "meshc_json")]
+
     def lower_common(self, svc: Service | None) -> list[D]:
         out = [
+            *self.access_log(),
             # nginx has no escape for `$`: literal dollars are written through this variable
             block("geo", "$meshc_dollar", children=[d("default", Rx("$"))]),
             # The verified client certificate's subject -> its SPIFFE ID (see the module docstring).
