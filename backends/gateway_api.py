@@ -149,26 +149,43 @@ def _same(a: Match, b: Match) -> bool:
     return a.model_dump(exclude={"span"}) == b.model_dump(exclude={"span"})
 
 
-def preserve_order(rules: list[tuple[Match, ...]], gaps: k8s.Gaps, spans: list[Any]) -> list[list[Match]]:
+def preserve_order(rules: list[tuple[Match, ...]], gaps: k8s.Gaps, spans: list[Any],
+                   limit: int = 256) -> list[list[Match]]:
     """Matches per rule such that Gateway API precedence picks, for every request, the first
-    meshc rule that matches it. An empty tuple (otherwise) stands for the match-all Match()."""
+    meshc rule that matches it. An empty tuple (otherwise) stands for the match-all Match().
+
+    For rules h < j, wherever a match `a` of h overlaps a match `b` of j and `a` ranks below
+    `b`, h also gets `a and b` (a subset of h's own requests) ranking at least as high as `b`,
+    so h wins there (by specificity, or by rule order on a tie). A match added to h may in turn
+    outrank an earlier rule g on their overlap, so this runs to a fixpoint (bounded by `limit`
+    additions; beyond that the table is reported)."""
     original = [list(ms) if ms else [Match()] for ms in rules]
     out = [list(ms) for ms in original]
-    for i, ms_i in enumerate(original):
-        for a in ms_i:
-            for j in range(i + 1, len(original)):
-                for b in original[j]:
-                    c = k8s.and_match(a, b)
-                    if c is None or rank_ge(a, b):
-                        continue  # disjoint, or `a` already wins wherever both match
-                    ge = None if c is k8s.UNKNOWN else rank_ge(c, b)
-                    if ge is None or ge is False:
-                        gaps.add("rule order (a later, overlapping rule could take precedence)", spans[i],
-                                 "Gateway API ranks matches by specificity; make the rules disjoint")
-                        continue
-                    if _same(c, a) or any(_same(c, x) for x in out[i]):
-                        continue
-                    out[i].append(c)
+    added = 0
+    changed = True
+    while changed:
+        changed = False
+        for h, ms_h in enumerate(original):
+            for a in ms_h:
+                for j in range(h + 1, len(out)):
+                    for b in list(out[j]):
+                        c = k8s.and_match(a, b)
+                        if c is None or rank_ge(a, b):
+                            continue  # disjoint, or `a` already wins wherever both match
+                        ge = None if c is k8s.UNKNOWN else rank_ge(c, b)
+                        if ge is None or ge is False:
+                            gaps.add("rule order (a later, overlapping rule could take precedence)", spans[h],
+                                     "Gateway API ranks matches by specificity; make the rules disjoint")
+                            continue
+                        if any(_same(c, x) for x in out[h]):
+                            continue
+                        out[h].append(c)
+                        changed = True
+                        added += 1
+                        if added > limit:
+                            gaps.add("rule order (too many overlapping conditions to keep first-match order)",
+                                     spans[h], "simplify the route table")
+                            return out
     return out
 
 
