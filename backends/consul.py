@@ -678,17 +678,16 @@ class ConsulBackend(Backend):
     def source_decision(self, rules: list[AuthzRule], default: str, l7: bool, svc: Service,
                         ctx: _Ctx) -> dict[str, Any]:
         """An L4 action when every applicable rule is unconditional, else ordered L7 permissions."""
+        if not l7:
+            # A TCP connection has no method, path or headers, so a rule narrowed by them never
+            # matches it (meshc's meaning): it drops out, exactly.
+            rules = [r for r in rules if not conditional(r)]
         denies = [r for r in rules if r.action == "deny"]
         allows = [r for r in rules if r.action == "allow"]
         if any(not conditional(r) for r in denies):
             return {"Action": "deny"}
         if not any(conditional(r) for r in rules):
             return {"Action": "allow" if allows else default}
-        if not l7:
-            r = next(r for r in rules if conditional(r))
-            ctx.error(f"Consul authorizes TCP service '{svc.name}' per caller only (no methods, paths or "
-                      "headers)", r.span)
-            return {"Action": default}
         perms: list[dict[str, Any]] = []
         for r in denies + allows:
             perms += [{"Action": r.action, "HTTP": http} for http in self.permission_https(r, ctx)]

@@ -307,3 +307,22 @@ def test_external_service_is_a_destination_behind_the_terminating_gateway() -> N
     sources = entry(bundle, "ServiceIntentions", "payments")["sources"]
     assert sources == [{"name": "ratings", "action": "allow"}]
     validate_crds("consul", list(crds(bundle).values()))
+
+
+def test_rules_narrowed_by_request_attributes_never_match_a_tcp_service() -> None:
+    from meshc.model import Port
+
+    mesh = update_service(bookinfo(), "details", ports=(Port(protocol="tcp", number=5432, mtls="strict"),),
+                          routes=())
+    rules = (AuthzRule(action="allow", sources=(Source(kind="service", name="productpage"),),
+                       destinations=("details",)),
+             AuthzRule(action="deny", sources=(Source(kind="any"),), destinations=("*",),
+                       paths=(PathMatch(kind="prefix", value="/admin"),)),
+             AuthzRule(action="allow", sources=(Source(kind="service", name="reviews"),), destinations=("details",),
+                       methods=("GET",)))
+    bundle = lower(replace(mesh, rules=rules))
+    assert entry(bundle, "ServiceIntentions", "details")["sources"] == [
+        {"name": "*", "action": "deny"}, {"name": "productpage", "action": "allow"},
+        {"name": "reviews", "action": "deny"}]
+    assert authz.decide(replace(mesh, rules=rules), "productpage", "details").allowed
+    assert not authz.decide(replace(mesh, rules=rules), "reviews", "details").allowed
