@@ -743,7 +743,12 @@ class EnvoyBackend(Backend):
         for rule in rules:
             action = self.route_action(sc, callee, port, rule)
             for m in rule.matches or (None,):
-                routes.append({"match": route_match(m), **action})
+                entry = {"match": route_match(m), **action}
+                if rule.rewrite is not None and rule.rewrite.prefix is not None and "route" in entry:
+                    # the matched prefix depends on the match, so the rewrite does too
+                    route = {k: v for k, v in entry["route"].items() if k not in ("prefix_rewrite", "regex_rewrite")}
+                    entry["route"] = {**route, **prefix_rewrite(m.path if m else None, rule.rewrite.prefix)}
+                routes.append(entry)
         return routes
 
     def resolve_port(self, svc: Service, like: Port) -> Port:
@@ -842,7 +847,7 @@ class EnvoyBackend(Backend):
         if rule.rewrite is not None:
             rw = rule.rewrite
             if rw.prefix is not None:
-                route["prefix_rewrite"] = rw.prefix
+                route.update(prefix_rewrite(None, rw.prefix))  # refined per match by the caller
             elif rw.path is not None:
                 route["regex_rewrite"] = {"pattern": {"regex": "^.*$"}, "substitution": rw.path}
             if rw.host is not None:
@@ -979,6 +984,24 @@ def dns_cluster(name: str, host: str, port: int, kind: str) -> dict[str, Any]:
 def default_destinations(svc: Service) -> tuple[Destination, ...]:
     rule = next((r for r in svc.routes if r.is_default and r.destinations), None)
     return rule.destinations if rule else (Destination(service=svc.name),)
+
+
+def prefix_rewrite(path: PathMatch | None, new: str) -> dict[str, Any]:
+    """`rewrite prefix NEW`: replace the part of the path the match matched.
+
+    Envoy's prefix_rewrite does that for `prefix` and `exact` matches. For `under "/api"` the
+    matched part is the segment `/api` plus its slash when NEW ends with one, so that
+    `/api/items` -> `/items` (not `//items`) and `/api` -> `/`. For a regex match, the matched
+    part is the whole path."""
+    if path is None:
+        return {"prefix_rewrite": new}
+    if path.kind == "under":
+        base = re.escape(path.value.rstrip("/"))
+        pattern = f"^{base}/?" if new.endswith("/") else f"^{base}"
+        return {"regex_rewrite": {"pattern": {"regex": pattern}, "substitution": new}}
+    if path.kind == "regex":
+        return {"regex_rewrite": {"pattern": {"regex": "^.*$"}, "substitution": new}}
+    return {"prefix_rewrite": new}
 
 
 def version_header_ops(d: Destination) -> dict[str, Any]:

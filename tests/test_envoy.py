@@ -36,6 +36,7 @@ from meshc.model import (
     Redirect,
     Resilience,
     Retry,
+    Rewrite,
     RouteRule,
     Service,
     Source,
@@ -571,3 +572,20 @@ def test_prometheus_port_serves_stats_only(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_prefix_rewrite_follows_the_match() -> None:
+    m = mesh_of(svc("a", eps=(1,), calls=("b",)), svc("b", 9081, eps=(2,), routes=(
+        RouteRule(matches=(Match(path=PathMatch(kind="under", value="/api")),
+                           Match(path=PathMatch(kind="prefix", value="/v1/"))),
+                  destinations=(Destination(service="b"),), rewrite=Rewrite(prefix="/")),
+        RouteRule(matches=(Match(path=PathMatch(kind="under", value="/old/")),),
+                  destinations=(Destination(service="b"),), rewrite=Rewrite(prefix="/new")),
+        RouteRule(destinations=(Destination(service="b"),)))))
+    under, prefix, old, _ = routes_of(listeners(load(lower(m), "a/envoy.yaml"))["outbound_b_9081"])
+    # /api/items -> /items and /api -> / (never //items)
+    assert under["route"]["regex_rewrite"] == {"pattern": {"regex": "^/api/?"}, "substitution": "/"}
+    assert "prefix_rewrite" not in under["route"]
+    assert prefix["route"]["prefix_rewrite"] == "/" and "regex_rewrite" not in prefix["route"]
+    # /old/x -> /new/x
+    assert old["route"]["regex_rewrite"] == {"pattern": {"regex": "^/old"}, "substitution": "/new"}

@@ -48,6 +48,11 @@ Scenario schema (YAML):
           no_failures: true             # (update) no background request failed
           upstream_saw: {header: value} # request headers as the upstream received them
                                         # (value null: the header did not arrive)
+          upstream_path: /x             # the path the upstream received (after rewrites)
+          response_headers: {name: value}   # on every response (value null: absent)
+          body_contains: text           # in every response body
+          location_path: /new           # the path of the redirect's Location (host: runner's)
+        settle_s: 0.5                   # wait before checking (asynchronous effects: mirroring)
 """
 
 from __future__ import annotations
@@ -236,6 +241,7 @@ class Response:
     elapsed_ms: float
     error: str = ""
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
 
 
 @dataclass
@@ -285,7 +291,7 @@ def _worker(target: Target, method: str, path: str, headers: Mapping[str, str], 
             resp = conn.getresponse()
             body = resp.read()
             out.append(Response(resp.status, resp.getheader(UPSTREAM_HEADER), (time.monotonic() - start) * 1000,
-                                body=body))
+                                body=body, headers={k.lower(): v for k, v in resp.getheaders()}))
             if resp.getheader("connection", "").lower() == "close":
                 conn.close()
                 conn = _connect(target)
@@ -449,6 +455,8 @@ class Run:
                 responses = self.run_update(step)
             else:
                 responses = self.send(step["request"], int(step.get("count", 1)), int(step.get("concurrency", 1)))
+            if "settle_s" in step and "update" not in step:
+                time.sleep(float(step["settle_s"]))
             for problem in check(step.get("expect", {}), responses, self.upstreams):
                 self.failures.append(f"{label}: {problem}")
         if self.failures:
@@ -545,6 +553,28 @@ def check(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str,
             if got != want:
                 problems.append(f"upstream saw {name}: {got!r}, want {want!r}")
                 break
+    if "upstream_path" in expect:
+        for r in rs:
+            try:
+                got = json.loads(r.body)["path"]
+            except (ValueError, KeyError, TypeError):
+                got = None
+            if got != expect["upstream_path"]:
+                problems.append(f"upstream saw path {got!r}, want {expect['upstream_path']!r}")
+                break
+    for name, want in (expect.get("response_headers") or {}).items():
+        bad = [r.headers.get(name.lower()) for r in rs if r.headers.get(name.lower()) != want]
+        if bad:
+            problems.append(f"response header {name}: {bad[0]!r}, want {want!r}")
+    if "location_path" in expect:
+        from urllib.parse import urlsplit
+        bad = [r.headers.get("location") for r in rs
+               if urlsplit(r.headers.get("location") or "").path != expect["location_path"]]
+        if bad:
+            problems.append(f"Location {bad[0]!r}, want path {expect['location_path']!r}")
+    if "body_contains" in expect:
+        if any(expect["body_contains"].encode() not in r.body for r in rs):
+            problems.append(f"body does not contain {expect['body_contains']!r}: {rs[0].body[:100]!r}")
     if "min_count" in expect and len(rs) < int(expect["min_count"]):
         problems.append(f"only {len(rs)} requests were sent, want at least {expect['min_count']}")
     return problems
