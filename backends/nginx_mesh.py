@@ -263,7 +263,7 @@ class NginxMeshBackend(Backend):
                 rule_ref = {"kind": "HTTPRouteGroup", "name": name, "matches": [m["name"] for m in matches]}
             else:
                 if r.paths or r.methods or r.headers:
-                    ctx.error("SMI TCP routes cannot match requests", r.span)
+                    continue  # a TCP connection has no method, path or headers: it never matches
                 out.append(self.obj(SPECS, "TCPRoute", name, svc.namespace, {}))
                 rule_ref = {"kind": "TCPRoute", "name": name}
             for port in r.ports or (None,):
