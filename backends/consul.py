@@ -484,7 +484,8 @@ class ConsulBackend(Backend):
         ms = timeout.ms if timeout is not None and timeout.ms is not None else NO_TIMEOUT_MS
         d["RequestTimeout"] = duration(ms)
         retry = rule.retry or svc.resilience.retry
-        if retry is not None:
+        # `retry 0` writes nothing: a retry condition without NumRetries means Envoy's default, 1
+        if retry is not None and retry.attempts > 0:
             d.update(self.retry(retry, ctx))
         for key, ops in (("RequestHeaders", rule.request_headers), ("ResponseHeaders", rule.response_headers)):
             if ops is not None:
