@@ -216,6 +216,7 @@ class PrometheusBackend(Backend):
                 "W341", f"mesh '{mesh.name}' turns metrics off: the generated rules and dashboard will see no data",
                 mesh.observability.span, label="metrics off",
                 help="remove `metrics off` from the mesh block to let the sidecars export metrics"))
+        bundle.diagnostics += self.unmeasurable(mesh)
         targets = self.targets(mesh, bundle)
         if targets is None:
             return bundle
@@ -225,6 +226,20 @@ class PrometheusBackend(Backend):
         bundle.add_yaml(alerts, {"groups": self.alert_groups()})
         bundle.add_json(f"grafana/{mesh.name}.json", self.dashboard())
         return bundle
+
+    def unmeasurable(self, mesh: Mesh) -> list[Diagnostic]:
+        """W342: a latency threshold above the sidecars' largest finite histogram bucket."""
+        top = max(self.src.buckets) * self.src.scale
+        out = []
+        for svc in mesh.services:
+            for slo in svc.objectives:
+                if slo.kind == "latency" and (slo.threshold_ms or 0) / 1000 > top:
+                    out.append(Diagnostic(
+                        "W342", f"latency objective of '{svc.name}' ({slo.threshold_ms}ms) is above the largest "
+                        f"latency bucket of {self.kind} sidecars ({top:g}s): every request counts as fast",
+                        slo.span, label="not measurable",
+                        help=f"lower the threshold to at most {top:g}s, or measure it elsewhere"))
+        return out
 
     # ------------------------------------------------------------------ scrape config
 

@@ -126,6 +126,14 @@ def test_metrics_off_warns() -> None:
     assert [d.code for d in bundle.diagnostics] == ["W341"]
 
 
+def test_unmeasurable_latency_threshold_warns() -> None:
+    mesh = load_text("mesh m { }\nservice a { port http 80 objective latency p99 45s }")
+    native = compile_mesh(mesh, "prometheus").diagnostics
+    assert [d.code for d in native] == ["W342"] and "(30s)" in native[0].message
+    assert native[0].span.line == 2
+    assert compile_mesh(mesh, "prometheus", options={"sidecars": "envoy"}).diagnostics == []  # 3600 s buckets
+
+
 def test_deterministic() -> None:
     for _, mesh in _meshes():
         assert _compile(mesh) == _compile(mesh)
