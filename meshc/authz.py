@@ -520,7 +520,16 @@ def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
     open_default = mesh.authz == "allow_by_default"
     if not allows and not open_default:
         return False
-    return _reachable(mesh, source, identity_of(mesh, source), dest, denies, allows)
+    if source is None or source == UNAUTHENTICATED:
+        ident = None
+    elif source == INGRESS:
+        ident = mesh.ingress_identity
+    else:
+        caller = idx.services.get(source)
+        if caller is None:
+            raise ValueError(f"unknown source service '{source}'")
+        ident = caller.identity
+    return _reachable(mesh, idx, source, ident, dest, denies, allows)
 
 
 def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: str) -> bool:
@@ -533,12 +542,11 @@ def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: st
     denies, allows = idx.rules_for(destination)
     if not allows and mesh.authz != "allow_by_default":
         return False
-    return _reachable(mesh, None, identity, dest, denies, allows)
+    return _reachable(mesh, idx, None, identity, dest, denies, allows)
 
 
-def _reachable(mesh: Mesh, source: str | None, ident: Identity | None, dest: Service,
+def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service,
                denies: list[AuthzRule], allows: list[AuthzRule]) -> bool:
-    idx = index(mesh)
     open_default = mesh.authz == "allow_by_default"
     proven = Caller(source, ident)
     plain = Caller(source, None)

@@ -133,20 +133,21 @@ def _calls(svc: Service) -> Iterator[tuple[str, Span]]:
 
 def _traffic_edges(mesh: Mesh) -> Iterator[tuple[str, str, str, Span, dict[str, object]]]:
     """(source, target, kind, span, extra) for every edge requests can travel."""
+    known = authz.index(mesh).services
     for svc in mesh.services:
         for callee, span in _calls(svc):
-            if authz.lookup(mesh, callee) is not None:
+            if callee in known:
                 yield svc.name, callee, "calls", span, {}
         if svc.expose is not None:
             yield INGRESS_NODE, svc.name, "expose", svc.expose.span, {}
         for rule in svc.routes:
             for d in rule.destinations:
-                if d.service != svc.name and authz.lookup(mesh, d.service) is not None:
+                if d.service != svc.name and d.service in known:
                     kind = "split" if len(rule.destinations) > 1 else "route"
                     yield svc.name, d.service, kind, d.span, {"weight": d.weight}
             if rule.mirror is not None:
                 target = rule.mirror.destination.service
-                if target != svc.name and authz.lookup(mesh, target) is not None:
+                if target != svc.name and target in known:
                     yield svc.name, target, "mirror", rule.mirror.span, {"percent": rule.mirror.percent}
 
 
@@ -523,9 +524,10 @@ def _dead_help(why: str, source: str, dest: str, alternative: str) -> str:
 
 def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
     """W204: declared calls, exposures, cross-service routes and mirrors that authz refuses."""
+    known = authz.index(mesh).services
     for svc in mesh.services:
         for callee, span in _calls(svc):
-            if authz.lookup(mesh, callee) is None:
+            if callee not in known:
                 continue
             why = _refusal(mesh, svc.name, callee)
             if why:
@@ -549,7 +551,7 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
             if rule.mirror is not None and rule.mirror.destination.service != svc.name:
                 targets.append((rule.mirror.destination.service, rule.mirror.span, "mirrors"))
             for target, span, verb in targets:
-                if authz.lookup(mesh, target) is None:
+                if target not in known:
                     continue
                 for caller in callers[svc.name]:
                     why = _refusal(mesh, caller, target)
@@ -588,10 +590,16 @@ class _Setting:
     own_timeout: bool
 
 
+def _same(a: Timeout, b: Timeout | None) -> bool:
+    """The same timeout node (value and where written); cheaper than pydantic's deep __eq__."""
+    return b is not None and (a is b or (a.ms == b.ms and a.span.line == b.span.line
+                                         and a.span.column == b.span.column and a.span.file == b.span.file))
+
+
 def _settings(mesh: Mesh, svc: Service) -> list[_Setting]:
     """The distinct settings over `svc`'s forwarding rules (most rules share the service's)."""
     out: dict[tuple[int, int], _Setting] = {}
-    service_own = svc.resilience.timeout is not None and svc.resilience.timeout != mesh.timeout
+    service_own = svc.resilience.timeout is not None and not _same(svc.resilience.timeout, mesh.timeout)
     for rule in _rule_slots(svc):
         timeout = _effective_timeout(mesh, svc, rule)
         retry = _effective_retry(svc, rule)
@@ -646,13 +654,14 @@ def _budget(settings: list[_Setting]) -> Timeout | None:
 def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
     """W206 (caller budget below callee worst case) and E212 (per_try >= timeout)."""
     worst_cache: dict[str, tuple[int, str, Span] | None] = {}
+    known = authz.index(mesh).services
     settings = {svc.name: _settings(mesh, svc) for svc in mesh.services}
     for svc in mesh.services:
         budget = _budget(settings[svc.name]) if svc.is_http and svc.calls else None
         if budget is None or budget.ms is None:
             continue
         for callee in dict.fromkeys(svc.calls):
-            target = authz.lookup(mesh, callee)
+            target = known.get(callee)
             if target is None:
                 continue
             if callee not in worst_cache:
@@ -838,6 +847,8 @@ def _is_bound_address(host: str) -> bool:
     services legitimately (a shared database server, a load balancer), so it is not checked."""
     if host.lower() in _LOOPBACK:
         return True
+    if not (host[:1].isdigit() or ":" in host):
+        return False  # a DNS name (IP literals start with a digit; IPv6 ones contain ':')
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
