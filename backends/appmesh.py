@@ -31,6 +31,8 @@ Lowering decisions:
   `per_try`, else the request timeout. `5xx` -> server-error, `gateway-error` -> gateway-error,
   `retriable-4xx` -> client-error, `refused-stream` -> stream-error, `connect-failure` and `reset`
   -> tcp connection-error. Specific status codes are E330.
+- No retries: App Mesh gives routes without a retry policy a default one (2 retries), so every
+  HTTP/gRPC route carries an explicit policy, `maxRetries: 0` when meshc has no retries.
 - Timeouts: App Mesh defaults to 15 s on routes and listeners; "no timeout" is written as 365
   days on both. The listener never cuts what the caller's route allows.
 - Authorization: App Mesh has no request-level authorization. Allow/deny rules without
@@ -552,6 +554,11 @@ class AppMeshBackend(Backend):
             retry = rule.retry or svc.resilience.retry
             if retry is not None and retry.attempts > 0:
                 common["retryPolicy"] = self.retry_policy(retry, timeout, proto, ctx)
+            else:
+                # App Mesh adds a default policy (2 retries, 15 s per try) to routes without one;
+                # meshc's "no retries" is an explicit policy of zero retries
+                common["retryPolicy"] = {"maxRetries": 0, "perRetryTimeout": duration(ms_of(timeout)),
+                                         "httpRetryEvents": ["server-error"]}
         api = {**common, "action": {"weightedTargets": api_targets}}
         crd = {**common, "action": {"weightedTargets": crd_targets}}
         if proto in ("tcp", "tls") and len(svc.ports) > 1:

@@ -147,6 +147,8 @@ def test_routes_keep_rule_order_as_priority_and_retries_count_retries() -> None:
     # no timeout anywhere: explicit, never App Mesh's 15 s default
     details = route(bundle, "details-r0-0")["httpRoute"]
     assert details["timeout"]["perRequest"] == {"unit": "s", "value": NO_TIMEOUT_MS // 1000}
+    # no retries: explicit zero, never App Mesh's default policy (2 retries)
+    assert details["retryPolicy"]["maxRetries"] == 0
 
 
 def listener_sans(bundle: Bundle, node: str) -> list[str] | None:
