@@ -205,7 +205,9 @@ class GatewayApiBackend(Backend):
     ROUTE_API: ClassVar[str] = GW
     RULE_FILTERS: ClassVar[frozenset[str]] = frozenset(
         {"RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect", "URLRewrite"})
-    MAX_RULES: ClassVar[int] = 16
+    MAX_RULES: ClassVar[int] = 16  # rules maxItems
+    MAX_MATCHES: ClassVar[int] = 64  # rules[].matches maxItems
+    MAX_TOTAL_MATCHES: ClassVar[int] = 128  # CEL rule on spec.rules
 
     def __init__(self, options: Any = None):
         super().__init__(options)
@@ -362,9 +364,28 @@ class GatewayApiBackend(Backend):
         out_rules = []
         for rule, ms in zip(rules, matches, strict=True):
             out_rules += self.http_rules(svc, rule, ms, number)
+        return {"parentRefs": [self.parent_ref(svc, port)], "rules": self.within_limits(svc, out_rules)}
+
+    def within_limits(self, svc: Service, out_rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The CRD's size limits; beyond them E301 (with --unsupported=warn the excess is cut,
+        which loses the rules or the order-keeping matches that did not fit)."""
+        span = svc.routes[-1].span if svc.routes else svc.span
         if len(out_rules) > self.MAX_RULES:
-            self.gaps.add(f"more than {self.MAX_RULES} route rules", svc.routes[-1].span if svc.routes else svc.span)
-        return {"parentRefs": [self.parent_ref(svc, port)], "rules": out_rules}
+            self.gaps.add(f"more than {self.MAX_RULES} route rules (after splitting)", span)
+            out_rules = out_rules[:self.MAX_RULES]
+        for r in out_rules:
+            if len(r.get("matches", [])) > self.MAX_MATCHES:
+                self.gaps.add(f"a rule needing more than {self.MAX_MATCHES} matches (conditions OR-ed, methods "
+                              "and the matches that keep first-match order)", span, "simplify the route table")
+                r["matches"] = r["matches"][:self.MAX_MATCHES]
+        if sum(len(r.get("matches", [])) for r in out_rules) > self.MAX_TOTAL_MATCHES:
+            self.gaps.add(f"more than {self.MAX_TOTAL_MATCHES} matches in one route", span, "simplify the route table")
+            budget = self.MAX_TOTAL_MATCHES
+            for r in out_rules:
+                if "matches" in r:
+                    r["matches"] = r["matches"][:max(budget, 1)]
+                    budget -= len(r["matches"])
+        return out_rules
 
     def gateway_matches(self, ms: Iterable[Match]) -> list[dict[str, Any]]:
         out = []
@@ -566,7 +587,7 @@ class GatewayApiBackend(Backend):
             # GRPCRoute ranks by specificity too; keep it simple and honest
             preserve_order([self.checked_matches(r) for r in self.default_rules(svc)], self.gaps,
                            [r.span for r in self.default_rules(svc)])
-        return {"parentRefs": [self.parent_ref(svc, port)], "rules": rules}
+        return {"parentRefs": [self.parent_ref(svc, port)], "rules": self.within_limits(svc, rules)}
 
     def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:
         k8s.check_tcp_service(svc, self.gaps)

@@ -81,6 +81,7 @@ class LinkerdBackend(GatewayApiBackend):
     }
     ROUTE_API: ClassVar[str] = V1BETA3
     RULE_FILTERS: ClassVar[frozenset[str]] = frozenset({"RequestHeaderModifier", "RequestRedirect"})
+    MAX_MATCHES: ClassVar[int] = 8  # rules[].matches maxItems in the CRDs Linkerd ships
 
     def __init__(self, options: Any = None):
         super().__init__(options)
@@ -429,7 +430,7 @@ class LinkerdBackend(GatewayApiBackend):
         for idx, rule, ms, _ports, refs in l7:
             route = f"{svc.name}-allow-{idx}"
             out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", route, svc.namespace,
-                              {"parentRefs": parents, "rules": [{"matches": self.gateway_matches(ms)}]}))
+                              {"parentRefs": parents, "rules": self.chunked_rules(svc, self.gateway_matches(ms))}))
             attach = [(idx, refs)]
             for idx2, _rule2, ms2, _p2, refs2 in l7:
                 if idx2 == idx:
@@ -446,6 +447,12 @@ class LinkerdBackend(GatewayApiBackend):
                                                  {"group": POLICY if self.ROUTE_API != GW else "gateway.networking.k8s.io",
                                                   "kind": "HTTPRoute", "name": route}, ref))
         return out
+
+    def chunked_rules(self, svc: Service, matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """An authorization route's matches, spread over rules of at most MAX_MATCHES (the
+        route's authorizations apply to all of its rules alike)."""
+        n = self.MAX_MATCHES
+        return self.within_limits(svc, [{"matches": matches[i:i + n]} for i in range(0, len(matches), n)])
 
     def relation(self, a: list[Match], b: list[Match]) -> str:
         """How the requests matched by `a` relate to `b`: disjoint, equal, inside (a within b

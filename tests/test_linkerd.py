@@ -236,3 +236,20 @@ def test_grpc_timeout_is_an_annotation_on_the_grpc_route() -> None:
 def test_outlier_on_external_services_is_e301() -> None:
     errs = errors('external pay { host "api.pay.example" port http 80 outlier consecutive_5xx 3 }')
     assert any("outlier detection on an external service" in m for m in errs)
+
+
+def test_match_limit_is_reported() -> None:
+    conds = " or ".join(f'path exact "/p{i}"' for i in range(9))
+    errs = errors(SVC % f"route {{\n when {conds} -> v2\n otherwise -> v1 }}")
+    assert any("more than 8 matches" in m for m in errs)
+    bundle = compile_mesh(load_text(MESH + SVC % f"route {{\n when {conds} -> v2\n otherwise -> v1 }}"), "linkerd",
+                          unsupported="warn")
+    if SCHEMAS.is_dir():
+        assert validate_bundle(bundle, SCHEMAS, target="linkerd") == []
+
+
+def test_authorization_route_matches_are_chunked() -> None:
+    paths = ", ".join(f'exact "/p{i}"' for i in range(10))
+    objs = objects(f"service a {{ port http 80 }}\nservice b {{ port http 80 }}\nallow a -> b paths {paths}")
+    rules = get(objs, "HTTPRoute", "b-allow-0")["spec"]["rules"]
+    assert [len(r["matches"]) for r in rules] == [8, 2]
