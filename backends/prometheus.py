@@ -150,10 +150,19 @@ def _pct(p: int) -> str:
 
 def slo_name(slo: Slo) -> str:
     """A stable label value naming one objective of a service."""
+    window = _go_duration(slo.window_ms)
     if slo.kind == "availability":
-        return f"availability-{_pct(slo.objective)}"
+        return f"availability-{_pct(slo.objective)}-{window}"
     q = _pct(slo.quantile or slo.objective)
-    return f"latency-p{q}-{slo.threshold_ms}ms"
+    return f"latency-p{q}-{slo.threshold_ms}ms-{window}"
+
+
+def objectives(svc: Service) -> list[Slo]:
+    """The service's objectives, one per label value (an objective written twice counts once)."""
+    seen: dict[str, Slo] = {}
+    for slo in svc.objectives:
+        seen.setdefault(slo_name(slo), slo)
+    return list(seen.values())
 
 
 def _ratio(p: int) -> float:
@@ -378,7 +387,7 @@ class PrometheusBackend(Backend):
                    "rules": golden}]
         slo_rules: list[dict[str, Any]] = []
         for svc in self.mesh.services:
-            for slo in svc.objectives:
+            for slo in objectives(svc):
                 labels = self.slo_labels(svc, slo)
                 windows = sorted({w for long, short, _, _ in BURN_WINDOWS for w in (long, short)},
                                  key=WINDOW_SECONDS.__getitem__)
@@ -412,7 +421,7 @@ class PrometheusBackend(Backend):
     def alert_groups(self) -> list[dict[str, Any]]:
         rules: list[dict[str, Any]] = []
         for svc in self.mesh.services:
-            for slo in svc.objectives:
+            for slo in objectives(svc):
                 sel = self.slo_selector(svc, slo)
                 budget = (FULL - slo.objective) / FULL
                 for long, short, share, severity in BURN_WINDOWS:
@@ -479,7 +488,7 @@ class PrometheusBackend(Backend):
             ]
             y += 8
             x = 0
-            for slo in svc.objectives:
+            for slo in objectives(svc):
                 sel = self.slo_selector(svc, slo)
                 panels.append(ts(f"{self.describe(slo)}: error budget remaining",
                                  [(f"meshc:slo:error_budget_remaining_ratio{sel}", "budget left")],

@@ -134,6 +134,21 @@ def test_unmeasurable_latency_threshold_warns() -> None:
     assert compile_mesh(mesh, "prometheus", options={"sidecars": "envoy"}).diagnostics == []  # 3600 s buckets
 
 
+@needs_promtool
+def test_objectives_differing_only_by_window_get_their_own_series(tmp_path: Path) -> None:
+    mesh = load_text("mesh m { }\nservice a { port http 80\n  objective availability 99.9% over 30d\n"
+                     "  objective availability 99.9% over 7d\n  objective availability 99.9% over 7d }")
+    files = _compile(mesh)
+    rules = _alert_rules(files, "m")
+    assert sorted({k[2] for k in rules}) == ["availability-99.9-30d", "availability-99.9-7d"]
+    # 7 days: the same share of budget per long window, so lower burn rates than for 30 days.
+    assert rules[("MeshcSLOBurnRatePage1h", "a", "availability-99.9-7d")]["labels"]["burn_rate"] == "3.36"
+    out = _write(files, tmp_path)
+    r = subprocess.run([PROMTOOL, "check", "rules", *sorted(str(p) for p in (out / "rules").glob("*.yml"))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_deterministic() -> None:
     for _, mesh in _meshes():
         assert _compile(mesh) == _compile(mesh)
@@ -178,6 +193,13 @@ def test_dashboard_queries_use_recorded_series_only() -> None:
                 assert used, t["expr"]
                 assert used <= recorded, (name, panel["title"], used - recorded)
                 checked += 1
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), name
+        boxes = [(p["gridPos"]["x"], p["gridPos"]["y"], p["gridPos"]["w"], p["gridPos"]["h"]) for p in dash["panels"]]
+        for i, (x, y, w, h) in enumerate(boxes):  # Grafana's 24-column grid: no panel overlaps another
+            assert x + w <= 24
+            for x2, y2, w2, h2 in boxes[i + 1:]:
+                assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, (name, boxes[i])
         slos = sum(len(s.objectives) for s in mesh.services if s.external is None)
         assert sum("error budget" in p["title"] for p in dash["panels"]) == slos
     assert checked > 50

@@ -132,7 +132,7 @@ def test_prometheus_sees_faults_and_fast_burn_alert(tmp_path: Path) -> None:
                       20, procs)
         labels = alert[0]["metric"]
         assert labels["alertstate"] in ("pending", "firing")
-        assert (labels["severity"], labels["slo"], labels["burn_rate"]) == ("page", "availability-99.9", "14.4")
+        assert (labels["severity"], labels["slo"], labels["burn_rate"]) == ("page", "availability-99.9-30d", "14.4")
         budget = _query(prom_port, 'meshc:slo:error_budget_remaining_ratio{service="api"}')
         assert budget and float(budget[0]["value"][1]) < 1
         assert sent["fail"] > 0 and sent["ok"] > 0
