@@ -101,3 +101,36 @@ def test_corpus_mesh_on_every_issue7_target(name: str, tmp_path: Path) -> None:
         bundle = backend.lower(mesh)
         assert all(d.code.startswith(("E3", "W3")) for d in bundle.diagnostics), bundle.diagnostics
         check(bundle.files, target, tmp_path / target)
+
+
+DIGEST = r'''
+import hashlib
+from pathlib import Path
+from meshc.compiler import load
+from meshc.backends import get
+h = hashlib.sha256()
+for d in sorted(Path("examples").iterdir()):
+    fs = sorted(d.glob("*.mesh"))
+    if fs:
+        m = load(fs, checks=False)
+        for t in ["consul", "nginx", "nginx-mesh", "appmesh"]:
+            b = get(t)({"enterprise": "1"} if t == "consul" else {}).lower(m)
+            for k in sorted(b.files):
+                h.update(k.encode() + b"\0" + b.files[k])
+            for dg in b.diagnostics:
+                h.update(str(dg).encode())
+print(h.hexdigest())
+'''
+
+
+def test_output_is_identical_across_hash_seeds() -> None:
+    import os
+    import sys
+
+    digests = set()
+    for seed in ("0", "4242"):
+        res = subprocess.run([sys.executable, "-c", DIGEST], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert res.returncode == 0, res.stderr
+        digests.add(res.stdout.strip())
+    assert len(digests) == 1
