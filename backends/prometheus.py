@@ -22,7 +22,10 @@ Output:
   `meshc:service:request_duration_seconds:p50_5m` (p90, p99), and the same under `meshc:edge:`;
   then per objective the error ratio over every burn-rate window
   (`meshc:slo:error_ratio:rate5m` ... `rate3d`), the ratio over the objective's window, the
-  objective itself and the remaining error budget.
+  objective itself and the remaining error budget (the average of the 5m ratio over the
+  objective's window, as Sloth does, so no rule reads 30 days of raw counters). Objective
+  series carry `mesh`, `service` and `slo` (e.g. `availability-99.9-30d`,
+  `latency-p99-300ms-30d`).
 - `rules/<mesh>-alerts.yml`: multi-window, multi-burn-rate alerts per objective (Google SRE
   workbook, ch. 5): page on 1h/5m at 14.4x and 6h/30m at 6x, ticket on 1d/2h at 3x and 3d/6h at
   1x (for a 30-day objective; other windows keep the same share of budget spent per long
@@ -39,7 +42,8 @@ the callers' `outbound|<port>|<version>|<service>` clusters for edges.
 
 Latency objectives count the requests under the threshold from the histogram; when the
 threshold falls between two buckets the count is interpolated linearly between them (what
-`histogram_quantile` assumes too).
+`histogram_quantile` assumes too); above the largest finite bucket nothing is measurable (W342).
+Objectives are per service: the language has no per-route objectives yet.
 """
 
 from __future__ import annotations
