@@ -702,14 +702,18 @@ def _weak_mtls(svc: Service) -> list[str]:
 
 def check_weak_identity(mesh: Mesh) -> Iterator[Diagnostic]:
     """W207."""
+    # Usually every service is strict: find the weak ones once, then rules only look them up.
+    weak_services = {svc.name: svc for svc in mesh.services if _weak_mtls(svc)}
+    if not weak_services:
+        return
     for rule in mesh.rules:
         if rule.action != "allow":
             continue
         named = [str(s) for s in rule.sources if authz.is_identity_based(s)]
         if not named:
             continue
-        dests = mesh.services if "*" in rule.destinations else [
-            s for s in (authz.lookup(mesh, d) for d in dict.fromkeys(rule.destinations)) if s is not None]
+        dests = list(weak_services.values()) if "*" in rule.destinations else [
+            weak_services[d] for d in dict.fromkeys(rule.destinations) if d in weak_services]
         weak = [(svc.name, _weak_mtls(svc)) for svc in dests]
         weak = [(n, w) for n, w in weak if w]
         if rule.ports:
