@@ -332,3 +332,28 @@ def merge_under(ms: tuple[Match, ...]) -> tuple[Match, ...]:
                 out[out.index(m)] = m.model_copy(update={"path": PathMatch(kind="under", value=m.path.value)})
         i += 1
     return tuple(out)
+
+
+def implies(a: Match, b: Match) -> bool:
+    """Every request `a` matches is matched by `b` (b's conditions are a subset of a's)."""
+    if b.path is not None and b.path != a.path:
+        return False
+    if b.methods and not set(a.methods) <= set(b.methods) or (b.methods and not a.methods):
+        return False
+    return set(b.headers) <= set(a.headers) and set(b.query) <= set(a.query)
+
+
+def simplify_matches(ms: tuple[Match, ...]) -> tuple[Match, ...]:
+    """OR-ed matches in their shortest form: matches differing only in their method become one
+    (Gateway API has one method per match), and a match implied by another is dropped (targets
+    that rank routes by specificity repeat a rule's conditions in more specific forms)."""
+    out: list[Match] = []
+    for m in ms:
+        twin = next((i for i, o in enumerate(out) if o.methods and m.methods and
+                     o.model_copy(update={"methods": ()}) == m.model_copy(update={"methods": ()})), None)
+        if twin is not None:
+            out[twin] = out[twin].model_copy(update={"methods": tuple(dict.fromkeys(out[twin].methods + m.methods))})
+        else:
+            out.append(m)
+    return tuple(m for i, m in enumerate(out)
+                 if not any(j != i and implies(m, o) and not (implies(o, m) and j > i) for j, o in enumerate(out)))
