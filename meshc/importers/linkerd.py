@@ -36,6 +36,7 @@ from meshc.importers.common import (
     lift_routes,
     merge_under,
     meta,
+    percent,
     read_documents,
     resource,
     simplify_matches,
@@ -43,11 +44,13 @@ from meshc.importers.common import (
 )
 from meshc.importers.kube import port_protocol, read_services
 from meshc.model import (
+    FULL,
     AuthzRule,
     Destination,
     External,
     HeaderOps,
     Match,
+    Mirror,
     Outlier,
     PathMatch,
     RateLimit,
@@ -295,6 +298,17 @@ class LinkerdImporter:
             p = rw.get("path") or {}
             kw["rewrite"] = Rewrite(prefix=p.get("replacePrefixMatch"), path=p.get("replaceFullPath"),
                                     host=rw.get("hostname"))
+        elif t == "RequestMirror":
+            rm = f.get("requestMirror") or {}
+            dest = self.backend(rm.get("backendRef") or {})
+            pct = rm.get("percent")
+            frac = rm.get("fraction") or {}
+            if frac:
+                pct = 100 * int(frac.get("numerator", 0)) / int(frac.get("denominator", 100) or 100)
+            if dest is None:
+                self.note(doc, f"{at}.filters.RequestMirror", "mirror target is not a Service of the input", place)
+            else:
+                kw["mirror"] = Mirror(destination=dest, percent=percent(pct) if pct is not None else FULL)
         else:
             self.note(doc, f"{at}.filters.{t}", "not expressible", place)
 
