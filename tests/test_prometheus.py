@@ -348,3 +348,46 @@ def test_recording_rules_values(tmp_path: Path) -> None:
     r = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_envoy_recording_rules_values(tmp_path: Path) -> None:
+    """Envoy-shaped series: status classes, millisecond buckets, edges from cluster names."""
+    mesh = load_text("mesh e { mtls disabled authz allow_by_default }\n"
+                     "service web { port http 80 calls api }\n"
+                     "service api { port http 90 objective latency p99 300ms }")
+    out = _write(_compile(mesh, sidecars="envoy"), tmp_path)
+    inbound = 'mesh="e",service="api",envoy_http_conn_manager_prefix="inbound_90"'
+    cluster = 'mesh="e",service="web",envoy_cluster_name="outbound|90|v1|api"'
+    series = [
+        {"series": f'envoy_http_downstream_rq_xx{{{inbound},envoy_response_code_class="2"}}', "values": "0+450x20"},
+        {"series": f'envoy_http_downstream_rq_xx{{{inbound},envoy_response_code_class="5"}}', "values": "0+150x20"},
+        {"series": f'envoy_http_downstream_rq_time_bucket{{{inbound},le="250"}}', "values": "0+300x20"},
+        {"series": f'envoy_http_downstream_rq_time_bucket{{{inbound},le="500"}}', "values": "0+600x20"},
+        {"series": f'envoy_http_downstream_rq_time_bucket{{{inbound},le="+Inf"}}', "values": "0+600x20"},
+        {"series": f'envoy_cluster_upstream_rq_xx{{{cluster},envoy_response_code_class="2"}}', "values": "0+60x20"},
+        {"series": f'envoy_cluster_upstream_rq_time_bucket{{{cluster},le="10"}}', "values": "0+60x20"},
+        {"series": f'envoy_cluster_upstream_rq_time_bucket{{{cluster},le="+Inf"}}', "values": "0+60x20"},
+    ]
+    api = {"mesh": "e", "service": "api"}
+    edge = {"mesh": "e", "src_service": "web", "dst_service": "api"}
+    slo = {**api, "slo": "latency-p99-300ms-30d"}
+    exprs = [
+        ("meshc:service:request_rate5m", api, 10),
+        ("meshc:service:success_ratio5m", api, 0.75),
+        ("meshc:service:request_duration_seconds:p50_5m", api, 0.25),  # milliseconds -> seconds
+        ("meshc:edge:request_rate5m", edge, 1),
+        ("meshc:edge:success_ratio5m", edge, 1),
+        ("meshc:edge:request_duration_seconds:p99_5m", edge, 0.0099),
+        # under 300 ms: 300 x 0.8 + 600 x 0.2 = 360 of 600 -> 40% slow
+        ("meshc:slo:error_ratio:rate5m", slo, 0.4),
+    ]
+    spec = {"rule_files": [str(out / "rules/e-recording.yml")], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
+                {"expr": _sel(name, labels), "eval_time": "10m", "exp_samples": [{"labels": _sel(name, labels),
+                                                                                 "value": value}]}
+                for name, labels, value in exprs]}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(spec))
+    r = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
