@@ -810,8 +810,14 @@ def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
 def check_cycles(mesh: Mesh) -> Iterator[Diagnostic]:
     """W210: one warning per strongly connected component of the traffic graph."""
     g = _traffic_graph(mesh)
+    known = authz.index(mesh).services
+
+    def position(name: str) -> tuple[str, int, int, str]:
+        span = known[name].span
+        return (span.file, span.line, span.column, name)
+
     for scc in nx.strongly_connected_components(g):
-        first = min(scc)
+        first = min(scc, key=position)  # start the loop where the reader meets it first
         if len(scc) == 1 and not g.has_edge(first, first):
             continue
         cycle = _a_cycle(g, first, scc)
