@@ -354,11 +354,30 @@ class EnvoyBackend(Backend):
 
     # ------------------------------------------------------------------ entry point
 
-    def lower(self, mesh: Mesh) -> Bundle:
-        bundle = Bundle()
+    def prepare(self, mesh: Mesh) -> None:
         self.mesh = mesh
         self.diags: list[Diagnostic] = []
         self.index_rules(mesh)
+        # A callee's route table is the same in every caller's sidecar: computed once, with the
+        # clusters it needs, which are then added to each caller (with the caller's own cert).
+        self.route_cache: dict[tuple[str, int], tuple[list[dict[str, Any]], list[tuple[Destination, Port]]]] = {}
+        self.recording: list[tuple[Destination, Port]] | None = None
+
+    def lower_one(self, mesh: Mesh, service: str) -> Bundle:
+        """Only the sidecar of `service` (for tools and benchmarks; `lower` writes them all)."""
+        self.prepare(mesh)
+        svc = mesh.service(service)
+        if svc is None or svc.external is not None or not svc.ports:
+            raise KeyError(f"no sidecar for '{service}'")
+        bundle = Bundle()
+        self.check_service(svc)
+        self.emit(bundle, self.lower_sidecar(svc))
+        bundle.diagnostics.extend(self.diags)
+        return bundle
+
+    def lower(self, mesh: Mesh) -> Bundle:
+        bundle = Bundle()
+        self.prepare(mesh)
         index: dict[str, Any] = {
             "topology": "one sidecar per service; see the module docstring of meshc.backends.envoy",
             "version_header": VERSION_HEADER,
@@ -738,6 +757,21 @@ class EnvoyBackend(Backend):
         sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
 
     def outbound_routes(self, sc: Sidecar, callee: Service, port: Port) -> list[dict[str, Any]]:
+        key = (callee.name, port.number)
+        if key in self.route_cache:
+            routes, needed = self.route_cache[key]
+            for d, like in needed:
+                self.outbound_cluster(sc, d, like)
+            return routes
+        self.recording = []
+        try:
+            routes = self.build_outbound_routes(sc, callee, port)
+            self.route_cache[key] = (routes, self.recording)
+        finally:
+            self.recording = None
+        return routes
+
+    def build_outbound_routes(self, sc: Sidecar, callee: Service, port: Port) -> list[dict[str, Any]]:
         rules = callee.routes or (RouteRule(destinations=(Destination(service=callee.name),)),)
         routes = []
         for rule in rules:
@@ -757,6 +791,8 @@ class EnvoyBackend(Backend):
                 or next((p for p in svc.ports if p.protocol == like.protocol), None) or svc.ports[0])
 
     def outbound_cluster(self, sc: Sidecar, d: Destination, like: Port) -> str:
+        if self.recording is not None:
+            self.recording.append((d, like))
         svc = self.mesh.service(d.service)
         assert svc is not None
         port = self.resolve_port(svc, like)

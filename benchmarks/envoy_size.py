@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from meshc.backends.base import Bundle  # noqa: E402
 from meshc.backends.envoy import EnvoyBackend  # noqa: E402
 from meshgen import generate  # noqa: E402
 
 from meshc.compiler import load_text  # noqa: E402
+from meshc.model import Mesh  # noqa: E402
 
 PROBE = "svc-00000"
 
@@ -44,19 +44,10 @@ def run(n: int, fmt: str) -> dict[str, float]:
             "median": statistics.median(configs.values()), "max": max(configs.values())}
 
 
-def probe_sizes(mesh: object) -> dict[str, int]:
-    """svc-00000's bootstrap alone, in both formats (lowered for that one sidecar)."""
-    out = {}
-    for fmt in ("yaml", "json"):
-        backend = EnvoyBackend({"format": fmt})
-        backend.mesh = mesh  # type: ignore[assignment]
-        backend.diags = []
-        backend.index_rules(mesh)  # type: ignore[arg-type]
-        svc = mesh.service(PROBE)  # type: ignore[attr-defined]
-        b = Bundle()
-        backend.emit(b, backend.lower_sidecar(svc))
-        out[fmt] = len(b.files[f"{PROBE}/envoy.{fmt}"])
-    return out
+def probe_sizes(mesh: Mesh) -> dict[str, int]:
+    """svc-00000's bootstrap alone, in both formats."""
+    return {fmt: len(EnvoyBackend({"format": fmt}).lower_one(mesh, PROBE).files[f"{PROBE}/envoy.{fmt}"])
+            for fmt in ("yaml", "json")}
 
 
 def main() -> int:

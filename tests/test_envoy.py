@@ -589,3 +589,9 @@ def test_prefix_rewrite_follows_the_match() -> None:
     assert prefix["route"]["prefix_rewrite"] == "/" and "regex_rewrite" not in prefix["route"]
     # /old/x -> /new/x
     assert old["route"]["regex_rewrite"] == {"pattern": {"regex": "^/old"}, "substitution": "/new"}
+
+
+def test_lower_one_equals_the_full_bundle() -> None:
+    full = lower(rich_mesh())
+    one = EnvoyBackend({}).lower_one(rich_mesh(), "front").files
+    assert one == {"front/envoy.yaml": full["front/envoy.yaml"]}
