@@ -430,13 +430,10 @@ class ConsulBackend(Backend):
         routes: list[dict[str, Any]] = []
         splitters: list[Entry] = []
         rules = list(svc.routes)
-        if not any(r.is_default for r in rules):
-            if rules:
-                # No `otherwise`: meshc answers 404, which Consul cannot return (route.no_default
-                # is not a capability, so this is reported before lowering).
-                pass
-            else:
-                rules.append(RouteRule(span=svc.span, destinations=()))
+        # No rules: one catch-all carrying the service's timeout and retries. Rules without
+        # `otherwise` (meshc answers 404) are E301: `route.no_default` is not a capability.
+        if not rules:
+            rules.append(RouteRule(span=svc.span, destinations=()))
         for i, rule in enumerate(rules):
             dest = self.route_destination(mesh, svc, rule, i, splitters, ctx)
             matches = [self.http_matches(m, ctx) for m in rule.matches] or [[{}]]

@@ -235,7 +235,6 @@ class Sidecar:
     index: dict[str, Any] = field(default_factory=dict)
     upstream_tries: dict[str, int] = field(default_factory=dict)  # outbound upstream -> servers
     upstream_meta: dict[str, tuple[Service, Port]] = field(default_factory=dict)
-    preamble: list[D] = field(default_factory=list)
     route_tables: dict[str, tuple[str, list[D]]] = field(default_factory=dict)
     externals: dict[str, Service] = field(default_factory=dict)  # "host:port" -> external service
 
