@@ -83,6 +83,11 @@ FEATURES: dict[str, str] = {
 }
 
 
+# Features that describe the mesh rather than configure traffic: a traffic target has nothing
+# to lower for them and loses nothing by leaving them out (objectives feed the prometheus target).
+NEUTRAL_FEATURES: frozenset[str] = frozenset({"slo"})
+
+
 def _resilience_features(r: Resilience | RouteRule, span: Span) -> Iterator[tuple[str, Span]]:
     if r.timeout is not None:
         yield "timeout", r.timeout.span
@@ -262,7 +267,7 @@ class Backend:
         seen: set[tuple[str, Span]] = set()
         out = []
         for feature, span in features_used(mesh):
-            if feature in self.CAPABILITIES or (feature, span) in seen:
+            if feature in self.CAPABILITIES or feature in NEUTRAL_FEATURES or (feature, span) in seen:
                 continue
             seen.add((feature, span))
             desc = FEATURES.get(feature, feature)
