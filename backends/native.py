@@ -127,6 +127,7 @@ class NativeBackend(Backend):
         self.host = self.options.get("host", "127.0.0.1")
         self.certs = self.options.get("certs_dir", "certs").rstrip("/")
         self.mesh = mesh
+        self._index_rules(mesh)
         self._alloc(mesh)
         if self._next_port > 65535:
             bundle.diagnostics.append(Diagnostic(
@@ -142,7 +143,9 @@ class NativeBackend(Backend):
             uses_tls = uses_tls or any(x.tls.mode != "disabled" for x in cfg.inbound) or any(
                 c.tls is not None and c.tls.mode == "mtls" for c in cfg.clusters)
             fname = f"{name}.json"
-            bundle.add_json(fname, cfg.model_dump(mode="json"))
+            # pydantic's serializer writes the JSON (fields in schema order, deterministic):
+            # json.dumps with indent runs in pure Python and dominated compile time at scale.
+            bundle.add_text(fname, cfg.model_dump_json(indent=2) + "\n")
             entries.append(C.IndexEntry(
                 service=name, config=fname, identity=cfg.identity, admin_port=cfg.admin.port,
                 inbound=tuple(C.IndexListener(name=x.name, port=x.port, protocol=x.protocol,
@@ -153,8 +156,38 @@ class NativeBackend(Backend):
                                for x in cfg.outbound)))
         index = C.MeshIndex(mesh=mesh.name, base_port=self.base_port,
                             certs_dir=self.certs if uses_tls else None, sidecars=tuple(entries))
-        bundle.add_json("mesh.json", index.model_dump(mode="json"))
+        bundle.add_text("mesh.json", index.model_dump_json(indent=2) + "\n")
         return bundle
+
+    def _index_rules(self, mesh: Mesh) -> None:
+        """Rules by destination and allow edges by source, built once: per-service lookups
+        stay O(rules that concern the service), so compile time grows linearly."""
+        self._rules_for: dict[str, list[AuthzRule]] = {}
+        self._wildcard_rules: list[AuthzRule] = []
+        self._allowed_callees: dict[str, set[str]] = {}
+        self._pos = {id(r): i for i, r in enumerate(mesh.rules)}
+        for r in mesh.rules:
+            for d in dict.fromkeys(r.destinations):
+                (self._wildcard_rules if d == "*" else self._rules_for.setdefault(d, [])).append(r)
+            if r.action == "allow":
+                for src in r.sources:
+                    if src.kind == "service":
+                        self._allowed_callees.setdefault(src.name, set()).update(
+                            d for d in r.destinations if d != "*")
+        self._instances: dict[str, list[_Instance]] = {s.name: instances(s) for s in mesh.services}
+        # Mesh.service() goes through a pydantic private attribute: slow enough to matter at scale.
+        self._svc: dict[str, Service] = {s.name: s for s in mesh.services}
+        self._cluster_cache: dict[str, C.ClusterCfg] = {}
+
+    def _rules(self, service: str) -> list[AuthzRule]:
+        """Rules naming `service` or `*`, in source order."""
+        own = self._rules_for.get(service, [])
+        if not self._wildcard_rules:
+            return own
+        if not own:
+            return self._wildcard_rules
+        merged = {id(r): r for r in own + self._wildcard_rules}
+        return sorted(merged.values(), key=lambda r: self._pos[id(r)])
 
     def l4_warnings(self, mesh: Mesh) -> list[Diagnostic]:
         """W312: per-request settings on a service whose HTTP/2 or gRPC port is proxied at L4."""
@@ -169,8 +202,7 @@ class NativeBackend(Backend):
                 ("retries", r.retry is not None), ("faults", bool(svc.faults)),
                 ("rate limits", r.rate_limit is not None),
                 ("authorization by method, path or header", any(
-                    (svc.name in a.destinations or "*" in a.destinations)
-                    and (a.methods or a.paths or a.not_paths or a.headers) for a in mesh.rules)),
+                    a.methods or a.paths or a.not_paths or a.headers for a in self._rules(svc.name))),
             ) if present]
             if used:
                 p = l4[0]
@@ -205,7 +237,7 @@ class NativeBackend(Backend):
             self._order.append(svc.name)
             self._admin[svc.name] = port
             port += 1
-            for i, _inst in enumerate(instances(svc)):
+            for i, _inst in enumerate(self._instances[svc.name]):
                 for p in svc.ports:
                     self._inbound[(svc.name, i, p.number)] = port
                     port += 1
@@ -218,18 +250,15 @@ class NativeBackend(Backend):
     def _callees(self, svc: Service) -> list[Service]:
         """Declared `calls`, services an allow rule lets it call by name, and whatever those
         services' route tables send to (splits across services), sorted by name."""
-        names = set(svc.calls)
-        for r in self.mesh.rules:
-            if r.action == "allow" and any(s.kind == "service" and s.name == svc.name for s in r.sources):
-                names.update(d for d in r.destinations if d != "*")
+        names = set(svc.calls) | self._allowed_callees.get(svc.name, set())
         for n in list(names):
-            callee = self.mesh.service(n)
+            callee = self._svc.get(n)
             for rule in callee.routes if callee else ():
                 names.update(d.service for d in rule.destinations)
                 if rule.mirror is not None:
                     names.add(rule.mirror.destination.service)
         names.discard(svc.name)
-        found = (self.mesh.service(n) for n in sorted(names))
+        found = (self._svc.get(n) for n in sorted(names))
         return [c for c in found if c is not None and c.ports]
 
     # ------------------------------------------------------------------ sidecars
@@ -243,7 +272,7 @@ class NativeBackend(Backend):
             outbound = self.lower_ingress()
             inbound: list[C.InboundListenerCfg] = []
         else:
-            svc = mesh.service(name)
+            svc = self._svc.get(name)
             assert svc is not None
             ident = svc.identity
             inbound = self.lower_inbound(svc)
@@ -266,7 +295,7 @@ class NativeBackend(Backend):
         rate_cfg = None if rate is None else C.RateLimitCfg(
             tokens_per_second=rate.per_second, burst=rate.burst or rate.requests)
         faults = tuple(self.lower_fault(f) for f in svc.faults)
-        for i, inst in enumerate(instances(svc)):
+        for i, inst in enumerate(self._instances[svc.name]):
             tag = "-".join(inst.versions) if inst.versions else "default"
             for p in svc.ports:
                 proto = _LISTENER_PROTOCOL.get(p.protocol, "http")
@@ -337,7 +366,7 @@ class NativeBackend(Backend):
         return None
 
     def _dest_port(self, dest: Destination, port: Port) -> int:
-        svc = self.mesh.service(dest.service)
+        svc = self._svc.get(dest.service)
         if svc is None or any(p.number == port.number for p in svc.ports):
             return port.number
         http = [p for p in svc.ports if p.protocol in HTTP_PROTOCOLS] or list(svc.ports)
@@ -429,9 +458,18 @@ class NativeBackend(Backend):
         return [self.lower_cluster(n, own_identity) for n in sorted(names)]
 
     def lower_cluster(self, name: str, own_identity: Identity) -> C.ClusterCfg:
+        """A cluster as every caller sees it; only the client certificate differs per caller."""
+        cached = self._cluster_cache.get(name)
+        if cached is None:
+            cached = self._cluster_cache[name] = self._lower_cluster(name)
+        if cached.tls is not None and cached.tls.mode == "mtls":
+            return cached.model_copy(update={"tls": cached.tls.model_copy(update=self._cert_paths(own_identity))})
+        return cached
+
+    def _lower_cluster(self, name: str) -> C.ClusterCfg:
         _, port_s, version, service = name.split("|")
         port_no = int(port_s)
-        svc = self.mesh.service(service)
+        svc = self._svc.get(service)
         assert svc is not None
         port = next((p for p in svc.ports if p.number == port_no), None)
         proto = _LISTENER_PROTOCOL.get(port.protocol if port else "http", "http")
@@ -462,11 +500,10 @@ class NativeBackend(Backend):
         else:
             endpoints = tuple(
                 C.EndpointCfg(host=self.host, port=self._inbound[(svc.name, i, port_no)])
-                for i, inst in enumerate(instances(svc))
+                for i, inst in enumerate(self._instances[svc.name])
                 if (not version or version in inst.versions) and (svc.name, i, port_no) in self._inbound)
             if port is not None and port.mtls != "disabled":
-                kw["tls"] = C.UpstreamTlsCfg(mode="mtls", expected_spiffe=(svc.identity.spiffe,),
-                                             **self._cert_paths(own_identity))
+                kw["tls"] = C.UpstreamTlsCfg(mode="mtls", expected_spiffe=(svc.identity.spiffe,))
         return C.ClusterCfg(name=name, protocol=proto, endpoints=endpoints,
                             endpoints_file=f"endpoints/{service}{'.' + version if version else ''}.json",
                             **kw)
@@ -476,7 +513,7 @@ class NativeBackend(Backend):
     def lower_principal(self, src: Source) -> C.PrincipalCfg:
         mesh = self.mesh
         if src.kind == "service":
-            target = mesh.service(src.name)
+            target = self._svc.get(src.name)
             value = target.identity.spiffe if target is not None else ""
             return C.PrincipalCfg(kind="spiffe", value=value)
         if src.kind == "identity":
@@ -499,8 +536,7 @@ class NativeBackend(Backend):
 
     def lower_authz(self, service: str, port: int) -> C.AuthzCfg:
         """The rules naming this service (or `*`) that can apply to this port, deny first."""
-        rules = [r for r in self.mesh.rules
-                 if (service in r.destinations or "*" in r.destinations) and (not r.ports or port in r.ports)]
+        rules = [r for r in self._rules(service) if not r.ports or port in r.ports]
         ordered = [r for r in rules if r.action == "deny"] + [r for r in rules if r.action == "allow"]
         return C.AuthzCfg(default="deny" if self.mesh.authz == "deny_by_default" else "allow",
                           rules=tuple(self.lower_authz_rule(r) for r in ordered))

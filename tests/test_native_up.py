@@ -134,9 +134,9 @@ service impostor { port http 9090  endpoints 127.0.0.1:3 }
                      "app": {"host": "127.0.0.1", "port": app.port}, "authz": {"default": "allow"}}],
         "outbound": [
             {"name": "expects-api", "port": out_port, "callee": "api", "callee_port": 9080,
-             "routes": [{"name": "r", "clusters": [{"cluster": "API", "weight": 10000}]}]},
+             "routes": [{"name": "r", "clusters": [{"cluster": "API", "weight": 10000}], "timeout_ms": None}]},
             {"name": "expects-impostor", "port": out2_port, "callee": "impostor", "callee_port": 9090,
-             "routes": [{"name": "r", "clusters": [{"cluster": "IMP", "weight": 10000}]}]}],
+             "routes": [{"name": "r", "clusters": [{"cluster": "IMP", "weight": 10000}], "timeout_ms": None}]}],
         "clusters": [
             {"name": "API", "endpoints": [{"host": "127.0.0.1", "port": inbound_port}],
              "tls": {**tls_out, "expected_spiffe": ["spiffe://cluster.local/ns/default/sa/api"]}},

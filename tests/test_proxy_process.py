@@ -248,7 +248,7 @@ def test_bad_config_at_start_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"mesh": "m", "service": "s", "identity": "x", "outbound": [
         {"name": "o", "port": 1, "callee": "c", "callee_port": 80,
-         "routes": [{"name": "r", "clusters": [{"cluster": "missing", "weight": 10000}]}]}]}))
+         "routes": [{"name": "r", "clusters": [{"cluster": "missing", "weight": 10000}], "timeout_ms": None}]}]}))
     proc = subprocess.run([sys.executable, "-m", "meshc.runtime.commands", "proxy", "--config", str(path)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

@@ -145,7 +145,9 @@ class RouteCfg(_Cfg):
     request_headers: HeaderOpsCfg | None = None
     response_headers: HeaderOpsCfg | None = None
     mirror: MirrorCfg | None = None
-    timeout_ms: Millis | None = None  # whole request incl. retries; None: no timeout
+    # The whole request incl. retries. Required: `null` says "no timeout" explicitly, so no
+    # config inherits a hidden default.
+    timeout_ms: Millis | None
     retry: RetryCfg | None = None
     faults: tuple[FaultCfg, ...] = ()
 

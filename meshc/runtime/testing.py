@@ -175,7 +175,7 @@ def route(name: str, *targets: tuple[str, int] | str, matches: list[dict[str, An
           **kw: Any) -> dict[str, Any]:
     clusters = [{"cluster": t, "weight": 10_000} if isinstance(t, str) else {"cluster": t[0], "weight": t[1]}
                 for t in targets]
-    out: dict[str, Any] = {"name": name, "matches": matches or [], **kw}
+    out: dict[str, Any] = {"name": name, "matches": matches or [], "timeout_ms": None, **kw}
     if clusters:
         out["clusters"] = clusters
     return out
