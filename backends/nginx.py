@@ -48,8 +48,10 @@ Lowering decisions, and where nginx cannot say exactly what meshc means:
 - Timeouts: nginx has no whole-request timeout. `timeout` bounds every connect, send and read,
   and (`proxy_next_upstream_timeout`) the retrying; `per_try` bounds each attempt's connect, send
   and read. "No timeout" is written explicitly as 365 days (never nginx's 60 s default).
-- Circuit breaker: only `max_connections` (`max_conns`, spread exactly over the repeated
-  servers); nginx has no pending-request or request limits (E330).
+- Circuit breaker: `max_connections` and `max_requests` (one HTTP/1.1 request per upstream
+  connection) become `max_conns`, spread exactly over the repeated servers; nginx has no queue
+  (`max_pending` other than 0) and no concurrent-retry limit (E330). A request nginx cannot
+  connect anywhere gets 503, as on Envoy (nginx's own 502 is rewritten; upstream 502s pass).
 - Rate limits: `limit_req` per sidecar (one zone per service), status 429, `burst` = bucket - 1
   (nginx admits one request beyond the burst), `nodelay`.
 """
@@ -218,6 +220,11 @@ def value_regex(m: StringMatch) -> str:
 
 
 ANY_FIELD = "[^\\n]*"
+# nginx answers 502 itself when no upstream connection is possible (refused, or every server at
+# max_conns); Envoy and meshc's other targets say 503. Upstream 502 responses pass unchanged
+# (proxy_intercept_errors is off).
+UNAVAILABLE_503 = [D("error_page", (Raw("502"), Raw("@meshc_unavailable")))]
+UNAVAILABLE_LOCATION = D("location", (Raw("@meshc_unavailable"),), [D("return", (Raw("503"),))])
 ACCESS_LOG_JSON = (("time", "$time_iso8601"), ("method", "$request_method"), ("path", "$request_uri"),
                    ("status", "$status"), ("duration_ms", "$request_time"), ("upstream", "$upstream_addr"),
                    ("peer", "$meshc_peer"), ("request_id", "$request_id"))
@@ -531,8 +538,8 @@ class NginxBackend(Backend):
             guard = [block("if", Raw(f"({var}"), Raw("="), Lit("deny"), Raw(")"), children=[d("return", 403)])]
         sc.servers.append(block("server", children=[
             d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
-            d("root", Lit("/nonexistent/meshc")), *guard,
-            block("location", "/", children=[dispatch(route_var)]), *named]))
+            d("root", Lit("/nonexistent/meshc")), *UNAVAILABLE_503, *guard,
+            block("location", "/", children=[dispatch(route_var)]), *named, UNAVAILABLE_LOCATION]))
         sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
 
     def route_table(self, sc: Sidecar, caller: Service, callee: Service, port: Port,
@@ -601,7 +608,7 @@ class NginxBackend(Backend):
             for host in hosts:
                 body: list[D] = [d("listen", f"{addr}:{listen}", *(["default_server"] if host == "*" else [])),
                                  d("server_name", Lit("_" if host == "*" else host)),
-                                 d("root", Lit("/nonexistent/meshc"))]
+                                 d("root", Lit("/nonexistent/meshc")), *UNAVAILABLE_503, UNAVAILABLE_LOCATION]
                 if self.mesh.path_normalization == "strict":
                     body.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
                                       children=[d("return", 400)]))
@@ -796,6 +803,19 @@ class NginxBackend(Backend):
                  d("proxy_next_upstream", "off")]
         return block("location", "=", Lit(f"/.meshc-mirror/{loc_name}"), children=body)
 
+    @staticmethod
+    def connection_limit(cb: Any, ctx: _Ctx) -> int | None:
+        """The callee's concurrent-connection cap. nginx speaks HTTP/1.1 upstream, one request per
+        connection, so a request limit is a connection limit; it has no queue (a pending limit
+        other than 0) and no limit on concurrent retries."""
+        if cb is None:
+            return None
+        if cb.max_pending or cb.max_retries is not None:
+            ctx.error("nginx cannot queue requests for a connection (max_pending) or limit concurrent "
+                      "retries (max_retries)", cb.span, help="use max_pending 0, or the envoy target")
+        limits = [x for x in (cb.max_connections, cb.max_requests) if x is not None]
+        return min(limits) if limits else None
+
     def lower_upstreams(self, sc: Sidecar, ctx: _Ctx) -> list[D]:
         peer = self.opt("peer_host", "127.0.0.1")
         out: list[D] = []
@@ -805,20 +825,18 @@ class NginxBackend(Backend):
             svc, port = sc.upstream_meta[name]
             tries = sc.upstream_tries[name]
             cb = svc.resilience.circuit_breaker
+            limit = self.connection_limit(cb, ctx)
             limits = [0] * tries
-            if cb is not None:
-                if cb.max_pending is not None or cb.max_requests is not None or cb.max_retries is not None:
-                    ctx.error("nginx limits connections only (max_conns): no pending, request or retry limits",
-                              cb.span)
-                if cb.max_connections is not None:
-                    if cb.max_connections < tries:
-                        ctx.error(f"nginx needs max_connections >= {tries} (one per allowed attempt)", cb.span)
-                    q, rem = divmod(cb.max_connections, tries)
-                    limits = [q + (1 if i < rem else 0) for i in range(tries)]
+            if limit is not None:
+                assert cb is not None
+                if limit < tries:
+                    ctx.error(f"nginx needs a limit >= {tries} (one connection per allowed attempt)", cb.span)
+                q, rem = divmod(limit, tries)
+                limits = [q + (1 if i < rem else 0) for i in range(tries)]
             body: list[D] = [d("zone", name, "64k")]
             # one server per allowed attempt: nginx retries on the *next* server only
             for lim in limits:
-                extra = [f"max_conns={max(lim, 1)}"] if cb is not None and cb.max_connections is not None else []
+                extra = [f"max_conns={max(lim, 1)}"] if limit is not None else []
                 body.append(d("server", f"{peer}:{port.number}", "max_fails=0", *extra))
             body.append(d("keepalive", 16))
             out.append(block("upstream", name, children=body))

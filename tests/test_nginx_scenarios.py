@@ -178,3 +178,18 @@ def test_scenario_through_nginx(scenario: Scenario, tmp_path: Path) -> None:
         pytest.skip(f"nginx runner lacks {sorted(missing)}")
     with Run(scenario, runner, tmp_path) as run:
         run.run()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install -y nginx)")
+def test_circuit_breaker_without_a_queue(tmp_path: Path) -> None:
+    """The shared circuit-breaker scenario with `max_pending 0` (nginx has no queue): requests
+    beyond the limit get 503 at once, one at a time is fine."""
+    import copy
+
+    scenario = copy.deepcopy(next(s for s in SCENARIOS if s.name == "circuit-breaker"))
+    assert "max_pending 1" in scenario.mesh
+    scenario.mesh = scenario.mesh.replace("max_pending 1", "max_pending 0")
+    assert not unexpressible(scenario)
+    with Run(scenario, NginxRunner(), tmp_path) as run:
+        run.run()
