@@ -123,7 +123,7 @@ async def _proxy(cfgs: list[tuple[Path, C.SidecarConfig]], args: argparse.Namesp
         try:
             await sc.start()
         except (C.ConfigError, OSError) as e:
-            print(f"meshc proxy: {cfg.service}: {e}", file=sys.stderr)
+            print(f"meshc proxy: {e}", file=sys.stderr)
             await sc.close()
             for other in sidecars:
                 await other.close()

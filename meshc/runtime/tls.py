@@ -19,7 +19,10 @@ def _resolve(base: Path, p: str | None) -> str:
     if not p:
         raise ValueError("a TLS setting needs ca, cert and key")
     q = Path(p)
-    return str(q if q.is_absolute() else base / q)
+    q = q if q.is_absolute() else base / q
+    if not q.is_file():
+        raise ValueError(f"missing TLS file {q} (issue the mesh's certificates with `meshc certs`)")
+    return str(q)
 
 
 def server_context(base: Path, ca: str | None, cert: str | None, key: str | None,
