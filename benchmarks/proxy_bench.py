@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", choices=("native", "envoy"))
     ap.add_argument("--profile", action="store_true", help="profile the native proxy with py-spy (pip install py-spy)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the proxies this many times and report medians (for noisy machines)")
     args = ap.parse_args()
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:
@@ -212,7 +215,7 @@ def main() -> int:
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("needs 2 CPUs (proxy on one, load on the other)", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="meshc-bench-") as tmp:
         work = Path(tmp)
         upstream, up_port, kind = start_upstream(work)
@@ -221,28 +224,36 @@ def main() -> int:
         print(f"upstream: {kind}; wrk -t1 -c{args.connections} -d{args.duration}s; proxy on CPU {PROXY_CPU}, "
               f"load on CPU {LOAD_CPU}; authz + metrics + JSON access log on")
         try:
-            for name in ("native", "envoy"):
-                if args.only and args.only != name:
-                    continue
-                if name == "native":
-                    proc, port = start_native(work, text)
-                else:
-                    from meshc.certs import write_certs
-                    from meshc.compiler import load_text
+            for _round in range(args.rounds):
+                for name in ("native", "envoy"):
+                    if args.only and args.only != name:
+                        continue
+                    if name == "native":
+                        proc, port = start_native(work, text)
+                    else:
+                        from meshc.certs import write_certs
+                        from meshc.compiler import load_text
 
-                    write_certs(load_text(text, "bench.mesh"), work / "certs")
-                    proc, port = start_envoy(work, text, api_port)
-                try:
-                    results[name] = measure(name, proc, port, args, work)
-                finally:
-                    proc.send_signal(signal.SIGTERM)
+                        write_certs(load_text(text, "bench.mesh"), work / "certs")
+                        proc, port = start_envoy(work, text, api_port)
                     try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                        runs.setdefault(name, []).append(measure(name, proc, port, args, work))
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        try:
+                            proc.wait(10)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                        args.profile = False  # one profile is enough
         finally:
             upstream.terminate()
             upstream.wait(5)
+    results = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+               for name, rs in runs.items()}
+    if args.rounds > 1:
+        for name, r in results.items():
+            print(f"{name:7s} median of {args.rounds}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
+                  f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} CPU µs/req")
     if len(results) == 2:
         n, e = results["native"], results["envoy"]
         print(f"ratio native/envoy: {n['rps'] / e['rps']:.2f}x req/s, p99 {n['p99'] / e['p99']:.2f}x, "
