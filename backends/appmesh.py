@@ -319,15 +319,19 @@ class AppMeshBackend(Backend):
             if cb.max_requests is None or cb.max_connections is not None or cb.max_pending is not None:
                 ctx.error(f"App Mesh limits {proto} listeners by max_requests only", cb.span)
             return {proto: {"maxRequests": cb.max_requests or 1}}
-        if cb.max_connections is None:
-            ctx.error("App Mesh connection pools need max_connections", cb.span)
-        pool: dict[str, Any] = {"maxConnections": cb.max_connections or 1}
         if proto == "http":
-            if cb.max_requests is not None:
-                ctx.error("App Mesh HTTP/1.1 listeners have no max_requests limit", cb.span)
+            # HTTP/1.1 carries one request per connection: a request limit is a connection limit
+            limits = [x for x in (cb.max_connections, cb.max_requests) if x is not None]
+            pool: dict[str, Any] = {"maxConnections": min(limits) if limits else 1}
+            if not limits:
+                ctx.error("App Mesh HTTP connection pools need max_connections (or max_requests)", cb.span)
             if cb.max_pending is not None:
                 pool["maxPendingRequests"] = cb.max_pending
-        elif cb.max_pending is not None or cb.max_requests is not None:
+            return {proto: pool}
+        if cb.max_connections is None:
+            ctx.error("App Mesh connection pools need max_connections", cb.span)
+        pool = {"maxConnections": cb.max_connections or 1}
+        if cb.max_pending is not None or cb.max_requests is not None:
             ctx.error("App Mesh TCP listeners limit connections only", cb.span)
         return {proto: pool}
 

@@ -216,3 +216,12 @@ def test_external_service_with_tls_origination() -> None:
     validate_crds("appmesh", list(crds(bundle).values()))
     for path, body in bodies.items():
         assert not botocore_errors(path.split("/")[1].split("-")[1], body), path
+
+
+def test_http1_request_limit_is_a_connection_limit() -> None:
+    """circuit_breaker max_connections 100 max_pending 10 max_requests 200 on an HTTP/1.1 port:
+    one request per connection, so at most 100 in flight and 10 waiting."""
+    bundle = lower(bookinfo())
+    lst = api_bodies(bundle)["aws/2-CreateVirtualNode-reviews-v1.json"]["spec"]["listeners"][0]
+    assert lst["connectionPool"] == {"http": {"maxConnections": 100, "maxPendingRequests": 10}}
+    assert not [d for d in bundle.diagnostics if "max_requests" in d.message]
