@@ -36,8 +36,8 @@ Lowering decisions (docs/language.md semantics -> Istio):
   Under `allow_by_default` allow rules are no-ops in meshc, so they are not written (an Istio
   ALLOW policy would otherwise deny everything it does not match).
 - Local rate limits and active health checks need EnvoyFilter / are not Istio features, and
-  are not schema-checked here: E301. SLOs are not proxy configuration: E301 (use the
-  prometheus target).
+  are not schema-checked here: E301. SLOs describe the mesh (the prometheus target lowers
+  them); like every traffic target this one leaves them out (NEUTRAL_FEATURES).
 - `path_normalization strict` is MeshConfig (`meshConfig.pathNormalization`), not a CRD:
   warning W321 asks for `normalization: MERGE_SLASHES` at install time when rules use paths.
 - TCP services: splits become `tcp` routes (TCP ports) or SNI-matched `tls` routes (TLS
@@ -81,7 +81,7 @@ from meshc.model import (
 NET = "networking.istio.io/v1"
 SEC = "security.istio.io/v1"
 
-_NOT_SUPPORTED = {"health_check", "rate_limit", "slo"}
+_NOT_SUPPORTED = {"health_check", "rate_limit", "slo"}  # slo: neutral, never E301
 
 MTLS_PEER = {"strict": "STRICT", "permissive": "PERMISSIVE", "disabled": "DISABLE"}
 # What clients send: Istio mTLS unless the server has mTLS disabled.
