@@ -518,3 +518,34 @@ def test_circuit_breaker_max_retries_limits_concurrent_retries(env: Env, lt: Loo
         t.join(10)
     # 6 first attempts; at most one retry in flight at a time, so fewer than 6 retries
     assert 6 < len(up.requests) < 12, len(up.requests)
+
+
+# =========================================================================== fuzz
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = [b"GET ", b"POST ", b"/", b"/a/../b", b"%2F", b"%zz", b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", b"\r\n",
+           b"Host: a\r\n", b"Content-Length: 3\r\n", b"Content-Length: x\r\n", b"Transfer-Encoding: chunked\r\n",
+           b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"X: \x00\r\n", b" folded\r\n", b"abc", b"0\r\n\r\n",
+           b"5\r\nhello\r\n", b"\xff\xfe", b"\n", b":", b"Upgrade: h2c\r\n"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_port(lt: LoopThread) -> Iterator[int]:
+    e = Env(lt)
+    app = e.upstream("app")
+    e.start(sidecar([route("r", "A")], [cluster("A", app.port)], limits={"header_timeout_ms": 250, "idle_timeout_ms": 500}))
+    yield e.port()
+    e.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12).map(b"".join))
+def test_fuzzed_requests_never_break_the_proxy(fuzz_port: int, data: bytes) -> None:
+    out = raw(fuzz_port, data, timeout=1.5)
+    # Whatever came back is HTTP: complete status lines with known statuses, nothing else.
+    if out:
+        assert out.startswith(b"HTTP/1.1 "), out[:80]
+        assert set(statuses(out)) <= {100, 200, 400, 404, 408, 413, 431, 501, 502, 503}, out[:200]
+    assert get(fuzz_port)[0] == 200
