@@ -152,8 +152,9 @@ def typed(name: str, type_url: str, config: Mapping[str, Any]) -> dict[str, Any]
 
 
 def string_matcher(kind: str, value: str) -> dict[str, Any]:
-    return {"exact": {"exact": value}, "prefix": {"prefix": value},
-            "regex": {"safe_regex": {"regex": value}}}[kind]
+    table: dict[str, dict[str, Any]] = {"exact": {"exact": value}, "prefix": {"prefix": value},
+                                        "regex": {"safe_regex": {"regex": value}}}
+    return table[kind]
 
 
 def header_matcher(m: StringMatch) -> dict[str, Any]:
@@ -184,8 +185,9 @@ def route_path(p: PathMatch | None) -> dict[str, Any]:
     if p.kind == "under":
         value = p.value.rstrip("/")
         return {"path_separated_prefix": value} if value else {"prefix": "/"}
-    return {"exact": {"path": p.value}, "prefix": {"prefix": p.value},
-            "regex": {"safe_regex": {"regex": p.value}}}[p.kind]
+    table: dict[str, dict[str, Any]] = {"exact": {"path": p.value}, "prefix": {"prefix": p.value},
+                                        "regex": {"safe_regex": {"regex": p.value}}}
+    return table[p.kind]
 
 
 def route_match(m: Match | None) -> dict[str, Any]:
@@ -479,10 +481,12 @@ class EnvoyBackend(Backend):
             return
         used: list[tuple[str, Any]] = []
         r = svc.resilience
-        for label, node in (("retries", r.retry), ("request timeouts", r.timeout),
-                            ("rate limits", r.rate_limit)):
-            if node is not None and not (label == "request timeouts" and node.ms is None):
-                used.append((label, node.span))
+        if r.retry is not None:
+            used.append(("retries", r.retry.span))
+        if r.timeout is not None and r.timeout.ms is not None:  # `timeout none` says nothing
+            used.append(("request timeouts", r.timeout.span))
+        if r.rate_limit is not None:
+            used.append(("rate limits", r.rate_limit.span))
         if svc.faults:
             used.append(("fault injection", svc.faults[0].span))
         for rule in svc.routes:
@@ -933,7 +937,9 @@ class EnvoyBackend(Backend):
             by_port.setdefault(s.expose.port, []).append(s)
         addr = self.opt("inbound_address", "0.0.0.0")
         for listen, services in sorted(by_port.items()):
-            vhosts = []
+            # One virtual host per domain (Envoy rejects a domain in two virtual hosts); a domain
+            # several services expose gets the routes of each, in service order.
+            by_domain: dict[str, list[dict[str, Any]]] = {}
             for s in services:
                 assert s.expose is not None
                 port = next((p for p in s.ports if p.protocol in HTTP_PROTOCOLS), s.ports[0])
@@ -943,18 +949,12 @@ class EnvoyBackend(Backend):
                 action = self.route_action(gw, s, port, rule)
                 paths = s.expose.paths or (PathMatch(kind="prefix", value="/"),)
                 routes = [{"match": route_path(p), **action} for p in paths]
-                vhosts.append({"name": s.name, "domains": sorted(s.expose.hosts), "routes": routes})
-            # One `*` virtual host at most: services sharing it share one host entry.
-            merged: dict[tuple[str, ...], dict[str, Any]] = {}
-            for vh in vhosts:
-                key = tuple(vh["domains"])
-                if key in merged:
-                    merged[key]["routes"].extend(vh["routes"])
-                    merged[key]["name"] += "_" + vh["name"]
-                else:
-                    merged[key] = vh
+                for host in sorted(set(s.expose.hosts)):
+                    by_domain.setdefault(host, []).extend(routes)
+            vhosts = [{"name": f"ingress_{listen}_{i}", "domains": [host], "routes": by_domain[host]}
+                      for i, host in enumerate(sorted(by_domain))]
             name = f"ingress_{listen}"
-            hcm = self.hcm(name, [], [], inbound=False, vhosts=list(merged.values()))
+            hcm = self.hcm(name, [], [], inbound=False, vhosts=vhosts)
             hcm["preserve_external_request_id"] = False
             gw.listeners.append({"name": name, "address": socket(addr, listen), "traffic_direction": "INBOUND",
                                  "filter_chains": [{"filters": [

@@ -441,6 +441,17 @@ def test_prometheus_listener_only_exposes_stats() -> None:
     assert "prometheus" not in listeners(load(lower(rich_mesh(), prometheus_port="0"), "front/envoy.yaml"))
 
 
+def test_ingress_domains_unique_per_virtual_host() -> None:
+    from meshc.model import Ingress
+    m = mesh_of(svc("a", eps=(1,), expose=Ingress(paths=(PathMatch(kind="prefix", value="/a"),), port=8080,
+                                                  hosts=("a.example.com", "*"))),
+                svc("b", 9081, eps=(2,), expose=Ingress(paths=(PathMatch(kind="prefix", value="/b"),), port=8080)))
+    gw = listeners(load(lower(m), "ingress-gateway/envoy.yaml"))["ingress_8080"]
+    vhosts = hcm_of(gw)["route_config"]["virtual_hosts"]
+    assert [(v["domains"], [r["match"]["prefix"] for r in v["routes"]]) for v in vhosts] == [
+        (["*"], ["/a", "/b"]), (["a.example.com"], ["/a"])]
+
+
 def test_observability_settings() -> None:
     from meshc.model import Observability
     off = rich_mesh().model_copy(update={"observability": Observability(access_log="off", metrics=False)})
