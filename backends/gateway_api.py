@@ -535,9 +535,9 @@ class GatewayApiBackend(Backend):
 
     # ----------------------------------------------------------------- gRPC and TCP
 
-    def grpc_matches(self, rule: RouteRule) -> list[dict[str, Any]]:
-        out = []
-        for m in self.checked_matches(rule):
+    def grpc_matches(self, ms: Iterable[Match]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for m in ms:
             base: dict[str, Any] = {}
             p = m.path
             if p is not None:
@@ -553,7 +553,8 @@ class GatewayApiBackend(Backend):
                 base["headers"] = [{"name": h.name, **string_match(h)} for h in m.headers]
             if m.query or m.methods:
                 self.gaps.add("query or method conditions on a gRPC service", m.span)
-            out.append(base)
+            if base not in out:
+                out.append(base)
         return out
 
     def grpc_resilience(self, svc: Service) -> dict[str, str]:
@@ -569,7 +570,11 @@ class GatewayApiBackend(Backend):
     def grpc_route_spec(self, svc: Service, port: Port | None, number: int) -> dict[str, Any]:
         rules = []
         self.grpc_resilience(svc)
-        for rule in self.default_rules(svc):
+        table = self.default_rules(svc)
+        # GRPCRoute ranks by service, then method characters, then header count: the same
+        # order-keeping analysis as HTTPRoute (exact /S/M > under /S > none)
+        ordered = preserve_order([self.checked_matches(r) for r in table], self.gaps, [r.span for r in table])
+        for rule, ms in zip(table, ordered, strict=True):
             body = self.rule_body(svc, rule, number)
             body.pop("timeouts", None)
             body.pop("retry", None)
@@ -579,14 +584,10 @@ class GatewayApiBackend(Backend):
                 del body["filters"]
             if rule.redirect is not None or (rule.rewrite is not None):
                 self.gaps.add("redirects or rewrites on a gRPC service", rule.span)
-            matches = self.grpc_matches(rule)
+            matches = self.grpc_matches(ms)
             if matches and matches != [{}]:
                 body["matches"] = matches
             rules.append(body)
-        if len(self.default_rules(svc)) > 1:
-            # GRPCRoute ranks by specificity too; keep it simple and honest
-            preserve_order([self.checked_matches(r) for r in self.default_rules(svc)], self.gaps,
-                           [r.span for r in self.default_rules(svc)])
         return {"parentRefs": [self.parent_ref(svc, port)], "rules": self.within_limits(svc, rules)}
 
     def lower_tcp_route(self, svc: Service) -> list[dict[str, Any]]:

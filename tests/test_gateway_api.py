@@ -225,3 +225,13 @@ def test_version_service_names_must_fit_and_not_collide() -> None:
     assert any("longer than 63" in m for m in errs)
     errs = errors("service a { port http 80 version v1 { labels version=v1 } }\nservice a-v1 { port http 80 }")
     assert any("collides" in m for m in errs)
+
+
+def test_grpc_first_match_order_is_kept() -> None:
+    objs = objects('service g { port grpc 9090 version a { labels v=a } version b { labels v=b }\n'
+                   ' route {\n when header x-canary == "1" -> b\n when path exact "/pkg.Svc/Get" -> a\n otherwise -> a } }')
+    rules = get(objs, "GRPCRoute", "g")["spec"]["rules"]
+    assert rules[0]["matches"] == [
+        {"headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]},
+        {"method": {"type": "Exact", "service": "pkg.Svc", "method": "Get"},
+         "headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]}]
