@@ -21,6 +21,8 @@ Local topology (written to `index.json` in the bundle, which tests and tools rea
 - Faults: a service's `fault` lines run in its own sidecar (inbound, before forwarding); a
   `fault` inside a route rule runs where that rule is matched, in the caller's sidecar, before
   routing (so, as with Istio, the caller's retries do not retry an injected abort).
+- Rate limits: one token bucket per inbound filter chain, i.e. per port; a permissive port has
+  two chains (mTLS and plaintext), each with the full bucket.
 - Limits the mesh leaves unset are written as unlimited, and "no timeout" as `0s`: no hidden
   Envoy default (15 s route timeout, 1024 requests, 3 concurrent retries) applies silently.
 - A sidecar holds only its own dependencies, so its size does not grow with the mesh.
