@@ -289,6 +289,10 @@ class IstioBackend(Backend):
             reqs = [r for m in matches for r in match_requests(m, self.gaps)]
             groups: list[tuple[list[dict[str, Any]], dict[str, Any]]]
             rw = rule.rewrite
+            if rw is not None and rw.prefix is not None and any(m.path is not None and m.path.kind == "regex"
+                                                               for m in rule.matches):
+                self.gaps.add("a prefix rewrite after a regex path match", rw.span,
+                              "Envoy rewrites a matched prefix only; use `rewrite path` or a prefix condition")
             if rw is not None and rw.prefix is not None and any(t == "under-prefix" for _, t in reqs):
                 slash = rw.prefix.rstrip("/") + "/"
                 groups = [([r for r, t in reqs if t != "under-prefix"], {"uri": rw.prefix}),

@@ -346,3 +346,8 @@ def test_external_policies_and_routes() -> None:
         {"retries": {"attempts": 0}, "route": [{"destination": {"host": "api.example"}}]}]
     errs = errors("service db { port tcp 5432 expose ingress }")
     assert any("ingress exposure of a service without HTTP ports" in e for e in errs)
+
+
+def test_prefix_rewrite_after_regex_is_e301() -> None:
+    errs = errors(SVC % 'route { when path regex "/r[0-9]+" -> v1 { rewrite prefix "/x" }\n otherwise -> v1 }')
+    assert any("prefix rewrite after a regex path match" in e for e in errs)
