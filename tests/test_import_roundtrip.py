@@ -36,13 +36,14 @@ EXAMPLES = {
     "shop": [ROOT / "examples/shop/shop.mesh"],
     "tcp-database": [ROOT / "examples/tcp-database/tcp-database.mesh"],
     "multifile": [ROOT / "examples/multifile/prod.mesh"],
+    "portable": [ROOT / "tests/import_inputs/roundtrip.mesh"],
 }
 # importer name -> the compile target it reads
 TARGETS = {"istio": "istio", "linkerd": "linkerd", "consul": "consul", "appmesh": "appmesh",
            "nginx-mesh": "nginx-mesh"}
 INPUT_SUFFIXES = {".yaml", ".yml", ".json", ".hcl"}
 # Which of a target's generated files the importer reads (one spelling when there are two).
-READS: dict[str, Any] = {}
+READS: dict[str, Any] = {"appmesh": lambda p: "aws" in p.parts}  # the API bodies, not the CRDs
 
 _RES_KEYS = {"circuit_breaker", "outlier", "health_check", "rate_limit"}
 
@@ -160,8 +161,11 @@ def effective(mesh: Mesh) -> Mesh:
             if r.redirect is not None or r.respond is not None:
                 upd["retry"] = upd["timeout"] = None
             routes.append(r.model_copy(update=upd))
+        expose = s.expose
+        if expose is not None and any(p.kind in ("prefix", "under") and p.value == "/" for p in expose.paths):
+            expose = expose.model_copy(update={"paths": ()})  # `/` exposes every path
         services.append(s.model_copy(update={"resilience": res.model_copy(update={"timeout": t}),
-                                             "routes": tuple(routes)}))
+                                             "routes": tuple(routes), "expose": expose}))
     return rebuild(mesh, services=tuple(services), timeout=None, observability=Observability())
 
 
@@ -255,10 +259,15 @@ BACKEND_GAPS: dict[str, dict[str, Any]] = {
     # Consul config entries carry no port numbers, no declared dependencies (upstreams are
     # registered with the service, not in config entries) and no trust domain (the CA's); a
     # Consul identity is the service name.
-    "consul": {"port_numbers": True, "calls": True, "identities": True},
+    # External destinations are plain HTTP to Consul; TLS origination is the terminating gateway's.
+    "consul": {"port_numbers": True, "calls": True, "identities": True, "external_tls": True},
     # Linkerd: no declared dependencies, the trust domain is install-time configuration, and
     # failure accrual has no interval or ejection share (docs of backends/linkerd.py).
     # A permissive port under deny_by_default is written as `accessPolicy: deny` (no W301).
+    # App Mesh: a node's backends are its calls and every service it may call (authorization),
+    # and gateway hosts are not written per service.
+    # An HTTP/1.1 listener's request limit is its connection limit (the smaller of the two).
+    "appmesh": {"calls": True, "http1_pool": True},
     "linkerd": {"calls": True, "trust_domain": True, "outlier_timing": True, "permissive_under_deny": True,
                 "rules_to_externals": True},
 }
@@ -295,6 +304,17 @@ def forget(mesh: Mesh, gaps: dict[str, Any]) -> Mesh:
                                  for p in s.ports)
         if gaps.get("calls"):
             upd["calls"] = ()
+        cb = s.resilience.circuit_breaker
+        if gaps.get("http1_pool") and cb is not None and cb.max_requests is not None and \
+                any(p.protocol == "http" for p in s.ports):
+            limits = [x for x in (cb.max_connections, cb.max_requests) if x is not None]
+            upd["resilience"] = s.resilience.model_copy(update={"circuit_breaker": cb.model_copy(
+                update={"max_connections": min(limits), "max_requests": None})})
+        if gaps.get("external_tls") and s.external is not None:
+            upd["external"] = s.external.model_copy(update={"tls_originate": False, "sni": None})
+            upd["ports"] = tuple(p.model_copy(update={"protocol": "http" if p.protocol == "tls" else p.protocol})
+                                 for p in upd.get("ports", s.ports))
+            upd["resilience"] = s.resilience.model_copy(update={"timeout": None})
         if gaps.get("permissive_under_deny") and mesh.authz == "deny_by_default":
             upd["mtls"] = "strict" if s.mtls == "permissive" else s.mtls
             upd["ports"] = tuple(p.model_copy(update={"mtls": "strict" if p.mtls == "permissive" else p.mtls})

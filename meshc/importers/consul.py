@@ -48,6 +48,7 @@ from meshc.model import (
     AuthzRule,
     CircuitBreaker,
     Destination,
+    External,
     HeaderOps,
     Ingress,
     LoadBalance,
@@ -302,6 +303,16 @@ class ConsulImporter:
             proto = "tcp"
         for n in list(d.ports):
             d.ports[n] = proto
+        dest = e.get("Destination") or {}
+        if dest.get("Addresses"):
+            addrs = [str(a) for a in dest["Addresses"]]
+            d.external = External(host=addrs[0])
+            if isinstance(dest.get("Port"), int):
+                d.ports = {dest["Port"]: proto}
+            if len(addrs) > 1:
+                self.note(e, "Destination.Addresses", f"only the first address ({addrs[0]}) is kept", place)
+            self.note(e, "Destination", "TLS origination to an external destination is configured on the "
+                      "terminating gateway, which is not read; not carried over", place)
         mode = str(e.get("MutualTLSMode") or "").lower()
         if mode in ("strict", "permissive"):
             d.mtls = mode
@@ -323,7 +334,7 @@ class ConsulImporter:
             d.resilience["rate_limit"] = RateLimit(requests=int(rl["RequestsPerSecond"]), unit="s",
                                                    burst=int(burst) if burst else None)
         self.unknown_keys(e, {"Protocol", "MutualTLSMode", "LocalRequestTimeoutMs", "UpstreamConfig", "RateLimits",
-                              "TransparentProxy", "Mode"}, place=place)
+                              "TransparentProxy", "Mode", "Destination"}, place=place)
 
     def upstream_limits(self, e: dict[str, Any], ov: dict[str, Any], callee: Draft) -> None:
         lim = ov.get("Limits") or {}

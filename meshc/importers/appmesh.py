@@ -1,0 +1,583 @@
+"""AWS App Mesh -> .mesh: reads App Mesh API bodies (API version 2019-01-25: Create*/Update*
+request bodies or describe-* output, JSON), CloudFormation templates (`AWS::AppMesh::*`
+resources, JSON or YAML) and appmesh-controller resources (appmesh.k8s.aws/v1beta2).
+
+- VirtualService: a service (`catalog.shop.svc.cluster.local` -> `catalog` in `shop`); one whose
+  name is not a cluster name and whose node is discovered at that host is external.
+- VirtualRouter + Routes: the route table in priority order. Routes with the same action
+  next to each other are one rule with OR-ed matches (App Mesh has one method per route and
+  `under` is two routes). Weighted targets name virtual nodes: a node `S-<version>` is
+  that version of `S`.
+- VirtualNode: ports (listeners), mTLS mode, connection pool, outlier detection, health check,
+  identity (the SDS certificate's SPIFFE ID), backends (`calls`); a listener's client
+  certificate SAN allow-list is `allow <callers> -> S`; the mesh's egress filter `DROP_ALL`
+  is deny_by_default. A backend client policy with a public trust and a SAN is TLS
+  origination to that external service.
+- VirtualGateway + GatewayRoutes: `expose ingress` on the gateway's port, by path and host.
+
+App Mesh gives routes without a retry policy a default one; that is written out (reported).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshc.importers.common import (
+    Draft,
+    ImportError_,
+    MeshSettings,
+    Report,
+    Result,
+    build_mesh,
+    dns_name,
+    finish,
+    lift_routes,
+    merge_under,
+    simplify_matches,
+    weights_to_percent,
+)
+from meshc.model import (
+    AuthzRule,
+    CircuitBreaker,
+    Destination,
+    External,
+    HealthCheck,
+    Ingress,
+    Match,
+    Outlier,
+    PathMatch,
+    Retry,
+    RouteRule,
+    Source,
+    StringMatch,
+    Timeout,
+)
+
+NO_TIMEOUT_MS = 365 * 24 * 3600 * 1000
+UNIT_MS = {"ms": 1, "s": 1000}
+HTTP_EVENTS = {"server-error": "5xx", "gateway-error": "gateway-error", "client-error": "retriable-4xx",
+               "stream-error": "refused-stream"}
+ROUTE_KINDS = ("httpRoute", "http2Route", "grpcRoute", "tcpRoute")
+NAME_KEYS = {"VirtualNode": "virtualNodeName", "VirtualRouter": "virtualRouterName", "Route": "routeName",
+             "VirtualService": "virtualServiceName", "VirtualGateway": "virtualGatewayName",
+             "GatewayRoute": "gatewayRouteName", "Mesh": "meshName"}
+SPIFFE = re.compile(r"^spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)$")
+DEFAULT_RETRY = Retry(attempts=2, on=("5xx", "gateway-error", "connect-failure"), per_try_ms=15_000)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _camel(key: str) -> str:
+    """CloudFormation `VirtualNodeName` / `DNS` / `TLS` -> API `virtualNodeName` / `dns` / `tls`."""
+    special = {"DNS": "dns", "TLS": "tls", "SDS": "sds", "ACM": "acm", "AWSCloudMap": "awsCloudMap",
+               "GRPCRoute": "grpcRoute", "TCPRoute": "tcpRoute", "HTTPRoute": "httpRoute",
+               "HTTP2Route": "http2Route", "SubjectAlternativeNames": "subjectAlternativeNames",
+               "IpPreference": "ipPreference", "GRPC": "grpc", "HTTP": "http", "HTTP2": "http2", "TCP": "tcp"}
+    if key in special:
+        return special[key]
+    return key[0].lower() + key[1:] if key else key
+
+
+def _camel_all(v: Any, keep: bool = False) -> Any:
+    if isinstance(v, dict):
+        return {(k if keep else _camel(k)): _camel_all(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_camel_all(x) for x in v]
+    return v
+
+
+def _resolve_refs(v: Any) -> Any:
+    """Controller CRD references -> API names: `virtualNodeRef: {name}` -> `virtualNode: name`."""
+    if isinstance(v, dict):
+        out = {}
+        for k, x in v.items():
+            if k == "virtualNodeRef":
+                out["virtualNode"] = (x or {}).get("name")
+            elif k == "virtualServiceRef":
+                out["virtualServiceName"] = (x or {}).get("name")
+            elif k == "virtualRouterRef":
+                out["virtualRouterName"] = (x or {}).get("name")
+            else:
+                out[k] = _resolve_refs(x)
+        return out
+    if isinstance(v, list):
+        return [_resolve_refs(x) for x in v]
+    return v
+
+
+def read_objects(paths: list[Path]) -> list[dict[str, Any]]:
+    """Objects as {kind, name, mesh, router, gateway, namespace, spec} in API spelling."""
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        try:
+            docs = [d for d in yaml.safe_load_all(p.read_text(encoding="utf-8")) if d is not None]
+        except yaml.YAMLError as e:
+            raise ImportError_(f"{p}: not YAML or JSON: {e}") from None
+        for d in docs:
+            out += objects_of(d)
+    return out
+
+
+def objects_of(d: Any) -> list[dict[str, Any]]:
+    if not isinstance(d, dict):
+        return []
+    if isinstance(d.get("Resources"), dict):  # CloudFormation
+        out = []
+        for res in d["Resources"].values():
+            t = str((res or {}).get("Type", ""))
+            if t.startswith("AWS::AppMesh::"):
+                props = _camel_all((res or {}).get("Properties") or {})
+                out += objects_of({**props, "_kind": t.split("::")[-1]})
+        return out
+    if str(d.get("apiVersion", "")).startswith("appmesh.k8s.aws/"):
+        kind = d.get("kind")
+        meta = d.get("metadata") or {}
+        spec = _resolve_refs(d.get("spec") or {})
+        name = spec.pop("awsName", None) or meta.get("name")
+        ns = meta.get("namespace")
+        if kind == "VirtualService":
+            name = meta.get("name")
+        base = {"kind": kind, "name": name, "namespace": ns, "k8s_name": meta.get("name")}
+        if kind == "VirtualRouter":
+            routes = spec.pop("routes", []) or []
+            return [{**base, "spec": spec}] + [
+                {"kind": "Route", "name": r.get("name"), "router": name, "namespace": ns,
+                 "spec": {k: v for k, v in r.items() if k != "name"}} for r in routes]
+        if kind == "GatewayRoute":
+            return [{**base, "spec": spec, "gateway": None}]
+        return [{**base, "spec": spec}]
+    for wrapper in ("virtualNode", "virtualRouter", "route", "virtualService", "virtualGateway", "gatewayRoute",
+                    "mesh"):
+        if isinstance(d.get(wrapper), dict) and "spec" in d[wrapper]:  # describe-* output
+            return objects_of(d[wrapper])
+    kind = d.get("_kind")
+    if kind is None:  # the most specific name key decides: a Route body also names its router
+        kind = next((k for k in ("Route", "GatewayRoute", "VirtualNode", "VirtualService", "VirtualRouter",
+                                 "VirtualGateway", "Mesh") if NAME_KEYS[k] in d), None)
+    if kind is None:
+        return []
+    return [{"kind": kind, "name": d.get(NAME_KEYS[kind]), "mesh": d.get("meshName"),
+             "router": d.get("virtualRouterName"), "gateway": d.get("virtualGatewayName"),
+             "spec": d.get("spec") or {}}]
+
+
+def _ms(v: Any) -> int | None:
+    if not isinstance(v, dict) or "value" not in v:
+        return None
+    return int(v["value"]) * UNIT_MS.get(str(v.get("unit", "ms")), 1)
+
+
+# --------------------------------------------------------------------------- import
+
+
+class AppMeshImporter:
+    origin = "appmesh"
+
+    def __init__(self, objects: list[dict[str, Any]], mesh_name: str | None = None):
+        self.objs = objects
+        self.report = Report()
+        self.drafts: dict[str, Draft] = {}
+        self.rules: list[AuthzRule] = []
+        self.settings = MeshSettings(mtls="disabled", authz="allow_by_default")
+        self.mesh_name = mesh_name
+        self.node_owner: dict[str, tuple[str, str | None]] = {}  # node -> (service, version)
+        self.identities: dict[str, str] = {}  # spiffe id -> service
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objs if o["kind"] == kind]
+
+    def note(self, o: dict[str, Any], fld: str, why: str, place: str = "") -> None:
+        self.report.add(f"{o['kind']} {o['name']}", fld, why, place)
+
+    def run(self) -> Result:
+        meshes = self.of("Mesh")
+        names = {o.get("mesh") for o in self.objs if o.get("mesh")} | {m["name"] for m in meshes if m.get("name")}
+        self.settings.name = self.mesh_name or dns_name(sorted(names)[0] if names else "appmesh")
+        for m in meshes:
+            egress = ((m["spec"].get("egressFilter") or {}).get("type"))
+            self.settings.authz = "deny_by_default" if egress == "DROP_ALL" else "allow_by_default"
+        self.nodes = {o["name"]: o for o in self.of("VirtualNode")}
+        self.routers = {o["name"]: o for o in self.of("VirtualRouter")}
+        self.services()
+        # external nodes first: their ports must exist before a caller's TLS origination is read
+        for node in sorted(self.nodes.values(), key=lambda n: (self.node_owner.get(n["name"], ("", None))[0] not in
+                                                                {k for k, d in self.drafts.items() if d.external},
+                                                                str(n["name"]))):
+            self.node(node)
+        self.trust()
+        for d in self.drafts.values():
+            self.route_table(d)
+        for node in self.nodes.values():
+            self.node_authz(node)
+        self.gateways()
+        if any(r.retry == DEFAULT_RETRY for d in self.drafts.values() for r in d.routes) or \
+                any(d.resilience.get("retry") == DEFAULT_RETRY for d in self.drafts.values()):
+            self.report.add("App Mesh defaults", "retryPolicy", "routes without a retry policy get App Mesh's "
+                            "default (2 retries); written out", "mesh")
+        mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
+        return finish(mesh, self.report, self.origin)
+
+    # ----------------------------------------------------------------- services and nodes
+    def services(self) -> None:
+        self.vs_service: dict[str, str] = {}
+        namespaces = Counter()
+        for vs in self.of("VirtualService"):
+            vname = str(vs["name"])
+            parts = vname.split(".")
+            internal = len(parts) >= 3 and parts[2] == "svc" or vs.get("namespace") is not None or len(parts) == 1
+            ns = vs.get("namespace") or (parts[1] if len(parts) >= 2 and internal else None)
+            key = dns_name(parts[0] if internal else vs.get("k8s_name") or parts[0])
+            provider = vs["spec"].get("provider") or {}
+            router = (provider.get("virtualRouter") or {}).get("virtualRouterName")
+            node = (provider.get("virtualNode") or {}).get("virtualNodeName") or \
+                (provider.get("virtualNode") or {}).get("virtualNode")
+            nodes = [node] if node else [t.get("virtualNode") for r in self.routes_of(router)
+                                         for t in self.targets(r)]
+            if not internal:
+                hosts = {(self.nodes.get(n, {}).get("spec", {}).get("serviceDiscovery") or {}).get("dns", {})
+                         .get("hostname") for n in nodes}
+                if vname in hosts or not nodes:
+                    key = dns_name(self.node_key(nodes, key))
+                    d = self.drafts.setdefault(key, Draft(key, ns or "default"))
+                    d.external = External(host=vname)
+                    self.vs_service[vname] = key
+                    for n in nodes:
+                        self.node_owner[n] = (key, None)
+                    continue
+            if ns:
+                namespaces[ns] += 1
+            d = self.drafts.setdefault(key, Draft(key, ns or "default"))
+            self.vs_service[vname] = key
+            if vs.get("k8s_name"):
+                self.vs_service[str(vs["k8s_name"])] = key
+            d.selector = {"router": str(router or "")}
+            for n in dict.fromkeys(x for x in nodes if x):
+                version = n[len(key) + 1:] if n.startswith(key + "-") else (None if n == key else n)
+                self.node_owner[n] = (key, dns_name(version) if version else None)
+                if version:
+                    d.versions[dns_name(version)] = {"version": version}
+        ns_main = sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if namespaces else "default"
+        self.settings.namespace = ns_main
+        for d in self.drafts.values():
+            if d.external is not None:
+                d.namespace = ns_main
+
+    @staticmethod
+    def node_key(nodes: list[str], default: str) -> str:
+        return nodes[0] if len(nodes) == 1 and nodes[0] else default
+
+    def routes_of(self, router: str | None) -> list[dict[str, Any]]:
+        routes = [r for r in self.of("Route") if r.get("router") == router]
+        return sorted(routes, key=lambda r: (r["spec"].get("priority", 1000), str(r["name"])))
+
+    @staticmethod
+    def targets(route: dict[str, Any]) -> list[dict[str, Any]]:
+        for k in ROUTE_KINDS:
+            if k in route["spec"]:
+                return ((route["spec"][k] or {}).get("action") or {}).get("weightedTargets") or []
+        return []
+
+    def node(self, node: dict[str, Any]) -> None:
+        owner = self.node_owner.get(node["name"])
+        if owner is None:
+            self.note(node, "name", "no virtual service reaches this node; left out")
+            return
+        d = self.drafts[owner[0]]
+        place = f"service:{d.name}"
+        spec = node["spec"]
+        for i, lst in enumerate(spec.get("listeners") or []):
+            pm = lst.get("portMapping") or {}
+            port, proto = pm.get("port"), str(pm.get("protocol", "http"))
+            if not isinstance(port, int):
+                continue
+            if d.external is not None:
+                d.ports.setdefault(port, "http" if proto in ("http", "http2", "grpc") else "tcp")
+                continue
+            d.ports[port] = proto if proto in ("http", "http2", "grpc", "tcp") else "tcp"
+            tls = lst.get("tls") or {}
+            mode = {"STRICT": "strict", "PERMISSIVE": "permissive", "DISABLED": "disabled"}.get(
+                str(tls.get("mode", "DISABLED")), "disabled")
+            d.port_mtls[port] = mode
+            cert = ((tls.get("certificate") or {}).get("sds") or {}).get("secretName", "")
+            m = SPIFFE.match(str(cert))
+            if m:
+                d.identity = m.group(3)
+                self.identities[str(cert)] = d.name
+            cp = lst.get("connectionPool") or {}
+            pool = next(iter(cp.values()), None) if cp else None
+            if pool:
+                d.resilience["circuit_breaker"] = CircuitBreaker(
+                    max_connections=pool.get("maxConnections"), max_pending=pool.get("maxPendingRequests"),
+                    max_requests=pool.get("maxRequests"))
+            od = lst.get("outlierDetection") or {}
+            if od:
+                d.resilience["outlier"] = Outlier(
+                    consecutive_5xx=int(od.get("maxServerErrors", 5)), interval_ms=_ms(od.get("interval")) or 10_000,
+                    eject_ms=_ms(od.get("baseEjectionDuration")) or 30_000,
+                    max_percent=int(od.get("maxEjectionPercent", 10)) * 100)
+            hc = lst.get("healthCheck") or {}
+            if hc:
+                d.resilience["health_check"] = HealthCheck(
+                    protocol=hc.get("protocol", "http") if hc.get("protocol") in ("http", "tcp", "grpc") else "http",
+                    path=hc.get("path", "/") if hc.get("protocol") != "tcp" else "/",
+                    interval_ms=int(hc.get("intervalMillis", 10_000)), timeout_ms=int(hc.get("timeoutMillis", 2000)),
+                    unhealthy=int(hc.get("unhealthyThreshold", 3)), healthy=int(hc.get("healthyThreshold", 2)))
+            t = _ms(next(iter((next(iter((lst.get("timeout") or {}).values()), None) or {}).values()), None))
+            if t is not None and t < NO_TIMEOUT_MS:
+                self.note(node, f"spec.listeners[{i}].timeout", "a listener timeout is not expressible; the "
+                          "route timeout is the request timeout", place)
+        for b in spec.get("backends") or []:
+            vs = b.get("virtualService") or {}
+            target = self.vs_service.get(str(vs.get("virtualServiceName")))
+            if target is None:
+                self.note(node, "spec.backends", f"{vs.get('virtualServiceName')} is not a virtual service of the input",
+                          place)
+                continue
+            d.calls.append(target)
+            tls = ((vs.get("clientPolicy") or {}).get("tls") or {})
+            trust = (tls.get("validation") or {}).get("trust") or {}
+            t = self.drafts[target]
+            if t.external is not None and tls and ("file" in trust or "acm" in trust):
+                sans = (((tls.get("validation") or {}).get("subjectAlternativeNames") or {}).get("match") or {}) \
+                    .get("exact") or []
+                sni = sans[0] if sans and sans[0] != t.external.host else None
+                t.external = External(host=t.external.host, tls_originate=True, sni=sni)
+                for n, proto in list(t.ports.items()):
+                    if proto in ("http", "tls"):
+                        t.ports[n] = "tls"
+                self.rules.append(AuthzRule(action="allow", sources=(Source(kind="service", name=d.name),),
+                                            destinations=(target,)))
+        if spec.get("serviceDiscovery", {}).get("awsCloudMap"):
+            attrs = spec["serviceDiscovery"]["awsCloudMap"].get("attributes") or []
+            if owner[1] and attrs:
+                d.versions[owner[1]] = {str(a["key"]): str(a["value"]) for a in attrs}
+
+    def trust(self) -> None:
+        for n in self.nodes.values():
+            for lst in n["spec"].get("listeners") or []:
+                secret = (((lst.get("tls") or {}).get("validation") or {}).get("trust") or {}).get("sds", {}) \
+                    .get("secretName", "")
+                if str(secret).startswith("spiffe://"):
+                    self.settings.trust_domain = str(secret)[len("spiffe://"):].strip("/")
+                    return
+
+    # ----------------------------------------------------------------- routes
+    def route_table(self, d: Draft) -> None:
+        router = d.selector.pop("router", None) if d.external is None else None
+        if d.external is not None:
+            for vs in self.of("VirtualService"):
+                if self.vs_service.get(str(vs["name"])) == d.name:
+                    router = ((vs["spec"].get("provider") or {}).get("virtualRouter") or {}).get("virtualRouterName")
+        if not router:
+            return
+        rules: list[RouteRule] = []
+        prev: Any = None
+        for r in self.routes_of(router):
+            kind = next((k for k in ROUTE_KINDS if k in r["spec"]), None)
+            if kind is None:
+                continue
+            body = r["spec"][kind] or {}
+            if kind == "tcpRoute":
+                rule = self.rule(r, body, d, tcp=True)
+                if rule is not None:
+                    rules.append(rule)
+                continue
+            rule = self.rule(r, body, d)
+            if rule is None:
+                prev = None
+                continue
+            key = (json.dumps(body.get("action"), sort_keys=True), json.dumps(body.get("retryPolicy"), sort_keys=True),
+                   json.dumps(body.get("timeout"), sort_keys=True))
+            if rules and key == prev and rule.matches and rules[-1].matches:
+                rules[-1] = rules[-1].model_copy(update={
+                    "matches": simplify_matches(merge_under(rules[-1].matches + rule.matches))})
+            else:
+                rules.append(rule)
+            prev = key
+        if d.external is not None or not d.is_http:
+            # the route of an external or TCP service only forwards; keep its timeout and retries
+            for r in rules:
+                if r.timeout is not None and r.timeout.ms is not None:
+                    d.resilience["timeout"] = r.timeout
+                if r.retry is not None and r.retry.attempts:
+                    d.resilience["retry"] = r.retry
+            return
+        lift_routes(d, rules)
+
+    def rule(self, r: dict[str, Any], body: dict[str, Any], d: Draft, tcp: bool = False) -> RouteRule | None:
+        place = f"route:{d.name}"
+        targets = (body.get("action") or {}).get("weightedTargets") or []
+        dests, weights = [], []
+        for t in targets:
+            owner = self.node_owner.get(str(t.get("virtualNode")))
+            if owner is None:
+                self.note(r, "action.weightedTargets", f"node {t.get('virtualNode')} belongs to no service", place)
+                continue
+            dests.append(Destination(service=owner[0], version=owner[1]))
+            weights.append(int(t.get("weight", 1)))
+        if not dests:
+            return None
+        pcts = weights_to_percent(weights)
+        merged: dict[tuple[str, str | None], int] = {}
+        for dd, p in zip(dests, pcts, strict=True):
+            merged[(dd.service, dd.version)] = merged.get((dd.service, dd.version), 0) + p
+        owner = {v for s, v in merged if s == d.name}
+        if len(merged) > 1 and owner == set(d.versions) and len(owner) == len(merged) and \
+                len(set(merged.values())) == 1 or len(merged) == 1 and set(merged) == {(d.name, v) for v in d.versions}:
+            merged = {(d.name, None): sum(merged.values())}  # every version, equally: the whole service
+        kw: dict[str, Any] = {"destinations": tuple(Destination(service=s, version=v, weight=p)
+                                                    for (s, v), p in merged.items() if p)}
+        t = _ms((body.get("timeout") or {}).get("perRequest"))
+        kw["timeout"] = Timeout(ms=t) if t is not None and t < NO_TIMEOUT_MS else None
+        if tcp:
+            kw["timeout"] = None
+            return RouteRule(**kw)
+        match = self.match(r, body.get("match") or {}, place)
+        if match is None:
+            self.note(r, "match", "the route is left out: a condition cannot be written", place)
+            return None
+        if match.path == PathMatch(kind="prefix", value="/"):
+            match = match.model_copy(update={"path": None})  # App Mesh needs a path: `/` is every path
+        kw["matches"] = () if match == Match() else (match,)
+        kw["retry"] = self.retry(r, body.get("retryPolicy"), kw["timeout"], place)
+        return RouteRule(**kw)
+
+    def retry(self, r: dict[str, Any], rp: dict[str, Any] | None, timeout: Timeout | None, place: str) -> Retry:
+        if rp is None:
+            return DEFAULT_RETRY
+        n = int(rp.get("maxRetries", 0))
+        if n == 0:
+            return Retry(attempts=0, on=())
+        on = [HTTP_EVENTS[e] for e in rp.get("httpRetryEvents") or [] if e in HTTP_EVENTS]
+        if "connection-error" in (rp.get("tcpRetryEvents") or []):
+            on.append("connect-failure")
+        for e in rp.get("grpcRetryEvents") or []:
+            self.note(r, "retryPolicy.grpcRetryEvents", f"gRPC retry event '{e}' not expressible", place)
+        per_try = _ms(rp.get("perRetryTimeout"))
+        if timeout is not None and per_try == timeout.ms:
+            per_try = None  # App Mesh requires one: the request timeout stands in for "none"
+        if per_try is not None and per_try >= NO_TIMEOUT_MS:
+            per_try = None
+        return Retry(attempts=n, on=tuple(dict.fromkeys(on)), per_try_ms=per_try)  # type: ignore[arg-type]
+
+    def match(self, r: dict[str, Any], m: dict[str, Any], place: str) -> Match | None:
+        kw: dict[str, Any] = {}
+        if "prefix" in m:
+            kw["path"] = PathMatch(kind="prefix", value=str(m["prefix"]))
+        path = m.get("path") or {}
+        if path.get("exact") is not None:
+            kw["path"] = PathMatch(kind="exact", value=str(path["exact"]))
+        elif path.get("regex") is not None:
+            kw["path"] = PathMatch(kind="regex", value=str(path["regex"]))
+        headers, query = [], []
+        for h in m.get("headers") or []:
+            hm = h.get("match") or {}
+            kind = next((k for k in ("exact", "prefix", "regex") if k in hm), None)
+            if h.get("invert") and not hm:
+                headers.append(StringMatch(name=str(h["name"]).lower(), kind="absent"))
+            elif not hm and not h.get("invert"):
+                headers.append(StringMatch(name=str(h["name"]).lower(), kind="present"))
+            elif kind is None or h.get("invert"):
+                return None
+            else:
+                headers.append(StringMatch(name=str(h["name"]).lower(), kind=kind, value=str(hm[kind])))  # type: ignore[arg-type]
+        for q in m.get("queryParameters") or []:
+            qm = q.get("match") or {}
+            if "exact" in qm:
+                query.append(StringMatch(name=str(q["name"]), kind="exact", value=str(qm["exact"])))
+            elif not qm:
+                query.append(StringMatch(name=str(q["name"]), kind="present"))
+            else:
+                return None
+        if m.get("method"):
+            kw["methods"] = (str(m["method"]),)
+        for k in sorted(set(m) - {"prefix", "path", "headers", "queryParameters", "method", "port"}):
+            self.note(r, f"match.{k}", "not expressible", place)
+            return None
+        return Match(headers=tuple(headers), query=tuple(query), **kw)
+
+    # ----------------------------------------------------------------- authorization and ingress
+    def source(self, san: str) -> Source | None:
+        if san in self.identities:
+            return Source(kind="service", name=self.identities[san])
+        m = SPIFFE.match(san)
+        if not m:
+            return None
+        if "ingress" in m.group(3) or m.group(3) in {g["name"] for g in self.of("VirtualGateway")}:
+            self.settings.ingress_identity = (dns_name(m.group(3)), m.group(2))
+            return Source(kind="ingress")
+        return Source(kind="identity", name=dns_name(m.group(3)))
+
+    def node_authz(self, node: dict[str, Any]) -> None:
+        owner = self.node_owner.get(node["name"])
+        if owner is None or self.drafts[owner[0]].external is not None:
+            return
+        d = self.drafts[owner[0]]
+        modes = set(d.port_mtls.values())
+        self.settings.mtls = "strict" if modes == {"strict"} or self.settings.mtls == "strict" and modes <= {"strict"} \
+            else sorted(modes)[0] if modes else self.settings.mtls
+        for i, lst in enumerate(node["spec"].get("listeners") or []):
+            sans = (((((lst.get("tls") or {}).get("validation") or {}).get("subjectAlternativeNames") or {})
+                     .get("match") or {}).get("exact")) or []
+            sources = []
+            for san in sans:
+                s = self.source(str(san))
+                if s is None:
+                    self.note(node, f"spec.listeners[{i}].tls.validation", f"SAN '{san}' is not a SPIFFE ID; "
+                              "left out", "authz")
+                else:
+                    sources.append(s)
+            if sources:
+                rule = AuthzRule(action="allow", sources=tuple(dict.fromkeys(sources)), destinations=(d.name,))
+                if rule not in self.rules:
+                    self.rules.append(rule)
+
+    def gateways(self) -> None:
+        gws = {g["name"]: g for g in self.of("VirtualGateway")}
+        for g in gws.values():
+            cert = (((((g["spec"].get("backendDefaults") or {}).get("clientPolicy") or {}).get("tls") or {})
+                     .get("certificate") or {}).get("sds") or {}).get("secretName", "")
+            m = SPIFFE.match(str(cert))
+            if m:
+                self.settings.ingress_identity = (dns_name(m.group(3)), m.group(2))
+        for gr in self.of("GatewayRoute"):
+            gw = gws.get(str(gr.get("gateway"))) or (next(iter(gws.values())) if len(gws) == 1 else None)
+            port = 80
+            if gw is not None:
+                lst = (gw["spec"].get("listeners") or [{}])[0]
+                port = int((lst.get("portMapping") or {}).get("port", 80))
+            body = next((gr["spec"][k] for k in ("httpRoute", "http2Route", "grpcRoute") if k in gr["spec"]), None)
+            if body is None:
+                continue
+            target = ((body.get("action") or {}).get("target") or {}).get("virtualService") or {}
+            svc = self.vs_service.get(str(target.get("virtualServiceName")))
+            if svc is None:
+                self.note(gr, "action.target", "not a virtual service of the input", "mesh")
+                continue
+            d = self.drafts[svc]
+            m = body.get("match") or {}
+            path = None
+            if "prefix" in m and m["prefix"] != "/":
+                path = PathMatch(kind="prefix", value=str(m["prefix"]))
+            elif (m.get("path") or {}).get("exact"):
+                path = PathMatch(kind="exact", value=str(m["path"]["exact"]))
+            host = ((m.get("hostname") or {}).get("exact"))
+            hosts = (str(host),) if host else ("*",)
+            paths = (d.expose.paths if d.expose else ()) + ((path,) if path else ())
+            if d.expose is not None and not d.expose.paths:
+                paths = ()
+            if path is None:
+                paths = ()  # this route takes every path
+            d.expose = Ingress(paths=tuple(m.path for m in merge_under(tuple(Match(path=p) for p in paths))
+                                           if m.path), hosts=hosts, port=port)
+
+
+def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
+    return AppMeshImporter(read_objects(paths), mesh_name).run()
