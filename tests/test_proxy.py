@@ -453,6 +453,7 @@ def test_metrics_access_log_and_traceparent(env: Env, tmp_path: Path) -> None:
     metrics = get(sc.admin_address[1], "/metrics")[2].decode()
     assert 'meshc_requests_total{listener="out",route="r",sidecar="client",status="200",upstream="A"} 2.0' in metrics
     assert "meshc_request_duration_seconds_bucket" in metrics
+    assert 'meshc_circuit_breaker_open{cluster="A",sidecar="client",threshold="requests"} 0.0' in metrics
     time.sleep(0.4)
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [x["path"] for x in lines] == ["/traced", "/new"]

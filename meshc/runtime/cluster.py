@@ -3,7 +3,8 @@ endpoints file), load balancing, pooled keep-alive connections, circuit breaking
 detection and active health checks, with Envoy's semantics:
 
 - circuit breaker: `max_connections` open connections, `max_pending` requests waiting for one,
-  `max_requests` active requests, `max_retries` active retries; overflow is a local 503;
+  `max_requests` active requests, `max_retries` active retries (unset: unlimited); overflow is
+  a local 503;
 - outlier detection: `consecutive_5xx` 5xx responses or local failures eject an endpoint for
   `base_ejection_ms` x (times ejected), never more than `max_ejection_percent` of the
   endpoints (but always at least one);
@@ -315,9 +316,9 @@ class Cluster:
             if conn.reusable(now, self.idle_timeout):
                 return conn
             conn.close()
-        if self.connections < self.cb.max_connections:
+        if self.cb.max_connections is None or self.connections < self.cb.max_connections:
             return await self.connect(ep, factory)
-        if self.pending >= self.cb.max_pending:
+        if self.cb.max_pending is not None and self.pending >= self.cb.max_pending:
             raise self.overflow("pending")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (ep, fut, factory)
@@ -390,7 +391,7 @@ class Cluster:
             if conn is not None:
                 conn.close()  # its slot goes to the waiter through connection_closed()
                 return True
-            if self.connections >= self.cb.max_connections:
+            if self.cb.max_connections is not None and self.connections >= self.cb.max_connections:
                 return False
             self.waiters.popleft()
             task = asyncio.get_running_loop().create_task(self.connect(ep, factory))

@@ -176,12 +176,13 @@ class LbCfg(_Cfg):
 
 
 class CircuitBreakerCfg(_Cfg):
-    """Envoy's thresholds, with Envoy's defaults (1024, 3 retries) when the mesh says nothing."""
+    """Envoy's thresholds; `null` is unlimited. A limit the mesh does not set is unlimited (as
+    the Envoy target writes it), never Envoy's hidden defaults (1024 requests, 3 retries)."""
 
-    max_connections: int = 1024
-    max_pending: int = 1024
-    max_requests: int = 1024
-    max_retries: int = 3
+    max_connections: int | None = None
+    max_pending: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
 
 
 class OutlierCfg(_Cfg):

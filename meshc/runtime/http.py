@@ -966,7 +966,7 @@ async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], byt
     loop = stream.conn.loop
     stream.cluster_name = cluster.name
     cb = cluster.cfg.circuit_breaker
-    if cluster.active_requests >= cb.max_requests:
+    if cb.max_requests is not None and cluster.active_requests >= cb.max_requests:
         cluster.metrics.child(cluster.metrics.overflow, cluster.sidecar, cluster.name, "requests").inc()
         stream.respond(503, b"upstream overflow (circuit breaker: max_requests)",
                        [(b"x-envoy-overloaded", b"true")])
@@ -1088,7 +1088,8 @@ def _retry_allowed(cluster: Cluster, retry: Any) -> bool:
         limit = max(retry.min_retry_concurrency, retry.budget_percent / 100 * cluster.active_requests)
         ok = cluster.active_retries < limit
     else:
-        ok = cluster.active_retries < cluster.cfg.circuit_breaker.max_retries
+        limit_r = cluster.cfg.circuit_breaker.max_retries
+        ok = limit_r is None or cluster.active_retries < limit_r
     if not ok:
         cluster.metrics.child(cluster.metrics.overflow, cluster.sidecar, cluster.name, "retries").inc()
     return ok

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -59,6 +59,30 @@ class _RequestStats(Collector):
         yield h
 
 
+class _BreakerState(Collector):
+    """`meshc_circuit_breaker_open`: 1 while a cluster is at a circuit-breaker threshold, and the
+    counts the thresholds apply to, read from the live clusters at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: Any = None  # () -> iterable of (sidecar, Cluster)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        is_open = GaugeMetricFamily("meshc_circuit_breaker_open", "1 while a circuit-breaker threshold is reached",
+                                    labels=["sidecar", "cluster", "threshold"])
+        active = GaugeMetricFamily("meshc_upstream_active", "Active requests, retries and pending requests",
+                                   labels=["sidecar", "cluster", "kind"])
+        for sidecar, c in (self.source() if self.source else ()):
+            cb = c.cfg.circuit_breaker
+            for threshold, count, limit in (("connections", c.connections, cb.max_connections),
+                                            ("pending", c.pending, cb.max_pending),
+                                            ("requests", c.active_requests, cb.max_requests),
+                                            ("retries", c.active_retries, cb.max_retries)):
+                is_open.add_metric([sidecar, c.name, threshold], 1 if limit is not None and count >= limit else 0)
+                active.add_metric([sidecar, c.name, threshold], count)
+        yield is_open
+        yield active
+
+
 class Metrics:
     """Every metric the proxy exports (see docs/native.md for their meaning)."""
 
@@ -67,8 +91,9 @@ class Metrics:
         self.stats = _RequestStats()
         r.register(self.stats)
         self.retries = Counter("meshc_upstream_retries", "Retries sent upstream", ["sidecar", "cluster"], registry=r)
-        self.cb_open = Gauge("meshc_circuit_breaker_open", "1 while a circuit-breaker threshold is reached",
-                             ["sidecar", "cluster", "threshold"], registry=r)
+        # Circuit-breaker state is read from the clusters when scraped (see _BreakerState).
+        self.breakers = _BreakerState()
+        r.register(self.breakers)
         self.overflow = Counter("meshc_circuit_breaker_overflow", "Requests refused by a circuit breaker",
                                 ["sidecar", "cluster", "threshold"], registry=r)
         self.ejections = Counter("meshc_outlier_ejections", "Endpoints ejected by outlier detection",

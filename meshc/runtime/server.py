@@ -450,6 +450,7 @@ class Sidecar:
         self.app_overrides = app_overrides or {}
         self.admin_port_override = admin_port
         self.metrics = Metrics()
+        self.metrics.breakers.source = lambda: [(self.name, c) for _, c in sorted(self.clusters.items())]
         self.access_log = AccessLog(cfg.observability.access_log, self._log_path(cfg))
         self.connections: set[Any] = set()
         self.background: set[asyncio.Task[Any]] = set()
