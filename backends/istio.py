@@ -335,11 +335,13 @@ class IstioBackend(Backend):
             if rw.path is not None:
                 # the whole path, whatever the match kind
                 rewrite["uriRegexRewrite"] = {"match": "^.*$", "rewrite": rw.path}
-            elif rw.prefix is not None:
+            elif rw.prefix is not None and not any(m.path is not None and m.path.kind == "regex"
+                                                   for m in rule.matches):
                 rewrite["uri"] = rw.prefix
             if rw.host is not None:
                 rewrite["authority"] = rw.host
-            body["rewrite"] = rewrite
+            if rewrite:
+                body["rewrite"] = rewrite
         headers = {}
         if (req := _header_ops(rule.request_headers)):
             headers["request"] = req
