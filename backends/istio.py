@@ -596,7 +596,12 @@ class IstioBackend(Backend):
                               "Istio authorization matches exact, prefix, suffix and presence")
         return out
 
-    def authz_rule(self, rule: Any) -> dict[str, Any]:
+    def authz_rule(self, rule: Any) -> dict[str, Any] | None:
+        """The Istio rule, or None when a condition cannot be written (reported as E301):
+        with --unsupported=warn the whole rule is left out, never just its condition, which
+        would widen it."""
+        expressible = (all(p.kind != "regex" for p in rule.paths + rule.not_paths)
+                       and all(h.kind != "regex" for h in rule.headers))
         out: dict[str, Any] = {}
         src = self.sources(rule.sources)
         if src:
@@ -615,7 +620,7 @@ class IstioBackend(Backend):
         when = self.when(rule.headers)
         if when:
             out["when"] = when
-        return out
+        return out if expressible else None
 
     def lower_authorization(self, mesh: Mesh) -> list[dict[str, Any]]:
         internal = [s for s in mesh.services if s.external is None]
@@ -629,6 +634,8 @@ class IstioBackend(Backend):
             if rule.action == "allow" and mesh.authz == "allow_by_default":
                 continue  # a no-op in meshc; an Istio ALLOW policy would deny the rest
             body = self.authz_rule(rule)
+            if body is None:
+                continue
             targets = ([(ns, "") for ns in namespaces] if "*" in rule.destinations else
                        [(s.namespace, s.name) for s in (mesh.service(d) for d in rule.destinations)
                         if s is not None and s.external is None])

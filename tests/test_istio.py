@@ -351,3 +351,10 @@ def test_external_policies_and_routes() -> None:
 def test_prefix_rewrite_after_regex_is_e301() -> None:
     errs = errors(SVC % 'route { when path regex "/r[0-9]+" -> v1 { rewrite prefix "/x" }\n otherwise -> v1 }')
     assert any("prefix rewrite after a regex path match" in e for e in errs)
+
+
+def test_warn_mode_leaves_out_whole_authorization_rules() -> None:
+    src = MESH + 'service a { port http 80 }\nservice b { port http 80 }\nallow b -> a paths regex "/x[0-9]+"'
+    bundle = compile_mesh(load_text(src), "istio", unsupported="warn")
+    docs = [d for f in bundle.files.values() for d in yaml.safe_load_all(f) if d]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "AuthorizationPolicy"] == ["default-deny"]
