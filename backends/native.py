@@ -345,10 +345,13 @@ class NativeBackend(Backend):
                 host_match = () if not hosts else (C.StringMatchCfg(
                     name="host", kind="regex", value=_host_regex(hosts)),)
                 paths = svc.expose.paths or (PathMatch(kind="prefix", value="/"),)
+                # To the service's default destination (its `otherwise` rule), as the Envoy target.
+                default = next((r for r in svc.routes if r.is_default and r.destinations), None)
+                dests = default.destinations if default else (Destination(service=svc.name),)
                 routes.append(C.RouteCfg(
                     name=f"ingress|{svc.name}",
                     matches=tuple(C.MatchCfg(path=self.lower_path(pm), headers=host_match) for pm in paths),
-                    clusters=(C.WeightedCluster(cluster=cluster_name(svc.name, port.number, None), weight=10_000),),
+                    clusters=_weighted([(self._cluster(d, port), d.weight) for d in dests]),
                     timeout_ms=self._timeout(None, svc), retry=self.lower_retry(svc.resilience.retry)))
             out.append(C.OutboundListenerCfg(
                 name=f"ingress|{ext_port}", protocol="http", host=self.host, port=listen,
