@@ -396,6 +396,12 @@ class LinkerdBackend(GatewayApiBackend):
             ports = [p for p in svc.ports if not rule.ports or p.number in rule.ports]
             if not ports:
                 continue
+            if any(h.kind == "absent" for h in rule.headers):
+                self.gaps.add("a header-absent condition in an authorization rule", rule.span,
+                              "Linkerd routes cannot match a missing header")
+                continue  # leaving out a condition would widen the rule: leave out the rule
+            if rule.not_paths:
+                continue  # E301 (authz.not_paths); without its exception the rule would be wider
             if rule.methods or rule.paths or rule.headers:
                 ports = [p for p in ports if p.protocol != "tcp"]
                 if not ports:

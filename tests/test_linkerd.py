@@ -253,3 +253,13 @@ def test_authorization_route_matches_are_chunked() -> None:
     objs = objects(f"service a {{ port http 80 }}\nservice b {{ port http 80 }}\nallow a -> b paths {paths}")
     rules = get(objs, "HTTPRoute", "b-allow-0")["spec"]["rules"]
     assert [len(r["matches"]) for r in rules] == [8, 2]
+
+
+def test_warn_mode_never_widens_an_allow_rule() -> None:
+    src = (MESH + "service a { port http 80 }\nservice b { port http 80 }\n"
+           'allow a -> b paths under "/x" except paths exact "/x/admin"\nallow a -> b headers x-debug absent')
+    errs = errors(src.replace(MESH, ""))
+    assert any("path exclusions" in m for m in errs) and any("header-absent" in m for m in errs)
+    bundle = compile_mesh(load_text(src), "linkerd", unsupported="warn")
+    docs = [d for f in bundle.files.values() for d in yaml.safe_load_all(f) if d]
+    assert not [d for d in docs if d["kind"] == "AuthorizationPolicy"]
