@@ -68,7 +68,8 @@ NAME_KEYS = {"VirtualNode": "virtualNodeName", "VirtualRouter": "virtualRouterNa
              "VirtualService": "virtualServiceName", "VirtualGateway": "virtualGatewayName",
              "GatewayRoute": "gatewayRouteName", "Mesh": "meshName"}
 SPIFFE = re.compile(r"^spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)$")
-DEFAULT_RETRY = Retry(attempts=2, on=("5xx", "gateway-error", "connect-failure"), per_try_ms=15_000)
+# App Mesh's documented default for HTTP routes without a retry policy.
+DEFAULT_RETRY = Retry(attempts=2, on=("gateway-error", "connect-failure"), per_try_ms=15_000)
 
 
 # --------------------------------------------------------------------------- reading
@@ -140,10 +141,11 @@ def objects_of(d: Any) -> list[dict[str, Any]]:
         kind = d.get("kind")
         meta = d.get("metadata") or {}
         spec = _resolve_refs(d.get("spec") or {})
-        name = spec.pop("awsName", None) or meta.get("name")
+        aws_name = spec.pop("awsName", None)
         ns = meta.get("namespace")
-        if kind == "VirtualService":
-            name = meta.get("name")
+        # references between controller objects use Kubernetes names; a VirtualService's App Mesh
+        # name is the DNS name callers use
+        name = (aws_name or meta.get("name")) if kind == "VirtualService" else meta.get("name")
         base = {"kind": kind, "name": name, "namespace": ns, "k8s_name": meta.get("name")}
         if kind == "VirtualRouter":
             routes = spec.pop("routes", []) or []
@@ -200,9 +202,14 @@ class AppMeshImporter:
         meshes = self.of("Mesh")
         names = {o.get("mesh") for o in self.objs if o.get("mesh")} | {m["name"] for m in meshes if m.get("name")}
         self.settings.name = self.mesh_name or dns_name(sorted(names)[0] if names else "appmesh")
+        validated = any(((lst.get("tls") or {}).get("validation")) for n in self.of("VirtualNode")
+                        for lst in n["spec"].get("listeners") or [])
         for m in meshes:
             egress = ((m["spec"].get("egressFilter") or {}).get("type"))
-            self.settings.authz = "deny_by_default" if egress == "DROP_ALL" else "allow_by_default"
+            self.settings.authz = "deny_by_default" if egress == "DROP_ALL" and validated else "allow_by_default"
+            if egress == "DROP_ALL" and not validated:
+                self.note(m, "spec.egressFilter", "DROP_ALL restricts egress only: without client-certificate "
+                          "validation on listeners every caller is admitted (allow_by_default)", "mesh")
         self.nodes = {o["name"]: o for o in self.of("VirtualNode")}
         self.routers = {o["name"]: o for o in self.of("VirtualRouter")}
         self.services()
@@ -217,6 +224,9 @@ class AppMeshImporter:
         for node in self.nodes.values():
             self.node_authz(node)
         self.gateways()
+        modes = Counter(m for d in self.drafts.values() if d.external is None for m in d.port_mtls.values())
+        if modes:  # the most common listener mode is the mesh's; the others are per service/port
+            self.settings.mtls = sorted(modes.items(), key=lambda kv: (-kv[1], kv[0] != "strict", kv[0]))[0][0]
         if any(r.retry == DEFAULT_RETRY for d in self.drafts.values() for r in d.routes) or \
                 any(d.resilience.get("retry") == DEFAULT_RETRY for d in self.drafts.values()):
             self.report.add("App Mesh defaults", "retryPolicy", "routes without a retry policy get App Mesh's "
@@ -231,9 +241,11 @@ class AppMeshImporter:
         for vs in self.of("VirtualService"):
             vname = str(vs["name"])
             parts = vname.split(".")
-            internal = len(parts) >= 3 and parts[2] == "svc" or vs.get("namespace") is not None or len(parts) == 1
+            internal = len(parts) >= 3 and parts[2] == "svc" or len(parts) == 1
             ns = vs.get("namespace") or (parts[1] if len(parts) >= 2 and internal else None)
             key = dns_name(parts[0] if internal else vs.get("k8s_name") or parts[0])
+            if vs.get("k8s_name"):
+                self.vs_service[str(vs["k8s_name"])] = key
             provider = vs["spec"].get("provider") or {}
             router = (provider.get("virtualRouter") or {}).get("virtualRouterName")
             node = (provider.get("virtualNode") or {}).get("virtualNodeName") or \
@@ -248,6 +260,8 @@ class AppMeshImporter:
                     d = self.drafts.setdefault(key, Draft(key, ns or "default"))
                     d.external = External(host=vname)
                     self.vs_service[vname] = key
+                    if vs.get("k8s_name"):
+                        self.vs_service[str(vs["k8s_name"])] = key
                     for n in nodes:
                         self.node_owner[n] = (key, None)
                     continue
@@ -479,6 +493,8 @@ class AppMeshImporter:
         headers, query = [], []
         for h in m.get("headers") or []:
             hm = h.get("match") or {}
+            if "suffix" in hm and len(hm) == 1:
+                hm = {"regex": ".*" + re.escape(str(hm["suffix"]))}  # RE2 full match: ends with it
             kind = next((k for k in ("exact", "prefix", "regex") if k in hm), None)
             if h.get("invert") and not hm:
                 headers.append(StringMatch(name=str(h["name"]).lower(), kind="absent"))
@@ -520,9 +536,6 @@ class AppMeshImporter:
         if owner is None or self.drafts[owner[0]].external is not None:
             return
         d = self.drafts[owner[0]]
-        modes = set(d.port_mtls.values())
-        self.settings.mtls = "strict" if modes == {"strict"} or self.settings.mtls == "strict" and modes <= {"strict"} \
-            else sorted(modes)[0] if modes else self.settings.mtls
         for i, lst in enumerate(node["spec"].get("listeners") or []):
             sans = (((((lst.get("tls") or {}).get("validation") or {}).get("subjectAlternativeNames") or {})
                      .get("match") or {}).get("exact")) or []
