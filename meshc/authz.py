@@ -155,6 +155,24 @@ class _Index:
     services: dict[str, Service]  # by name (Mesh.service goes through pydantic's slow __getattr__)
     spiffe_of: dict[str, str]  # service name -> its identity
     sources: dict[int, _RuleSources]  # id(rule) -> its sources, compiled
+    order: dict[int, int] = field(default_factory=dict)  # id(rule) -> position in the source
+    by_caller: dict[str, _ByCaller] = field(default_factory=dict)  # filled lazily per destination
+
+    def candidates(self, dest: str, spiffe: str | None) -> tuple[list[AuthzRule], list[AuthzRule]]:
+        """(denies, allows) of `dest` that can match a caller with this identity (None:
+        plaintext), in source order."""
+        split = self.for_caller(dest)
+        return (_ByCaller.pick(split.denies, spiffe, self.order),
+                _ByCaller.pick(split.allows, spiffe, self.order))
+
+    def for_caller(self, dest: str) -> _ByCaller:
+        """The rules of `dest` split by the caller identity they name, so that asking about one
+        caller costs O(rules naming it + rules for everyone), not O(all rules of dest)."""
+        hit = self.by_caller.get(dest)
+        if hit is None:
+            denies, allows = self.rules_for(dest)
+            hit = self.by_caller[dest] = _ByCaller(_split(denies, self.sources), _split(allows, self.sources))
+        return hit
 
     def rules_for(self, dest: str) -> tuple[list[AuthzRule], list[AuthzRule]]:
         """(denies, allows) that can apply to `dest`, in source order within each group."""
@@ -175,6 +193,8 @@ class _RuleSources:
     authenticated: bool
     spiffes: frozenset[str]  # `service` sources (by their identity) and `ingress`
     identities: frozenset[str]  # `identity NAME` sources
+    ports: frozenset[int]  # the rule's port list (empty: every port)
+    constrained: bool  # narrowed by methods, paths or headers
 
     @classmethod
     def of(cls, mesh: Mesh, rule: AuthzRule, spiffe_of: Mapping[str, str]) -> _RuleSources:
@@ -183,7 +203,15 @@ class _RuleSources:
         if "ingress" in kinds:
             spiffes.add(mesh.ingress_identity.spiffe)
         return cls("any" in kinds, "unauthenticated" in kinds, "authenticated" in kinds, frozenset(spiffes),
-                   frozenset(s.name for s in rule.sources if s.kind == "identity"))
+                   frozenset(s.name for s in rule.sources if s.kind == "identity"),
+                   frozenset(rule.ports), is_constrained(rule))
+
+    def on_port(self, number: int | None) -> bool:
+        return not self.ports or number is None or number in self.ports
+
+    def whole(self, number: int | None) -> bool:
+        """Covers every request on this port (see `_whole`)."""
+        return not self.constrained and (not self.ports or number is not None)
 
     def admit(self, caller: Caller, trust_domain: str) -> bool:
         if self.anyone:
@@ -197,6 +225,38 @@ class _RuleSources:
             return True
         return bool(self.identities) and (
             ident.name in self.identities or f"{ident.namespace}/{ident.name}" in self.identities)
+
+
+_Split = tuple[list[AuthzRule], dict[str, list[AuthzRule]]]  # (rules for anyone-ish, by identity)
+
+
+@dataclass(frozen=True)
+class _ByCaller:
+    denies: _Split
+    allows: _Split
+
+    @staticmethod
+    def pick(split: _Split, spiffe: str | None, order: Mapping[int, int] | None = None) -> list[AuthzRule]:
+        generic, named = split
+        own = named.get(spiffe, []) if spiffe is not None else []
+        if not own:
+            return generic
+        if not generic:
+            return own
+        both = generic + own
+        return sorted(both, key=lambda r: order[id(r)]) if order is not None else both
+
+
+def _split(rules: list[AuthzRule], compiled: Mapping[int, _RuleSources]) -> _Split:
+    generic: list[AuthzRule] = []
+    named: dict[str, list[AuthzRule]] = {}
+    for r in rules:
+        rs = compiled[id(r)]
+        if rs.anyone or rs.unauthenticated or rs.authenticated or rs.identities:
+            generic.append(r)
+        for spiffe in rs.spiffes:
+            named.setdefault(spiffe, []).append(r)
+    return generic, named
 
 
 _CACHE: dict[int, tuple[weakref.ref[Mesh], _Index]] = {}
@@ -220,7 +280,8 @@ def index(mesh: Mesh) -> _Index:
         spiffe_of[svc.name] = spiffe = svc.identity.spiffe
         by_spiffe.setdefault(spiffe, []).append(svc.name)
     compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
-    idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled)
+    idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled,
+                 {id(r): i for i, r in enumerate(mesh.rules)})
     key = id(mesh)
     _CACHE[key] = (weakref.ref(mesh), idx)
     weakref.finalize(mesh, _CACHE.pop, key, None)
@@ -374,7 +435,8 @@ def decide(mesh: Mesh, source: str | None, destination: str, *, method: str | No
             norm = path.split("?", 1)[0]
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
 
-    denies, allows = index(mesh).rules_for(destination)
+    idx = index(mesh)
+    denies, allows = idx.candidates(destination, caller.spiffe)
     for rule in denies:
         if rule_source_matches(mesh, rule, caller) and _request_matches(rule, method, norm, port, hdrs):
             return Decision(False, rule, "denied by rule", 403)
@@ -385,7 +447,7 @@ def decide(mesh: Mesh, source: str | None, destination: str, *, method: str | No
         return Decision(True, None, "allow_by_default")
     if ident is not None and proven is None:
         would = Caller(source, ident)
-        for rule in allows:
+        for rule in idx.candidates(destination, would.spiffe)[1]:
             if rule_source_matches(mesh, rule, would) and _request_matches(rule, method, norm, port, hdrs):
                 return Decision(False, rule, f"identity cannot be proven: {where} mtls is {mode}", 403)
     return Decision(False, None, "no allow rule matches under deny_by_default", 403)
@@ -484,7 +546,6 @@ def _per_port(mesh: Mesh, source: str | None, destination: str) -> Iterator[_Por
     dest = _service(mesh, destination)
     ident = identity_of(mesh, source)
     idx = index(mesh)
-    denies, allows = idx.rules_for(destination)
     open_default = mesh.authz == "allow_by_default"
     td = mesh.trust_domain
 
@@ -499,6 +560,7 @@ def _per_port(mesh: Mesh, source: str | None, destination: str) -> Iterator[_Por
             caller = Caller(source, ident)
         else:
             caller = Caller(source, None)
+        denies, allows = idx.candidates(destination, caller.spiffe)
         d = [r for r in denies if applies(r, caller, number)]
         if any(_whole(r, number) for r in d):
             continue
@@ -516,7 +578,7 @@ def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
     dest = idx.services.get(destination)
     if dest is None:
         raise ValueError(f"unknown destination service '{destination}'")
-    denies, allows = idx.rules_for(destination)
+    _, allows = idx.rules_for(destination)
     open_default = mesh.authz == "allow_by_default"
     if not allows and not open_default:
         return False
@@ -529,7 +591,7 @@ def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
         if caller is None:
             raise ValueError(f"unknown source service '{source}'")
         ident = caller.identity
-    return _reachable(mesh, idx, source, ident, dest, denies, allows)
+    return _reachable(mesh, idx, source, ident, dest)
 
 
 def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: str) -> bool:
@@ -539,17 +601,19 @@ def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: st
     dest = idx.services.get(destination)
     if dest is None:
         raise ValueError(f"unknown destination service '{destination}'")
-    denies, allows = idx.rules_for(destination)
+    _, allows = idx.rules_for(destination)
     if not allows and mesh.authz != "allow_by_default":
         return False
-    return _reachable(mesh, idx, None, identity, dest, denies, allows)
+    return _reachable(mesh, idx, None, identity, dest)
 
 
-def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service,
-               denies: list[AuthzRule], allows: list[AuthzRule]) -> bool:
+def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service) -> bool:
     open_default = mesh.authz == "allow_by_default"
     proven = Caller(source, ident)
     plain = Caller(source, None)
+    split = idx.for_caller(dest.name)
+    rules = {c.spiffe: (_ByCaller.pick(split.denies, c.spiffe), _ByCaller.pick(split.allows, c.spiffe))
+             for c in (proven, plain)}
     td = mesh.trust_domain
     sources = idx.sources
     for number, mode in _port_slots(dest):
@@ -559,12 +623,21 @@ def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | No
             caller = proven
         else:
             caller = plain
-        if any(_whole(r, number) and (not r.ports or number is None or number in r.ports)
-               and sources[id(r)].admit(caller, td) for r in denies):
+        denies, allows = rules[caller.spiffe]
+        blocked = False
+        for r in denies:
+            rs = sources[id(r)]
+            if rs.whole(number) and rs.on_port(number) and rs.admit(caller, td):
+                blocked = True
+                break
+        if blocked:
             continue
-        if open_default or any((not r.ports or number is None or number in r.ports)
-                               and sources[id(r)].admit(caller, td) for r in allows):
+        if open_default:
             return True
+        for r in allows:
+            rs = sources[id(r)]
+            if rs.on_port(number) and rs.admit(caller, td):
+                return True
     return False
 
 
@@ -621,11 +694,11 @@ def _candidate_sources(mesh: Mesh, allows: list[AuthzRule], everyone: list[str])
     named: set[str] = set()
     for rule in allows:
         for src in rule.sources:
-            if src.kind in ("any", "authenticated", "identity"):
+            # On a permissive or disabled port every caller counts as plaintext, so an
+            # `unauthenticated` rule may admit any service as well.
+            if src.kind in ("any", "authenticated", "identity", "unauthenticated"):
                 return everyone
-            if src.kind == "unauthenticated":
-                named.add(UNAUTHENTICATED)
-            elif src.kind == "ingress":
+            if src.kind == "ingress":
                 named.add(INGRESS)
                 named.update(idx.by_spiffe.get(mesh.ingress_identity.spiffe, ()))
             else:

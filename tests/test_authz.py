@@ -213,9 +213,12 @@ REQUESTS = [dict(method=m, path=p, port=port, headers=h)
 
 
 @pytest.mark.parametrize("posture", ["deny_by_default", "allow_by_default"])
-def test_matrix_agrees_with_decide(shop: Mesh, posture: str) -> None:
-    """none: every request refused; full: every request admitted; partial: some of each."""
-    mesh = shop.model_copy(update={"authz": posture})
+@pytest.mark.parametrize("extra", [(), ("allow", "unauthenticated", "mixed"), ("deny", "unauthenticated", "legacy"),
+                                   ("allow", "identity front", "admin"), ("allow", "authenticated", "cart")])
+def test_matrix_agrees_with_decide(shop: Mesh, posture: str, extra: tuple[str, ...]) -> None:
+    """none: every request refused; full: every request admitted; partial: some get through."""
+    rules = shop.rules + ((_rule(*extra),) if extra else ())
+    mesh = shop.model_copy(update={"authz": posture, "rules": rules})
     m = authz.matrix(mesh)
     sources = [s.name for s in mesh.services] + ["ingress", "unauthenticated"]
     for src in sources:
@@ -225,6 +228,8 @@ def test_matrix_agrees_with_decide(shop: Mesh, posture: str) -> None:
             results = {authz.decide(mesh, None if src == "unauthenticated" else src, dest.name,
                                     **{**r, "port": r["port"] if r["port"] in ports else ports[0]}).allowed
                        for r in REQUESTS}
+            if True in results:  # complete: every pair some request gets through is listed
+                assert level != "none", (src, dest.name)
             expected = {"none": {False}, "full": {True}}.get(level)
             assert expected is None or results == expected, (src, dest.name, level, results)
             if level == "partial":
