@@ -167,6 +167,13 @@ def header_matcher(m: StringMatch) -> dict[str, Any]:
     return {"name": m.name, "string_match": string_matcher(m.kind, m.value)}
 
 
+def query_absent(m: StringMatch) -> dict[str, Any]:
+    """Envoy's query-parameter matcher cannot say "absent": no `NAME` parameter in `:path`."""
+    name = re.escape(m.name)
+    return {"name": ":path", "invert_match": True,
+            "string_match": {"safe_regex": {"regex": f"[^?]*\\?(.*&)?{name}(=[^&]*)?(&.*)?"}}}
+
+
 def query_matcher(m: StringMatch) -> dict[str, Any]:
     if m.kind == "present":
         return {"name": m.name, "present_match": True}
@@ -199,11 +206,29 @@ def route_match(m: Match | None) -> dict[str, Any]:
     headers = [header_matcher(h) for h in m.headers]
     if m.methods:
         headers.append(method_matcher(m.methods))
+    headers += [query_absent(q) for q in m.query if q.kind == "absent"]
     if headers:
         out["headers"] = headers
-    if m.query:
-        out["query_parameters"] = [query_matcher(q) for q in m.query]
+    query = [query_matcher(q) for q in m.query if q.kind != "absent"]
+    if query:
+        out["query_parameters"] = query
     return out
+
+
+def and_match(a: Match | None, b: Match) -> Match | None:
+    """Both matches at once (a rule's and its conditional fault's), or None when they cannot
+    both be written in one Envoy route (two path conditions) or never hold together."""
+    if a is None:
+        return b
+    if a.path is not None and b.path is not None:
+        return None
+    methods = a.methods
+    if a.methods and b.methods:
+        methods = tuple(x for x in a.methods if x in b.methods)
+        if not methods:
+            return None
+    return Match(path=a.path or b.path, headers=a.headers + b.headers, query=a.query + b.query,
+                 methods=methods or b.methods, span=b.span)
 
 
 def merge_match(base: dict[str, Any], extra_headers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -782,13 +807,34 @@ class EnvoyBackend(Backend):
         routes = []
         for rule in rules:
             action = self.route_action(sc, callee, port, rule)
+            unconditional = [f for f in rule.faults if not f.matches]
             for m in rule.matches or (None,):
-                entry = {"match": route_match(m), **action}
-                if rule.rewrite is not None and rule.rewrite.prefix is not None and "route" in entry:
-                    # the matched prefix depends on the match, so the rewrite does too
-                    route = {k: v for k, v in entry["route"].items() if k not in ("prefix_rewrite", "regex_rewrite")}
-                    entry["route"] = {**route, **prefix_rewrite(m.path if m else None, rule.rewrite.prefix)}
-                routes.append(entry)
+                # A conditional fault of the rule: the rule's match AND the fault's, first.
+                cases: list[tuple[Match | None, list[Fault]]] = []
+                for f in (f for f in rule.faults if f.matches):
+                    for fm in f.matches:
+                        both = and_match(m, fm)
+                        if both is None and m is not None and m.path is not None and fm.path is not None:
+                            self.diags.append(Diagnostic(
+                                "E305", "a conditional fault with a path condition, in a route rule that "
+                                        "matches on the path, cannot be expressed when targeting envoy",
+                                fm.span, label="second path condition",
+                                help="move the path condition into the rule's `when`, or the fault to the "
+                                     "service (service faults run in the callee's sidecar)"))
+                        elif both is not None:
+                            cases.append((both, [f, *unconditional]))
+                cases.append((m, unconditional))
+                for match, faults in cases:
+                    entry = {"match": route_match(match), **action}
+                    if faults:
+                        entry["typed_per_filter_config"] = {"envoy.filters.http.fault": fault_config(faults)}
+                    if rule.rewrite is not None and rule.rewrite.prefix is not None and "route" in entry:
+                        # the matched prefix depends on the match, so the rewrite does too
+                        path = match.path if match else None
+                        route = {k: v for k, v in entry["route"].items()
+                                 if k not in ("prefix_rewrite", "regex_rewrite")}
+                        entry["route"] = {**route, **prefix_rewrite(path, rule.rewrite.prefix)}
+                    routes.append(entry)
         return routes
 
     def resolve_port(self, svc: Service, like: Port) -> Port:
@@ -858,8 +904,6 @@ class EnvoyBackend(Backend):
             out.update(header_ops(rule.request_headers, "request"))
         if rule.response_headers is not None:
             out.update(header_ops(rule.response_headers, "response"))
-        if rule.faults:
-            out["typed_per_filter_config"] = {"envoy.filters.http.fault": fault_config(list(rule.faults))}
         if rule.redirect is not None:
             out["redirect"] = self.redirect(rule)
             return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -606,3 +607,57 @@ def test_lower_one_equals_the_full_bundle() -> None:
     full = lower(rich_mesh())
     one = EnvoyBackend({}).lower_one(rich_mesh(), "front").files
     assert one == {"front/envoy.yaml": full["front/envoy.yaml"]}
+
+
+FAULTY = """mesh m { authz allow_by_default }
+service a { port http 9000 endpoints 127.0.0.1:19000 calls b }
+service b {
+  port http 9001
+  endpoints 127.0.0.1:19001
+  route {
+    when path prefix "/x" -> b {
+      fault when header x-f == "1" abort 503 100%
+      fault delay 100ms 50%
+    }
+    when query debug absent and query v == "2" -> b
+    otherwise -> b
+  }
+}
+"""
+
+
+def test_rule_fault_conditions_and_query_absent() -> None:
+    from meshc.compiler import load_text
+
+    routes = routes_of(listeners(load(lower(load_text(FAULTY)), "a/envoy.yaml"))["outbound_b_9001"])
+    cond, plain, absent, default = routes
+    # the conditional fault: the rule's match AND the fault's, with both faults
+    assert cond["match"] == {"prefix": "/x", "headers": [{"name": "x-f", "string_match": {"exact": "1"}}]}
+    fc = cond["typed_per_filter_config"]["envoy.filters.http.fault"]
+    assert fc["abort"]["http_status"] == 503 and fc["delay"]["fixed_delay"] == "0.1s"
+    # otherwise the rule's unconditional fault only
+    assert plain["match"] == {"prefix": "/x"}
+    assert "abort" not in plain["typed_per_filter_config"]["envoy.filters.http.fault"]
+    # query absent: no `debug` parameter in :path
+    (h,) = absent["match"]["headers"]
+    assert h["name"] == ":path" and h["invert_match"] is True
+    rx = re.compile(h["string_match"]["safe_regex"]["regex"])
+    assert rx.fullmatch("/p?a=1&debug=2") and rx.fullmatch("/p?debug") and not rx.fullmatch("/p?debugx=1")
+    assert not rx.fullmatch("/debug")
+    assert absent["match"]["query_parameters"] == [{"name": "v", "string_match": {"exact": "2"}}]
+    assert "typed_per_filter_config" not in default
+
+
+def test_rule_fault_with_second_path_is_e305() -> None:
+    from meshc.compiler import load_text
+
+    text = FAULTY.replace('fault when header x-f == "1"', 'fault when path prefix "/y"')
+    diags = EnvoyBackend().lower(load_text(text, "f.mesh")).diagnostics
+    assert [(d.code, d.span.line) for d in diags] == [("E305", 8)]
+
+
+@needs_envoy
+def test_validate_rule_faults(tmp_path: Path) -> None:
+    from meshc.compiler import load_text
+
+    envoy_validate(compile_for_validation(load_text(FAULTY), tmp_path), tmp_path)
