@@ -156,6 +156,7 @@ class _Index:
     spiffe_of: dict[str, str]  # service name -> its identity
     sources: dict[int, _RuleSources]  # id(rule) -> its sources, compiled
     order: dict[int, int] = field(default_factory=dict)  # id(rule) -> position in the source
+    by_account: dict[str, list[str]] = field(default_factory=dict)  # "sa" and "ns/sa" -> services
     by_caller: dict[str, _ByCaller] = field(default_factory=dict)  # filled lazily per destination
 
     def candidates(self, dest: str, spiffe: str | None) -> tuple[list[AuthzRule], list[AuthzRule]]:
@@ -280,8 +281,12 @@ def index(mesh: Mesh) -> _Index:
         spiffe_of[svc.name] = spiffe = svc.identity.spiffe
         by_spiffe.setdefault(spiffe, []).append(svc.name)
     compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
+    by_account: dict[str, list[str]] = {}
+    for svc in mesh.services:
+        for key in (svc.identity.name, f"{svc.identity.namespace}/{svc.identity.name}"):
+            by_account.setdefault(key, []).append(svc.name)
     idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled,
-                 {id(r): i for i, r in enumerate(mesh.rules)})
+                 {id(r): i for i, r in enumerate(mesh.rules)}, by_account)
     key = id(mesh)
     _CACHE[key] = (weakref.ref(mesh), idx)
     weakref.finalize(mesh, _CACHE.pop, key, None)
@@ -708,6 +713,35 @@ def _candidate_sources(mesh: Mesh, allows: list[AuthzRule], everyone: list[str])
                     if spiffe == mesh.ingress_identity.spiffe:
                         named.add(INGRESS)
     return sorted(named)
+
+
+def representative_callers(mesh: Mesh, destination: str) -> list[str]:
+    """Callers that between them show every way into `destination`: the services the rules of
+    `destination` name (by identity or service-account name), the ingress, a plaintext caller,
+    and ONE service the rules do not name (every such service is treated alike). Asking
+    `reachable` for these instead of for every service keeps "may anyone call it?" O(rules)."""
+    idx = index(mesh)
+    denies, allows = idx.rules_for(destination)
+    spiffes: set[str] = set()
+    names: set[str] = set()
+    for r in denies + allows:
+        rs = idx.sources[id(r)]
+        spiffes |= rs.spiffes
+        names |= rs.identities
+    out = {INGRESS, UNAUTHENTICATED}
+    for spiffe in spiffes:
+        out.update(idx.by_spiffe.get(spiffe, ()))
+
+    def named(svc: Service) -> bool:
+        ident = svc.identity
+        return ident.spiffe in spiffes or ident.name in names or f"{ident.namespace}/{ident.name}" in names
+
+    for name in names:
+        out.update(idx.by_account.get(name, ()))
+    plain = next((s.name for s in mesh.services if not named(s)), None)
+    if plain is not None:
+        out.add(plain)
+    return sorted(out)
 
 
 def matrix(mesh: Mesh) -> dict[tuple[str, str], Access]:

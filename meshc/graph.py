@@ -787,7 +787,6 @@ def _outsiders(mesh: Mesh, allows: list[AuthzRule]) -> Iterator[Identity]:
 def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
     """W209: nobody may call it (authorization) and it is not exposed."""
     idx = authz.index(mesh)
-    everyone = [s.name for s in mesh.services] + [authz.INGRESS, authz.UNAUTHENTICATED]
     for svc in mesh.services:
         if svc.expose is not None:
             continue
@@ -797,7 +796,7 @@ def check_unreachable(mesh: Mesh) -> Iterator[Diagnostic]:
         else:
             reachable = any(
                 authz.reachable(mesh, None if src == authz.UNAUTHENTICATED else src, svc.name)
-                for src in authz._candidate_sources(mesh, allows, everyone)) or any(
+                for src in authz.representative_callers(mesh, svc.name)) or any(
                 authz.reachable_by_identity(mesh, ident, svc.name) for ident in _outsiders(mesh, allows))
         if not reachable:
             yield Diagnostic(

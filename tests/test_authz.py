@@ -234,3 +234,18 @@ def test_matrix_agrees_with_decide(shop: Mesh, posture: str, extra: tuple[str, .
             assert expected is None or results == expected, (src, dest.name, level, results)
             if level == "partial":
                 assert True in results, (src, dest.name)
+
+
+@pytest.mark.parametrize("posture", ["deny_by_default", "allow_by_default"])
+@pytest.mark.parametrize("extra", [(), ("deny", "front", "cart"), ("allow", "identity front", "admin"),
+                                   ("allow", "unauthenticated", "mixed"), ("deny", "*", "legacy"),
+                                   ("allow", "authenticated", "cart"), ("deny", "twin,admin", "front")])
+def test_representative_callers_answer_like_everyone(shop: Mesh, posture: str, extra: tuple[str, ...]) -> None:
+    rules = shop.rules + ((_rule(*extra),) if extra else ())
+    mesh = shop.model_copy(update={"authz": posture, "rules": rules})
+    everyone = [s.name for s in mesh.services] + ["ingress", None]
+    for dest in mesh.services:
+        reps = [None if r == "unauthenticated" else r for r in authz.representative_callers(mesh, dest.name)]
+        brute = any(authz.reachable(mesh, s, dest.name) for s in everyone)
+        assert any(authz.reachable(mesh, s, dest.name) for s in reps) == brute, dest.name
+        assert {s for s in everyone if authz.reachable(mesh, s, dest.name)} & set(reps) or not brute
