@@ -2,8 +2,8 @@
 
 Run:  python benchmarks/diff_scale.py [--sizes 1000,10000] [--git]
 Prints, per size, the seconds to load each side (parse, resolve, graph checks), to diff, and
-the end-to-end `meshc diff OLD NEW` time (in-process, as the CLI runs it: the two sides load in
-parallel above 1 MB of .mesh text); with --git also `meshc diff --base HEAD` in a
+the end-to-end `meshc diff OLD NEW` time (in-process, as the CLI runs it; `--jobs 2` with
+--parallel); with --git also `meshc diff --base HEAD` in a
 temporary repository (old side read from git). Goal: 10,000 services end to end under 15 s.
 Uses the lead's generator (benchmarks/meshgen.py, `tweak=i` changes one rule of service i).
 """
@@ -36,7 +36,7 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-def run(n: int, git: bool) -> dict[str, float | int | str]:
+def run(n: int, git: bool, parallel: bool) -> dict[str, float | int | str]:
     with tempfile.TemporaryDirectory() as d:
         old_p, new_p = Path(d) / "old.mesh", Path(d) / "new.mesh"
         old_p.write_text(generate(n))
@@ -53,7 +53,7 @@ def run(n: int, git: bool) -> dict[str, float | int | str]:
             text = render_text(diff)
             t4 = time.perf_counter()
             del old, new
-        rc, cli_out = _cli(["diff", str(old_p), str(new_p)])
+        rc, cli_out = _cli(["diff", str(old_p), str(new_p), "--jobs", "2" if parallel else "1"])
         t5 = time.perf_counter()
         assert rc == 0 and cli_out == text, "the CLI must print what the engine found"
         row: dict[str, float | int | str] = {
@@ -84,11 +84,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--git", action="store_true", help="also time `meshc diff --base HEAD` in a git repo")
+    ap.add_argument("--parallel", action="store_true", help="time the CLI with --jobs 2")
     args = ap.parse_args()
     print(f"{'services':>8} {'load old s':>10} {'load new s':>10} {'diff s':>7} {'render s':>8} "
           f"{'cli s':>7} {'cli --base s':>12} {'changes':>7}  first change")
     for n in (int(s) for s in args.sizes.split(",")):
-        r = run(n, args.git)
+        r = run(n, args.git, args.parallel)
         git_s = f"{r['cli_git']:12.2f}" if "cli_git" in r else f"{'-':>12}"
         print(f"{r['services']:>8} {r['load_old']:10.2f} {r['load_new']:10.2f} {r['diff']:7.2f} "
               f"{r['render']:8.3f} {r['cli']:7.2f} {git_s} {r['changes']:>7}  {r['first']}", flush=True)

@@ -139,14 +139,14 @@ def test_parallel_loading_gives_the_same_answer(repo, capsys, monkeypatch):
     monkeypatch.setattr(meshc.diff, "PARALLEL_BYTES", 0)  # force the forked old-side load
     commit(repo, {"shop.mesh": SHOP}, "initial")
     commit(repo, {"shop.mesh": SHOP + "allow * -> ratings\n"}, "open ratings")
-    rc, par, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
+    rc, par, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh", "--jobs", "2"], capsys)
     assert rc == 0, err
     rc, seq, _ = run_cli(["diff", "--base", "HEAD~1", "shop.mesh", "--jobs", "1"], capsys)
     assert par == seq and "+ allow ingress -> ratings (widens)" in par
     # An error on the old side travels back from the child with its diagnostics.
     commit(repo, {"shop.mesh": "service {\n"}, "broken")
     commit(repo, {"shop.mesh": SHOP}, "fixed")
-    rc, out, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
+    rc, out, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh", "--jobs", "2"], capsys)
     assert rc == 1 and out == "" and "HEAD~1:shop.mesh" in err
-    rc, _, err = run_cli(["diff", "--base", "no-such-ref", "shop.mesh"], capsys)
+    rc, _, err = run_cli(["diff", "--base", "no-such-ref", "shop.mesh", "--jobs", "2"], capsys)
     assert rc == 2 and "unknown git revision" in err
