@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import hashlib
 import json
 import os
 import pickle
@@ -211,10 +210,6 @@ def _strip(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_strip(x) for x in v]
     return v
-
-
-def fingerprint(value: Any) -> str:
-    return hashlib.sha1(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
 
 
 def _node_in(annotation: Any) -> tuple[type[Node], bool] | None:
