@@ -10,6 +10,10 @@ Categories: services (inventory), access, routing, resilience, posture (mTLS, de
 authorization, exposure, egress) and targets (generated files per backend). Every change is
 classed widening (more access, weaker security, more amplification), narrowing or neutral.
 
+Scaling: services with equal span-free signatures are skipped, and access is probed only for
+destinations whose rules, service or mesh-wide settings differ, so a one-rule change in a
+10,000-service mesh costs one pass of signatures plus a handful of `decide` calls.
+
 Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots.
 `register(subparsers)` adds `meshc diff` to the CLI; `meshc why` lives in meshc.why.
 """
