@@ -32,6 +32,7 @@ class EnvoyRunner(Runner):
         self.index: dict[str, Any] = {}
         self.bases: dict[str, int] = {}
         self.admin: dict[str, str] = {}
+        self.logfiles: list[Any] = []
         self.dir = Path()
 
     # -------------------------------------------------------------- compile
@@ -90,7 +91,8 @@ class EnvoyRunner(Runner):
 
     def launch(self, name: str) -> None:
         addr = self.dir / name / "admin.addr"
-        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.logfiles.append(log)
         self.procs[name] = subprocess.Popen(
             [ENVOY or "envoy", "-c", str(self.dir / self.index[name]["config"]), "--disable-hot-restart",
              "--concurrency", "1", "--admin-address-path", str(addr), "-l", "warning",
@@ -155,6 +157,8 @@ class EnvoyRunner(Runner):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        for log in self.logfiles:
+            log.close()
 
     def logs(self) -> str:
         out = []
