@@ -2,8 +2,9 @@
 Server and HTTPRoute, policy.linkerd.io/v1alpha1 AuthorizationPolicy, MeshTLSAuthentication,
 NetworkAuthentication and HTTPLocalRateLimitPolicy; with option `gateway_api_routes` the routes
 are gateway.networking.k8s.io/v1 HTTPRoutes (the Gateway API bundle Linkerd ships); with option
-`legacy_service_profile`, linkerd.io/v1alpha2 ServiceProfiles instead of routes (never both for
-one service).
+`legacy_service_profile`, linkerd.io/v1alpha2 ServiceProfiles instead of outbound routes
+(never both for one service; ServiceProfile routes are first-match and carry timeouts, not
+destinations or retry counts). TCP splits are gateway.networking.k8s.io/v1alpha2 TCPRoutes.
 
 Outbound (the caller's proxy): an HTTPRoute per service with route rules, parentRef the
 Service, weighted backendRefs to per-version Services (`reviews-v2`) for splits; routing order
@@ -29,11 +30,18 @@ OR-ed allows hold under Linkerd's one-route-per-request matching.
 Path semantics: Linkerd PathPrefix matches whole segments, exactly meshc `under`; meshc
 `prefix` (bytes) is rejected with E301 (except `prefix "/"`), see docs/language.md.
 
+gRPC services get a GRPCRoute; their (uniform) timeout is `timeout.linkerd.io/request` on it.
+Rate limits: an HTTPLocalRateLimitPolicy per HTTP Server (`total.requestsPerSecond`).
+Path-based rules get warning W321 (Linkerd matches the path as sent, without normalization).
+
 Not expressible (E301): deny rules, rules for unauthenticated-only sources, path exclusions,
-mTLS disabled, load-balancer choice (Linkerd always uses EWMA), circuit-breaker limits,
-mirroring, rewrites, direct responses, faults, active health checks, retry backoff and
-budgets, connection-level retry conditions, ingress
-exposure and TLS origination.
+header-absent conditions, mTLS disabled, load-balancer choice (Linkerd always uses EWMA),
+circuit-breaker limits, mirroring, rewrites, direct responses, faults, active health checks,
+retry backoff and budgets, connection-level retry conditions (connect-failure, reset,
+refused-stream: Linkerd retries on response status), per-rule retries, gRPC retries, rate-limit
+bursts, ingress exposure, TLS origination, resilience on external (ExternalName) services and
+partly overlapping method/path/header allow rules. With --unsupported=warn a rule with such a
+condition is left out whole, never widened.
 """
 
 from __future__ import annotations
