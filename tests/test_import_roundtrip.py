@@ -37,6 +37,7 @@ EXAMPLES = {
     "tcp-database": [ROOT / "examples/tcp-database/tcp-database.mesh"],
     "multifile": [ROOT / "examples/multifile/prod.mesh"],
     "portable": [ROOT / "tests/import_inputs/roundtrip.mesh"],
+    "smi": [ROOT / "tests/import_inputs/smi.mesh"],
 }
 # importer name -> the compile target it reads
 TARGETS = {"istio": "istio", "linkerd": "linkerd", "consul": "consul", "appmesh": "appmesh",
@@ -268,6 +269,9 @@ BACKEND_GAPS: dict[str, dict[str, Any]] = {
     # and gateway hosts are not written per service.
     # An HTTP/1.1 listener's request limit is its connection limit (the smaller of the two).
     "appmesh": {"calls": True, "http1_pool": True},
+    # NGINX Service Mesh output is SMI objects only: no Services (ports), no declared dependencies.
+    # A version no split names is not written either; the trust domain is install-time.
+    "nginx-mesh": {"port_numbers": True, "calls": True, "trust_domain": True, "unrouted_versions": True},
     "linkerd": {"calls": True, "trust_domain": True, "outlier_timing": True, "permissive_under_deny": True,
                 "rules_to_externals": True},
 }
@@ -304,6 +308,9 @@ def forget(mesh: Mesh, gaps: dict[str, Any]) -> Mesh:
                                  for p in s.ports)
         if gaps.get("calls"):
             upd["calls"] = ()
+        if gaps.get("unrouted_versions"):
+            routed = {d.version for r in s.routes for d in r.destinations if d.service == s.name}
+            upd["versions"] = tuple(v for v in s.versions if v.name in routed)
         cb = s.resilience.circuit_breaker
         if gaps.get("http1_pool") and cb is not None and cb.max_requests is not None and \
                 any(p.protocol == "http" for p in s.ports):

@@ -72,14 +72,15 @@ def read_services(docs: list[tuple[str, Any]], report: Report, drafts: dict[str,
                        f"workloads run as several service accounts ({', '.join(sorted(sas))}); "
                        f"the first is its identity", f"service:{name}")
         drafts[name].identity = sorted(sas)[0]
-    # No workloads: a service account named after the service, or `<prefix>-<service>`, is its identity.
+    # No workloads: a service account named after the service, `<prefix>-<service>` or
+    # `<service>-<suffix>` (when only one fits), is its identity.
     for draft in drafts.values():
         if draft.identity is None:
             same_ns = sorted(n for n, ns in accounts if ns == draft.namespace)
             if draft.name in same_ns:
                 draft.identity = draft.name
             else:
-                ends = [n for n in same_ns if n.endswith("-" + draft.name)]
+                ends = [n for n in same_ns if n.endswith("-" + draft.name) or n.startswith(draft.name + "-")]
                 if len(ends) == 1:
                     draft.identity = ends[0]
 

@@ -1,0 +1,395 @@
+"""NGINX Service Mesh (v1.x-2.0, archived) -> .mesh: reads SMI resources (split.smi-spec.io
+TrafficSplit v1alpha1-v1alpha4, access.smi-spec.io TrafficTarget v1alpha1-v1alpha3,
+specs.smi-spec.io HTTPRouteGroup/TCPRoute), NSM's own specs.smi.nginx.com RateLimit and
+CircuitBreaker, core Services/ServiceAccounts/workloads, and the Helm values NSM was installed
+with (`mtls.mode`, `accessControlMode`; a YAML file with those keys).
+
+- A Service `<svc>-<version>` whose selector is `<svc>`'s plus labels is that version.
+- TrafficSplit: the root service's routes; one with `matches` (an HTTPRouteGroup) is a
+  conditional rule, one without is `otherwise`. SMI splits have no order: several conditional
+  splits of one service are reported (their order in the .mesh is the files' order).
+- HTTPRouteGroup regexes: `^x$` is an exact path, `^x.*$` a prefix, `^x(/.*)?$` meshc's
+  `under`, anything else a regex; methods `*` is every method.
+- TrafficTarget: allow rules between service accounts (NSM denies the rest under
+  `accessControlMode: deny`, its default).
+- RateLimit: rate and burst (NSM's burst excludes the request itself: bucket = burst + 1).
+- CircuitBreaker: outlier detection with `errors` and `timeoutSeconds` (interval = ejection).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from meshc.importers.common import (
+    Draft,
+    MeshSettings,
+    Report,
+    Result,
+    build_mesh,
+    dns_name,
+    finish,
+    kind_of,
+    lift_routes,
+    meta,
+    read_documents,
+    resource,
+    weights_to_percent,
+)
+from meshc.importers.kube import read_services
+from meshc.model import (
+    AuthzRule,
+    Destination,
+    Match,
+    Outlier,
+    PathMatch,
+    RateLimit,
+    RouteRule,
+    Source,
+    StringMatch,
+)
+
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+MTLS = {"strict": "strict", "permissive": "permissive", "off": "disabled"}
+_META = re.compile(r"\\(.)")
+_PLAIN = r"(?:[^\\.^$|?*+()\[\]{}]|\\.)*"
+
+
+def unescape(s: str) -> str:
+    return _META.sub(r"\1", s)
+
+
+def path_of(rx: str) -> PathMatch | None:
+    """An anchored SMI path regex -> a meshc path match (None: every path)."""
+    if rx in (".*", "^.*$", "/.*", "^/.*$", ""):
+        return None
+    if m := re.fullmatch(rf"\^({_PLAIN})\$", rx):
+        return PathMatch(kind="exact", value=unescape(m.group(1)))
+    if m := re.fullmatch(rf"\^({_PLAIN})\(/\.\*\)\?\$", rx):
+        return PathMatch(kind="under", value=unescape(m.group(1)))
+    if m := re.fullmatch(rf"\^?({_PLAIN})\.\*\$?", rx):
+        return PathMatch(kind="prefix", value=unescape(m.group(1)))
+    body = rx
+    if m := re.fullmatch(r"\^\(\?:(.*)\)\$", rx):
+        body = m.group(1)
+    return PathMatch(kind="regex", value=body)
+
+
+def header_of(name: str, rx: str) -> StringMatch:
+    name = name.lower()
+    if rx in (".+", "^.+$"):
+        return StringMatch(name=name, kind="present")
+    if m := re.fullmatch(rf"\^({_PLAIN})\$", rx):
+        return StringMatch(name=name, kind="exact", value=unescape(m.group(1)))
+    if m := re.fullmatch(rf"\^({_PLAIN})\.\*\$", rx):
+        return StringMatch(name=name, kind="prefix", value=unescape(m.group(1)))
+    if m := re.fullmatch(r"\^\(\?:(.*)\)\$", rx):
+        return StringMatch(name=name, kind="regex", value=m.group(1))
+    return StringMatch(name=name, kind="regex", value=rx)
+
+
+class NginxMeshImporter:
+    origin = "nginx-mesh"
+
+    def __init__(self, docs: list[tuple[str, Any]], mesh_name: str | None = None):
+        self.docs = [d for _, d in docs if isinstance(d, dict)]
+        self.report = Report()
+        self.drafts: dict[str, Draft] = {}
+        self.version_services: dict[str, tuple[str, str]] = {}
+        # NSM's defaults: mTLS permissive, access control allow (helm chart values)
+        self.settings = MeshSettings(mtls="permissive", authz="allow_by_default")
+        self.mesh_name = mesh_name
+        self.rules: list[AuthzRule] = []
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if kind_of(d) == kind]
+
+    def note(self, doc: dict[str, Any] | str, fld: str, why: str, place: str = "") -> None:
+        self.report.add(doc if isinstance(doc, str) else resource(doc), fld, why, place)
+
+    def run(self) -> Result:
+        self.helm_values()
+        self.groups = {meta(g)[0]: g for g in self.of("HTTPRouteGroup")}
+        read_services([("", d) for d in self.docs], self.report, self.drafts, default_protocol="http")
+        self.split_versions()
+        self.smi_services()
+        counts = Counter(d.namespace for d in self.drafts.values())
+        self.settings.namespace = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if counts else "default"
+        self.settings.name = self.mesh_name or dns_name(self.settings.namespace)
+        self.splits()
+        self.targets()
+        for rl in self.of("RateLimit"):
+            self.rate_limit(rl)
+        for cb in self.of("CircuitBreaker"):
+            self.circuit_breaker(cb)
+        mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
+        return finish(mesh, self.report, self.origin)
+
+    def helm_values(self) -> None:
+        for d in self.docs:
+            if "kind" in d or not ({"mtls", "accessControlMode"} & set(d)):
+                continue
+            mode = str((d.get("mtls") or {}).get("mode", "permissive"))
+            self.settings.mtls = MTLS.get(mode, "permissive")
+            self.settings.authz = "deny_by_default" if d.get("accessControlMode", "allow") == "deny" \
+                else "allow_by_default"
+
+    def split_versions(self) -> None:
+        for name, d in sorted(self.drafts.items()):
+            parents = [p for p in self.drafts.values() if p is not d and p.selector and p.namespace == d.namespace
+                       and p.selector.items() < d.selector.items()]
+            if not parents:
+                continue
+            parent = max(parents, key=lambda p: len(p.selector))
+            extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
+            vname = dns_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
+                dns_name(extra.get("version", name))
+            parent.versions[vname] = extra
+            self.version_services[name] = (parent.name, vname)
+        for name in self.version_services:
+            del self.drafts[name]
+
+    def smi_services(self) -> None:
+        """Without core Services in the input, SMI objects name the services: split roots, the
+        destinations of rate limits and circuit breakers, and `<root>-<version>` backends."""
+        declared = set(self.drafts)
+        roots: dict[str, str] = {}
+        for ts in self.of("TrafficSplit"):
+            root = dns_name(str((ts.get("spec") or {}).get("service", "")).split(".")[0])
+            roots[root] = meta(ts)[1]
+        for doc in self.of("RateLimit") + self.of("CircuitBreaker"):
+            dest = (doc.get("spec") or {}).get("destination") or {}
+            if dest.get("kind", "Service") == "Service" and dest.get("name"):
+                roots.setdefault(dns_name(str(dest["name"])), str(dest.get("namespace") or meta(doc)[1]))
+        for name, ns in sorted(roots.items()):
+            if name not in self.drafts:
+                self.drafts[name] = Draft(name, ns)
+        for ts in self.of("TrafficSplit"):
+            spec = ts.get("spec") or {}
+            root = dns_name(str(spec.get("service", "")).split(".")[0])
+            for b in spec.get("backends") or []:
+                bname = dns_name(str(b.get("service", "")))
+                if bname in declared or bname in self.version_services or bname == root:
+                    continue
+                if bname.startswith(root + "-"):
+                    version = bname[len(root) + 1:]
+                    self.drafts[root].versions.setdefault(version, {"version": version})
+                    self.version_services[bname] = (root, version)
+                    self.drafts.pop(bname, None)
+                elif bname not in self.drafts:
+                    self.drafts[bname] = Draft(bname, meta(ts)[1])
+        for tt in self.of("TrafficTarget"):
+            spec = tt.get("spec") or {}
+            for acct in [spec.get("destination") or {}, *(spec.get("sources") or [])]:
+                name, ns = str(acct.get("name", "")), str(acct.get("namespace") or meta(tt)[1])
+                if not name or self.by_account(name, ns) or "ingress" in name:
+                    continue
+                if acct is spec.get("destination"):
+                    key = dns_name(name)
+                    self.drafts[key] = Draft(key, ns, identity=name)
+                    self.note(tt, "spec.destination", f"no Service runs as {name}: a service of that name is "
+                              "declared", f"service:{key}")
+        for tt in self.of("TrafficTarget"):
+            spec = tt.get("spec") or {}
+            dest = spec.get("destination") or {}
+            for name in self.by_account(str(dest.get("name")), str(dest.get("namespace") or meta(tt)[1])):
+                d = self.drafts[name]
+                kinds = {r.get("kind") for r in spec.get("rules") or []}
+                port = dest.get("port")
+                if not d.ports:
+                    number = int(port) if str(port or "").isdigit() else 80
+                    d.ports[number] = "tcp" if kinds == {"TCPRoute"} else "http"
+                    if number == 80 and not str(port or "").isdigit():
+                        self.report.add(f"service {name}", "ports", "SMI objects carry no port; assumed "
+                                        f"{d.ports[number]} 80 (include the Kubernetes Service to carry it)",
+                                        f"service:{name}")
+
+    def backend(self, name: str) -> Destination | None:
+        key = dns_name(name)
+        if key in self.version_services:
+            svc, version = self.version_services[key]
+            return Destination(service=svc, version=version)
+        if key in self.drafts:
+            return Destination(service=key)
+        return None
+
+    # ----------------------------------------------------------------- routing
+    def splits(self) -> None:
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for ts in self.of("TrafficSplit"):
+            root = dns_name(str((ts.get("spec") or {}).get("service", "")).split(".")[0])
+            if root not in self.drafts:
+                self.note(ts, "spec.service", "not a Service of the input")
+                continue
+            by_service.setdefault(root, []).append(ts)
+        for name, splits in sorted(by_service.items()):
+            d = self.drafts[name]
+            conditional = [s for s in splits if (s.get("spec") or {}).get("matches")]
+            default = [s for s in splits if not (s.get("spec") or {}).get("matches")]
+            if len(conditional) > 1:
+                self.note(f"service {name}", "TrafficSplit", "SMI traffic splits have no order; their conditions "
+                          "are tried in the order of the input files", f"route:{name}")
+            if len(default) > 1:
+                self.note(f"service {name}", "TrafficSplit", "several unconditional splits; the first is kept",
+                          f"route:{name}")
+            rules = [r for s in conditional + default[:1] if (r := self.rule(s, d)) is not None]
+            lift_routes(d, rules)
+
+    def rule(self, ts: dict[str, Any], d: Draft) -> RouteRule | None:
+        spec = ts.get("spec") or {}
+        place = f"route:{d.name}"
+        dests, weights = [], []
+        for b in spec.get("backends") or []:
+            dest = self.backend(str(b.get("service", "")))
+            if dest is None:
+                self.note(ts, "spec.backends", f"{b.get('service')} is not a Service of the input", place)
+                continue
+            dests.append(dest)
+            w = b.get("weight", 0)
+            weights.append(int(str(w).rstrip("m")) if str(w).rstrip("m").isdigit() else 0)
+        if not dests:
+            return None
+        matches: list[Match] = []
+        for ref in spec.get("matches") or []:
+            group = self.groups.get(str(ref.get("name")))
+            if ref.get("kind") != "HTTPRouteGroup" or group is None:
+                self.note(ts, "spec.matches", f"{ref.get('kind')} {ref.get('name')} is not an HTTPRouteGroup of the "
+                          "input; the split is left out", place)
+                return None
+            wanted = set(ref.get("matches") or [])
+            for m in (group.get("spec") or {}).get("matches") or []:
+                if wanted and m.get("name") not in wanted:
+                    continue
+                got = self.match(group, m, place)
+                if got is None:
+                    return None
+                matches.append(got)
+        pcts = weights_to_percent(weights)
+        return RouteRule(matches=tuple(m for m in matches if m != Match()) if spec.get("matches") else (),
+                         destinations=tuple(x.model_copy(update={"weight": p})
+                                            for x, p in zip(dests, pcts, strict=True) if p))
+
+    def match(self, group: dict[str, Any], m: dict[str, Any], place: str) -> Match | None:
+        methods = [str(x) for x in m.get("methods") or ["*"]]
+        if "*" in methods:
+            methods = []
+        if any(x not in METHODS for x in methods):
+            self.note(group, f"spec.matches.{m.get('name')}.methods", f"methods {methods} not expressible", place)
+            return None
+        path = path_of(str(m.get("pathRegex", ".*")))
+        headers = tuple(header_of(str(k), str(v)) for k, v in (m.get("headers") or {}).items())
+        for k in sorted(set(m) - {"name", "pathRegex", "methods", "headers"}):
+            self.note(group, f"spec.matches.{m.get('name')}.{k}", "not expressible", place)
+        return Match(path=path, headers=headers, methods=tuple(methods))
+
+    # ----------------------------------------------------------------- access
+    def by_account(self, name: str, ns: str) -> list[str]:
+        """Services running as a service account: known identities first, else by name
+        (`<svc>`, `<svc>-sa`, `<prefix>-<svc>`)."""
+        same = [d for d in self.drafts.values() if d.namespace == ns]
+        found = sorted(d.name for d in same if (d.identity or d.name) == name)
+        if not found:
+            guess = sorted(d.name for d in same if d.identity is None and
+                           (name.startswith(d.name + "-") or name.endswith("-" + d.name)))
+            if len(guess) == 1:
+                self.drafts[guess[0]].identity = name
+                found = guess
+        return found
+
+    def source(self, name: str, ns: str) -> Source:
+        services = self.by_account(name, ns)
+        if services:
+            return Source(kind="service", name=services[0])
+        if "ingress" in name:
+            self.settings.ingress_identity = (dns_name(name), ns)
+            return Source(kind="ingress")
+        return Source(kind="identity", name=dns_name(name))
+
+    def targets(self) -> None:
+        for tt in self.of("TrafficTarget"):
+            spec = tt.get("spec") or {}
+            _, ns = meta(tt)
+            dest = spec.get("destination") or {}
+            services = self.by_account(str(dest.get("name")), str(dest.get("namespace") or ns))
+            if not services:
+                self.note(tt, "spec.destination", f"service account {dest.get('name')} runs no Service of the input",
+                          "authz")
+                continue
+            sources = tuple(dict.fromkeys(self.source(str(s.get("name")), str(s.get("namespace") or ns))
+                                          for s in spec.get("sources") or [] if s.get("kind") == "ServiceAccount"))
+            if not sources:
+                continue
+            ports = (int(dest["port"]),) if str(dest.get("port", "")).isdigit() else ()
+            for rule in spec.get("rules") or [{"kind": "TCPRoute"}]:
+                if rule.get("kind") == "TCPRoute":
+                    conds = [Match()]
+                else:
+                    group = self.groups.get(str(rule.get("name")))
+                    if group is None:
+                        self.note(tt, "spec.rules", f"HTTPRouteGroup {rule.get('name')} is not in the input; "
+                                  "the allow is left out (fail closed)", "authz")
+                        continue
+                    wanted = set(rule.get("matches") or [])
+                    conds = []
+                    for m in (group.get("spec") or {}).get("matches") or []:
+                        if not wanted or m.get("name") in wanted:
+                            got = self.match(group, m, "authz")
+                            if got is not None:
+                                conds.append(got)
+                for c in conds:
+                    self.rules.append(AuthzRule(action="allow", sources=sources, destinations=tuple(services),
+                                                methods=c.methods, paths=(c.path,) if c.path else (),
+                                                headers=c.headers, ports=ports))
+        # identical rules that differ only in their paths are one rule with several paths
+        merged: list[AuthzRule] = []
+        for r in self.rules:
+            twin = next((i for i, o in enumerate(merged) if o.paths and r.paths and
+                         o.model_copy(update={"paths": ()}) == r.model_copy(update={"paths": ()})), None)
+            if twin is not None:
+                merged[twin] = merged[twin].model_copy(update={"paths": merged[twin].paths + r.paths})
+            elif r not in merged:
+                merged.append(r)
+        self.rules = merged
+
+    # ----------------------------------------------------------------- resilience
+    def destination_of(self, doc: dict[str, Any]) -> Draft | None:
+        dest = (doc.get("spec") or {}).get("destination") or {}
+        d = self.drafts.get(dns_name(str(dest.get("name", ""))))
+        if d is None:
+            self.note(doc, "spec.destination", "not a Service of the input")
+        return d
+
+    def rate_limit(self, rl: dict[str, Any]) -> None:
+        d = self.destination_of(rl)
+        if d is None:
+            return
+        spec = rl.get("spec") or {}
+        m = re.fullmatch(r"(\d+)r/([sm])", str(spec.get("rate", "")))
+        if not m:
+            self.note(rl, "spec.rate", f"rate {spec.get('rate')} not understood", f"service:{d.name}")
+            return
+        burst = spec.get("burst")
+        d.resilience["rate_limit"] = RateLimit(requests=int(m.group(1)), unit=m.group(2),  # type: ignore[arg-type]
+                                               burst=int(burst) + 1 if isinstance(burst, int) else None)
+        if spec.get("sources") or spec.get("rules"):
+            self.note(rl, "spec.sources/rules", "per-source or per-route limits are not expressible: the limit "
+                      "applies to every request", f"service:{d.name}")
+        if spec.get("delay") not in (None, "nodelay"):
+            self.note(rl, "spec.delay", "delayed (queued) excess requests are not expressible", f"service:{d.name}")
+
+    def circuit_breaker(self, cb: dict[str, Any]) -> None:
+        d = self.destination_of(cb)
+        if d is None:
+            return
+        spec = cb.get("spec") or {}
+        secs = int(spec.get("timeoutSeconds", 10))
+        d.resilience["outlier"] = Outlier(consecutive_5xx=int(spec.get("errors", 5)), interval_ms=secs * 1000,
+                                          eject_ms=secs * 1000, max_percent=10_000)
+        if spec.get("fallback"):
+            self.note(cb, "spec.fallback", "a fallback service is not expressible", f"service:{d.name}")
+
+
+def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
+    return NginxMeshImporter(read_documents(paths), mesh_name).run()
