@@ -372,3 +372,53 @@ def test_universal_path_counts_as_otherwise() -> None:
     src = WEB % ('version v1 { labels version=v1 }\n route { when path prefix "/" -> v1\n'
                  ' when header x-a present -> v1 }')
     assert _codes(src) == ["W203"]  # no W202: prefix "/" catches everything
+
+
+def _hub_mesh(n: int) -> Mesh:
+    """n callers, each calling one hub through its own allow rule, plus a deep call chain."""
+    from meshc.model import AuthzRule, Identity, Ingress, Port, Resilience, Retry, Service, Source
+
+    def svc(name: str, calls: tuple[str, ...] = (), exposed: bool = False, retries: int = 0) -> Service:
+        return Service(name=name, namespace="d", identity=Identity(name=name, namespace="d", trust_domain="t"),
+                       ports=(Port(protocol="http", number=80, mtls="strict"),), calls=calls,
+                       expose=Ingress() if exposed else None,
+                       resilience=Resilience(retry=Retry(attempts=retries)))
+
+    callers = [svc(f"c{i:05d}", ("hub", f"c{i + 1:05d}") if i + 1 < n else ("hub",), exposed=True)
+               for i in range(n)]
+    rules = [AuthzRule(action="allow", sources=(Source(kind="service", name=c.name),), destinations=("hub",),
+                       methods=("GET",)) for c in callers]
+    rules += [AuthzRule(action="allow", sources=(Source(kind="service", name=a.name),), destinations=(b.name,))
+              for a, b in zip(callers, callers[1:], strict=False)]
+    rules += [AuthzRule(action="allow", sources=(Source(kind="ingress"),), destinations=("*",)),
+              AuthzRule(action="deny", sources=(Source(kind="unauthenticated"),), destinations=("*",))]
+    return Mesh(name="hub", trust_domain="t", services=(*callers, svc("hub", retries=2)), rules=tuple(rules))
+
+
+def test_checks_grow_linearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted, not timed: authorization source matches and amplification relaxations per check
+    must grow like the mesh (a hub with n callers and n rules, and an n-long call chain)."""
+    from meshc import authz
+
+    counts: dict[str, int] = {"admit": 0, "relax": 0}
+    admit, relax = authz._RuleSources.admit, graph._relax
+
+    def counting_admit(self: authz._RuleSources, *a: object) -> bool:
+        counts["admit"] += 1
+        return admit(self, *a)  # type: ignore[arg-type]
+
+    def counting_relax(*a: object) -> bool:
+        counts["relax"] += 1
+        return relax(*a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(authz._RuleSources, "admit", counting_admit)
+    monkeypatch.setattr(graph, "_relax", counting_relax)
+    seen = []
+    for n in (100, 800):
+        counts.update(admit=0, relax=0)
+        found = graph.check(_hub_mesh(n))
+        assert found == []  # clean: no cycle, nothing refused, limit out of reach
+        seen.append(dict(counts))
+    assert seen[0]["admit"] > 0 and seen[0]["relax"] > 0
+    for key in counts:
+        assert seen[1][key] <= 10 * seen[0][key], (key, seen)  # 8x the mesh: linear is 8x, n^2 is 64x
