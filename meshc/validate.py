@@ -672,8 +672,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except MeshcError as e:
         print(str(e), file=sys.stderr)
         return 1
-    problems = validate_files(files, schema_dir, target=args.target, experimental=args.experimental)
-    store = load_schemas(schema_dir, args.target, args.experimental)
+    # output compiled with the experimental option uses experimental-channel fields
+    experimental = args.experimental or options.get("experimental", "false").lower() in ("1", "true", "yes", "on")
+    problems = validate_files(files, schema_dir, target=args.target, experimental=experimental)
+    store = load_schemas(schema_dir, args.target, experimental)
     if args.format == "json":
         print(json.dumps([p.__dict__ for p in problems], indent=2))
     else:
