@@ -295,6 +295,7 @@ class NativeBackend(Backend):
         rate_cfg = None if rate is None else C.RateLimitCfg(
             tokens_per_second=rate.per_second, burst=rate.burst or rate.requests)
         faults = tuple(self.lower_fault(f) for f in svc.faults)
+        hc = svc.resilience.health_check
         for i, inst in enumerate(self._instances[svc.name]):
             tag = "-".join(inst.versions) if inst.versions else "default"
             for p in svc.ports:
@@ -314,7 +315,9 @@ class NativeBackend(Backend):
                     authz=self.lower_authz(svc.name, p.number),
                     path_normalization=self.mesh.path_normalization,
                     rate_limit=rate_cfg if proto == "http" else None,
-                    faults=faults if proto == "http" else ()))
+                    faults=faults if proto == "http" else (),
+                    health_check_path=hc.path if hc is not None and hc.protocol == "http" and proto == "http"
+                    else None))
         return out
 
     def lower_outbound(self, caller: Service, callee: Service, port: Port) -> C.OutboundListenerCfg:

@@ -152,3 +152,47 @@ service impostor { port http 9090  endpoints 127.0.0.1:3 }
         lt.run(sc.close())
         lt.call(app.close)
         lt.stop()
+
+
+def test_health_checks_skip_authorization_but_requests_do_not(tmp_path: Path) -> None:
+    """Under deny_by_default with a narrow allow rule, the callers' health checks still reach the
+    app (as on Envoy, whose health checks never pass the callee's RBAC); requests do not."""
+    lt = LoopThread()
+    app = TestUpstream("app", lambda r: (200, [], b"ok") if r.path == "/healthz" else (200, [], b"app"))
+    lt.run(app.start())
+    base = free_port_block(8)
+    text = f"""
+mesh h {{ mtls strict  authz deny_by_default }}
+service web {{ port http 8080  endpoints 127.0.0.1:1  calls api }}
+service api {{
+  port http 9080
+  endpoints 127.0.0.1:{app.port}
+  health_check http "/healthz" interval 100ms probe_timeout 1s unhealthy 1 healthy 1
+}}
+allow web -> api paths prefix "/api"
+"""
+    from meshc.backends import compile_mesh
+
+    mesh = load_text(text)
+    out = tmp_path / "out"
+    compile_mesh(mesh, "native", options={"base_port": str(base)}).write(out)
+    write_certs(mesh, out / "certs")
+    sidecars = [Sidecar(C.load_sidecar(out / f"{n}.json"), path=out / f"{n}.json") for n in ("api", "web")]
+    try:
+        for sc in sidecars:
+            lt.run(sc.start())
+        web = sidecars[1]
+        port = next(x.port for x in web.cfg.outbound)
+        deadline = time.monotonic() + 5
+        while not all(e.healthy for e in web.clusters["outbound|9080||api"].endpoints):
+            assert time.monotonic() < deadline, "health checks never passed"
+            time.sleep(0.05)
+        assert any(r.path == "/healthz" for r in app.requests)
+        assert _get(port, "/api/x")[0] == 200
+        assert _get(port, "/healthz")[0] == 403  # the marker is the sidecar's, never the app's
+        assert _get(port, "/healthz", {"x-meshc-health-check": "1"})[0] == 403
+    finally:
+        for sc in sidecars:
+            lt.run(sc.close())
+        lt.call(app.close)
+        lt.stop()

@@ -437,7 +437,7 @@ class Cluster:
                     return True
                 host = self.cfg.host_header or ep.host
                 writer.write(f"GET {hc.path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshc-health-check\r\n"
-                             f"connection: close\r\n\r\n".encode())
+                             f"x-meshc-health-check: 1\r\nconnection: close\r\n\r\n".encode())
                 line = await reader.readline()
                 parts = line.split()
                 return len(parts) >= 2 and parts[1] == b"200"

@@ -311,6 +311,10 @@ class InboundListenerCfg(_Cfg):
     rate_limit: RateLimitCfg | None = None
     faults: tuple[FaultCfg, ...] = ()
     timeout_ms: Millis | None = None  # to the local app; None: no timeout
+    # The callers' active health-check path: a GET of exactly this path marked by the probing
+    # sidecar (`x-meshc-health-check`) from a proven mesh peer skips authorization, rate limit
+    # and faults, as health checks on the Envoy target never pass the callee's RBAC.
+    health_check_path: str | None = None
 
 
 class OutboundListenerCfg(_Cfg):
