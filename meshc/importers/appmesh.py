@@ -277,6 +277,16 @@ class AppMeshImporter:
                 self.node_owner[n] = (key, dns_name(version) if version else None)
                 if version:
                     d.versions[dns_name(version)] = {"version": version}
+        # nodes no route reaches yet: `<svc>-<version>` is still a version of that service
+        for n in sorted(self.nodes):
+            if n in self.node_owner:
+                continue
+            owner = next((k for k in sorted(self.drafts, key=len, reverse=True)
+                          if n.startswith(k + "-") and self.drafts[k].external is None), None)
+            if owner is not None:
+                version = dns_name(n[len(owner) + 1:])
+                self.node_owner[n] = (owner, version)
+                self.drafts[owner].versions.setdefault(version, {"version": version})
         ns_main = sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if namespaces else "default"
         self.settings.namespace = ns_main
         for d in self.drafts.values():
