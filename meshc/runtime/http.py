@@ -522,15 +522,22 @@ class Stream:
         self.start_time = time.monotonic()
         self.reject = 0
         self.close_after = False
-        self.hdict: dict[str, str] = {}
+        hdict: dict[str, str] = {}
+        hosts = 0
         for n, v in headers:
             k = n.decode("latin-1")
-            self.hdict[k] = self.hdict[k] + "," + v.decode("latin-1") if k in self.hdict else v.decode("latin-1")
+            if k in hdict:
+                hdict[k] = hdict[k] + "," + v.decode("latin-1")
+            else:
+                hdict[k] = v.decode("latin-1")
+            if k == "host":
+                hosts += 1
+        self.hdict = hdict
         te = self.hdict.get("transfer-encoding")
         self.chunked_in = te is not None
         if te is not None and te.strip().lower() != "chunked":
             self.reject = 501
-        if sum(1 for n, _ in headers if n == b"host") > 1:
+        if hosts > 1:
             self.reject = 400  # RFC 9112 3.2: more than one Host is a bad request
         cl = self.hdict.get("content-length")
         self.content_length = int(cl) if cl and cl.strip().isdigit() else 0

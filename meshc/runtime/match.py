@@ -210,7 +210,10 @@ class CompiledRule:
         self.is_l7 = bool(r.methods or r.paths or r.not_paths or r.headers)
 
     def matches(self, peer: str | None, port: int, r: RequestView | None) -> bool:
-        if not any(p(peer) for p in self.principals):
+        for p in self.principals:
+            if p(peer):
+                break
+        else:
             return False
         if self.ports and port not in self.ports:
             return False
@@ -218,8 +221,12 @@ class CompiledRule:
             return not self.is_l7 or self.action == "deny"
         if self.methods and r.method not in self.methods:
             return False
-        if self.paths and not any(p(r.path) for p in self.paths):
-            return False
+        if self.paths:
+            for p in self.paths:
+                if p(r.path):
+                    break
+            else:
+                return False
         if self.not_paths and any(p(r.path) for p in self.not_paths):
             return False
         return all(h(r.headers) for h in self.headers)
