@@ -610,6 +610,18 @@ def validate_bundle(bundle: Any, schema_dir: Path | str | None, *, target: str |
     return validate_files(bundle.files, schema_dir, target=target, experimental=experimental)
 
 
+def validate_compiled(bundle: Any, target: str, options: Mapping[str, str] | None = None,
+                      schema_dir: Path | str | None = None) -> list[Problem]:
+    """For `meshc compile --validate`: the bundle's problems against the target's schemas
+    (default folder as for `meshc validate`; the experimental channel when the bundle was
+    compiled with the `experimental` option). Raises FileNotFoundError without schemas."""
+    folder = schema_dir or default_schema_dir()
+    if folder is None:
+        raise FileNotFoundError(f"no schema directory; {SCHEMAS_HELP}")
+    experimental = str((options or {}).get("experimental", "false")).lower() in ("1", "true", "yes", "on", "")
+    return validate_bundle(bundle, folder, target=target, experimental=experimental)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

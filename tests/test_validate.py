@@ -248,3 +248,17 @@ def test_bare_string_durations_are_checked() -> None:
                               {"name": "s", "condition": {"pathRegex": ".*"}, "timeout": "soon"}]}}
     assert [(p.path, "duration" in p.message) for p in validate_objects([sp], SCHEMAS, target="linkerd")] == [
         ("spec.routes[1].timeout", True)]
+
+
+@needs_schemas
+def test_validate_compiled_hook_for_compile_validate() -> None:
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+    from meshc.validate import validate_compiled
+
+    mesh = load_text("mesh m { authz allow_by_default }\nservice a { port http 80 retry 2 on 503 }")
+    bundle = compile_mesh(mesh, "gateway-api", options={"experimental": "true"})
+    assert validate_compiled(bundle, "gateway-api", {"experimental": "true"}, SCHEMAS) == []
+    # the same objects against the standard channel: `retry` is an unknown field there
+    assert any("retry" in p.message for p in validate_compiled(bundle, "gateway-api", {}, SCHEMAS))
