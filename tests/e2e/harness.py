@@ -16,7 +16,8 @@ Scenario schema (YAML):
     description: str
     requires: [mtls, dynamic, ...]      # runner capabilities the scenario needs
     mesh: str                           # .mesh text with placeholders
-    upstreams: {NAME: {status: 200, delay_ms: 0, fail_first: 0, fail_status: 503}}
+    upstreams: {NAME: {status: 200, delay_ms: 0, fail_first: 0, fail_status: 503, healthy: true}}
+                                        # healthy: false -> /healthz answers 503
     steps:
       - name: str
         request:                        # through the caller's sidecar ...
@@ -167,8 +168,8 @@ class Upstream:
     """A small HTTP/1.1 server that says who it is and can be slow or fail on purpose."""
 
     def __init__(self, name: str, status: int = 200, delay_ms: int = 0, fail_first: int = 0,
-                 fail_status: int = 503):
-        self.name, self.status, self.delay_ms = name, status, delay_ms
+                 fail_status: int = 503, healthy: bool = True):
+        self.name, self.status, self.delay_ms, self.healthy = name, status, delay_ms, healthy
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hits = 0
         self.lock = threading.Lock()
@@ -197,7 +198,7 @@ class Upstream:
                 if length:
                     self.rfile.read(length)
                 if self.path.startswith("/healthz"):
-                    return self._reply(200, {"upstream": up.name, "health": True})
+                    return self._reply(200 if up.healthy else 503, {"upstream": up.name, "health": up.healthy})
                 with up.lock:
                     up.hits += 1
                     n = up.hits
