@@ -566,3 +566,27 @@ def _host_regex(hosts: list[str]) -> str:
 
     alts = [re.escape(h).replace(r"\*", "[^.]+") for h in hosts]
     return "(" + "|".join(alts) + r")(:[0-9]+)?"
+
+
+def validate(files: dict[str, bytes]) -> list[str]:
+    """Problems of a native bundle as its consumer (the runtime's schema) sees them: every file
+    must validate as `MeshIndex` (mesh.json) or `SidecarConfig`, and the index must name files
+    that exist. Empty: the runtime will accept the bundle. (For `meshc compile --validate`.)"""
+    import json
+
+    from pydantic import ValidationError
+
+    out: list[str] = []
+    for name in sorted(files):
+        if not name.endswith(".json") or "/" in name:
+            continue
+        model = C.MeshIndex if name == "mesh.json" else C.SidecarConfig
+        try:
+            obj = model.model_validate(json.loads(files[name]))
+        except (ValueError, ValidationError) as e:
+            out.append(f"{name}: {e}")
+            continue
+        if isinstance(obj, C.MeshIndex):
+            out += [f"mesh.json: sidecar {e.service!r} names missing file {e.config!r}"
+                    for e in obj.sidecars if e.config not in files]
+    return out

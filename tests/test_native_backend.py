@@ -222,3 +222,17 @@ allow shop -> payments methods POST
     assert c["endpoints"] == [{"host": "api.payments.example", "port": 443}]
     assert c["tls"]["mode"] == "tls" and c["tls"]["sni"] == "api.payments.example"
     assert c["host_header"] == "api.payments.example"
+
+
+def test_validate_hook_accepts_our_output_and_reports_broken_files() -> None:
+    from meshc.backends.native import validate
+
+    files = dict(compile_mesh(load_text(MESH), "native").files)
+    assert validate(files) == []
+    broken = json.loads(files["web.json"])
+    broken["outbound"][0]["routes"][0]["clusters"][0]["cluster"] = "nope"
+    files["web.json"] = json.dumps(broken).encode()
+    del files["api.json"]
+    problems = validate(files)
+    assert any("unknown cluster 'nope'" in p for p in problems)
+    assert any("missing file 'api.json'" in p for p in problems)
