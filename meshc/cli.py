@@ -136,6 +136,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         report(b.diagnostics, args, loaded.sources)
     if errors:
         raise MeshcError(errors)
+    if args.validate and _validate(bundles, options, args.schemas):
+        return 1
     if args.output is None:
         for t, b in bundles.items():
             for rel in sorted(b.files):
@@ -151,6 +153,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
         n += len(b.write(out, t if len(bundles) > 1 or args.target == "all" else ""))
     print(f"wrote {n} files to {out}", file=sys.stderr)
     return 0
+
+
+def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bool:
+    """`compile --validate`: check Kubernetes output against the CRD schemas; True if any fails."""
+    from meshc.validate import validate_compiled
+
+    failed = False
+    for t, b in bundles.items():
+        if not any(name.endswith((".yaml", ".yml")) for name in b.files) or t == "model":
+            continue
+        try:
+            problems = validate_compiled(b, t, options, schemas)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        for p in problems:
+            print(f"{t}: {p}", file=sys.stderr)
+        failed |= bool(problems)
+    return failed
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
@@ -216,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a backend option, e.g. -X dynamic (see docs/capabilities.md)")
     c.add_argument("--list-targets", action="store_true", help="list the targets and exit")
+    c.add_argument("--validate", action="store_true",
+                   help="check Kubernetes output offline against the CRD schemas (see `meshc validate`)")
+    c.add_argument("--schemas", default=None, help="CRD schema folder for --validate (default: ../shared/schemas)")
     add_format(c)
     c.set_defaults(func=cmd_compile)
 
