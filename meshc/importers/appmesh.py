@@ -40,6 +40,7 @@ from meshc.importers.common import (
     lift_routes,
     merge_under,
     simplify_matches,
+    version_name,
     weights_to_percent,
 )
 from meshc.model import (
@@ -274,9 +275,9 @@ class AppMeshImporter:
             d.selector = {"router": str(router or "")}
             for n in dict.fromkeys(x for x in nodes if x):
                 version = n[len(key) + 1:] if n.startswith(key + "-") else (None if n == key else n)
-                self.node_owner[n] = (key, dns_name(version) if version else None)
+                self.node_owner[n] = (key, version_name(version) if version else None)
                 if version:
-                    d.versions[dns_name(version)] = {"version": version}
+                    d.versions[version_name(version)] = {"version": version}
         # nodes no route reaches yet: `<svc>-<version>` is still a version of that service
         for n in sorted(self.nodes):
             if n in self.node_owner:
@@ -284,7 +285,7 @@ class AppMeshImporter:
             owner = next((k for k in sorted(self.drafts, key=len, reverse=True)
                           if n.startswith(k + "-") and self.drafts[k].external is None), None)
             if owner is not None:
-                version = dns_name(n[len(owner) + 1:])
+                version = version_name(n[len(owner) + 1:])
                 self.node_owner[n] = (owner, version)
                 self.drafts[owner].versions.setdefault(version, {"version": version})
         ns_main = sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if namespaces else "default"

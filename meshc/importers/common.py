@@ -157,10 +157,17 @@ def percent(value: Any) -> int | None:
     return max(0, min(FULL, round(v * 100)))
 
 
-def dns_name(text: str) -> str:
-    """A DNS-1123 label made from any name (`Reviews_V2` -> `reviews-v2`)."""
-    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
-    return s or "x"
+def dns_name(text: str, lead: str = "x-") -> str:
+    """A DNS-1123 label that is also a .mesh name, made from any name (`Reviews_V2` ->
+    `reviews-v2`; a leading digit gets `lead`: `1.0` -> `x-1-0`, or `v1-0` for versions)."""
+    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if s[:1].isdigit():
+        s = lead + s
+    return s[:63].strip("-") or "x"
+
+
+def version_name(text: str) -> str:
+    return dns_name(text, lead="v")
 
 
 def weights_to_percent(weights: list[int]) -> list[int]:
@@ -259,7 +266,10 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
     """Print the model, note what the text cannot say, and read the text back."""
     from meshc.compiler import load_text
 
-    text, lost = unparse(mesh, report.notes())
+    try:
+        text, lost = unparse(mesh, report.notes())
+    except MeshcError as e:
+        raise ImportError_(f"the {source} importer produced a model that cannot be printed:\n{e}") from None
     for x in lost:
         report.add(x.where, x.field, x.why)
     header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried over " \

@@ -42,6 +42,7 @@ from meshc.importers.common import (
     lift_routes,
     merge_under,
     percent,
+    version_name,
 )
 from meshc.model import (
     FULL,
@@ -285,7 +286,7 @@ class ConsulImporter:
             d.ports[port] = PROTOCOLS.get(proto, d.ports.get(port, ""))  # protocol filled in later
         version = (e.get("Meta") or {}).get("version")
         if version:
-            d.versions.setdefault(dns_name(str(version)), {"version": str(version)})
+            d.versions.setdefault(version_name(str(version)), {"version": str(version)})
 
     @property
     def protocols(self) -> dict[str, str]:
@@ -363,7 +364,7 @@ class ConsulImporter:
                 self.note(e, f"Subsets.{vname}.Filter", "only `Service.Meta.<key> == \"<value>\"` filters joined "
                           "by `and` are expressible; assumed version=<subset>", place)
                 labels = {"version": vname}
-            d.versions[dns_name(vname)] = labels or {"version": vname}
+            d.versions[version_name(vname)] = labels or {"version": vname}
         lb = e.get("LoadBalancer") or {}
         policy = str(lb.get("Policy", "")).lower()
         if policy in LB:
@@ -383,7 +384,7 @@ class ConsulImporter:
         elif policy:
             self.note(e, "LoadBalancer.Policy", f"{policy} not expressible", place)
         if e.get("DefaultSubset"):
-            self.default_subset[d.name] = dns_name(str(e["DefaultSubset"]))
+            self.default_subset[d.name] = version_name(str(e["DefaultSubset"]))
         if e.get("RequestTimeout") and duration_ms(e["RequestTimeout"]):
             d.resilience.setdefault("timeout", Timeout(ms=duration_ms(e["RequestTimeout"])))
         self.unknown_keys(e, {"Subsets", "LoadBalancer", "DefaultSubset", "RequestTimeout", "ConnectTimeout"},
@@ -433,7 +434,7 @@ class ConsulImporter:
             kw["destinations"] = self.splits(self.of("service-splitter")[svc], d)
         else:
             subset = dest.get("ServiceSubset") or self.default_subset.get(dns_name(svc))
-            kw["destinations"] = (Destination(service=dns_name(svc), version=dns_name(subset) if subset else None),)
+            kw["destinations"] = (Destination(service=dns_name(svc), version=version_name(subset) if subset else None),)
             self.ensure_version(router, self.draft(svc), subset)
         if dest.get("PrefixRewrite") is not None:
             kw["rewrite"] = Rewrite(prefix=str(dest["PrefixRewrite"]))
@@ -465,8 +466,8 @@ class ConsulImporter:
         return RouteRule(**kw)
 
     def ensure_version(self, e: dict[str, Any], d: Draft, subset: Any) -> None:
-        if subset and dns_name(str(subset)) not in d.versions:
-            d.versions[dns_name(str(subset))] = {"version": str(subset)}
+        if subset and version_name(str(subset)) not in d.versions:
+            d.versions[version_name(str(subset))] = {"version": str(subset)}
             self.note(e, f"ServiceSubset {subset}", f"no service-resolver of {d.name} defines it; assumed "
                       f"version={subset}", f"service:{d.name}")
 
@@ -475,7 +476,7 @@ class ConsulImporter:
         for s in sp.get("Splits") or []:
             svc = dns_name(str(s.get("Service") or owner.name))
             sub = s.get("ServiceSubset")
-            key = (svc, dns_name(sub) if sub else None)
+            key = (svc, version_name(sub) if sub else None)
             out[key] = out.get(key, 0) + (percent(s.get("Weight", 0)) or 0)
             self.ensure_version(sp, self.draft(svc), sub)
             for k in set(s) - {"Service", "ServiceSubset", "Weight", "Namespace", "Partition"}:

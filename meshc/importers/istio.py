@@ -44,6 +44,7 @@ from meshc.importers.common import (
     percent,
     read_documents,
     resource,
+    version_name,
     weights_to_percent,
 )
 from meshc.importers.kube import lookup_host, read_services
@@ -199,7 +200,7 @@ class IstioImporter:
             return
         place = f"service:{d.name}"
         for s in spec.get("subsets") or []:
-            vname = dns_name(str(s.get("name", "")))
+            vname = version_name(str(s.get("name", "")))
             labels = {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
             if d.external is not None:
                 self.note(dr, f"spec.subsets[{vname}]", "external services have no versions", place)
@@ -464,7 +465,7 @@ class IstioImporter:
         if d is None:
             return None
         subset = dest.get("subset")
-        version = dns_name(str(subset)) if subset else None
+        version = version_name(str(subset)) if subset else None
         if version is not None and version not in d.versions:
             d.versions[version] = {"version": str(subset)}
             self.note(doc, f"{at}.subset", f"subset '{subset}' is not defined by a DestinationRule; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshc.importers.common import Draft, Report, dns_name, kind_of, meta, resource
+from meshc.importers.common import Draft, Report, dns_name, kind_of, meta, resource, version_name
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
 PROTOCOL_WORDS = {"http": "http", "http2": "http2", "h2c": "http2", "grpc": "grpc", "grpc-web": "http2",
@@ -65,7 +65,7 @@ def read_services(docs: list[tuple[str, Any]], report: Report, drafts: dict[str,
                     identities.setdefault(draft.name, set()).add(str(sa))
                 version = labels.get("version")
                 if version and "version" not in draft.selector:
-                    draft.versions.setdefault(dns_name(version), {"version": version})
+                    draft.versions.setdefault(version_name(version), {"version": version})
     for name, sas in identities.items():
         if len(sas) > 1:
             report.add(f"service {name}", "serviceAccountName",

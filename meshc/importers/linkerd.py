@@ -40,6 +40,7 @@ from meshc.importers.common import (
     read_documents,
     resource,
     simplify_matches,
+    version_name,
     weights_to_percent,
 )
 from meshc.importers.kube import port_protocol, read_services
@@ -126,8 +127,8 @@ class LinkerdImporter:
                 continue
             parent = max(parents, key=lambda p: len(p.selector))
             extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
-            vname = dns_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
-                dns_name(extra.get("version", name))
+            vname = version_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
+                version_name(extra.get("version", name))
             parent.versions[vname] = extra
             self.version_services[name] = (parent.name, vname)
         for name in self.version_services:

@@ -36,6 +36,7 @@ from meshc.importers.common import (
     meta,
     read_documents,
     resource,
+    version_name,
     weights_to_percent,
 )
 from meshc.importers.kube import read_services
@@ -144,8 +145,8 @@ class NginxMeshImporter:
                 continue
             parent = max(parents, key=lambda p: len(p.selector))
             extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
-            vname = dns_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
-                dns_name(extra.get("version", name))
+            vname = version_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
+                version_name(extra.get("version", name))
             parent.versions[vname] = extra
             self.version_services[name] = (parent.name, vname)
         for name in self.version_services:
@@ -174,7 +175,7 @@ class NginxMeshImporter:
                 if bname in declared or bname in self.version_services or bname == root:
                     continue
                 if bname.startswith(root + "-"):
-                    version = bname[len(root) + 1:]
+                    version = version_name(bname[len(root) + 1:])
                     self.drafts[root].versions.setdefault(version, {"version": version})
                     self.version_services[bname] = (root, version)
                     self.drafts.pop(bname, None)
