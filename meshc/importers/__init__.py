@@ -59,6 +59,11 @@ def run_import(args: argparse.Namespace) -> int:
     except (ImportError_, OSError, UnicodeDecodeError) as e:
         print(f"meshc import: {e}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        # A document of the right kind with the wrong shape (a list where the API has an object,
+        # a string for a number): reported as unreadable input, never as a traceback.
+        print(f"meshc import: malformed {args.source} input: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     if args.output:
         Path(args.output).write_text(result.text, encoding="utf-8")
     else:
