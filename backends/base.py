@@ -224,7 +224,11 @@ class Bundle:
         for rel in sorted(self.files):
             dest = out / prefix / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(self.files[rel])
+            # Write aside, then rename: a running consumer (Envoy's file-based xDS, the native
+            # proxy's watcher) sees the old file or the new one, never half of one.
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_bytes(self.files[rel])
+            tmp.replace(dest)
             written.append(dest)
         return written
 
