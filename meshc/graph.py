@@ -12,15 +12,16 @@ Codes are stable; each has a section in docs/errors.md.
 | W205 | retry amplification above the limit (default 10 attempts per client request) |
 | W206 | a caller's timeout shorter than what its callee may take with its retries |
 | W207 | identity-based allow rule on a service or port whose mTLS is permissive or disabled |
-| W208 | path-based deny / path-excepting allow while `path_normalization off` |
+| W208 | path-based rules that raw paths bypass while `path_normalization off` |
 | W209 | a service nobody may call that is not exposed (unreachable) |
 | W210 | a call cycle |
-| E211 | two services or versions bound to the same static endpoint host:port |
+| E211 | two services or versions bound to the same static endpoint ip:port |
 | E212 | a per-try timeout not shorter than the request timeout |
 
 Everything is linear in services, rules and edges: authorization is answered by the rule index
-of meshc.authz (per destination), amplification is a longest-product DP over the condensation
-of the traffic graph, and route shadowing compares rules within one service's table only.
+of meshc.authz (per destination and caller identity), amplification is a longest-product DP
+over the condensation of the traffic graph, and route shadowing compares rules within one
+service's table only. tests/test_graph.py counts the work to keep it that way.
 
 Also here: `call_graph`, `amplification`, `to_dot` / `to_mermaid` and the `meshc graph` command.
 """
@@ -65,6 +66,8 @@ DEFAULT_BACKOFF_BASE_MS = 25
 # Components up to this size get every simple path tried (at most 7! orders); larger ones a
 # greedy relaxation that still only follows simple paths.
 EXACT_CYCLE_SIZE = 7
+GREEDY_ROUNDS = 4
+CHAIN_LOOKBACK = 64
 
 # --------------------------------------------------------------------------- helpers
 
@@ -284,7 +287,9 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
             if len(nodes) <= EXACT_CYCLE_SIZE:
                 _exact_in_scc(best, g, factor, nodes, scc_set)
                 continue
-            for _ in range(len(nodes)):
+            # A handful of rounds: enough for rings and chains of cycles, and linear however
+            # large the component (a big cycle is W210's finding; this is its lower bound).
+            for _ in range(GREEDY_ROUNDS):
                 changed = False
                 for u in nodes:
                     for v in sorted(g.successors(u)):
@@ -324,12 +329,15 @@ def _relax(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: dict[str,
 
 
 def _on_chain(chain: _Chain, node: str, scc: set[str]) -> bool:
-    """Is `node` already on the part of the chain inside this component?"""
+    """Is `node` already on the part of the chain inside this component? Past CHAIN_LOOKBACK
+    steps the answer is "yes" (the path is not extended), which keeps each test O(1)."""
     c: _Chain | None = chain
+    steps = 0
     while c is not None and c.node in scc:
-        if c.node == node:
+        if c.node == node or steps >= CHAIN_LOOKBACK:
             return True
         c = c.prev
+        steps += 1
     return False
 
 
