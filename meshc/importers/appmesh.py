@@ -35,11 +35,11 @@ from meshc.importers.common import (
     Report,
     Result,
     build_mesh,
+    canonical_matches,
     dns_name,
     finish,
     lift_routes,
     merge_under,
-    simplify_matches,
     version_name,
     weights_to_percent,
 )
@@ -422,7 +422,7 @@ class AppMeshImporter:
                    json.dumps(body.get("timeout"), sort_keys=True))
             if rules and key == prev and rule.matches and rules[-1].matches:
                 rules[-1] = rules[-1].model_copy(update={
-                    "matches": simplify_matches(merge_under(rules[-1].matches + rule.matches))})
+                    "matches": canonical_matches(rules[-1].matches + rule.matches)})
             else:
                 rules.append(rule)
             prev = key

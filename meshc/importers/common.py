@@ -367,3 +367,11 @@ def simplify_matches(ms: tuple[Match, ...]) -> tuple[Match, ...]:
             out.append(m)
     return tuple(m for i, m in enumerate(out)
                  if not any(j != i and implies(m, o) and not (implies(o, m) and j > i) for j, o in enumerate(out)))
+
+
+def canonical_matches(ms: tuple[Match, ...]) -> tuple[Match, ...]:
+    """OR-ed matches from targets that split them (one method per route, `under` as two paths),
+    put back together: one method per match first, then `under`, then methods merged."""
+    single = tuple(m.model_copy(update={"methods": (x,)}) for m in ms for x in m.methods) + \
+        tuple(m for m in ms if not m.methods)
+    return simplify_matches(merge_under(single))

@@ -36,6 +36,7 @@ from meshc.importers.common import (
     Report,
     Result,
     build_mesh,
+    canonical_matches,
     dns_name,
     duration_ms,
     finish,
@@ -404,7 +405,7 @@ class ConsulImporter:
                     continue
                 dest = route.get("Destination") or {}
                 if rules and dest == prev_dest and rule.matches and rules[-1].matches:
-                    rules[-1] = rules[-1].model_copy(update={"matches": merge_under(rules[-1].matches + rule.matches)})
+                    rules[-1] = rules[-1].model_copy(update={"matches": canonical_matches(rules[-1].matches + rule.matches)})
                 else:
                     rules.append(rule)
                 prev_dest = dest

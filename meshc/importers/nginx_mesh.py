@@ -188,7 +188,7 @@ class NginxMeshImporter:
                 if not name or self.by_account(name, ns) or "ingress" in name:
                     continue
                 if acct is spec.get("destination"):
-                    key = dns_name(name)
+                    key = dns_name(self.strip_account_prefix(name))
                     self.drafts[key] = Draft(key, ns, identity=name)
                     self.note(tt, "spec.destination", f"no Service runs as {name}: a service of that name is "
                               "declared", f"service:{key}")
@@ -206,6 +206,17 @@ class NginxMeshImporter:
                         self.report.add(f"service {name}", "ports", "SMI objects carry no port; assumed "
                                         f"{d.ports[number]} 80 (include the Kubernetes Service to carry it)",
                                         f"service:{name}")
+
+    def strip_account_prefix(self, account: str) -> str:
+        """`bookinfo-productpage` -> `productpage` when the other services' accounts are all
+        `bookinfo-<service>` (a common naming scheme)."""
+        prefixes = {d.identity[: -len(d.name) - 1] for d in self.drafts.values()
+                    if d.identity and d.identity.endswith("-" + d.name)}
+        if len(prefixes) == 1:
+            prefix = next(iter(prefixes)) + "-"
+            if account.startswith(prefix) and len(account) > len(prefix):
+                return account[len(prefix):]
+        return account
 
     def backend(self, name: str) -> Destination | None:
         key = dns_name(name)
