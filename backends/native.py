@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from meshc.backends.base import FEATURES, Backend, Bundle
 
@@ -59,7 +59,8 @@ INGRESS = "_ingress"
 # Protocols the runtime proxies at L7 vs as bytes. The runtime speaks HTTP/1.1 only: HTTP/2 and
 # gRPC ports are proxied at L4 (mTLS, connection-level authorization, load balancing per
 # connection), and W312 says which per-request settings cannot apply there.
-_LISTENER_PROTOCOL = {"http": "http", "tcp": "tcp", "tls": "tcp", "http2": "tcp", "grpc": "tcp"}
+_LISTENER_PROTOCOL: dict[str, Literal["http", "tcp"]] = {
+    "http": "http", "tcp": "tcp", "tls": "tcp", "http2": "tcp", "grpc": "tcp"}
 
 
 def _pct(p: int) -> float:
@@ -238,12 +239,12 @@ class NativeBackend(Backend):
             self._admin[svc.name] = port
             port += 1
             for i, _inst in enumerate(self._instances[svc.name]):
-                for p in svc.ports:
-                    self._inbound[(svc.name, i, p.number)] = port
+                for sp in svc.ports:
+                    self._inbound[(svc.name, i, sp.number)] = port
                     port += 1
             for callee in self._callees(svc):
-                for p in callee.ports:
-                    self._outbound[(svc.name, callee.name, p.number)] = port
+                for cp in callee.ports:
+                    self._outbound[(svc.name, callee.name, cp.number)] = port
                     port += 1
         self._next_port = port
 
@@ -499,7 +500,7 @@ class NativeBackend(Backend):
                 timeout_ms=h.timeout_ms, unhealthy_threshold=h.unhealthy, healthy_threshold=h.healthy)
         if svc.external is not None:
             ext = svc.external
-            endpoints = (C.EndpointCfg(host=ext.host, port=port_no),)
+            endpoints: tuple[C.EndpointCfg, ...] = (C.EndpointCfg(host=ext.host, port=port_no),)
             if ext.tls_originate:
                 kw["tls"] = C.UpstreamTlsCfg(mode="tls", sni=ext.sni or ext.host)
             kw["host_header"] = ext.host

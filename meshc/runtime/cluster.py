@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import ipaddress
 import json
@@ -160,7 +161,8 @@ class Cluster:
         with_hc = self.cfg.health_check is not None
         new = []
         for k in dict.fromkeys(keys):
-            new.append(old.pop(k, None) or Endpoint(*k, with_hc=with_hc))
+            ep = old.pop(k, None)
+            new.append(ep if ep is not None else Endpoint(*k, with_hc=with_hc))
         for gone in old.values():
             for conn in gone.idle:
                 conn.close()
@@ -395,7 +397,7 @@ class Cluster:
                 return False
             self.waiters.popleft()
             task = asyncio.get_running_loop().create_task(self.connect(ep, factory))
-            task.add_done_callback(lambda t, f=fut: _chain(t, f))
+            task.add_done_callback(functools.partial(_chain, fut=fut))
             return False
         return False
 

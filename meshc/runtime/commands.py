@@ -117,7 +117,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 async def _proxy(cfgs: list[tuple[Path, C.SidecarConfig]], args: argparse.Namespace) -> int:
     from meshc.runtime.server import Sidecar
 
-    sidecars = []
+    sidecars: list[Any] = []
     for path, cfg in cfgs:
         sc = Sidecar(cfg, path=path, admin_port=args.admin_port)
         try:
@@ -209,7 +209,7 @@ async def _up(out: Path, index: C.MeshIndex, args: argparse.Namespace) -> int:
                 if lst.app is None:
                     srv = await serve_demo("127.0.0.1", 0, entry.service, version)
                     demos.append(srv)
-                    overrides[lst.name] = ("127.0.0.1", srv.sockets[0].getsockname()[1])
+                    overrides[lst.name] = ("127.0.0.1", srv.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
                     rows.append(("demo", entry.service, version, f"127.0.0.1:{overrides[lst.name][1]}", "app"))
                 elif ((lst.app.host, lst.app.port) not in started_demo and _bindable(lst.app.host)
                       and not _listening(lst.app.host, lst.app.port)):

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 Millis = int
 
@@ -357,7 +357,7 @@ class AdminCfg(_Cfg):
 
 
 class SidecarConfig(_Cfg):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     mesh: str
     service: str
     identity: str  # our SPIFFE id
@@ -384,7 +384,8 @@ class SidecarConfig(_Cfg):
                     raise ValueError(f"listener {lst.name!r} names unknown cluster {ref!r}")
             if lst.protocol == "tcp" and not lst.cluster:
                 raise ValueError(f"tcp listener {lst.name!r} needs a cluster")
-        ports = [x.port for x in (*self.inbound, *self.outbound) if x.port]
+        listeners: list[InboundListenerCfg | OutboundListenerCfg] = [*self.inbound, *self.outbound]
+        ports = [x.port for x in listeners if x.port]
         if len(set(ports)) != len(ports):
             raise ValueError("two listeners share a port")
         return self
@@ -416,7 +417,7 @@ class IndexEntry(_Cfg):
 
 
 class MeshIndex(_Cfg):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     mesh: str
     base_port: int
     certs_dir: str | None = None  # relative to mesh.json; None when nothing uses TLS

@@ -576,6 +576,7 @@ class Stream:
         self.response_ops: Any = None
         self._expect_continue = self.hdict.get("expect", "").lower() == "100-continue"
         self.request_id = ""
+        self.failure = ""
 
     # ------------------------------------------------------------------ lifecycle
 

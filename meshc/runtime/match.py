@@ -210,8 +210,8 @@ class CompiledRule:
         self.is_l7 = bool(r.methods or r.paths or r.not_paths or r.headers)
 
     def matches(self, peer: str | None, port: int, r: RequestView | None) -> bool:
-        for p in self.principals:
-            if p(peer):
+        for who in self.principals:
+            if who(peer):
                 break
         else:
             return False

@@ -51,9 +51,10 @@ class _RequestStats(Collector):
         h = HistogramMetricFamily("meshc_request_duration_seconds", "Request latency (first byte in to last out)",
                                   labels=["sidecar", "listener", "route", "upstream"])
         for key, vals in sorted(self.hist.items()):
-            acc, buckets = 0.0, []
-            for bound, n in zip((*map(str, _BUCKETS), "+Inf"), vals[:-1], strict=True):
-                acc += n
+            acc: float = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, cnt in zip((*map(str, _BUCKETS), "+Inf"), vals[:-1], strict=True):
+                acc += cnt
                 buckets.append((bound, acc))
             h.add_metric(list(key), buckets, vals[-1])
         yield h

@@ -509,9 +509,10 @@ class Sidecar:
                     c = Cluster(cc, self.base, self.metrics, self.name, cfg.limits.upstream_idle_timeout_ms)
                     created.append(c)
                     new_clusters[cc.name] = c
-            listeners = []
-            for lc in (*cfg.inbound, *cfg.outbound):
-                kind = HttpListener if lc.protocol == "http" else TcpListener
+            listeners: list[HttpListener | TcpListener] = []
+            all_cfgs: list[C.InboundListenerCfg | C.OutboundListenerCfg] = [*cfg.inbound, *cfg.outbound]
+            for lc in all_cfgs:
+                kind: type[HttpListener] | type[TcpListener] = HttpListener if lc.protocol == "http" else TcpListener
                 lst = kind(self, lc, new_clusters, self.app_overrides.get(lc.name))
                 created += lst.clusters()
                 listeners.append(lst)
@@ -537,8 +538,9 @@ class Sidecar:
                 del self.slots[key]
         try:
             for key, lst in wanted.items():
-                slot = self.slots.get(key)
-                if slot is not None and key[1] != 0:
+                found = self.slots.get(key)
+                if found is not None and key[1] != 0:
+                    slot = found
                     slot.runtime = lst
                     if slot.ctx is not None and not first:
                         # Same files, maybe new contents (certificate rotation): new handshakes
@@ -606,7 +608,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         readable = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+        loop.add_reader(conn.fileno(), _set_once, readable)
         try:
             await asyncio.wait_for(readable, timeout)
             first = conn.recv(1, socket.MSG_PEEK)
@@ -728,6 +730,11 @@ class Sidecar:
                     for name, c in sorted(self.clusters.items())}
             return 200, b"application/json", json.dumps(data, indent=2).encode()
         return 404, b"text/plain", b"not found\n"
+
+
+def _set_once(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Admin(asyncio.Protocol):

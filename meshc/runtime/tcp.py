@@ -89,7 +89,7 @@ class TcpDownstream(asyncio.Protocol):
             self.status = 403
             self.close()
             return
-        transport.pause_reading()
+        transport.pause_reading()  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
