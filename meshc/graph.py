@@ -478,19 +478,54 @@ def _describe_rule(rule: RouteRule, index: int) -> str:
     return f"{what} at line {rule.span.line}" if rule.span.line else f"{what} (rule {index + 1})"
 
 
+SMALL_TABLE = 32  # route tables up to this size compare every pair; larger ones use an index
+
+
+def _shadowers(rules: tuple[RouteRule, ...]) -> Iterator[tuple[int, int]]:
+    """(j, i): rule j can never match because earlier rule i covers it (the first such i)."""
+    if len(rules) <= SMALL_TABLE:
+        for j in range(1, len(rules)):
+            i = next((i for i in range(j) if rule_covers(rules[i], rules[j])), None)
+            if i is not None:
+                yield j, i
+        return
+    # Large tables (API gateways with thousands of paths): an earlier match with a literal path
+    # can only cover a later one whose path starts with it, so index earlier matches by their
+    # literal and look up the later path's prefixes. Matches without a literal path (headers
+    # only, regex, match-everything) are candidates for every later rule.
+    by_literal: dict[str, list[int]] = {}
+    generic: list[int] = []
+    for j, rule in enumerate(rules):
+        if j:
+            first = rule.matches[0] if rule.matches else None
+            cands = set(generic)
+            if first is not None and first.path is not None and first.path.kind != "regex":
+                v = first.path.value
+                for k in range(len(v) + 1):
+                    cands.update(by_literal.get(v[:k], ()))
+            i = next((i for i in sorted(cands) if rule_covers(rules[i], rule)), None)
+            if i is not None:
+                yield j, i
+        for m in rule.matches or (Match(),):
+            literal = m.path is not None and m.path.kind != "regex" and not _match_is_empty(m)
+            if literal:
+                assert m.path is not None
+                key = m.path.value.rstrip("/") if m.path.kind == "under" else m.path.value
+                by_literal.setdefault(key, []).append(j)
+            else:
+                generic.append(j)
+
+
 def check_shadowed_routes(mesh: Mesh) -> Iterator[Diagnostic]:
     """W203."""
     for svc in mesh.services:
         rules = svc.routes
-        for j in range(1, len(rules)):
-            for i in range(j):
-                if rule_covers(rules[i], rules[j]):
-                    yield Diagnostic(
-                        "W203", f"route rule of '{svc.name}' can never match: {_describe_rule(rules[i], i)} "
-                        "matches every request it would",
-                        rules[j].span, label="unreachable rule",
-                        help="move this rule above the broader one, or narrow the earlier rule")
-                    break
+        for j, i in _shadowers(rules):
+            yield Diagnostic(
+                "W203", f"route rule of '{svc.name}' can never match: {_describe_rule(rules[i], i)} "
+                "matches every request it would",
+                rules[j].span, label="unreachable rule",
+                help="move this rule above the broader one, or narrow the earlier rule")
 
 
 def _declared_callers(mesh: Mesh) -> dict[str, list[str]]:

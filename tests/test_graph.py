@@ -11,7 +11,7 @@ import pytest
 
 from meshc import graph
 from meshc.compiler import load_text
-from meshc.model import FULL, Mesh, PathMatch
+from meshc.model import FULL, Match, Mesh, PathMatch, RouteRule
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "mesh shop {}\n"
@@ -422,3 +422,34 @@ def test_checks_grow_linearly(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0]["admit"] > 0 and seen[0]["relax"] > 0
     for key in counts:
         assert seen[1][key] <= 10 * seen[0][key], (key, seen)  # 8x the mesh: linear is 8x, n^2 is 64x
+
+
+def test_large_route_tables_use_the_index_and_agree() -> None:
+    """The indexed search over big tables finds exactly what the pairwise one does."""
+    from meshc.model import Destination, StringMatch
+
+    def rule(path: tuple[str, str] | None = None, header: str | None = None, methods: tuple[str, ...] = ()) -> RouteRule:
+        m = Match(path=PathMatch(kind=path[0], value=path[1]) if path else None, methods=methods,
+                  headers=(StringMatch(name=header, kind="present"),) if header else ())
+        return RouteRule(matches=(m,), destinations=(Destination(service="web"),))
+
+    rules = []
+    for i in range(60):
+        rules.append(rule(("exact", f"/api/v{i}/items")))
+        rules.append(rule(("prefix", f"/api/v{i}/"), methods=("GET",)))
+        rules.append(rule(("exact", f"/api/v{i}/items/x"), methods=("GET",)))  # shadowed by the prefix
+        rules.append(rule(("under", f"/svc{i}")))
+        rules.append(rule(("exact", f"/svc{i}/health")))  # shadowed by under
+    rules.insert(100, rule(header="x-debug"))
+    rules.append(rule(("exact", "/zzz"), header="x-debug"))  # shadowed by the header-only rule
+    rules.append(rule(("regex", "/r[0-9]+")))
+    rules.append(rule(("regex", "/r[0-9]+")))  # same regex
+    rules.append(RouteRule(destinations=(Destination(service="web"),)))  # otherwise
+    rules.append(rule(("exact", "/after")))  # after otherwise
+    table = tuple(rules)
+    assert len(table) > graph.SMALL_TABLE
+    indexed = list(graph._shadowers(table))
+    pairwise = [(j, next(i for i in range(j) if graph.rule_covers(table[i], table[j])))
+                for j in range(1, len(table)) if any(graph.rule_covers(table[i], table[j]) for i in range(j))]
+    assert indexed == pairwise
+    assert len(indexed) == 60 + 60 + 1 + 1 + 1
