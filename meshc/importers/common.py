@@ -375,3 +375,27 @@ def canonical_matches(ms: tuple[Match, ...]) -> tuple[Match, ...]:
     single = tuple(m.model_copy(update={"methods": (x,)}) for m in ms for x in m.methods) + \
         tuple(m for m in ms if not m.methods)
     return simplify_matches(merge_under(single))
+
+
+# Kubernetes kinds that carry nothing a mesh configuration needs (no report for them).
+NEUTRAL_KINDS = frozenset({"Namespace", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                           "ClusterRoleBinding", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job", "CronJob",
+                           "PersistentVolumeClaim", "Kustomization", "NetworkPolicy", "Ingress", "Endpoints",
+                           "EndpointSlice"})
+
+
+def report_unread(docs: list[Any], read: set[str], report: Report, source: str) -> None:
+    """Every document of a kind the importer does not read is reported, never dropped silently."""
+    seen: set[str] = set()
+    for d in docs:
+        if not isinstance(d, dict):
+            continue
+        k = kind_of(d)
+        if not k and ("mtls" in d or "accessControlMode" in d):
+            continue  # NGINX Service Mesh Helm values
+        if k in read or k in NEUTRAL_KINDS or k in seen:
+            continue
+        seen.add(k)
+        what = f"{k} {meta(d)[1]}/{meta(d)[0]}" if k else "document"
+        report.add(what, "kind" if k else "(whole)", f"{'kind ' + k if k else 'a document without a kind'} is "
+                   f"not read by the {source} importer; not carried over (other documents of this kind too)")

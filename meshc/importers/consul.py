@@ -231,6 +231,12 @@ class ConsulImporter:
                 d.ports[ASSUMED_PORT] = proto
                 self.report.add(f"service {name}", "port", f"Consul config entries carry no port number; "
                                 f"assumed {ASSUMED_PORT} (give the service definition to carry it)", f"service:{name}")
+        handled = {"proxy-defaults", "mesh", "service-defaults", "service-resolver", "service-splitter",
+                   "service-router", "service-intentions", "ingress-gateway", "service-definition"}
+        for kind in sorted(set(self.by_kind) - handled):
+            for name in sorted(self.by_kind[kind]):
+                self.report.add(f"{kind} {name}", "Kind", f"{kind} config entries are not read by the consul "
+                                "importer; not carried over")
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
         return finish(mesh, self.report, self.origin)
 

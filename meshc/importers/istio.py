@@ -43,6 +43,7 @@ from meshc.importers.common import (
     meta,
     percent,
     read_documents,
+    report_unread,
     resource,
     version_name,
     weights_to_percent,
@@ -85,9 +86,11 @@ SE_PROTOCOL = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "TCP": "tcp", "
 HANDLED_ROUTE_KEYS = {"match", "route", "redirect", "directResponse", "rewrite", "headers", "mirror",
                       "mirrorPercentage", "mirror_percent", "mirrorPercent", "timeout", "retries", "fault", "name"}
 
+READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "ServiceEntry", "DestinationRule", "VirtualService", "Gateway", "PeerAuthentication", "AuthorizationPolicy", "Sidecar"}
+
 
 class IstioImporter:
-    source = "istio"
+    origin = "istio"
 
     def __init__(self, docs: list[tuple[str, Any]], mesh_name: str | None = None):
         self.docs = [d for _, d in docs if isinstance(d, dict)]
@@ -129,8 +132,9 @@ class IstioImporter:
         self.authorization()
         self.sidecars()
         self.settings.name = self.mesh_name or self.guess_name(gateways)
+        report_unread(self.docs, READ_KINDS, self.report, self.origin)
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
-        return finish(mesh, self.report, self.source)
+        return finish(mesh, self.report, self.origin)
 
     def main_namespace(self) -> str:
         counts = Counter(d.namespace for d in self.drafts.values())

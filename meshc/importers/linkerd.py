@@ -38,6 +38,7 @@ from meshc.importers.common import (
     meta,
     percent,
     read_documents,
+    report_unread,
     resource,
     simplify_matches,
     version_name,
@@ -74,6 +75,8 @@ DEFAULT_POLICY = {"all-unauthenticated": ("allow_by_default", "permissive"),
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 ALL_NETWORKS = {"0.0.0.0/0", "::/0"}
 PRESENT = {".*", "^.*$", ".+", "^.+$"}
+
+READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Server", "HTTPRoute", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication", "HTTPLocalRateLimitPolicy", "Namespace"}
 
 
 class LinkerdImporter:
@@ -114,6 +117,7 @@ class LinkerdImporter:
         for rl in self.of("HTTPLocalRateLimitPolicy"):
             self.rate_limit(rl)
         self.authorization(routes)
+        report_unread(self.docs, READ_KINDS, self.report, self.origin)
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
         return finish(mesh, self.report, self.origin)
 

@@ -35,6 +35,7 @@ from meshc.importers.common import (
     lift_routes,
     meta,
     read_documents,
+    report_unread,
     resource,
     version_name,
     weights_to_percent,
@@ -90,6 +91,8 @@ def header_of(name: str, rx: str) -> StringMatch:
         return StringMatch(name=name, kind="regex", value=m.group(1))
     return StringMatch(name=name, kind="regex", value=rx)
 
+READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "TrafficSplit", "TrafficTarget", "HTTPRouteGroup", "TCPRoute", "RateLimit", "CircuitBreaker"}
+
 
 class NginxMeshImporter:
     origin = "nginx-mesh"
@@ -125,6 +128,7 @@ class NginxMeshImporter:
             self.rate_limit(rl)
         for cb in self.of("CircuitBreaker"):
             self.circuit_breaker(cb)
+        report_unread(self.docs, READ_KINDS, self.report, self.origin)
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
         return finish(mesh, self.report, self.origin)
 
