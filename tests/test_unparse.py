@@ -14,7 +14,7 @@ from meshc.unparse import dur, pct, to_mesh_text, unparse
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*/*.mesh")
-                  if p.parent.name != "multifile" or p.name == "prod.mesh")
+                  if p.parent.name != "multifile" or p.name in ("prod.mesh", "base.mesh"))
 
 
 def dump(mesh: Mesh) -> dict:
