@@ -12,7 +12,7 @@ INPUTS = Path(__file__).resolve().parent / "import_inputs" / "linkerd"
 
 
 def test_emojivoto() -> None:
-    result = import_files("linkerd", sorted(INPUTS.glob("*.yaml")))
+    result = import_files("linkerd", [INPUTS / "emojivoto.yaml"])
     m = result.mesh
     assert m.name == "emojivoto" and m.authz == "deny_by_default"
     # emoji-svc-v2 is not a service: it addresses version v2 of emoji-svc
@@ -37,3 +37,15 @@ def test_emojivoto() -> None:
     assert any(e.resource == "NetworkAuthentication emojivoto/cluster-network" for e in result.report)
     assert "# meshc import: NetworkAuthentication emojivoto/cluster-network spec.networks:" in result.text
     load_text(result.text)
+
+
+def test_service_profile() -> None:
+    result = import_files("linkerd", sorted(INPUTS.glob("*.yaml")))
+    voting = result.mesh.service("voting-svc")
+    assert voting is not None
+    rule = voting.routes[0]
+    assert rule.matches[0].methods == ("POST",) and rule.matches[0].path is not None
+    assert rule.matches[0].path.kind == "regex"
+    assert rule.timeout is not None and rule.timeout.ms == 300
+    assert rule.retry is not None and rule.retry.budget == 2000  # retryRatio 0.2
+    assert any(e.field == "spec.routes[0].isRetryable" for e in result.report)

@@ -76,7 +76,7 @@ METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE"
 ALL_NETWORKS = {"0.0.0.0/0", "::/0"}
 PRESENT = {".*", "^.*$", ".+", "^.+$"}
 
-READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Server", "HTTPRoute", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication", "HTTPLocalRateLimitPolicy", "Namespace"}
+READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Server", "HTTPRoute", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication", "HTTPLocalRateLimitPolicy", "Namespace", "ServiceProfile"}
 
 
 class LinkerdImporter:
@@ -111,6 +111,8 @@ class LinkerdImporter:
         for r in routes:
             if any(p.get("kind", "Service") == "Service" for p in (r.get("spec") or {}).get("parentRefs") or []):
                 self.outbound(r)
+        for sp in self.of("ServiceProfile"):
+            self.service_profile(sp)
         self.servers = {meta(s)[0]: s for s in self.of("Server")}
         for s in self.servers.values():
             self.server(s)
@@ -349,6 +351,44 @@ class LinkerdImporter:
                 return None
             kw["methods"] = (m["method"],)
         return Match(headers=tuple(headers), query=tuple(query), **kw)
+
+    def service_profile(self, sp: dict[str, Any]) -> None:
+        """linkerd.io/v1alpha2 ServiceProfile (legacy): per-route timeouts and retries."""
+        name, _ = meta(sp)
+        d = self.drafts.get(dns_name(name.split(".")[0]))
+        if d is None:
+            self.note(sp, "metadata.name", "not a Service of the input")
+            return
+        if d.routes:
+            self.note(sp, "spec.routes", "the service also has HTTPRoutes, which Linkerd prefers; ignored",
+                      f"route:{d.name}")
+            return
+        spec = sp.get("spec") or {}
+        place = f"route:{d.name}"
+        budget = spec.get("retryBudget") or {}
+        ratio = budget.get("retryRatio")
+        rules = []
+        for i, r in enumerate(spec.get("routes") or []):
+            cond = r.get("condition") or {}
+            if set(cond) - {"method", "pathRegex"}:
+                self.note(sp, f"spec.routes[{i}].condition", "only method and pathRegex are expressible; the "
+                          "route is left out", place)
+                continue
+            m = Match(path=PathMatch(kind="regex", value=str(cond["pathRegex"])) if cond.get("pathRegex") else None,
+                      methods=(str(cond["method"]),) if cond.get("method") in METHODS else ())
+            retry = Retry(attempts=1, on=("5xx",), budget=percent(float(ratio) * 100) if ratio is not None else None) \
+                if r.get("isRetryable") else Retry(attempts=0, on=())
+            t = duration_ms(r.get("timeout"))
+            rules.append(RouteRule(matches=(m,) if m != Match() else (), destinations=(Destination(service=d.name),),
+                                   timeout=Timeout(ms=t) if t else None, retry=retry))
+            if r.get("isRetryable"):
+                self.note(sp, f"spec.routes[{i}].isRetryable", "Linkerd retries within a budget, not a count: "
+                          "written as 1 retry on 5xx", place)
+            if r.get("responseClasses"):
+                self.note(sp, f"spec.routes[{i}].responseClasses", "not expressible", place)
+        if rules:
+            rules.append(RouteRule(destinations=(Destination(service=d.name),), retry=Retry(attempts=0, on=())))
+            lift_routes(d, rules)
 
     # ----------------------------------------------------------------- inbound
     def server_service(self, server: dict[str, Any]) -> Draft | None:
