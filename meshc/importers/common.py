@@ -217,6 +217,7 @@ class MeshSettings:
     trust_domain: str = "cluster.local"
     mtls: str = "strict"
     authz: str = "deny_by_default"
+    path_normalization: str = "strict"
     ingress_identity: tuple[str, str] | None = None
     access_log: str = "json"
     trace_sampling: int = 100
@@ -249,6 +250,7 @@ def build_mesh(settings: MeshSettings, drafts: dict[str, Draft], rules: list[Aut
     ing = settings.ingress_identity or ("ingress-gateway", settings.namespace)
     return Mesh(name=settings.name, namespace=settings.namespace, trust_domain=settings.trust_domain,
                 mtls=settings.mtls, authz=settings.authz,  # type: ignore[arg-type]
+                path_normalization=settings.path_normalization,  # type: ignore[arg-type]
                 observability=Observability(access_log=settings.access_log,  # type: ignore[arg-type]
                                             trace_sampling=settings.trace_sampling),
                 ingress_identity=Identity(name=ing[0], namespace=ing[1], trust_domain=settings.trust_domain),

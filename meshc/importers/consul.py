@@ -208,6 +208,7 @@ class ConsulImporter:
         self.default_subset: dict[str, str] = {}
         self.default_protocol = "tcp"  # Consul's default without proxy-defaults Config.protocol
         self.proxy_defaults()
+        self.mesh_entry()
         for _, e in sorted(self.of("service-definition").items()):
             self.service_definition(e)
         for name in sorted({*self.of("service-defaults"), *self.of("service-resolver"), *self.of("service-router"),
@@ -281,6 +282,15 @@ class ConsulImporter:
                 "text" if logs.get("TextFormat") else "json"
         self.default_protocol = PROTOCOLS.get(str((pd.get("Config") or {}).get("protocol", "tcp")).lower(), "tcp")
         self.unknown_keys(pd, {"MutualTLSMode", "AccessLogs", "Config", "Mode", "TransparentProxy"}, place="mesh")
+
+    def mesh_entry(self) -> None:
+        m = self.of("mesh").get("mesh")
+        if m is None:
+            return
+        norm = ((m.get("HTTP") or {}).get("Incoming") or {}).get("RequestNormalization") or {}
+        if norm.get("InsecureDisablePathNormalization"):
+            self.settings.path_normalization = "off"
+        self.unknown_keys(m, {"HTTP", "AllowEnablingPermissiveMutualTLS", "TransparentProxy", "TLS"}, place="mesh")
 
     def service_definition(self, e: dict[str, Any]) -> None:
         name = str(e.get("Name") or e.get("ID") or "")
