@@ -964,7 +964,8 @@ def check(mesh: Mesh, *, amplification_limit: int = DEFAULT_AMPLIFICATION_LIMIT)
         for fn in CHECKS:
             out.extend(fn(mesh))
         out.extend(check_amplification(mesh, amplification_limit))
-    return sorted(out, key=lambda d: (*d.sort_key(), d.message))
+        out.sort(key=lambda d: (*d.sort_key(), d.message))
+    return out
 
 
 # --------------------------------------------------------------------------- rendering
