@@ -18,6 +18,7 @@ and idle timeouts are enforced.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -929,11 +930,12 @@ class Stream:
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a `Connection` header marks hop-by-hop (beyond the standard ones)."""
     tokens: set[bytes] = set()
     for n, v in headers:
         if n == b"connection":
             tokens.update(t.strip().lower() for t in v.split(b","))
-    return frozenset(tokens)
+    return frozenset(tokens - HOP_BY_HOP - {b"close"})
 
 
 # =========================================================================== proxying
@@ -961,8 +963,13 @@ def backoff(cfg: Any, retry_no: int) -> float:
     return random.uniform(0, upper) / 1000
 
 
+_RID_PREFIX = os.urandom(10).hex()
+_rid_counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+
 def new_request_id() -> bytes:
-    h = os.urandom(16).hex()
+    """A UUID-shaped id, unique per process run (random prefix + counter): no syscall per request."""
+    h = _RID_PREFIX + f"{next(_rid_counter) & 0xFFFFFFFFFFFF:012x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
