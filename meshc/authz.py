@@ -283,8 +283,8 @@ def index(mesh: Mesh) -> _Index:
     compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
     by_account: dict[str, list[str]] = {}
     for svc in mesh.services:
-        for key in (svc.identity.name, f"{svc.identity.namespace}/{svc.identity.name}"):
-            by_account.setdefault(key, []).append(svc.name)
+        for account in (svc.identity.name, f"{svc.identity.namespace}/{svc.identity.name}"):
+            by_account.setdefault(account, []).append(svc.name)
     idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled,
                  {id(r): i for i, r in enumerate(mesh.rules)}, by_account)
     key = id(mesh)
