@@ -54,16 +54,11 @@ def test_why_agrees_with_the_matrix_for_every_pair(example, monkeypatch):
     mesh = load([f.relative_to(ROOT) for f in root_files(example)])
     matrix = authz.matrix(mesh)
     checked = 0
-    matrix_gaps = []
     for src in _callers(mesh):
         for dst in (s.name for s in mesh.services):
             expected = matrix.get((src, dst), authz.NO_ACCESS)
             ans = explain(mesh, src, dst)
-            if (ans["access"], ans["access_detail"]) != (expected.level, str(expected)):
-                # Only acceptable when the matrix itself omits a pair that access() grants.
-                own = authz.access(mesh, None if src == authz.UNAUTHENTICATED else src, dst)
-                assert (src, dst) not in matrix and (ans["access"], ans["access_detail"]) == (own.level, str(own))
-                matrix_gaps.append((src, dst))
+            assert (ans["access"], ans["access_detail"]) == (expected.level, str(expected)), (src, dst)
             for cited in ans["granting_rules"]:
                 assert _line(cited["where"]).lstrip().startswith("allow"), cited
             for cited in ans["narrowing_rules"]:
@@ -86,8 +81,6 @@ def test_why_agrees_with_the_matrix_for_every_pair(example, monkeypatch):
                     assert "rule" not in one
                 checked += 1
     assert checked > 0
-    if matrix_gaps:
-        pytest.xfail(f"meshc.authz.matrix omits pairs that authz.access and decide grant: {matrix_gaps}")
 
 
 def test_cli_exit_codes_follow_the_matrix_on_bookinfo(monkeypatch, capsys):
