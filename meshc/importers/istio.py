@@ -331,8 +331,8 @@ class IstioImporter:
         at = f"spec.http[{i}]"
         for k in set(h) - HANDLED_ROUTE_KEYS:
             self.note(vs, f"{at}.{k}", "not expressible", place)
-        # `exact /p` + `prefix /p/` is meshc's `under /p`, except under a prefix rewrite (Istio
-        # rewrites `/p/x` to `R/x`... only when R ends like the matched prefix: keep them apart).
+        # `exact /p` + `prefix /p/` is meshc's `under /p`, except under a `uri` rewrite: Istio
+        # replaces the matched prefix (`/p/` of `/p/x`), which is not meshc's `under` rewrite.
         matches = self.matches(vs, at, h.get("match") or [], place, merge="uri" not in (h.get("rewrite") or {}))
         if matches is None:
             self.note(vs, f"{at}.match", "the route is left out: a match condition cannot be written", place)
