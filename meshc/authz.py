@@ -18,8 +18,13 @@ One meaning, shared by the graph checks (dead traffic, W204), `meshc diff` and `
   constraint on it: `decide` answers for that concrete request. `matrix` summarises over all
   requests instead.
 
-Rules are indexed once per mesh by destination (cached by object identity), so a decision
-costs O(rules naming that destination + rules naming `*`).
+Public API: `decide` (one concrete request), `access` / `matrix` (summaries for `meshc diff`
+and `meshc why`), `reachable` / `representative_callers` (cheap yes/no questions for the graph
+checks), `normalize_path`, `path_matches`, `header_matches`, `render_path`, `render_header`.
+
+Rules are indexed once per mesh (cached by object identity, dropped with the model) by
+destination and, within one destination, by the caller identity they name, so a question
+about one caller costs O(rules naming that caller + rules for everyone), never O(all rules).
 """
 
 from __future__ import annotations
