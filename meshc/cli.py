@@ -18,9 +18,14 @@ from meshc import __version__
 from meshc.compiler import expand_paths
 from meshc.diagnostics import Diagnostic, MeshcError, render
 
-# Modules that add their own sub-commands with `register(subparsers)`.
-PLUGINS = ("meshc.graph", "meshc.certs", "meshc.validate", "meshc.diff", "meshc.why",
-           "meshc.runtime.commands", "meshc.observe", "meshc.importers")
+# Sub-commands that live in their own module, added by its `register(subparsers)`. Only the
+# module of the command being run is imported (the runtime, kubernetes and jsonschema are slow
+# to import); `meshc --help` imports them all to list them.
+PLUGIN_COMMANDS = {
+    "graph": "meshc.graph", "certs": "meshc.certs", "validate": "meshc.validate", "diff": "meshc.diff",
+    "why": "meshc.why", "proxy": "meshc.runtime.commands", "up": "meshc.runtime.commands",
+    "stat": "meshc.observe", "top": "meshc.observe", "import": "meshc.importers",
+}
 
 
 class UsageError(Exception):
@@ -216,7 +221,8 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `command`, only that command's plugin module is imported."""
     p = _Parser(prog="meshc", description="Mesh-as-code: compile .mesh files to service-mesh configuration.")
     p.add_argument("--version", action="version", version=f"meshc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -251,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_fmt)
 
     registered: set[object] = set()
-    for mod in PLUGINS:
+    if command in ("check", "compile", "fmt"):
+        modules: list[str] = []
+    elif command in PLUGIN_COMMANDS:
+        modules = [PLUGIN_COMMANDS[command]]
+    else:
+        modules = list(dict.fromkeys(PLUGIN_COMMANDS.values()))
+    for mod in modules:
         try:
             m = importlib.import_module(mod)
         except ImportError:
@@ -268,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
