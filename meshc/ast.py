@@ -334,8 +334,24 @@ def quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
 
 
+def first_token(tree: Tree) -> Token:
+    """Spans come from the tokens at a subtree's edges (every rule holds at least one token),
+    which is cheaper than having lark propagate positions to every tree node."""
+    node: Tree | Token = tree
+    while isinstance(node, Tree):
+        node = node.children[0]
+    return node
+
+
+def last_token(tree: Tree) -> Token:
+    node: Tree | Token = tree
+    while isinstance(node, Tree):
+        node = node.children[-1]
+    return node
+
+
 class Builder:
-    """Turns lark's tree into the typed AST of one file (with or without keep_all_tokens)."""
+    """Turns lark's tree (built with keep_all_tokens) into the typed AST of one file."""
 
     # Terminals that carry meaning; every other token is a keyword or punctuation.
     MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME", "STRING",
@@ -347,14 +363,9 @@ class Builder:
 
     # ----------------------------------------------------------------- helpers
     def span(self, node: Tree | Token) -> Span:
-        if isinstance(node, Token):
-            return Span(file=self.path, line=node.line or 0, column=node.column or 0,
-                                        end_line=node.end_line or 0, end_column=node.end_column or 0)
-        m = node.meta
-        if getattr(m, "empty", True):
-            return Span(file=self.path, line=0, column=0, end_line=0, end_column=0)
-        return Span(file=self.path, line=m.line, column=m.column, end_line=m.end_line,
-                                    end_column=m.end_column)
+        first, last = (node, node) if isinstance(node, Token) else (first_token(node), last_token(node))
+        return Span(file=self.path, line=first.line or 0, column=first.column or 0,
+                    end_line=last.end_line or 0, end_column=last.end_column or 0)
 
     def kids(self, t: Tree) -> list[Any]:
         return [c for c in t.children if isinstance(c, Tree) or c.type in self.MEANINGFUL]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from lark import Token, Tree
 
-from meshc.ast import _unquote, quote
+from meshc.ast import _unquote, first_token, last_token, quote
 from meshc.parse import parse_text
 
 INDENT = "  "
@@ -49,11 +49,12 @@ def _join(tokens: list[Token]) -> str:
 
 
 def _first_line(node: Tree | Token) -> int:
-    return node.line if isinstance(node, Token) else node.meta.line  # type: ignore[return-value]
+    return (node if isinstance(node, Token) else first_token(node)).line or 0
 
 
 def _last_line(node: Tree | Token) -> int:
-    return (node.end_line or node.line) if isinstance(node, Token) else node.meta.end_line  # type: ignore[return-value]
+    tok = node if isinstance(node, Token) else last_token(node)
+    return tok.end_line or tok.line or 0
 
 
 class Printer:
@@ -172,7 +173,7 @@ class Printer:
 
 def format_text(text: str, path: str = "<input>") -> str:
     """The canonical form of one file's text; raises MeshcError if it does not parse."""
-    parsed = parse_text(text, path, keep_all_tokens=True)
+    parsed = parse_text(text, path)
     p = Printer(parsed.comments, parsed.tree)
     for decl in parsed.tree.children:
         if isinstance(decl, Tree):

@@ -46,15 +46,13 @@ def grammar_text() -> str:
     return resources.files("meshc.grammar").joinpath("mesh.lark").read_text()
 
 
-@lru_cache(maxsize=2)
-def parser(keep_all_tokens: bool = False) -> Lark:
-    """The LALR parser. `fmt` keeps every token (keywords, punctuation) to print them back;
-    compilation does not need them, and smaller trees parse faster. The grammar is proven
-    conflict-free with strict=True in the tests; that check is too slow to repeat per run."""
-    # cache=True keeps the analysed tables in the temp dir (keyed by grammar and lark version):
-    # every `meshc` run after the first starts ~0.3 s faster.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, keep_all_tokens=keep_all_tokens,
-                maybe_placeholders=False, cache=True)
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    """The LALR parser. Trees keep every token (keywords, punctuation): `fmt` prints them back
+    and spans are taken from them, which costs less than lark's position propagation. The
+    grammar is proven conflict-free with strict=True in the tests (too slow to repeat per run);
+    cache=True keeps the analysed tables in the temp dir, keyed by grammar and lark version."""
+    return Lark(grammar_text(), parser="lalr", keep_all_tokens=True, maybe_placeholders=False, cache=True)
 
 
 def _describe(terminal: str) -> str:
@@ -182,10 +180,10 @@ def _unclosed_block(text: str) -> tuple[int, int, str] | None:
     return stack[-1] if stack else None
 
 
-def parse_text(text: str, path: str = "<input>", keep_all_tokens: bool = False) -> Parsed:
+def parse_text(text: str, path: str = "<input>") -> Parsed:
     """Parse one file's text; raise MeshcError with every syntax error found."""
     try:
-        tree = parser(keep_all_tokens).parse(text)
+        tree = parser().parse(text)
     except UnexpectedInput as first:
         raise MeshcError(_all_syntax_errors(path, text, first)) from None
     except RecursionError:  # defensive: the grammar has no unbounded nesting
