@@ -773,9 +773,9 @@ def _affected_destinations(old: Mesh, new: Mesh, changed: Iterable[str]) -> list
     idents = {f"{s.identity.namespace}/{s.identity.name}" for m in (old, new) for n in moved
               if (s := m.service(n)) is not None}
     idents |= {i.split("/", 1)[1] for i in idents}
-    for r in (*old.rules, *new.rules):
-        if any(src.kind == "identity" and src.name in idents for src in r.sources):
-            differing.append(r)
+    if idents:
+        differing += [r for r in (*old.rules, *new.rules)
+                      if any(src.kind == "identity" and src.name in idents for src in r.sources)]
     for r in differing:
         if "*" in r.destinations:
             return everyone
