@@ -322,6 +322,12 @@ class AppMeshBackend(Backend):
         if proto == "http":
             # HTTP/1.1 carries one request per connection: a request limit is a connection limit
             limits = [x for x in (cb.max_connections, cb.max_requests) if x is not None]
+            if len(set(limits)) > 1:
+                # App Mesh's HTTP/1.1 pool has no request limit of its own: two different limits
+                # cannot both hold, and folding them into the smaller would change one of them
+                ctx.error("App Mesh limits HTTP/1.1 listeners by connections only: max_requests and "
+                          "max_connections must be equal (or give one of them)", cb.span,
+                          help="set max_connections to the limit you mean and drop max_requests")
             pool: dict[str, Any] = {"maxConnections": min(limits) if limits else 1}
             if not limits:
                 ctx.error("App Mesh HTTP connection pools need max_connections (or max_requests)", cb.span)
@@ -435,7 +441,10 @@ class AppMeshBackend(Backend):
         listeners = [{"portMapping": {"port": p.number, "protocol": PROTOCOLS[p.protocol]}} for p in svc.ports]
         crd_routes: list[dict[str, Any]] = []
         out: list[Resource] = []
-        rules = list(svc.routes) or [RouteRule(span=svc.span, destinations=(Destination(service=svc.name),))]
+        # A redirect or direct response is E301 here (not a capability); with --unsupported=warn
+        # its rule is left out whole, never lowered as a forward to the service.
+        rules = [r for r in svc.routes if r.redirect is None and r.respond is None] or \
+            [RouteRule(span=svc.span, destinations=(Destination(service=svc.name),))]
         priority = 0
         multi = len(svc.ports) > 1
         for port in svc.ports:

@@ -429,7 +429,9 @@ class ConsulBackend(Backend):
     def lower_router(self, mesh: Mesh, svc: Service, ctx: _Ctx) -> list[Entry]:
         routes: list[dict[str, Any]] = []
         splitters: list[Entry] = []
-        rules = list(svc.routes)
+        # A redirect or direct response is E301 here (not a capability); with --unsupported=warn
+        # its rule is left out whole, never lowered as a forward to the service.
+        rules = [r for r in svc.routes if r.redirect is None and r.respond is None]
         # No rules: one catch-all carrying the service's timeout and retries. Rules without
         # `otherwise` (meshc answers 404) are E301: `route.no_default` is not a capability.
         if not rules:
