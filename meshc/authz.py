@@ -215,6 +215,10 @@ class _RuleSources:
     def on_port(self, number: int | None) -> bool:
         return not self.ports or number is None or number in self.ports
 
+    def blocks(self, caller: Caller, trust_domain: str, number: int | None) -> bool:
+        """As a deny rule: does it refuse this caller everything on this port?"""
+        return self.whole(number) and self.on_port(number) and self.admit(caller, trust_domain)
+
     def whole(self, number: int | None) -> bool:
         """Covers every request on this port (see `_whole`)."""
         return not self.constrained and (not self.ports or number is not None)
@@ -618,36 +622,32 @@ def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: st
 
 
 def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service) -> bool:
+    # Hot path of the graph checks (once per declared call): no list building, Callers made lazily.
     open_default = mesh.authz == "allow_by_default"
-    proven = Caller(source, ident)
-    plain = Caller(source, None)
     split = idx.for_caller(dest.name)
-    rules = {c.spiffe: (_ByCaller.pick(split.denies, c.spiffe), _ByCaller.pick(split.allows, c.spiffe))
-             for c in (proven, plain)}
     td = mesh.trust_domain
     sources = idx.sources
+    made: dict[bool, Caller] = {}
     for number, mode in _port_slots(dest):
-        if dest.external is not None or mode == "strict":
-            if ident is None and dest.external is None:
-                continue
-            caller = proven
-        else:
-            caller = plain
-        denies, allows = rules[caller.spiffe]
-        blocked = False
-        for r in denies:
-            rs = sources[id(r)]
-            if rs.whole(number) and rs.on_port(number) and rs.admit(caller, td):
-                blocked = True
-                break
-        if blocked:
+        proven = dest.external is not None or mode == "strict"
+        if proven and ident is None and dest.external is None:
+            continue  # strict refuses plaintext
+        caller = made.get(proven)
+        if caller is None:
+            caller = made[proven] = Caller(source, ident if proven else None)
+        generic, named = split.denies
+        own = named.get(caller.spiffe, ()) if caller.spiffe is not None else ()
+        if any(sources[id(r)].blocks(caller, td, number) for group in (generic, own) for r in group):
             continue
         if open_default:
             return True
-        for r in allows:
-            rs = sources[id(r)]
-            if rs.on_port(number) and rs.admit(caller, td):
-                return True
+        generic, named = split.allows
+        own = named.get(caller.spiffe, ()) if caller.spiffe is not None else ()
+        for group in (generic, own):
+            for r in group:
+                rs = sources[id(r)]
+                if rs.on_port(number) and rs.admit(caller, td):
+                    return True
     return False
 
 
