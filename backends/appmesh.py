@@ -322,11 +322,13 @@ class AppMeshBackend(Backend):
         if proto == "http":
             # HTTP/1.1 carries one request per connection: a request limit is a connection limit
             limits = [x for x in (cb.max_connections, cb.max_requests) if x is not None]
-            if len(set(limits)) > 1:
-                # App Mesh's HTTP/1.1 pool has no request limit of its own: two different limits
-                # cannot both hold, and folding them into the smaller would change one of them
-                ctx.error("App Mesh limits HTTP/1.1 listeners by connections only: max_requests and "
-                          "max_connections must be equal (or give one of them)", cb.span,
+            if cb.max_requests is not None and cb.max_connections is not None and \
+                    cb.max_requests < cb.max_connections:
+                # A request limit at or above the connection limit never binds on HTTP/1.1. One
+                # below it does, and Envoy rejects the requests beyond it at once where App Mesh's
+                # pool (connections only) would queue them as pending: not the same behaviour.
+                ctx.error("App Mesh limits HTTP/1.1 listeners by connections only: a max_requests below "
+                          "max_connections cannot be expressed", cb.span,
                           help="set max_connections to the limit you mean and drop max_requests")
             pool: dict[str, Any] = {"maxConnections": min(limits) if limits else 1}
             if not limits:

@@ -1,6 +1,6 @@
 """App Mesh: what it cannot say is refused at its `.mesh` line (E301/E330), never lowered as
 something else: redirects and direct responses are not forwards, an HTTP/1.1 request limit is
-not silently folded into a different connection limit."""
+not silently folded into a larger connection limit."""
 
 from __future__ import annotations
 
@@ -49,14 +49,16 @@ def pool_mesh(limits: str) -> str:
     return f"mesh m {{ namespace m }}\nservice web {{\n  port http 80\n  circuit_breaker {limits}\n}}\n"
 
 
-def test_different_http1_request_and_connection_limits_are_e330() -> None:
+def test_a_binding_http1_request_limit_is_e330() -> None:
+    """Envoy rejects requests beyond max_requests at once; App Mesh would queue them."""
     with pytest.raises(MeshcError) as e:
         compile_mesh(load_text(pool_mesh("max_connections 100 max_requests 10")), "appmesh", unsupported="warn")
     [d] = [d for d in e.value.diagnostics if d.severity == "error"]
     assert d.code == "E330" and d.span.line == 4 and "max_requests" in d.message
 
 
-@pytest.mark.parametrize("limits", ["max_connections 50 max_requests 50", "max_connections 50", "max_requests 50"])
+@pytest.mark.parametrize("limits", ["max_connections 50 max_requests 50", "max_connections 50 max_requests 80",
+                                    "max_connections 50", "max_requests 50"])
 def test_one_http1_limit_is_the_connection_limit(limits: str) -> None:
     bundle = compile_mesh(load_text(pool_mesh(limits)), "appmesh")
     text = "\n".join(v.decode() for p, v in bundle.files.items() if p.startswith("aws/"))
