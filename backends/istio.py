@@ -482,6 +482,7 @@ class IstioBackend(Backend):
                 tp["tls"] = tls
         if tp:
             out.append(k8s.cr(NET, "DestinationRule", svc.name, svc.namespace, {"host": ext.host, "trafficPolicy": tp}))
+        self.check_passthrough_timeouts(svc)
         if svc.is_http or ext.tls_originate:  # callers speak HTTP: route it (and pin retries/timeouts)
             rules = svc.routes or (RouteRule(destinations=(Destination(service=svc.name),), span=svc.span),)
             http = [r for rule in rules for r in self.lower_rule(svc, rule)]
@@ -489,6 +490,22 @@ class IstioBackend(Backend):
         else:
             k8s.check_tcp_service(svc, self.gaps)
         return out
+
+    def check_passthrough_timeouts(self, svc: Service) -> None:
+        """A timeout the `.mesh` sets on an external service with a TLS passthrough port: the
+        VirtualService's `http` routes carry it for the HTTP ports, but passthrough has no
+        requests to time out (Istio `tls` routes have no timeout, and a DestinationRule's
+        connectTimeout bounds the TCP handshake, not the request). A TLS-only service is
+        reported by `check_tcp_service`."""
+        ext = svc.external
+        if ext is None or ext.tls_originate or not svc.is_http or all(p.protocol != "tls" for p in svc.ports):
+            return
+        for t in (svc.resilience.timeout, *(r.timeout for r in svc.routes)):
+            if t is not None and t.ms is not None:
+                self.gaps.add("timeouts on an external service", t.span,
+                              "its TLS passthrough port carries no requests to time out (a connect timeout "
+                              "is not a request timeout); use `tls originate`, or declare the TLS port as "
+                              "its own external service without a timeout")
 
     # ----------------------------------------------------------------- Sidecar
 
@@ -633,6 +650,12 @@ class IstioBackend(Backend):
         for rule in mesh.rules:
             if rule.action == "allow" and mesh.authz == "allow_by_default":
                 continue  # a no-op in meshc; an Istio ALLOW policy would deny the rest
+            if any(s is not None and s.external is not None for s in map(mesh.service, rule.destinations)):
+                # egress authorization runs in the caller's sidecar (docs/language.md); Istio checks
+                # AuthorizationPolicies at the receiving proxy, which an external host does not run
+                self.gaps.add("authorization of calls to an external service (egress)", rule.span,
+                              "Istio enforces authorization where requests arrive: an external host has no "
+                              "sidecar, and egress gateways are not generated")
             body = self.authz_rule(rule)
             if body is None:
                 continue
