@@ -122,6 +122,9 @@ def _no_cyclic_gc() -> Iterator[None]:
     try:
         yield
     finally:
+        # The model lives as long as the compilation: move it out of the collector's sight so
+        # that the backends' allocations do not trigger full rescans of it either.
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
