@@ -138,3 +138,16 @@ def test_every_error_in_a_file_reported_in_one_run(tmp_path) -> None:
     r = meshc("check", str(p))
     err = r.stderr.decode()
     assert err.count("error[") == 3, err
+
+
+def test_graph_formats(tmp_path) -> None:
+    r = meshc("graph", "examples/bookinfo", "--format", "mermaid")
+    assert r.returncode == 0 and r.stdout.startswith(b"flowchart")
+    import shutil
+
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz (`dot`) is not installed: apt-get install graphviz")
+    out = tmp_path / "g.svg"
+    r = meshc("graph", "examples/bookinfo", "--format", "svg", "-o", str(out))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"<svg" in out.read_bytes() and b"productpage" in out.read_bytes()
