@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Mapping
 
 from meshc.backends.base import Backend, Bundle
+
 from meshc.diagnostics import Diagnostic, MeshcError, did_you_mean
 from meshc.model import Mesh
 

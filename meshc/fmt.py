@@ -11,6 +11,7 @@ Guarantees (tested with hypothesis): fmt(fmt(x)) == fmt(x) and parse(fmt(x)) == 
 from __future__ import annotations
 
 import bisect
+
 from lark import Token, Tree
 
 from meshc.ast import _unquote, first_token, last_token, quote
