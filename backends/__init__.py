@@ -7,6 +7,7 @@ module only when its target is asked for, so a broken or slow backend never cost
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 
 from meshc.backends.base import Backend, Bundle

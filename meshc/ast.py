@@ -53,6 +53,17 @@ class Setting:
     extra: Value | Name | None = None  # `mtls disabled on port 9090`, `ingress_identity x in ns`
     span: Span = _span_field()
 
+    # The grammar fixes which kind each key takes; these say so to the type checker.
+    @property
+    def name(self) -> Name:
+        assert isinstance(self.value, Name), self.key
+        return self.value
+
+    @property
+    def literal(self) -> Value:
+        assert isinstance(self.value, Value), self.key
+        return self.value
+
 
 @dataclass(frozen=True)
 class PortDecl:
@@ -408,8 +419,8 @@ class Builder:
                                 help="percentages go from 0% to 100%")
             return Value(hundredths, raw, sp)
         if kind == "RATE":
-            n, unit = raw.split("/")
-            return Value((int(n), unit), raw, sp)
+            count, unit = raw.split("/")
+            return Value((int(count), unit), raw, sp)
         if kind == "STATUS_CLASS":
             return Value(raw, raw, sp)
         if kind == "ENDPOINT":
@@ -458,7 +469,9 @@ class Builder:
 
     def d_authz_decl(self, t: Tree) -> AuthzDecl:
         action, *rest = self.kids(t)
-        sources, targets, opts = [], [], {}
+        sources: list[SourceRef] = []
+        targets: list[Name] = []
+        opts: dict[str, Any] = {}
         for c in rest:
             if c.data in ("source", "source_any", "source_identity"):
                 k = self.kids(c)
@@ -530,7 +543,9 @@ class Builder:
         return NameList("use", tuple(self.name(n) for n in self.kids(t)), self.span(t))
 
     def s_expose(self, t: Tree) -> Expose:
-        port, hosts, paths = None, (), ()
+        port: Value | None = None
+        hosts: tuple[Value, ...] = ()
+        paths: tuple[PathPattern, ...] = ()
         for c in self.kids(t):
             if c.data == "expose_port":
                 port = self.lit(self.kids(c)[0])

@@ -49,6 +49,10 @@ def _join(tokens: list[Token]) -> str:
     return "".join(parts)
 
 
+def _line(tok: Token) -> int:
+    return tok.line or 0
+
+
 def _first_line(node: Tree | Token) -> int:
     return (node if isinstance(node, Token) else first_token(node)).line or 0
 
@@ -69,7 +73,7 @@ class Printer:
         for c in sorted(comments, key=lambda c: c.start_pos or 0):
             i = bisect.bisect_left(starts, c.start_pos or 0) - 1
             prev = tokens[i] if i >= 0 else None
-            if prev is not None and (prev.end_line or prev.line) == c.line:
+            if prev is not None and (prev.end_line or prev.line) == _line(c):
                 self.trailing[prev.start_pos or 0] = c
             else:
                 self.leading.append(c)
@@ -80,11 +84,11 @@ class Printer:
     # ----------------------------------------------------------------- comments and blank lines
     def _flush_before(self, line: int, depth: int) -> None:
         """Emit the stand-alone comments that come before source line `line`."""
-        while self.next_comment < len(self.leading) and self.leading[self.next_comment].line < line:
+        while self.next_comment < len(self.leading) and _line(self.leading[self.next_comment]) < line:
             c = self.leading[self.next_comment]
-            self._blank_if_gap(c.line)
+            self._blank_if_gap(_line(c))
             self.lines.append(INDENT * depth + str(c))
-            self.last_source_line = c.line
+            self.last_source_line = _line(c)
             self.next_comment += 1
 
     def _emit(self, text: str, depth: int, last: Token | list[Token]) -> None:
@@ -123,7 +127,7 @@ class Printer:
         """`header {`, the statements one per line, `}`."""
         self._flush_before(header[-1].line or 0, depth)
         empty = not body and not (self.next_comment < len(self.leading)
-                                  and self.leading[self.next_comment].line < (close.line or 0))
+                                  and _line(self.leading[self.next_comment]) < (close.line or 0))
         if empty:
             self._emit(_join(header[:-1]) + " {}", depth, [*header, close])
             return
@@ -145,7 +149,7 @@ class Printer:
             inline = f"{_join(header[:-1])} {{ {' '.join(_join(_tokens(b)) for b in body)} }}" if body \
                 else f"{_join(header[:-1])} {{}}"
             inner = [t for t in toks[:-1] if (t.start_pos or 0) in self.trailing]
-            has_comments = inner or any(_first_line(node) <= c.line <= _last_line(node)
+            has_comments = inner or any(_first_line(node) <= _line(c) <= _last_line(node)
                                         for c in self.leading[self.next_comment:])
             if len(INDENT * depth + inline) <= INLINE_WIDTH and not has_comments:
                 self._emit(inline, depth, close)

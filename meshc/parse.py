@@ -104,7 +104,8 @@ def _syntax_error(path: str, text: str, e: UnexpectedInput, line_offset: int = 0
     line = (getattr(e, "line", 0) or 0) + line_offset
     col = getattr(e, "column", 0) or 0
     if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        pos = e.pos_in_stream or 0
+        ch = text[pos] if pos < len(text) else ""
         sp = Span(file=path, line=line, column=col, end_line=line, end_column=col + 1)
         if ch == '"':
             return Diagnostic("E002", "unterminated string", sp, label="this string never ends",

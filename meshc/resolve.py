@@ -181,7 +181,7 @@ class Resolver:
     def mesh_settings(self, blocks: list[A.MeshDecl]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         obs: dict[str, Any] = {}
-        ingress = ("ingress-gateway", None)
+        ingress: tuple[str, str | None] = ("ingress-gateway", None)
         for block in blocks:
             seen: dict[str, A.Setting | A.TimeoutDecl] = {}
             for s in block.stmts:
@@ -280,18 +280,19 @@ class Resolver:
                     if p is not None:
                         ports[p.number] = p
                 elif isinstance(s, A.Setting) and s.key == "mtls" and s.extra is not None:
-                    port_mtls[s.extra.value] = (self.enum(s.value, MTLS_MODES, "mTLS mode") or "strict", s.span)
+                    assert isinstance(s.extra, A.Value)
+                    port_mtls[s.extra.value] = (self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict", s.span)
                 elif isinstance(s, A.Setting) and s.key == "mtls":
-                    single["mtls"] = self.enum(s.value, MTLS_MODES, "mTLS mode") or "strict"
+                    single["mtls"] = self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict"
                 elif isinstance(s, A.Setting) and s.key == "namespace":
-                    self.dns(s.value, "namespace")
-                    single["namespace"] = s.value.text
+                    self.dns(s.name, "namespace")
+                    single["namespace"] = s.name.text
                 elif isinstance(s, A.Setting) and s.key == "identity":
-                    self.dns(s.value, "identity")
-                    single["identity"] = s.value.text
+                    self.dns(s.name, "identity")
+                    single["identity"] = s.name.text
                     single["identity_span"] = s.span
                 elif isinstance(s, A.Setting) and s.key == "host":
-                    host = s.value.value
+                    host = s.literal.value
                 elif isinstance(s, A.Setting) and s.key == "tls_originate":
                     tls = s
                 elif isinstance(s, A.Endpoints):
@@ -342,7 +343,7 @@ class Resolver:
                 self.err("E114", f"external service '{name}' has no host", decl.name.span,
                          help='add e.g. `host "api.example.com"`')
             external = External(host=host or "", tls_originate=tls is not None,
-                                sni=(tls.value.value or None) if tls is not None else None,
+                                sni=(tls.literal.value or None) if tls is not None else None,
                                 span=(tls.span if tls is not None else decl.span))
         elif host is not None or tls is not None:
             self.err("E112", "`host` and `tls originate` belong to external services", decl.name.span,
@@ -368,7 +369,7 @@ class Resolver:
         if not 1 <= n <= 65535:
             self.err("E112", f"port {n} is out of range", s.number.span, label="not 1-65535")
             return None
-        return Port(protocol=proto or "http", number=n, mtls="strict", span=s.span)
+        return Port(protocol=proto or "http", number=n, mtls="strict", span=s.span)  # type: ignore[arg-type]
 
     def endpoints(self, s: A.Endpoints) -> tuple[Endpoint, ...]:
         out = []
@@ -438,7 +439,8 @@ class Resolver:
         elif isinstance(s, A.RateLimitDecl):
             if s.requests <= 0:
                 self.err("E112", "a rate limit must allow at least one request", s.span)
-            res["rate_limit"] = RateLimit(requests=s.requests, unit=s.unit, burst=s.burst.value if s.burst else None,
+            res["rate_limit"] = RateLimit(requests=s.requests, unit=s.unit,  # type: ignore[arg-type]
+                                          burst=s.burst.value if s.burst else None,
                                           span=s.span)
         else:
             self.err("E112", "this statement cannot appear here", s.span)
@@ -517,7 +519,7 @@ class Resolver:
         path = s.path.value if s.path else "/"
         if proto == "tcp" and s.path:
             self.err("E112", "a tcp health check has no path", s.path.span)
-        return HealthCheck(protocol=proto or "http", path=path, span=s.span, **renamed)
+        return HealthCheck(protocol=proto or "http", path=path, span=s.span, **renamed)  # type: ignore[arg-type]
 
     def fault(self, s: A.FaultDecl, service: str) -> Fault:
         if s.delay is None and s.abort is None:
@@ -685,7 +687,7 @@ class Resolver:
                     self.err("E112", f"`{op}` {'takes no value' if op == 'remove' else 'needs a value'}", s.span)
                     continue
                 table = req if s.direction == "request" else resp
-                table[op].append(s.name.text.lower() if op == "remove" else (s.name.text.lower(), s.value.value))
+                table[op].append(s.name.text.lower() if s.value is None else (s.name.text.lower(), s.value.value))
                 fields[f"{s.direction}_headers_span"] = s.span
             elif isinstance(s, A.RewriteDecl):
                 kind = self.enum(s.kind, ("prefix", "path", "host"), "rewrite")
@@ -717,9 +719,9 @@ class Resolver:
         if faults:
             fields["faults"] = tuple(faults)
         if fields.get("redirect") or fields.get("respond"):
-            for k in ("rewrite", "mirror", "retry"):
-                if k in fields:
-                    self.err("E112", f"`{k}` has no effect on a {a.kind} rule", r.span)
+            for useless in ("rewrite", "mirror", "retry"):
+                if useless in fields:
+                    self.err("E112", f"`{useless}` has no effect on a {a.kind} rule", r.span)
         return RouteRule(**fields)
 
     def redirect(self, a: A.Action) -> Redirect:
@@ -780,8 +782,8 @@ class Resolver:
             ports.append(p.value)
         return AuthzRule(action=d.action, sources=tuple(sources), destinations=tuple(targets),  # type: ignore[arg-type]
                          methods=self.methods(d.methods),
-                         paths=tuple(p for x in d.paths if (p := self.path(x)) is not None),
-                         not_paths=tuple(p for x in d.except_paths if (p := self.path(x)) is not None),
+                         paths=tuple(pm for x in d.paths if (pm := self.path(x)) is not None),
+                         not_paths=tuple(pm for x in d.except_paths if (pm := self.path(x)) is not None),
                          ports=tuple(ports),
                          headers=tuple(h for x in d.headers if (h := self.string_match(x, "header")) is not None),
                          span=d.span)
