@@ -5,8 +5,12 @@ specs.smi-spec.io/v1alpha3 HTTPRouteGroup and TCPRoute, specs.smi.nginx.com/v1al
 and specs.smi.nginx.com/v1alpha1 CircuitBreaker; plus `helm-values.yaml` with the mesh-wide
 settings NSM takes at install time (`mtls.mode`, `accessControlMode`).
 
+Core objects (`core.yaml`, kubernetes client models as in backends/k8s.py): a Namespace per
+namespace, a ServiceAccount per identity, a Service per service (its ports) and per version.
+
 Lowering decisions:
-- Versions are Kubernetes Services named `<service>-<version>` (SMI splits between Services).
+- Versions are Kubernetes Services named `<service>-<version>` (SMI splits between Services),
+  written for every version, whether a split names it or not.
 - Splits: TrafficSplit weights are relative integers with no upper bound, so meshc hundredths
   are written as they are (exact).
 - Routes: a TrafficSplit with `matches` (an HTTPRouteGroup) for each conditional rule and one
@@ -31,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from meshc.backends import k8s
 from meshc.backends.base import Backend, Bundle
 
 from meshc.diagnostics import Diagnostic
@@ -116,6 +121,18 @@ class NginxMeshBackend(Backend):
             objs += self.lower_circuit_breaker(svc, ctx)
             objs += self.lower_access(svc, ctx)
         bundle = Bundle(diagnostics=ctx.diags)
+        # SMI objects name Services (splits between `<service>-<version>` Services) and service
+        # accounts (access): the core objects carry the ports and every version, routed or not.
+        # External services are E301 here, so they get no (ExternalName) Service.
+        core = k8s.core_objects(mesh, versions=True, externals=False)
+        seen: set[tuple[str, str, str]] = set()
+        for o in core:  # `api-v1`: a service, or version v1 of `api`? One would overwrite the other
+            key = (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+            if key in seen:
+                ctx.error(f"two generated {key[0]} objects named '{key[2]}' in namespace '{key[1]}'", mesh.span,
+                          help="rename the service or version (versions are Services named <service>-<version>)")
+            seen.add(key)
+        bundle.add_yaml("core.yaml", core)
         for o in objs:
             bundle.add_yaml(f"{o['kind']}-{o['metadata']['name']}.yaml", o)
         bundle.add_yaml("helm-values.yaml", {

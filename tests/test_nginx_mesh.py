@@ -20,7 +20,7 @@ def lower(mesh: Any) -> Bundle:
 
 
 def objects(bundle: Bundle) -> dict[str, dict[str, Any]]:
-    return {p: yaml.safe_load(v) for p, v in bundle.files.items() if p != "helm-values.yaml"}
+    return {p: yaml.safe_load(v) for p, v in bundle.files.items() if p not in ("helm-values.yaml", "core.yaml")}
 
 
 def allow_only(mesh: Any) -> Any:
