@@ -295,9 +295,6 @@ def round_trip(example: str, source: str) -> tuple[Mesh, Mesh, set[str], str]:
 
 # Facts a target does not write although it declares the feature (backend findings, reported).
 BACKEND_GAPS: dict[str, dict[str, Any]] = {
-    # Istio authorization is written for in-mesh workloads only: rules whose only destinations are
-    # external services do not reach the generated files.
-    "istio": {"rules_to_externals": True},
     # Consul config entries carry no port numbers, no declared dependencies (upstreams are
     # registered with the service, not in config entries) and no trust domain (the CA's); a
     # Consul identity is the service name.
@@ -305,17 +302,18 @@ BACKEND_GAPS: dict[str, dict[str, Any]] = {
     "consul": {"port_numbers": True, "calls": True, "identities": True, "external_tls": True},
     # Linkerd: no declared dependencies, the trust domain is install-time configuration, and
     # failure accrual has no interval or ejection share (docs of backends/linkerd.py).
-    # A permissive port under deny_by_default is written as `accessPolicy: deny` (no W301).
+    # Under deny_by_default a permissive port is `accessPolicy: deny` like a strict one (meshc
+    # admits plaintext there only by `*` rules, written as NetworkAuthentications): the same
+    # objects, so the importer cannot tell the two modes apart.
     # App Mesh: a node's backends are its calls and every service it may call (authorization),
     # and gateway hosts are not written per service.
-    # An HTTP/1.1 listener's request limit is its connection limit (the smaller of the two).
+    # An HTTP/1.1 listener's request limit at or above its connection limit never binds and is
+    # not written (one below it is E330).
     # App Mesh retries connection errors as one event class (connect-failure and reset alike).
     "appmesh": {"calls": True, "http1_pool": True, "reset_is_connect_failure": True},
-    # NGINX Service Mesh output is SMI objects only: no Services (ports), no declared dependencies.
-    # A version no split names is not written either; the trust domain is install-time.
-    "nginx-mesh": {"port_numbers": True, "calls": True, "trust_domain": True, "unrouted_versions": True},
-    "linkerd": {"calls": True, "trust_domain": True, "outlier_timing": True, "permissive_under_deny": True,
-                "rules_to_externals": True},
+    # NGINX Service Mesh output has no declared dependencies; the trust domain is install-time.
+    "nginx-mesh": {"calls": True, "trust_domain": True},
+    "linkerd": {"calls": True, "trust_domain": True, "outlier_timing": True, "permissive_under_deny": True},
 }
 
 
