@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Literal
 
 from meshc.model import AuthzRule, Identity, Mesh, PathMatch, Service, Source, StringMatch
+from meshc.paths import normalize
 
 INGRESS = "ingress"
 UNAUTHENTICATED = "unauthenticated"  # the matrix's name for plaintext callers (source=None)
@@ -46,56 +47,15 @@ AccessLevel = Literal["none", "partial", "full"]
 
 # --------------------------------------------------------------------------- paths
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_ENCODED_SLASHES = ("2F", "5C")  # `/` and `\`: rejected, never decoded
 
 
 def normalize_path(raw: str) -> str | None:
-    """The path authorization sees, or None when the request must be rejected (400).
-
-    Steps, in the order every target applies them: drop the query string; percent-decode
-    unreserved characters (other escapes keep their encoding, hex upper-cased); reject encoded
-    slashes and backslashes (`%2F`, `%5C`) and malformed escapes; resolve `.` and `..`
-    (RFC 3986 5.2.4, never above the root); merge repeated slashes.
-    """
+    """The path authorization sees for a request target (query and fragment dropped), or None
+    when the request must be rejected (400). See meshc.paths for the steps."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
         return None
-    out: list[str] = []
-    i = 0
-    while i < len(path):
-        ch = path[i]
-        if ch != "%":
-            out.append(ch)
-            i += 1
-            continue
-        hexpair = path[i + 1:i + 3]
-        if len(hexpair) != 2 or not set(hexpair) <= _HEX:
-            return None
-        hexpair = hexpair.upper()
-        if hexpair in _ENCODED_SLASHES:
-            return None
-        decoded = chr(int(hexpair, 16))
-        out.append(decoded if decoded in _UNRESERVED else "%" + hexpair)
-        i += 3
-    path = _remove_dot_segments("".join(out))
-    return re.sub(r"/{2,}", "/", path)
-
-
-def _remove_dot_segments(path: str) -> str:
-    segments = path.split("/")[1:]
-    kept: list[str] = []
-    last = len(segments) - 1
-    for i, seg in enumerate(segments):
-        if seg == "." or seg == "..":
-            if seg == ".." and kept:
-                kept.pop()
-            if i == last:
-                kept.append("")  # `/a/.` and `/a/b/..` keep their trailing slash
-        else:
-            kept.append(seg)
-    return "/" + "/".join(kept)
+    return normalize(path)
 
 
 @lru_cache(maxsize=4096)

@@ -18,10 +18,6 @@ from urllib.parse import parse_qsl
 
 from meshc.runtime import config as C
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_MULTISLASH = re.compile(r"/{2,}")
-
 
 def split_target(target: str) -> tuple[str, str] | None:
     """(path, query) of a request target; absolute-form is reduced to its path. None: invalid."""
@@ -36,42 +32,6 @@ def split_target(target: str) -> tuple[str, str] | None:
     target = target.split("#", 1)[0]
     path, sep, query = target.partition("?")
     return path, query
-
-
-def normalize(path: str) -> str | None:
-    """The normalized path, or None when the request must be rejected with 400."""
-    if "%" not in path and "/." not in path and "//" not in path:
-        return path  # the common case costs three scans
-    out: list[str] = []
-    i = 0
-    n = len(path)
-    while i < n:
-        ch = path[i]
-        if ch != "%":
-            out.append(ch)
-            i += 1
-            continue
-        pair = path[i + 1:i + 3]
-        if len(pair) != 2 or not set(pair) <= _HEX:
-            return None
-        pair = pair.upper()
-        if pair in ("2F", "5C"):
-            return None
-        decoded = chr(int(pair, 16))
-        out.append(decoded if decoded in _UNRESERVED else "%" + pair)
-        i += 3
-    segments = "".join(out).split("/")[1:]
-    kept: list[str] = []
-    last = len(segments) - 1
-    for i, seg in enumerate(segments):
-        if seg == "." or seg == "..":
-            if seg == ".." and kept:
-                kept.pop()
-            if i == last:
-                kept.append("")
-        else:
-            kept.append(seg)
-    return _MULTISLASH.sub("/", "/" + "/".join(kept))
 
 
 @lru_cache(maxsize=1024)

@@ -32,7 +32,8 @@ from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, mirror, new_request_id, proxy
-from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, normalize, split_target
+from meshc.paths import normalize
+from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
 from meshc.runtime.observability import AccessLog, Metrics, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
 
