@@ -4,8 +4,10 @@ line (E301, W301 with --unsupported=warn), never dropped silently."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from meshc.backends import compile_mesh
 
+from meshc import authz
 from meshc.compiler import load_text
 from meshc.diagnostics import MeshcError
 
@@ -76,3 +78,48 @@ def test_timeouts_istio_can_hold_compile(text: str) -> None:
 def test_tls_only_external_timeout_stays_e301() -> None:
     [d] = errors(MIXED_TLS.replace("  port http 80\n", ""))
     assert d.span.line == 7 and "TCP service" in d.message
+
+
+PERMISSIVE = """
+mesh m { namespace m authz deny_by_default }
+service a { port http 80 calls w }
+service w {
+  port http 8080
+  port http 9090
+  mtls permissive on port 8080
+}
+allow a -> w
+"""
+
+
+def policies(text: str) -> dict[str, dict]:
+    bundle = compile_mesh(load_text(text), "istio", unsupported="warn")
+    docs = [d for v in bundle.files.values() for d in yaml.safe_load_all(v) if isinstance(d, dict)]
+    return {d["metadata"]["name"]: d["spec"] for d in docs if d.get("kind") == "AuthorizationPolicy"}
+
+
+def test_identity_rule_holds_on_strict_ports_only() -> None:
+    """meshc: on a permissive port every caller counts as plaintext, so `allow a -> w` admits a
+    on 9090 (strict) only; Istio would admit a's mTLS identity on 8080 as well."""
+    mesh = load_text(PERMISSIVE)
+    assert not authz.decide(mesh, "a", "w", port=8080).allowed
+    assert authz.decide(mesh, "a", "w", port=9090).allowed
+    [rule] = policies(PERMISSIVE)["w-allow"]["rules"]
+    assert rule["to"] == [{"operation": {"ports": ["9090"]}}]
+
+
+def test_identity_rule_on_an_all_permissive_service_is_not_written() -> None:
+    text = PERMISSIVE.replace("mtls permissive on port 8080", "mtls permissive")
+    assert "w-allow" not in policies(text)
+
+
+def test_anyone_rule_is_not_narrowed() -> None:
+    [rule] = policies(PERMISSIVE.replace("allow a -> w", "allow * -> w"))["w-allow"]["rules"]
+    assert "to" not in rule
+
+
+def test_star_destination_is_written_per_service_where_plaintext_is_accepted() -> None:
+    pols = policies(PERMISSIVE.replace("allow a -> w", "allow a -> *"))
+    assert "all-services-allow" not in pols
+    assert pols["w-allow"]["rules"][0]["to"] == [{"operation": {"ports": ["9090"]}}]
+    assert "to" not in pols["a-allow"]["rules"][0]
