@@ -12,6 +12,7 @@ compile step, not the harness, decides; a crash or another error code fails the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -161,8 +162,19 @@ def unexpressible(scenario: Scenario) -> list[str]:
             compile_mesh(load_text(plan.render(text), "scenario.mesh"), "nginx")
         except MeshcError as e:
             assert all(d.code.startswith("E3") for d in e.diagnostics if d.severity == "error"), e
-            return [f"{d.span}: {d.code} {d.message}" for d in e.diagnostics if d.severity == "error"]
+            return [f"{d.span}: {d.code} {d.message} [{d.help}]" for d in e.diagnostics if d.severity == "error"]
     return []
+
+
+def reasons(diagnostics: list[str]) -> list[str]:
+    """`E301 feature.key` for capability gaps, the bare code for other E3xx: what a scenario
+    file's `unsupported.nginx` lists."""
+    out = set()
+    for d in diagnostics:
+        code = d.split(": ", 1)[1].split(" ", 1)[0]
+        feature = re.search(r"\(feature '([^']+)'", d) if code == "E301" else None
+        out.add(f"{code} {feature.group(1)}" if feature else code)
+    return sorted(out)
 
 
 @pytest.mark.e2e
@@ -170,6 +182,9 @@ def unexpressible(scenario: Scenario) -> list[str]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario_through_nginx(scenario: Scenario, tmp_path: Path) -> None:
     why = unexpressible(scenario)
+    # The scenario file says which scenarios nginx cannot run, and why; keep it truthful.
+    assert reasons(why) == sorted(scenario.unsupported.get("nginx", [])), \
+        f"{scenario.path}: set `unsupported: {{nginx: {reasons(why)}}}`"
     if why:
         pytest.skip("not expressible on nginx: " + "; ".join(why))
     runner = NginxRunner()

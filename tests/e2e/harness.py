@@ -15,6 +15,7 @@ Scenario schema (YAML):
     name: str
     description: str
     requires: [mtls, dynamic, ...]      # runner capabilities the scenario needs
+    unsupported: {nginx: ["E301 fault.delay", "E330"]}   # why a target cannot run it (checked)
     mesh: str                           # .mesh text with placeholders
     upstreams: {NAME: {status: 200, delay_ms: 0, fail_first: 0, fail_status: 503, healthy: true}}
                                         # healthy: false -> /healthz answers 503
@@ -93,6 +94,9 @@ class Scenario:
     requires: list[str] = field(default_factory=list)
     upstreams: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    # target -> what keeps the scenario off it: "E301 feature.key" or "E3xx" entries, checked
+    # against the target's actual diagnostics (a target not named must run the scenario)
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
     path: Path | None = None
 
 
