@@ -678,7 +678,8 @@ class IstioBackend(Backend):
         for rule in mesh.rules:
             if rule.action == "allow" and mesh.authz == "allow_by_default":
                 continue  # a no-op in meshc; an Istio ALLOW policy would deny the rest
-            if any(s is not None and s.external is not None for s in map(mesh.service, rule.destinations)):
+            if any(s is not None and s.external is not None for s in map(mesh.service, rule.destinations)) or (
+                    "*" in rule.destinations and any(s.external is not None for s in mesh.services)):
                 # egress authorization runs in the caller's sidecar (docs/language.md); Istio checks
                 # AuthorizationPolicies at the receiving proxy, which an external host does not run
                 self.gaps.add("authorization of calls to an external service (egress)", rule.span,

@@ -389,7 +389,8 @@ class LinkerdBackend(GatewayApiBackend):
         for idx, rule in enumerate(mesh.rules):
             if rule.action != "allow":
                 continue
-            if any(s is not None and s.external is not None for s in map(mesh.service, rule.destinations)):
+            if any(s is not None and s.external is not None for s in map(mesh.service, rule.destinations)) or (
+                    "*" in rule.destinations and any(s.external is not None for s in mesh.services)):
                 # egress authorization runs in the caller's proxy (docs/language.md); Linkerd
                 # authorizes inbound traffic only (Servers), and an external host runs no proxy
                 self.gaps.add("authorization of calls to an external service (egress)", rule.span,

@@ -123,3 +123,11 @@ def test_star_destination_is_written_per_service_where_plaintext_is_accepted() -
     assert "all-services-allow" not in pols
     assert pols["w-allow"]["rules"][0]["to"] == [{"operation": {"ports": ["9090"]}}]
     assert "to" not in pols["a-allow"]["rules"][0]
+
+
+def test_star_destination_covers_external_services() -> None:
+    """`allow a -> *` admits a's calls to external services too (meshc.authz): E301 as well."""
+    text = EGRESS.replace("allow a -> api\nallow a -> b", "allow a -> *")
+    assert authz.decide(load_text(text), "a", "api").allowed
+    [d] = errors(text)
+    assert d.code == "E301" and d.span.line == 6

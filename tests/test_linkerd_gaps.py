@@ -67,3 +67,13 @@ def test_anyone_rule_admits_plaintext_on_a_permissive_port() -> None:
     pols = policies(PERMISSIVE.replace("allow a -> w", "allow * -> w"))
     kinds = {p["spec"]["targetRef"]["name"]: p["spec"]["requiredAuthenticationRefs"][0]["kind"] for p in pols.values()}
     assert kinds == {"w-8080": "NetworkAuthentication", "w-9090": "MeshTLSAuthentication"}
+
+
+def test_star_destination_covers_external_services() -> None:
+    """`allow a -> *` admits a's calls to external services too (meshc.authz): E301 as well."""
+    text = EGRESS.replace("allow a -> api\nallow a -> b", "allow a -> *")
+    assert authz.decide(load_text(text), "a", "api").allowed
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(load_text(text), "linkerd")
+    [d] = [d for d in e.value.diagnostics if d.severity == "error"]
+    assert d.code == "E301" and d.span.line == 6
