@@ -98,7 +98,7 @@ http {{ access_log off;
     return proc, port, kind
 
 
-def start_native(work: Path, text: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_native(work: Path, text: str, source: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     from meshc.backends import compile_mesh
 
     from meshc.compiler import load_text
@@ -112,9 +112,11 @@ def start_native(work: Path, text: str) -> tuple[subprocess.Popen[bytes], int]:
     cfg["observability"]["access_log_path"] = str(work / "native-access.log")
     (out / "api.json").write_text(json.dumps(cfg))
     port = cfg["inbound"][0]["port"]
+    # `source`: another checkout's meshc/ (--baseline) shadows this one, for A/B runs.
+    env = {**os.environ, "PYTHONPATH": source} if source else None
     proc = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), sys.executable, "-m", "meshc.runtime.commands",
                              "proxy", "--config", str(out / "api.json"), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "native.err", "wb"))  # noqa: SIM115
+                            stdout=subprocess.DEVNULL, stderr=open(work / "native.err", "wb"), env=env)  # noqa: SIM115
     wait_port(port)
     return proc, port
 
@@ -181,6 +183,7 @@ def print_profile(folded: Path, top: int = 15) -> None:
         print("(py-spy produced no profile; it needs ptrace permission)")
         return
     own: dict[str, int] = {}
+    incl: dict[str, int] = {}
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -188,11 +191,17 @@ def print_profile(folded: Path, top: int = 15) -> None:
             continue
         n = int(count)
         total += n
-        leaf = stack.split(";")[-1]
-        own[leaf] = own.get(leaf, 0) + n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        # Inclusive time per function of meshc's own (line numbers dropped, counted once a stack).
+        for name in {re.sub(r":\d+\)$", ")", f) for f in frames if "meshc/" in f}:
+            incl[name] = incl.get(name, 0) + n
     print(f"py-spy: {total} samples of the native proxy; self time by function:")
     for leaf, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {100 * n / max(total, 1):5.1f}%  {leaf}")
+    print("inclusive time by meshc function:")
+    for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / max(total, 1):5.1f}%  {name}")
 
 
 def main() -> int:
@@ -203,6 +212,9 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="profile the native proxy with py-spy (pip install py-spy)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate the proxies this many times and report medians (for noisy machines)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run the native proxy from DIR (a tree holding another version's meshc/, e.g. "
+                         "`git archive HEAD meshc | tar -x -C DIR`) as `base`, alternating with the others")
     args = ap.parse_args()
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:
@@ -225,10 +237,12 @@ def main() -> int:
               f"load on CPU {LOAD_CPU}; authz + metrics + JSON access log on")
         try:
             for _round in range(args.rounds):
-                for name in ("native", "envoy"):
-                    if args.only and args.only != name:
+                for name in ("native", "base", "envoy"):
+                    if (args.only and args.only != name and name != "base") or (name == "base" and not args.baseline):
                         continue
-                    if name == "native":
+                    if name == "base":
+                        proc, port = start_native(work, text, args.baseline)
+                    elif name == "native":
                         proc, port = start_native(work, text)
                     else:
                         from meshc.certs import write_certs
@@ -254,7 +268,11 @@ def main() -> int:
         for name, r in results.items():
             print(f"{name:7s} median of {args.rounds}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
                   f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} CPU µs/req")
-    if len(results) == 2:
+    if "base" in results and "native" in results:
+        n, b = results["native"], results["base"]
+        print(f"ratio native/base: {n['rps'] / b['rps']:.2f}x req/s, p99 {n['p99'] / b['p99']:.2f}x, "
+              f"CPU/req {n['cpu_us'] / b['cpu_us']:.2f}x")
+    if "native" in results and "envoy" in results:
         n, e = results["native"], results["envoy"]
         print(f"ratio native/envoy: {n['rps'] / e['rps']:.2f}x req/s, p99 {n['p99'] / e['p99']:.2f}x, "
               f"CPU/req {n['cpu_us'] / e['cpu_us']:.2f}x  (goal: >= 1.5x req/s, p99 <= 1.0x)")

@@ -931,11 +931,26 @@ class Stream:
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names a `Connection` header marks hop-by-hop (beyond the standard ones)."""
+    values = [v for n, v in headers if n == b"connection"]
+    if len(values) == 1:
+        # Almost always one `Connection: keep-alive` (or close) per response: memoized.
+        found = _TOKENS_BY_VALUE.get(values[0])
+        if found is None:
+            found = _tokens(values)
+            if len(_TOKENS_BY_VALUE) < 256:
+                _TOKENS_BY_VALUE[values[0]] = found
+        return found
+    return _tokens(values)
+
+
+def _tokens(values: list[bytes]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
-    for n, v in headers:
-        if n == b"connection":
-            tokens.update(t.strip().lower() for t in v.split(b","))
+    for v in values:
+        tokens.update(t.strip().lower() for t in v.split(b","))
     return frozenset(tokens - HOP_BY_HOP - {b"close"})
+
+
+_TOKENS_BY_VALUE: dict[bytes, frozenset[bytes]] = {}
 
 
 # =========================================================================== proxying

@@ -8,7 +8,6 @@ proxy would otherwise pay it several times per request.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -209,9 +208,15 @@ def traceparent(incoming: str | None, sampling_percent: float) -> tuple[str, str
         if (len(parts) == 4 and parts[0] == "00" and len(parts[1]) == 32 and len(parts[2]) == 16
                 and set(incoming.replace("-", "")) <= _HEX and parts[1] != "0" * 32 and parts[2] != "0" * 16):
             return incoming, parts[1]
-    trace_id = os.urandom(16).hex()
-    flags = "01" if random.random() * 100 < sampling_percent else "00"
-    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}", trace_id
+    # Trace and span ids from the process's seeded PRNG rather than os.urandom: two syscalls
+    # per request saved; W3C trace context asks for randomness, not secrecy. All-zero is invalid.
+    trace_id = f"{_bits(128) or 1:032x}"
+    flags = "01" if _random() * 100 < sampling_percent else "00"
+    return f"00-{trace_id}-{_bits(64) or 1:016x}-{flags}", trace_id
+
+
+_bits = random.getrandbits
+_random = random.random
 
 
 _second: list[Any] = [-1, ""]

@@ -28,11 +28,11 @@ from typing import Any
 import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshc.paths import normalize
 from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, mirror, new_request_id, proxy
-from meshc.paths import normalize
 from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
 from meshc.runtime.observability import AccessLog, Metrics, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
