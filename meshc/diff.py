@@ -210,10 +210,15 @@ def plain(value: Any) -> Any:
 
 def _strip(v: Any) -> Any:
     if isinstance(v, dict):
-        return {k: _strip(x) for k, x in sorted(v.items()) if k != "span"}
+        return {k: _strip(x) for k, x in sorted(v.items()) if not _is_position(k)}
     if isinstance(v, list | tuple):
         return [_strip(x) for x in v]
     return v
+
+
+def _is_position(field: str) -> bool:
+    """`span` and the parallel `*_spans` tuples say where, not what."""
+    return field == "span" or field.endswith("_spans")
 
 
 def _node_in(annotation: Any) -> tuple[type[Node], bool] | None:
@@ -231,9 +236,9 @@ def _node_in(annotation: Any) -> tuple[type[Node], bool] | None:
 def _span_free(cls: type[Node]) -> dict[str, Any]:
     """A pydantic `exclude` spec dropping every `span` under `cls`, so that the exclusion runs
     in pydantic-core instead of calling the Span serializer for each node."""
-    spec: dict[str, Any] = {"span": True}
+    spec: dict[str, Any] = {name: True for name in cls.model_fields if _is_position(name)}
     for name, info in cls.model_fields.items():
-        found = _node_in(info.annotation) if name != "span" else None
+        found = _node_in(info.annotation) if not _is_position(name) else None
         if found is not None:
             sub = _span_free(found[0])
             spec[name] = {"__all__": sub} if found[1] else sub

@@ -126,7 +126,7 @@ def attempts_into(svc: Service) -> tuple[int, Retry | None]:
 def _calls(svc: Service) -> Iterator[tuple[str, Span]]:
     """Each declared callee once, with the span to blame: the `calls` entry if the model keeps
     one (`Service.call_spans`, parallel to `calls`), else the service."""
-    spans = getattr(svc, "call_spans", None) or ()
+    spans = svc.call_spans
     seen: set[str] = set()
     for i, callee in enumerate(svc.calls):
         if callee not in seen:

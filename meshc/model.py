@@ -306,6 +306,7 @@ class Service(Node):
     resilience: Resilience = Resilience()
     faults: tuple[Fault, ...] = ()
     calls: tuple[str, ...] = ()  # declared dependencies (services it calls)
+    call_spans: tuple[Span, ...] = ()  # where each entry of `calls` was written (parallel to it)
     expose: Ingress | None = None
     external: External | None = None
     mtls: MtlsMode = "strict"  # effective service-level mode

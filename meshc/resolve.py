@@ -361,6 +361,7 @@ class Resolver:
                               span=single.get("identity_span", decl.span)),
             ports=final_ports, endpoints=endpoints, versions=tuple(sorted(versions.values(), key=lambda v: v.name)),
             resilience=Resilience(span=decl.span, **res), faults=tuple(faults), calls=tuple(calls),
+            call_spans=tuple(n.span for n in call_spans),
             expose=expose, external=external, mtls=svc_mtls, objectives=tuple(objectives))
 
     def port(self, s: A.PortDecl) -> Port | None:

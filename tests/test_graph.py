@@ -287,8 +287,9 @@ def test_register_graph_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.startswith("flowchart LR")
     bad = tmp_path / "bad.mesh"
     bad.write_text("service {")
-    args = parser.parse_args(["graph", str(bad)])
-    assert args.func(args) == 1
+    from meshc.cli import main
+
+    assert main(["graph", str(bad)]) == 1  # diagnostics are the CLI's to print
     assert "error[" in capsys.readouterr().err
 
 
