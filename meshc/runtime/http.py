@@ -590,7 +590,9 @@ class Stream:
 
     async def run(self) -> None:
         try:
-            await self.listener.handle(self)
+            pending = self.listener.handle(self)
+            if pending is not None:
+                await pending
         except asyncio.CancelledError:
             if self.timed_out and not self.response_started:
                 self.respond(504, b"upstream request timeout")
@@ -979,13 +981,14 @@ def backoff(cfg: Any, retry_no: int) -> float:
 
 
 _RID_PREFIX = os.urandom(10).hex()
+# The random prefix fills the UUID's first four groups exactly: dashed once, here.
+_RID_HEAD = f"{_RID_PREFIX[:8]}-{_RID_PREFIX[8:12]}-{_RID_PREFIX[12:16]}-{_RID_PREFIX[16:20]}-".encode()
 _rid_counter = itertools.count(int.from_bytes(os.urandom(4)))
 
 
 def new_request_id() -> bytes:
     """A UUID-shaped id, unique per process run (random prefix + counter): no syscall per request."""
-    h = _RID_PREFIX + f"{next(_rid_counter) & 0xFFFFFFFFFFFF:012x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+    return _RID_HEAD + b"%012x" % (next(_rid_counter) & 0xFFFFFFFFFFFF)
 
 
 async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], bytes], retry: Any,

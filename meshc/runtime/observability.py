@@ -210,12 +210,16 @@ def traceparent(incoming: str | None, sampling_percent: float) -> tuple[str, str
             return incoming, parts[1]
     # Trace and span ids from the process's seeded PRNG rather than os.urandom: two syscalls
     # per request saved; W3C trace context asks for randomness, not secrecy. All-zero is invalid.
-    trace_id = f"{_bits(128) or 1:032x}"
-    flags = "01" if _random() * 100 < sampling_percent else "00"
-    return f"00-{trace_id}-{_bits(64) or 1:016x}-{flags}", trace_id
+    ids = f"{_bits(192):048x}"
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return traceparent(None, sampling_percent)
+    flags = "-01" if _random() * 100 < sampling_percent else "-00"
+    return "00-" + ids[:32] + "-" + span_id + flags, trace_id
 
 
 _bits = random.getrandbits
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _random = random.random
 
 

@@ -21,7 +21,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,7 @@ class HttpListener:
         self.app: Cluster | None = None
         self.authz: Authorizer | None = None
         self.routes: list[Route] = []
+        self._authz_routes: dict[str, str] = {}  # rule name -> "authz:<rule>" (route label, built once)
         if isinstance(cfg, C.InboundListenerCfg):
             self.authz = Authorizer(cfg.authz)
             self.strict_tls = cfg.tls.mode == "strict"
@@ -214,25 +215,27 @@ class HttpListener:
 
     # ------------------------------------------------------------------ requests
 
-    async def handle(self, s: Stream) -> None:
+    def handle(self, s: Stream) -> Awaitable[None] | None:
+        """Answer locally (returns None) or return the coroutine that proxies the request: no
+        coroutine frame of its own, and none for the inbound path without faults (the common
+        case pays for one coroutine per request, `proxy`)."""
         parts = split_target(s.url)
         if parts is None:
             s.close_after = True
             s.respond(400, b"invalid request target")
-            return
+            return None
         path, query = parts
         if self.strict_paths:
             norm = normalize(path)
             if norm is None:
                 s.close_after = True
                 s.respond(400, b"invalid path (encoded slash or malformed escape)")
-                return
+                return None
             path = norm
         view = RequestView(s.method, path, query, s.hdict)
         if self.inbound:
-            await self._inbound(s, view)
-        else:
-            await self._outbound(s, view)
+            return self._inbound(s, view)
+        return self._outbound(s, view)
 
     def _head(self, s: Stream, path: str, query: str, host: bytes | None, ops: HeaderOps | None,
               xfcc: str | None) -> Callable[[bool], bytes]:
@@ -270,7 +273,7 @@ class HttpListener:
         head = first + body + b"\r\n"
         return lambda _tls: head
 
-    async def _inbound(self, s: Stream, view: RequestView) -> None:
+    def _inbound(self, s: Stream, view: RequestView) -> Awaitable[None] | None:
         cfg = self.cfg
         assert isinstance(cfg, C.InboundListenerCfg) and self.authz is not None and self.app is not None
         peer = s.conn.peer if self.strict_tls else None
@@ -278,28 +281,39 @@ class HttpListener:
                 and "x-meshc-health-check" in s.hdict):
             s.route_name = "health-check"
             head = self._head(s, view.path, view.raw_query, None, None, None)
-            await proxy(s, self.app, head, None, cfg.timeout_ms, [], None, None)
-            return
+            return proxy(s, self.app, head, None, cfg.timeout_ms, [], None, None)
         allowed, rule = self.authz.decide(peer, cfg.service_port, view)
-        s.route_name = f"authz:{rule}"
+        route_name = self._authz_routes.get(rule)
+        if route_name is None:
+            route_name = self._authz_routes[rule] = "authz:" + rule
+        s.route_name = route_name
         if not allowed:
             m = self.sidecar.metrics
             m.child(m.authz_denied, self.sidecar.name, self.name, rule).inc()
             s.respond(403, b"RBAC: access denied")
-            return
+            return None
         if self.bucket is not None and not self.bucket.take():
             m = self.sidecar.metrics
             m.child(m.ratelimited, self.sidecar.name, self.name).inc()
             s.respond(429, b"local_rate_limited", [(b"x-ratelimit-limit", str(int(self.bucket.burst)).encode())])
-            return
+            return None
+        if self.faults:
+            return self._inbound_faulted(s, view, peer)
+        return self._inbound_forward(s, view, peer)
+
+    async def _inbound_faulted(self, s: Stream, view: RequestView, peer: str | None) -> None:
         for f in self.faults:
             status = await f.apply(view)
             if status:
                 s.respond(status, b"fault filter abort")
                 return
+        await self._inbound_forward(s, view, peer)
+
+    def _inbound_forward(self, s: Stream, view: RequestView, peer: str | None) -> Awaitable[None]:
+        assert isinstance(self.cfg, C.InboundListenerCfg) and self.app is not None
         xfcc = f"By={self.sidecar.cfg.identity};URI={peer}" if peer else None
         head = self._head(s, view.path, view.raw_query, None, None, xfcc)
-        await proxy(s, self.app, head, None, cfg.timeout_ms, [], None, None)
+        return proxy(s, self.app, head, None, self.cfg.timeout_ms, [], None, None)
 
     async def _outbound(self, s: Stream, view: RequestView) -> None:
         cfg = self.cfg
