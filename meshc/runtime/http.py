@@ -1006,23 +1006,18 @@ async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], byt
         return
     # The route timeout starts once the whole request is in (Envoy's semantics).
     timer: asyncio.TimerHandle | None = None
-
-    def expire() -> None:
-        stream.timed_out = True
-        if stream.task is not None:
-            stream.task.cancel()
-
-    async def arm_after_body() -> None:
-        nonlocal timer
-        await stream.wait_body()
-        if timeout_ms is not None and not stream.finished:
-            timer = loop.call_later(timeout_ms / 1000, expire)
-
     body_waiter = None
     if timeout_ms is not None:
         if stream.body_done:
-            timer = loop.call_later(timeout_ms / 1000, expire)
+            timer = loop.call_later(timeout_ms / 1000, _expire_stream, stream)
         else:
+            # Only requests still receiving a body pay for these closures and the task.
+            async def arm_after_body() -> None:
+                nonlocal timer
+                await stream.wait_body()
+                if not stream.finished:
+                    timer = loop.call_later(timeout_ms / 1000, _expire_stream, stream)
+
             body_waiter = loop.create_task(arm_after_body())
     cluster.active_requests += 1
     attempt = 0
@@ -1114,6 +1109,13 @@ async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], byt
             timer.cancel()
         if body_waiter is not None:
             body_waiter.cancel()
+
+
+def _expire_stream(stream: Stream) -> None:
+    """The route timeout fired: cancel the request's control flow (run() answers 504)."""
+    stream.timed_out = True
+    if stream.task is not None:
+        stream.task.cancel()
 
 
 def _retry_allowed(cluster: Cluster, retry: Any) -> bool:
