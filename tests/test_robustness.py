@@ -55,14 +55,14 @@ def test_mutated_examples_never_crash(src: str, data: st.DataObject) -> None:
 def _digest_all_targets(seed: str) -> str:
     code = (
         "import hashlib, sys\n"
-        "from meshc import backends\nfrom meshc.compiler import load\n"
+        "from meshc import backends\nfrom meshc.compiler import load\nfrom meshc.diagnostics import MeshcError\n"
         "h = hashlib.sha256()\n"
         "for path in sys.argv[1:]:\n"
         "    mesh = load([path])\n"
         "    for t in backends.available():\n"
         "        try:\n"
         "            b = backends.compile_mesh(mesh, t, unsupported='warn')\n"
-        "        except Exception as e:\n"
+        "        except MeshcError as e:\n"
         "            h.update(repr(e).encode()); continue\n"
         "        for k in sorted(b.files):\n"
         "            h.update(k.encode()); h.update(b.files[k])\n"
