@@ -503,7 +503,16 @@ class EnvoyBackend(Backend):
     # ------------------------------------------------------------------ checks
 
     def check_service(self, svc: Service) -> None:
-        """E302: HTTP-only settings on a service without any HTTP port."""
+        """E302: HTTP-only settings on a service without any HTTP port. E306: retry budgets that
+        differ between rules (Envoy keeps one budget per cluster)."""
+        budgets = [rt for rt in [svc.resilience.retry] + [r.retry for r in svc.routes]
+                   if rt is not None and rt.budget is not None]
+        for rt in budgets[1:]:
+            if rt.budget != budgets[0].budget:
+                self.diags.append(Diagnostic(
+                    "E306", f"'{svc.name}' sets different retry budgets; Envoy keeps one per cluster",
+                    rt.span, label="another budget", help=f"use one budget for the service (the first is at "
+                    f"{budgets[0].span}), or set it once on the service"))
         if svc.is_http:
             return
         used: list[tuple[str, Any]] = []

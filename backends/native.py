@@ -114,6 +114,23 @@ class NativeBackend(Backend):
 
     # ------------------------------------------------------------------ entry point
 
+    @staticmethod
+    def value_gaps(mesh: Mesh) -> list[Diagnostic]:
+        """Settings whose feature the runtime has, but not with these values (E313)."""
+        out = []
+        for svc in mesh.services:
+            lb, hc = svc.resilience.load_balance, svc.resilience.health_check
+            if lb is not None and lb.hash_on == "cookie" and lb.cookie_ttl_ms is not None:
+                out.append(Diagnostic(
+                    "E313", "the native proxy hashes on an existing cookie but does not issue one (`ttl`)",
+                    lb.span, label="cookie ttl", help="drop `ttl ...` (clients must send the cookie themselves), "
+                    "or compile for envoy, which issues it"))
+            if hc is not None and hc.protocol == "grpc":
+                out.append(Diagnostic(
+                    "E313", "the native proxy has no gRPC health checks (it proxies gRPC ports as TCP)", hc.span,
+                    label="grpc health check", help="use `health_check tcp ...`, or compile for envoy"))
+        return out
+
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
         try:
@@ -136,7 +153,9 @@ class NativeBackend(Backend):
                 f"({self._next_port - self.base_port} ports needed)",
                 help="pass a lower --option base_port=..."))
             return bundle
-        bundle.diagnostics += self.l4_warnings(mesh)
+        bundle.diagnostics += self.l4_warnings(mesh) + self.value_gaps(mesh)
+        if any(d.severity == "error" for d in bundle.diagnostics):
+            return bundle
         uses_tls = False
         entries = []
         for name in self._order:
@@ -496,7 +515,7 @@ class NativeBackend(Backend):
         if res.health_check is not None:
             h = res.health_check
             kw["health_check"] = C.HealthCheckCfg(
-                protocol="tcp" if h.protocol == "tcp" else "http", path=h.path, interval_ms=h.interval_ms,
+                protocol="tcp" if h.protocol == "tcp" else "http", path=h.path, interval_ms=h.interval_ms,  # grpc: E313
                 timeout_ms=h.timeout_ms, unhealthy_threshold=h.unhealthy, healthy_threshold=h.healthy)
         if svc.external is not None:
             ext = svc.external

@@ -661,3 +661,17 @@ def test_validate_rule_faults(tmp_path: Path) -> None:
     from meshc.compiler import load_text
 
     envoy_validate(compile_for_validation(load_text(FAULTY), tmp_path), tmp_path)
+
+
+def test_different_retry_budgets_are_an_error_not_a_silent_pick() -> None:
+    from meshc.backends import compile_mesh
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    text = ("mesh m {}\nservice a {\n  port http 80\n  endpoints 127.0.0.1:9\n  retry 2 budget %s\n"
+            "  route {\n    when path prefix \"/x\" -> a {\n      retry 3 budget 40%%\n    }\n    otherwise -> a\n  }\n}\n"
+            "allow ingress -> a\n")
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(load_text(text % "10%", checks=False), "envoy")
+    assert [(d.code, d.span.line) for d in e.value.diagnostics] == [("E306", 8)]
+    assert compile_mesh(load_text(text % "40%", checks=False), "envoy").files

@@ -231,3 +231,21 @@ def test_validate_hook_accepts_our_output_and_reports_broken_files() -> None:
     problems = validate(files)
     assert any("unknown cluster 'nope'" in p for p in problems)
     assert any("missing file 'api.json'" in p for p in problems)
+
+
+def test_values_the_runtime_cannot_honour_are_errors() -> None:
+    """A cookie ttl (the proxy never issues the cookie) and a gRPC health check (gRPC ports are
+    carried as TCP) would otherwise be dropped silently."""
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    mesh = load_text("mesh m {}\nservice a {\n  port http 80\n  endpoints 127.0.0.1:9\n"
+                     "  load_balance consistent_hash cookie sid ttl 1h\n  health_check grpc interval 5s\n}\n"
+                     "allow ingress -> a\n", checks=False)
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(mesh, "native")
+    assert [(d.code, d.span.line) for d in e.value.diagnostics] == [("E313", 5), ("E313", 6)]
+    ok = load_text("mesh m {}\nservice a {\n  port http 80\n  endpoints 127.0.0.1:9\n"
+                   "  load_balance consistent_hash cookie sid\n  health_check tcp interval 5s\n}\n"
+                   "allow ingress -> a\n", checks=False)
+    assert compile_mesh(ok, "native").files
