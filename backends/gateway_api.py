@@ -231,9 +231,15 @@ class GatewayApiBackend(Backend):
         return bundle
 
     def posture_warnings(self, mesh: Mesh) -> list[Diagnostic]:
+        out = [Diagnostic(
+            "W320", f"mtls {port.mtls} on '{svc.name}' is not expressed by {self.name} objects", port.span,
+            label="delegated to the mesh implementation",
+            help="configure the implementation's mTLS mode for this workload (e.g. an Istio PeerAuthentication), "
+                 "or compile for istio or linkerd")
+            for svc in mesh.services for port in svc.ports if port.mtls != "strict"]
         if mesh.authz != "deny_by_default":
-            return []
-        return [Diagnostic(
+            return out
+        return out + [Diagnostic(
             "W320", f"authz deny_by_default is not enforced by {self.name} objects", mesh.span,
             label="delegated to the mesh implementation",
             help="configure the implementation's default-deny policy (e.g. an Istio allow-nothing "

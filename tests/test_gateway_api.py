@@ -235,3 +235,13 @@ def test_grpc_first_match_order_is_kept() -> None:
         {"headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]},
         {"method": {"type": "Exact", "service": "pkg.Svc", "method": "Get"},
          "headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]}]
+
+
+def test_non_strict_mtls_is_a_warning_not_silence() -> None:
+    from meshc.backends import compile_mesh
+    from meshc.compiler import load_text
+
+    text = "mesh m {\n  authz allow_by_default\n}\nservice a {\n  port http 80\n  mtls %s\n}\n"
+    warned = compile_mesh(load_text(text % "permissive", checks=False), "gateway-api").diagnostics
+    assert [(d.code, d.span.line) for d in warned] == [("W320", 5)]
+    assert compile_mesh(load_text(text % "strict", checks=False), "gateway-api").diagnostics == []
