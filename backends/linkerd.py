@@ -14,7 +14,7 @@ Gateway API way). Retries are annotations (`retry.linkerd.io/http`, `retry.linke
 (with `timeout.linkerd.io/request`); rule timeouts are the route rules' `timeouts.request`.
 Outlier detection becomes failure-accrual annotations on the Service
 (`balancer.linkerd.io/failure-accrual: consecutive`, max failures = consecutive_5xx, penalty =
-eject time; `interval` and `max_percent` have no Linkerd counterpart).
+eject time; `interval` and `max_percent` have no Linkerd counterpart: E301 when they differ from the defaults).
 
 Inbound (the callee's proxy): a Server per port (proxyProtocol from the port protocol,
 accessPolicy `deny` under deny_by_default, else all-authenticated / all-unauthenticated by the
@@ -55,7 +55,7 @@ from meshc.backends import k8s
 from meshc.backends.base import FEATURES
 from meshc.backends.gateway_api import GW, GatewayApiBackend, rank
 
-from meshc.model import Match, Mesh, Port, Retry, RouteRule, Service, Source
+from meshc.model import Match, Mesh, Outlier, Port, Retry, RouteRule, Service, Source
 
 POLICY = "policy.linkerd.io"
 V1BETA3 = f"{POLICY}/v1beta3"
@@ -152,6 +152,10 @@ class LinkerdBackend(GatewayApiBackend):
         out: dict[str, str] = {}
         od = svc.resilience.outlier
         if od is not None:
+            defaults = Outlier()
+            if (od.interval_ms, od.max_percent) != (defaults.interval_ms, defaults.max_percent):
+                self.gaps.add("an outlier `interval` or `max_percent`", od.span,
+                              "Linkerd's failure accrual counts consecutive failures per endpoint only")
             out |= {"balancer.linkerd.io/failure-accrual": "consecutive",
                     "balancer.linkerd.io/failure-accrual-consecutive-max-failures": str(od.consecutive_5xx),
                     "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": k8s.go_duration(od.eject_ms),

@@ -263,3 +263,15 @@ def test_warn_mode_never_widens_an_allow_rule() -> None:
     bundle = compile_mesh(load_text(src), "linkerd", unsupported="warn")
     docs = [d for f in bundle.files.values() for d in yaml.safe_load_all(f) if d]
     assert not [d for d in docs if d["kind"] == "AuthorizationPolicy"]
+
+
+def test_outlier_settings_linkerd_cannot_count_are_reported() -> None:
+    from meshc.backends import compile_mesh
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    text = "mesh m {\n  authz allow_by_default\n}\nservice a {\n  port http 80\n  outlier consecutive_5xx 3%s\n}\n"
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(load_text(text % " interval 5s", checks=False), "linkerd")
+    assert [(d.code, d.span.line) for d in e.value.diagnostics] == [("E301", 6)]
+    assert compile_mesh(load_text(text % "", checks=False), "linkerd").files
