@@ -21,7 +21,6 @@ Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import json
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from meshc.compiler import paused_gc
 from meshc.model import (
     FULL,
     AuthzRule,
@@ -1368,20 +1368,8 @@ def _targets(arg: str | None) -> list[str]:
     return [t.strip() for t in arg.split(",") if t.strip()] if arg else []
 
 
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a large mesh is built and compared.
-
-    Loading builds millions of small acyclic objects; each full collection re-scans all of
-    them, which made loading a 10,000-service mesh several times slower. A short-lived
-    command frees everything at exit anyway."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+# The diff pauses the collector while it loads and compares, as the compiler does.
+no_gc = paused_gc
 
 
 class OldSideError(Exception):

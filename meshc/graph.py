@@ -29,19 +29,18 @@ Also here: `call_graph`, `amplification`, `to_dot` / `to_mermaid` and the `meshc
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
 import re
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
 
 from meshc import authz
+from meshc.compiler import paused_gc
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
     FULL,
@@ -944,23 +943,10 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The checks allocate many small acyclic objects next to a model of millions; with the
-    collector on, every gen-2 pass walks the whole model (seconds at 10k services)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def check(mesh: Mesh, *, amplification_limit: int = DEFAULT_AMPLIFICATION_LIMIT) -> list[Diagnostic]:
     """Every graph check; diagnostics sorted by position then code."""
     out: list[Diagnostic] = []
-    with _gc_paused():
+    with paused_gc():
         for fn in CHECKS:
             out.extend(fn(mesh))
         out.extend(check_amplification(mesh, amplification_limit))
