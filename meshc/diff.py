@@ -51,6 +51,7 @@ from meshc.model import (
     Span,
     StringMatch,
 )
+from meshc.units import dur, pct
 
 Effect = Literal["widening", "narrowing", "neutral"]
 Op = Literal["added", "removed", "changed", "error"]
@@ -144,20 +145,6 @@ class Diff:
 
 
 # --------------------------------------------------------------------------- formatting helpers
-
-
-def pct(p: int) -> str:
-    """Hundredths of a percent as written in .mesh: 1250 -> '12.5%'."""
-    return f"{p / 100:.2f}".rstrip("0").rstrip(".") + "%"
-
-
-def dur(ms: int | None) -> str:
-    if ms is None:
-        return "none"
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms >= size and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def loc(span: Span | None) -> str:

@@ -52,6 +52,7 @@ from meshc.model import (
     Timeout,
     Version,
 )
+from meshc.units import pct
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -652,8 +653,8 @@ class Resolver:
             dests = [d for it in a.dests if (d := self.dest(it.dest, service, it.percent.value)) is not None]
             total = sum(it.percent.value for it in a.dests)
             if a.kind == "split" and total != FULL:
-                self.err("E111", f"split weights add up to {_pct(total)}, not 100%", a.span,
-                         label=f"sums to {_pct(total)}",
+                self.err("E111", f"split weights add up to {pct(total)}, not 100%", a.span,
+                         label=f"sums to {pct(total)}",
                          help="make the percentages add up to exactly 100% (at most two decimals each)")
             keys = [(d.service, d.version) for d in dests]
             for i, k in enumerate(keys):
@@ -810,11 +811,6 @@ def _close(name: str, pool: Iterable[str]) -> str | None:
 
     m = difflib.get_close_matches(name, list(pool), n=1, cutoff=0.6)
     return m[0] if m else None
-
-
-def _pct(hundredths: int) -> str:
-    whole, frac = divmod(hundredths, 100)
-    return f"{whole}%" if not frac else f"{whole}.{frac:02d}".rstrip("0") + "%"
 
 
 def resolve(files: list[A.File]) -> Mesh:

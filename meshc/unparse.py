@@ -43,13 +43,11 @@ from meshc.model import (
     StringMatch,
     Timeout,
 )
+from meshc.units import dur, pct
 
 NAME_RE = re.compile(r"^[A-Za-z_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
 DEFAULT_RETRY_ON = Retry.model_fields["on"].default
 DEFAULT_WINDOW = Slo.model_fields["window_ms"].default
-_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000))
-
-
 @dataclass(frozen=True)
 class Lost:
     """Something the model holds that the text cannot say."""
@@ -63,19 +61,6 @@ class Lost:
 
 
 # --------------------------------------------------------------------------- lexical forms
-
-
-def dur(ms: int) -> str:
-    """Milliseconds in the largest unit that is exact (`90000` -> `90s`, `1500` -> `1500ms`)."""
-    for unit, size in _UNITS:
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
-def pct(hundredths: int) -> str:
-    whole, frac = divmod(hundredths, 100)
-    return f"{whole}%" if not frac else (f"{whole}.{frac:02d}".rstrip("0") + "%")
 
 
 def is_name(text: str) -> bool:
