@@ -277,6 +277,19 @@ def _connect(target: Target) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(target.host, target.port, timeout=REQUEST_TIMEOUT)
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def _request(conn: http.client.HTTPConnection, method: str, path: str,
+             headers: Mapping[str, str]) -> http.client.HTTPResponse:
+    # skip_accept_encoding so the raw path and headers go out exactly as written
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    return conn.getresponse()
+
+
 def _worker(target: Target, method: str, path: str, headers: Mapping[str, str], n: int,
             stop: threading.Event | None = None, barrier: threading.Barrier | None = None) -> list[Response]:
     out: list[Response] = []
@@ -284,26 +297,35 @@ def _worker(target: Target, method: str, path: str, headers: Mapping[str, str], 
     if barrier is not None:
         barrier.wait(timeout=REQUEST_TIMEOUT)
     i = 0
+    reused = False  # has this connection carried a request already?
     while (stop is None and i < n) or (stop is not None and not stop.is_set() and i < n):
         i += 1
         start = time.monotonic()
         try:
-            # skip_host/accept_encoding so the raw path goes out exactly as written
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            for k, v in headers.items():
-                conn.putheader(k, v)
-            conn.endheaders()
-            resp = conn.getresponse()
+            try:
+                resp = _request(conn, method, path, headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The server closed an idle keep-alive connection as the request went out (a
+                # proxy reloading closes them). Like any HTTP/1.1 client (RFC 9112 9.3.1), retry
+                # an idempotent request once on a new connection; a fresh connection is not retried.
+                if not reused or method not in IDEMPOTENT:
+                    raise
+                conn.close()
+                conn = _connect(target)
+                resp = _request(conn, method, path, headers)
             body = resp.read()
+            reused = True
             out.append(Response(resp.status, resp.getheader(UPSTREAM_HEADER), (time.monotonic() - start) * 1000,
                                 body=body, headers={k.lower(): v for k, v in resp.getheaders()}))
             if resp.getheader("connection", "").lower() == "close":
                 conn.close()
                 conn = _connect(target)
+                reused = False
         except (OSError, http.client.HTTPException) as e:
             out.append(Response(None, None, (time.monotonic() - start) * 1000, error=f"{type(e).__name__}: {e}"))
             conn.close()
             conn = _connect(target)
+            reused = False
     conn.close()
     return out
 
