@@ -6,8 +6,9 @@ detection and active health checks, with Envoy's semantics:
   `max_requests` active requests, `max_retries` active retries (unset: unlimited); overflow is
   a local 503;
 - outlier detection: `consecutive_5xx` 5xx responses or local failures eject an endpoint for
-  `base_ejection_ms` x (times ejected), never more than `max_ejection_percent` of the
-  endpoints (but always at least one);
+  `base_ejection_ms` x (times ejected), at most 300 s; the count drops by one for each
+  `interval_ms` the endpoint stays in service; never more than `max_ejection_percent` of the
+  endpoints are ejected (but always at least one);
 - health checks: endpoints start unhealthy until their first check passes, then need
   `unhealthy_threshold` failures / `healthy_threshold` successes to flip;
 - panic: when fewer than half of the endpoints are available, balance over all of them;
@@ -37,6 +38,10 @@ from meshc.runtime import tls
 
 log = logging.getLogger("meshc.proxy")
 
+
+
+# Envoy's default max_ejection_time: an ejection never lasts longer (unless the base is longer).
+MAX_EJECTION_MS = 300_000
 
 class ConnectFailure(Exception):
     """The upstream could not be reached (refused, timed out, TLS or SPIFFE id mismatch)."""
@@ -83,8 +88,9 @@ class Cluster:
     """One cluster of one sidecar. `acquire`/`release` manage pooled HTTP connections."""
 
     def __init__(self, cfg: C.ClusterCfg, base: Path, metrics: Any, sidecar: str,
-                 idle_timeout_ms: int = 30_000):
+                 idle_timeout_ms: int = 30_000, max_response_header_bytes: int = 65_536):
         self.cfg = cfg
+        self.max_response_header_bytes = max_response_header_bytes
         self.name = cfg.name
         self.base = base
         self.metrics = metrics
@@ -290,14 +296,17 @@ class Cluster:
         ejected = sum(1 for e in self.endpoints if e.ejected_until > now)
         if ejected and (ejected + 1) * 100 > od.max_ejection_percent * len(self.endpoints):
             return
+        if ep.ejections and ep.ejected_until < now:
+            # As Envoy: the multiplier drops by one for every interval the host stayed in service.
+            back_for_ms = (now - ep.ejected_until) * 1000
+            ep.ejections = max(0, ep.ejections - int(back_for_ms // max(od.interval_ms, 1)))
         ep.ejections += 1
-        ep.ejected_until = now + od.base_ejection_ms / 1000 * ep.ejections
+        duration = min(od.base_ejection_ms * ep.ejections, max(MAX_EJECTION_MS, od.base_ejection_ms)) / 1000
+        ep.ejected_until = now + duration
         self.metrics.child(self.metrics.ejections, self.sidecar, self.name).inc()
         self._ejected_gauge.set(ejected + 1)
-        log.warning("%s: cluster %s: ejected %s for %.1fs", self.sidecar, self.name, ep.label,
-                    od.base_ejection_ms / 1000 * ep.ejections)
-        asyncio.get_running_loop().call_later(od.base_ejection_ms / 1000 * ep.ejections + 0.01,
-                                              self._update_ejected_gauge)
+        log.warning("%s: cluster %s: ejected %s for %.1fs", self.sidecar, self.name, ep.label, duration)
+        asyncio.get_running_loop().call_later(duration + 0.01, self._update_ejected_gauge)
 
     def _update_ejected_gauge(self) -> None:
         now = time.monotonic()
@@ -348,6 +357,8 @@ class Cluster:
                       "ssl_handshake_timeout": self.cfg.connect_timeout_ms / 1000}
             transport, proto = await asyncio.wait_for(
                 loop.create_connection(factory, ep.addr, ep.port, **kw), self.cfg.connect_timeout_ms / 1000)
+            if hasattr(proto, "max_header_bytes"):
+                proto.max_header_bytes = self.max_response_header_bytes
         except (OSError, TimeoutError, ssl.SSLError, ValueError) as e:
             self.connections -= 1
             self._conn_gauge.set(self.connections)

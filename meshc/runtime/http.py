@@ -403,6 +403,7 @@ class Upstream(asyncio.Protocol):
         self.keep_alive = True
         self.head_only = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self.max_header_bytes = 65_536  # set by the cluster from the sidecar's limits
         self._hsize = 0
         self._read_blocked = False
         self.write_paused = False
@@ -486,7 +487,7 @@ class Upstream(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hsize += len(name) + len(value)
-        if self._hsize > 1 << 17:
+        if self._hsize > self.max_header_bytes:
             raise _TooLarge
         self._headers.append((name.lower(), value))
 

@@ -521,7 +521,8 @@ class Sidecar:
                     old.reload_tls()  # certificate rotation without a config change
                     new_clusters[cc.name] = old
                 else:
-                    c = Cluster(cc, self.base, self.metrics, self.name, cfg.limits.upstream_idle_timeout_ms)
+                    c = Cluster(cc, self.base, self.metrics, self.name, cfg.limits.upstream_idle_timeout_ms,
+                                cfg.limits.max_response_header_bytes)
                     created.append(c)
                     new_clusters[cc.name] = c
             listeners: list[HttpListener | TcpListener] = []
