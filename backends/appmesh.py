@@ -129,7 +129,7 @@ class AppMeshBackend(Backend):
         "timeout", "retry", "retry.per_try", "load_balance.round_robin",
         "circuit_breaker", "outlier", "health_check",
         "authz.allow", "authz.deny", "authz.identity", "authz.ports", "ingress",
-        "external", "external.tls_originate",
+        "external", "external.tls_originate", "access_log.text", "access_log.off",
     })
     OPTIONS: ClassVar[Mapping[str, str]] = {
         "system_ca": "CA bundle the callers' Envoy trusts for TLS origination to external services "

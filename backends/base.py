@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from meshc.diagnostics import Diagnostic
-from meshc.model import FULL, Mesh, Resilience, RouteRule, Span
+from meshc.model import FULL, Mesh, Observability, Resilience, RouteRule, Span
 
 # Every feature a mesh can use, with the words used in diagnostics and docs/capabilities.md.
 FEATURES: dict[str, str] = {
@@ -80,7 +80,20 @@ FEATURES: dict[str, str] = {
     "external": "external services (egress)",
     "external.tls_originate": "TLS origination to external services",
     "slo": "service level objectives",
+    # mesh-wide settings, used when they differ from the defaults
+    "path_normalization.off": "`path_normalization off` (raw paths for routing and authorization)",
+    "access_log.text": "plain-text access logs",
+    "access_log.off": "turning access logs off",
+    "metrics.off": "turning metrics off",
+    "trace_sampling": "a trace sampling rate",
 }
+
+# Mesh-wide observability settings: configuration of a mesh installation (Telemetry, Helm
+# values) rather than of the resources the Kubernetes targets write. (Path normalization is
+# install-time there too; those targets normalize at least as much as asked and say how to
+# pin it, W321.)
+MESH_SETTING_FEATURES: frozenset[str] = frozenset(
+    {"access_log.text", "access_log.off", "metrics.off", "trace_sampling"})
 
 
 # Features that describe the mesh rather than configure traffic: a traffic target has nothing
@@ -113,6 +126,15 @@ def _resilience_features(r: Resilience | RouteRule, span: Span) -> Iterator[tupl
 
 def features_used(mesh: Mesh) -> Iterator[tuple[str, Span]]:
     """Every (feature, span) the mesh uses, in a stable order."""
+    obs = mesh.observability
+    if mesh.path_normalization == "off":
+        yield "path_normalization.off", mesh.span
+    if obs.access_log != "json":
+        yield f"access_log.{obs.access_log}", mesh.span
+    if not obs.metrics:
+        yield "metrics.off", mesh.span
+    if obs.trace_sampling != Observability().trace_sampling:
+        yield "trace_sampling", mesh.span
     for svc in mesh.services:
         for p in svc.ports:
             yield f"protocol.{p.protocol}", p.span

@@ -246,6 +246,7 @@ class ConsulBackend(Backend):
         "load_balance.consistent_hash", "circuit_breaker", "outlier",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.headers", "authz.ports", "ingress", "external", "external.tls_originate",
+        "path_normalization.off", "access_log.off", "metrics.off",
     })
     ENTERPRISE: ClassVar[frozenset[str]] = frozenset({"rate_limit"})
 
@@ -306,7 +307,7 @@ class ConsulBackend(Backend):
             "AllowEnablingPermissiveMutualTLS": any(
                 s.mtls == "permissive" or any(p.mtls == "permissive" for p in s.ports) for s in mesh.services),
             "HTTP": {"Incoming": {"RequestNormalization": {
-                "InsecureDisablePathNormalization": False,
+                "InsecureDisablePathNormalization": not strict,
                 "MergeSlashes": strict,
                 "PathWithEscapedSlashesAction": "REJECT_REQUEST" if strict else "KEEP_UNCHANGED"}}},
         }

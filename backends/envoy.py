@@ -350,6 +350,7 @@ class EnvoyBackend(Backend):
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers", "ingress", "external",
         "external.tls_originate",
+        "path_normalization.off", "access_log.text", "access_log.off", "metrics.off", "trace_sampling",
     })
     OPTIONS: ClassVar[Mapping[str, str]] = {
         "dynamic": "write listeners and clusters as file-based xDS (S/lds.yaml, S/cds.yaml)",

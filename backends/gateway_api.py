@@ -48,7 +48,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES, Backend, Bundle
+from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Backend, Bundle
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -195,7 +195,8 @@ def preserve_order(rules: list[tuple[Match, ...]], gaps: k8s.Gaps, spans: list[A
 class GatewayApiBackend(Backend):
     name: ClassVar[str] = "gateway-api"
     description: ClassVar[str] = "Gateway API v1.6 GAMMA mesh routes (gateway.networking.k8s.io/v1) + core objects"
-    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - _RETRY_FEATURES
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - _RETRY_FEATURES - \
+        MESH_SETTING_FEATURES
     OPTIONS: ClassVar[dict[str, str]] = {
         "experimental": "use experimental-channel fields (HTTPRoute retry)",
         "gateway_class": "gatewayClassName of the ingress Gateway (default istio)",

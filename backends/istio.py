@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES, Backend, Bundle
+from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Backend, Bundle
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -183,7 +183,7 @@ class IstioBackend(Backend):
     name: ClassVar[str] = "istio"
     description: ClassVar[str] = "Istio 1.30 CRDs (networking.istio.io/v1, security.istio.io/v1) + core objects"
     # Static endpoints are for local targets: on Kubernetes the Service selector finds the pods.
-    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
     OPTIONS: ClassVar[dict[str, str]] = {
         "root_namespace": "Istio root namespace for the mesh-wide PeerAuthentication (default istio-system)",
         "cluster_domain": "Kubernetes cluster DNS domain (default cluster.local)",

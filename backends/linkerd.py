@@ -52,7 +52,7 @@ import re
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES
+from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES
 from meshc.backends.gateway_api import GW, GatewayApiBackend, rank
 
 from meshc.model import Match, Mesh, Outlier, Port, Retry, RouteRule, Service, Source
@@ -83,7 +83,7 @@ def _auth_ref(kind: str, name: str) -> dict[str, str]:
 class LinkerdBackend(GatewayApiBackend):
     name: ClassVar[str] = "linkerd"
     description: ClassVar[str] = "Linkerd edge (policy.linkerd.io v1beta3/v1alpha1 CRDs, annotations) + core objects"
-    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED
+    CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
     OPTIONS: ClassVar[dict[str, str]] = {
         "gateway_api_routes": "write gateway.networking.k8s.io/v1 HTTPRoutes instead of policy.linkerd.io/v1beta3",
         "legacy_service_profile": "write ServiceProfiles (linkerd.io/v1alpha2) instead of HTTPRoutes for routing",

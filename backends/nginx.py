@@ -272,6 +272,8 @@ class NginxBackend(Backend):
         "external", "external.tls_originate", "protocol.tls",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers",
+        # nginx sidecars export no metrics, so `metrics off` holds as written
+        "access_log.text", "access_log.off", "metrics.off",
     })
     OPTIONS: ClassVar[Mapping[str, str]] = {
         "certs_dir": "where the `meshc certs` files are at run time; relative paths are relative to "
