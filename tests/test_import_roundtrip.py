@@ -28,7 +28,7 @@ from meshc.diagnostics import MeshcError
 from meshc.diff import semantic_diff
 from meshc.importers import available as importers_available
 from meshc.importers import import_files
-from meshc.model import Mesh, Node, Observability, Resilience, RouteRule, Service
+from meshc.model import Mesh, Node, Observability, Outlier, Resilience, RouteRule, Service
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -130,7 +130,7 @@ ISTIO_BACKOFF = "gap:a retry backoff maximum other than 10 x the base interval c
 HANDLED = ({ISTIO_BACKOFF, "timeout", "retry", "retry.per_try", "retry.budget", "retry.status_codes", "retry.backoff", "slo",
             "ingress", "external.tls_originate", "fault.delay", "fault.abort", "route.mirror",
             "route.headers.request", "route.headers.response", "route.redirect", "route.respond",
-            "endpoints.static"} | _RES_KEYS | {f"load_balance.{p}" for p in
+            "endpoints.static", "access_log.text", "access_log.off", "metrics.off", "trace_sampling"} | _RES_KEYS | {f"load_balance.{p}" for p in
                                                ("round_robin", "least_request", "random", "consistent_hash")})
 
 
@@ -185,7 +185,8 @@ GAP_EXT_TIMEOUT = re.compile(r"^gap:timeouts on an external service cannot be ex
 GAP_AUTHZ_PREFIX = re.compile(r"^gap:a byte-prefix path in an authorization rule cannot be expressed")
 GAP_RULE_RETRY = re.compile(r"^gap:a retry policy on a single route rule cannot be expressed")
 GAP_EGRESS = re.compile(r"^gap:authorization of calls to an external service")
-GAPS = (GAP_RETRY, GAP_BURST, GAP_EXT_TIMEOUT, GAP_AUTHZ_PREFIX, GAP_RULE_RETRY, GAP_EGRESS)
+GAP_OUTLIER = re.compile(r"^gap:an outlier `interval` or `max_percent` cannot be expressed")
+GAPS = (GAP_RETRY, GAP_BURST, GAP_EXT_TIMEOUT, GAP_AUTHZ_PREFIX, GAP_RULE_RETRY, GAP_EGRESS, GAP_OUTLIER)
 AUTHZ_CONDITIONS = {"authz.methods": "methods", "authz.paths": "paths", "authz.headers": "headers",
                     "authz.not_paths": "not_paths", "authz.ports": "ports"}
 
@@ -210,6 +211,10 @@ def _gap_normalise(mesh: Mesh, feats: set[str]) -> Mesh:
         upd: dict[str, Any] = {"retry": retry(res.retry)}
         if res.rate_limit is not None and any(GAP_BURST.match(f) for f in feats):
             upd["rate_limit"] = res.rate_limit.model_copy(update={"burst": None})
+        if res.outlier is not None and any(GAP_OUTLIER.match(f) for f in feats):
+            default = Outlier()
+            upd["outlier"] = res.outlier.model_copy(update={"interval_ms": default.interval_ms,
+                                                            "max_percent": default.max_percent})
         if s.external is not None and any(GAP_EXT_TIMEOUT.match(f) for f in feats):
             upd["timeout"] = None
         rule_retry = any(GAP_RULE_RETRY.match(f) for f in feats)
