@@ -514,8 +514,17 @@ class Run:
         return results
 
 
+EXPECT_KEYS = frozenset({
+    "refused", "status", "statuses_include", "upstream", "share", "tolerance", "elapsed_ms", "elapsed_tolerance",
+    "max_elapsed_ms", "hits", "tail", "no_failures", "upstream_saw", "upstream_path", "response_headers",
+    "location_path", "body_contains", "min_count"})
+
+
 def check(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str, Upstream]) -> list[str]:
     """Every way the responses miss the expectation (empty: all good)."""
+    unknown = set(expect) - EXPECT_KEYS
+    if unknown:  # a misspelt expectation would otherwise check nothing
+        return [f"unknown expectation(s) {sorted(unknown)}; known: {sorted(EXPECT_KEYS)}"]
     problems: list[str] = []
     statuses = Counter(r.status for r in rs)
     errors = sorted({r.error for r in rs if r.error})[:3]
