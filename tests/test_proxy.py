@@ -280,6 +280,10 @@ def test_consistent_hash_is_sticky(env: Env) -> None:
     for user in ("alice", "bob", "carol"):
         seen = {get(env.port(), headers={"x-user": user})[1]["x-upstream"] for _ in range(8)}
         assert len(seen) == 1
+    # and it is a hash: different users land on different endpoints (24 users over 4 endpoints
+    # all on one would mean the key is ignored)
+    chosen = {get(env.port(), headers={"x-user": f"user-{i}"})[1]["x-upstream"] for i in range(24)}
+    assert len(chosen) >= 2, chosen
 
 
 def test_endpoints_file_is_applied_live(env: Env, tmp_path: Path) -> None:
