@@ -275,6 +275,20 @@ def drop_spans(node: Any, spans: set[str]) -> Any:
     return node.model_copy(update=update)
 
 
+class NotComparable(Exception):
+    """The target refuses too much of this example for a round trip to say anything."""
+
+
+# Every pair that cannot be compared, and why; a pair that changes either way fails the test.
+NOT_COMPARABLE = {
+    ("tcp-database", "appmesh"),  # E330: App Mesh cannot check plaintext callers of a permissive service
+    ("tcp-database", "consul"),  # the whole mesh refused (per-try timeouts, ...)
+    ("tcp-database", "nginx-mesh"),  # the whole mesh refused (ingress exposure, ...)
+    ("shop", "nginx-mesh"),  # external services and TLS ports: SMI has neither
+    ("portable", "nginx-mesh"),  # likewise
+}
+
+
 def round_trip(example: str, source: str) -> tuple[Mesh, Mesh, set[str], str]:
     x = load(EXAMPLES[example])
     target = TARGETS[source]
@@ -285,12 +299,13 @@ def round_trip(example: str, source: str) -> tuple[Mesh, Mesh, set[str], str]:
         spans = {str(d.span) for d in e.diagnostics if d.severity == "error" and d.span is not None}
         owners = {str(s.span) for s in x.services} | {str(x.span)}
         if spans & owners:
-            pytest.skip(f"{example} does not compile for {target}: a whole service or the mesh is refused: {e}")
+            raise NotComparable(f"{example} does not compile for {target}: a whole service or the mesh is refused: {e}")
         x = drop_spans(x, spans)
         try:
             bundle = compile_mesh(x, target, unsupported="warn")
         except MeshcError as e2:
-            pytest.skip(f"{example} does not compile for {target} even without the refused constructs: {e2}")
+            raise NotComparable(f"{example} does not compile for {target} even without the refused constructs: {e2}") \
+                from None
     feats = unsupported_features(x, target)
     with tempfile.TemporaryDirectory() as d:
         paths = [p for p in bundle.write(Path(d)) if p.suffix in INPUT_SUFFIXES and p.name != "kustomization.yaml"
@@ -330,11 +345,16 @@ def test_round_trip(example: str, source: str) -> None:
         pytest.skip(f"no {source} importer yet")
     if TARGETS[source] not in targets_available():
         pytest.skip(f"no {TARGETS[source]} backend")
-    x, y, feats, text = round_trip(example, source)
-    unhandled = {f for f in feats - HANDLED if not any(g.match(f) for g in GAPS)} - \
-        {"route.match.path.prefix", "authz.deny", "authz.unauthenticated", *AUTHZ_CONDITIONS}
-    if unhandled:
-        pytest.skip(f"{source} cannot express {sorted(unhandled)}: no normalisation for them")
+    try:
+        x, y, feats, text = round_trip(example, source)
+        unhandled = {f for f in feats - HANDLED if not any(g.match(f) for g in GAPS)} - \
+            {"route.match.path.prefix", "authz.deny", "authz.unauthenticated", *AUTHZ_CONDITIONS}
+        if unhandled:
+            raise NotComparable(f"{source} cannot express {sorted(unhandled)}: no normalisation for them")
+    except NotComparable as why:
+        assert (example, source) in NOT_COMPARABLE, f"newly not comparable (fix it, or list it): {why}"
+        pytest.skip(str(why))
+    assert (example, source) not in NOT_COMPARABLE, "comparable now: remove it from NOT_COMPARABLE"
     gaps = BACKEND_GAPS.get(source, {})
     externals = {s.name for s in x.services if s.external} if any(GAP_EGRESS.match(f) for f in feats) else set()
     a, b = normalise(x, feats, externals), normalise(y, feats, externals)
