@@ -4,9 +4,9 @@ defaults, and a target that cannot honour one reports it at the mesh block (E301
 from __future__ import annotations
 
 import pytest
-
 from meshc.backends import compile_mesh
 from meshc.backends.base import features_used
+
 from meshc.compiler import load_text
 from meshc.diagnostics import MeshcError
 

@@ -665,6 +665,7 @@ def test_validate_rule_faults(tmp_path: Path) -> None:
 
 def test_different_retry_budgets_are_an_error_not_a_silent_pick() -> None:
     from meshc.backends import compile_mesh
+
     from meshc.compiler import load_text
     from meshc.diagnostics import MeshcError
 

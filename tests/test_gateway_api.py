@@ -239,6 +239,7 @@ def test_grpc_first_match_order_is_kept() -> None:
 
 def test_non_strict_mtls_is_a_warning_not_silence() -> None:
     from meshc.backends import compile_mesh
+
     from meshc.compiler import load_text
 
     text = "mesh m {\n  authz allow_by_default\n}\nservice a {\n  port http 80\n  mtls %s\n}\n"

@@ -299,7 +299,8 @@ def round_trip(example: str, source: str) -> tuple[Mesh, Mesh, set[str], str]:
         spans = {str(d.span) for d in e.diagnostics if d.severity == "error" and d.span is not None}
         owners = {str(s.span) for s in x.services} | {str(x.span)}
         if spans & owners:
-            raise NotComparable(f"{example} does not compile for {target}: a whole service or the mesh is refused: {e}")
+            raise NotComparable(f"{example} does not compile for {target}: a whole service or the mesh is refused: {e}") \
+                from None
         x = drop_spans(x, spans)
         try:
             bundle = compile_mesh(x, target, unsupported="warn")

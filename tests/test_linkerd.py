@@ -267,6 +267,7 @@ def test_warn_mode_never_widens_an_allow_rule() -> None:
 
 def test_outlier_settings_linkerd_cannot_count_are_reported() -> None:
     from meshc.backends import compile_mesh
+
     from meshc.compiler import load_text
     from meshc.diagnostics import MeshcError
 

@@ -14,8 +14,8 @@ from meshc.backends import compile_mesh
 
 from meshc import authz
 from meshc.compiler import load
-from meshc.runtime import config as C
 from meshc.paths import normalize
+from meshc.runtime import config as C
 from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, path_pred, split_target
 
 ROOT = Path(__file__).resolve().parents[1]
