@@ -170,6 +170,24 @@ def version_name(text: str) -> str:
     return dns_name(text, lead="v")
 
 
+def split_versions(drafts: dict[str, Any], version_services: dict[str, tuple[str, str]]) -> None:
+    """Per-version Services become versions: `reviews-v2` selecting app=reviews,version=v2 is
+    version v2 of `reviews` (the Service whose selector is the largest proper subset)."""
+    for name, d in sorted(drafts.items()):
+        parents = [p for p in drafts.values() if p is not d and p.selector and p.namespace == d.namespace
+                   and p.selector.items() < d.selector.items()]
+        if not parents:
+            continue
+        parent = max(parents, key=lambda p: len(p.selector))
+        extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
+        vname = version_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
+            version_name(extra.get("version", name))
+        parent.versions[vname] = extra
+        version_services[name] = (parent.name, vname)
+    for name in version_services:
+        del drafts[name]
+
+
 def weights_to_percent(weights: list[int]) -> list[int]:
     """Relative integer weights -> hundredths that add up to exactly FULL (largest remainder)."""
     total = sum(weights)

@@ -41,7 +41,7 @@ from meshc.importers.common import (
     report_unread,
     resource,
     simplify_matches,
-    version_name,
+    split_versions,
     weights_to_percent,
 )
 from meshc.importers.kube import port_protocol, read_services
@@ -125,20 +125,7 @@ class LinkerdImporter:
 
     # ----------------------------------------------------------------- services
     def split_versions(self) -> None:
-        """`reviews-v2` selecting app=reviews,version=v2 is version v2 of `reviews`."""
-        for name, d in sorted(self.drafts.items()):
-            parents = [p for p in self.drafts.values() if p is not d and p.selector and p.namespace == d.namespace
-                       and p.selector.items() < d.selector.items()]
-            if not parents:
-                continue
-            parent = max(parents, key=lambda p: len(p.selector))
-            extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
-            vname = version_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
-                version_name(extra.get("version", name))
-            parent.versions[vname] = extra
-            self.version_services[name] = (parent.name, vname)
-        for name in self.version_services:
-            del self.drafts[name]
+        split_versions(self.drafts, self.version_services)
 
     def externals(self) -> None:
         """ExternalName Services: external services reached by host name."""

@@ -37,6 +37,7 @@ from meshc.importers.common import (
     read_documents,
     report_unread,
     resource,
+    split_versions,
     version_name,
     weights_to_percent,
 )
@@ -142,19 +143,7 @@ class NginxMeshImporter:
                 else "allow_by_default"
 
     def split_versions(self) -> None:
-        for name, d in sorted(self.drafts.items()):
-            parents = [p for p in self.drafts.values() if p is not d and p.selector and p.namespace == d.namespace
-                       and p.selector.items() < d.selector.items()]
-            if not parents:
-                continue
-            parent = max(parents, key=lambda p: len(p.selector))
-            extra = {k: v for k, v in d.selector.items() if k not in parent.selector}
-            vname = version_name(name[len(parent.name) + 1:]) if name.startswith(parent.name + "-") else \
-                version_name(extra.get("version", name))
-            parent.versions[vname] = extra
-            self.version_services[name] = (parent.name, vname)
-        for name in self.version_services:
-            del self.drafts[name]
+        split_versions(self.drafts, self.version_services)
 
     def smi_services(self) -> None:
         """Without core Services in the input, SMI objects name the services: split roots, the
