@@ -139,7 +139,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
             errors += e.diagnostics
     for b in bundles.values():
         report(b.diagnostics, args, loaded.sources)
-    if errors:
+    # With several targets, the ones that compiled are still written (to a directory); the
+    # run fails all the same, naming what the others cannot express.
+    if errors and (args.output is None or not bundles):
         raise MeshcError(errors)
     if args.validate and _validate(bundles, options, args.schemas):
         return 1
@@ -156,7 +158,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     n = 0
     for t, b in bundles.items():
         n += len(b.write(out, t if len(bundles) > 1 or args.target == "all" else ""))
-    print(f"wrote {n} files to {out}", file=sys.stderr)
+    print(f"wrote {n} files to {out} ({', '.join(bundles)})", file=sys.stderr)
+    if errors:
+        failed = [t for t in targets if t not in bundles]
+        report(errors, args, loaded.sources)
+        print(f"meshc: {', '.join(failed)}: not written (errors above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,3 +151,12 @@ def test_graph_formats(tmp_path) -> None:
     r = meshc("graph", "examples/bookinfo", "--format", "svg", "-o", str(out))
     assert r.returncode == 0, r.stderr.decode()
     assert b"<svg" in out.read_bytes() and b"productpage" in out.read_bytes()
+
+
+def test_compile_all_writes_what_compiles_and_fails_for_the_rest(tmp_path) -> None:
+    r = meshc("compile", BOOKINFO, "--target", "all", "--unsupported=warn", "-o", str(tmp_path))
+    err = r.stderr.decode()
+    assert r.returncode == 1  # nginx and nginx-mesh refuse constructs (E330)
+    assert "nginx-mesh, nginx: not written" in err and "error[E330]" in err
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"envoy", "istio", "native", "linkerd"} <= written and "nginx" not in written
