@@ -31,7 +31,9 @@ Lowering decisions (docs/language.md semantics -> Istio):
   fault) followed by (rule, without), keeping order. One delay and one abort per route.
 - Authorization: `service`/`identity`/`ingress` sources -> `principals`
   (`<trust-domain>/ns/<ns>/sa/<sa>`); `authenticated` -> `principals: ["*"]`;
-  `unauthenticated` -> `notPrincipals: ["*"]`; `*` -> no `from`. meshc treats every caller
+  `unauthenticated` -> `notPrincipals: ["*"]` (E301 when a destination has a permissive or
+  disabled port: there meshc counts every caller as unauthenticated, Istio only the callers
+  without mTLS); `*` -> no `from`. meshc treats every caller
   of a permissive or disabled port as plaintext, so a rule naming only identities gets the
   service's strict ports as `to.operation.ports` (none: not written; a `*` destination is
   then written per service). Paths: exact as is, byte
@@ -685,6 +687,13 @@ class IstioBackend(Backend):
                 self.gaps.add("authorization of calls to an external service (egress)", rule.span,
                               "Istio enforces authorization where requests arrive: an external host has no "
                               "sidecar, and egress gateways are not generated")
+            targets = internal if "*" in rule.destinations else \
+                [s for s in map(mesh.service, rule.destinations) if s is not None and s.external is None]
+            if any(s.kind == "unauthenticated" for s in rule.sources) and \
+                    any(p.mtls != "strict" for t in targets for p in t.ports):
+                self.gaps.add("a rule for `unauthenticated` callers of a permissive or disabled port", rule.span,
+                              "meshc counts every caller of such a port as plaintext, Istio's notPrincipals only "
+                              "the callers without mTLS; make the ports strict, or name the sources")
             body = self.authz_rule(rule)
             if body is None:
                 continue

@@ -186,7 +186,9 @@ GAP_AUTHZ_PREFIX = re.compile(r"^gap:a byte-prefix path in an authorization rule
 GAP_RULE_RETRY = re.compile(r"^gap:a retry policy on a single route rule cannot be expressed")
 GAP_EGRESS = re.compile(r"^gap:authorization of calls to an external service")
 GAP_OUTLIER = re.compile(r"^gap:an outlier `interval` or `max_percent` cannot be expressed")
-GAPS = (GAP_RETRY, GAP_BURST, GAP_EXT_TIMEOUT, GAP_AUTHZ_PREFIX, GAP_RULE_RETRY, GAP_EGRESS, GAP_OUTLIER)
+GAP_UNAUTH = re.compile(r"^gap:a rule for `unauthenticated` callers of a permissive or disabled port")
+GAPS = (GAP_RETRY, GAP_BURST, GAP_EXT_TIMEOUT, GAP_AUTHZ_PREFIX, GAP_RULE_RETRY, GAP_EGRESS, GAP_OUTLIER,
+        GAP_UNAUTH)
 AUTHZ_CONDITIONS = {"authz.methods": "methods", "authz.paths": "paths", "authz.headers": "headers",
                     "authz.not_paths": "not_paths", "authz.ports": "ports"}
 
@@ -225,6 +227,8 @@ def _gap_normalise(mesh: Mesh, feats: set[str]) -> Mesh:
     for r in mesh.rules:
         if "authz.deny" in feats and r.action == "deny":
             continue
+        if any(GAP_UNAUTH.match(f) for f in feats) and any(src.kind == "unauthenticated" for src in r.sources):
+            continue  # left out by the target (warn mode), so by both sides here
         if any(GAP_AUTHZ_PREFIX.match(f) for f in feats) and any(p.kind == "prefix" for p in r.paths):
             paths = tuple(p for p in r.paths if p.kind != "prefix")
             if not paths:

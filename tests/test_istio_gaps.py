@@ -131,3 +131,18 @@ def test_star_destination_covers_external_services() -> None:
     assert authz.decide(load_text(text), "a", "api").allowed
     [d] = errors(text)
     assert d.code == "E301" and d.span.line == 6
+
+
+def test_unauthenticated_sources_on_permissive_ports_are_reported() -> None:
+    """meshc: every caller of a permissive port counts as plaintext, so `deny unauthenticated`
+    stops them all; Istio's notPrincipals would stop only callers without mTLS (wider access)."""
+    from meshc.backends import compile_mesh
+
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    text = "mesh m {}\nservice a {\n  port http 80\n  mtls %s\n}\ndeny unauthenticated -> a\n"
+    with pytest.raises(MeshcError) as e:
+        compile_mesh(load_text(text % "permissive", checks=False), "istio")
+    assert [(d.code, d.span.line) for d in e.value.diagnostics] == [("E301", 6)]
+    assert compile_mesh(load_text(text % "strict", checks=False), "istio").files
