@@ -719,13 +719,7 @@ class IstioBackend(Backend):
     # ----------------------------------------------------------------- ingress
 
     def lower_ingress(self, mesh: Mesh) -> list[dict[str, Any]]:
-        exposed = []
-        for s in mesh.services:
-            if s.expose is not None and not s.is_http:
-                self.gaps.add("ingress exposure of a service without HTTP ports", s.expose.span,
-                              "the ingress Gateway routes HTTP")
-            elif s.expose is not None:
-                exposed.append(s)
+        exposed = k8s.exposed_http_services(mesh, self.gaps)
         if not exposed:
             return []
         ns = mesh.namespace

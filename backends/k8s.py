@@ -257,6 +257,20 @@ class Gaps:
             help=(hint + "; " if hint else "") + "or pass --unsupported=warn to drop it with a warning"))
 
 
+
+
+def exposed_http_services(mesh: Any, gaps: Gaps) -> list[Any]:
+    """Services exposed on the ingress; exposing one without an HTTP port is a gap (the
+    generated ingress Gateway routes HTTP)."""
+    exposed = []
+    for s in mesh.services:
+        if s.expose is not None and not s.is_http:
+            gaps.add("ingress exposure of a service without HTTP ports", s.expose.span,
+                     "the ingress Gateway routes HTTP")
+        elif s.expose is not None:
+            exposed.append(s)
+    return exposed
+
 # --------------------------------------------------------------------------- match algebra
 # Conjunction of two meshc matches (both must hold). Used to push a fault's conditions into a
 # route rule (Istio: one fault per HTTP route) and to keep first-match order on targets that

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.harness import Run, RunContext, Runner, Scenario, free_port_block, load_scenarios
+from e2e.harness import IndexedProcessRunner, Run, RunContext, Scenario, free_port_block, load_scenarios
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 START_TIMEOUT = 15.0
 SCENARIOS = load_scenarios()
 
 
-class NginxRunner(Runner):
+class NginxRunner(IndexedProcessRunner):
     name = "nginx"
     capabilities = frozenset({"mtls", "authz", "dynamic"})
 
@@ -129,22 +129,6 @@ class NginxRunner(Runner):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-
-    def logs(self) -> str:
-        out = []
-        for name in sorted(self.procs):
-            p = self.dir / f"{name}.log"
-            if p.exists():
-                out.append(f"== {name}\n" + p.read_text(errors="replace")[-3000:])
-        return "\n".join(out)
-
-    def outbound(self, caller: str, callee: str) -> tuple[str, int]:
-        ports = self.index[caller]["outbound"][callee]
-        return "127.0.0.1", int(ports[sorted(ports)[0]])
-
-    def inbound(self, service: str) -> tuple[str, int]:
-        ports = self.index[service]["inbound"]
-        return "127.0.0.1", int(ports[sorted(ports)[0]]["port"])
 
 
 def unexpressible(scenario: Scenario) -> list[str]:

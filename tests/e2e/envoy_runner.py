@@ -17,13 +17,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e.harness import RunContext, Runner, free_port_block
+from e2e.harness import IndexedProcessRunner, RunContext, free_port_block
 
 ENVOY = shutil.which("envoy")
 START_TIMEOUT = 20.0
 
 
-class EnvoyRunner(Runner):
+class EnvoyRunner(IndexedProcessRunner):
     name = "envoy"
     capabilities = frozenset({"mtls", "dynamic", "authz", "faults", "outlier", "circuit_breaker"})
 
@@ -159,22 +159,3 @@ class EnvoyRunner(Runner):
                 proc.wait(timeout=5)
         for log in self.logfiles:
             log.close()
-
-    def logs(self) -> str:
-        out = []
-        for name in sorted(self.procs):
-            p = self.dir / f"{name}.log"
-            if p.exists():
-                out.append(f"== {name}\n" + p.read_text(errors="replace")[-3000:])
-        return "\n".join(out)
-
-    # -------------------------------------------------------------- addresses
-
-    def outbound(self, caller: str, callee: str) -> tuple[str, int]:
-        ports = self.index[caller]["outbound"][callee]
-        return "127.0.0.1", int(ports[sorted(ports)[0]])
-
-    def inbound(self, service: str) -> tuple[str, int]:
-        ports = self.index[service]["inbound"]
-        entry = ports[sorted(ports)[0]]
-        return "127.0.0.1", int(entry["port"])

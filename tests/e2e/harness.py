@@ -387,6 +387,32 @@ class Runner(abc.ABC):
         return ""
 
 
+class IndexedProcessRunner(Runner):
+    """A runner whose proxies are processes logging to `<dir>/<name>.log` and whose backend
+    writes an index (`index.json`: per sidecar, `outbound` ports per callee and `inbound`
+    listeners), as the envoy and nginx backends do."""
+
+    dir: Path  # where the proxies' configs and logs are
+    procs: dict[str, Any]  # sidecar name -> its process
+    index: dict[str, Any]  # sidecar name -> its entry of the backend's index
+
+    def logs(self) -> str:
+        out = []
+        for name in sorted(self.procs):
+            p = self.dir / f"{name}.log"
+            if p.exists():
+                out.append(f"== {name}\n" + p.read_text(errors="replace")[-3000:])
+        return "\n".join(out)
+
+    def outbound(self, caller: str, callee: str) -> tuple[str, int]:
+        ports = self.index[caller]["outbound"][callee]
+        return "127.0.0.1", int(ports[sorted(ports)[0]])
+
+    def inbound(self, service: str) -> tuple[str, int]:
+        ports = self.index[service]["inbound"]
+        return "127.0.0.1", int(ports[sorted(ports)[0]]["port"])
+
+
 # --------------------------------------------------------------------------- running
 
 
