@@ -31,12 +31,9 @@ Lowering decisions (docs/language.md semantics -> Istio):
   fault) followed by (rule, without), keeping order. One delay and one abort per route.
 - Authorization: `service`/`identity`/`ingress` sources -> `principals`
   (`<trust-domain>/ns/<ns>/sa/<sa>`); `authenticated` -> `principals: ["*"]`;
-  `unauthenticated` -> `notPrincipals: ["*"]` (E301 when a destination has a permissive or
-  disabled port: there meshc counts every caller as unauthenticated, Istio only the callers
-  without mTLS); `*` -> no `from`. meshc treats every caller
-  of a permissive or disabled port as plaintext, so a rule naming only identities gets the
-  service's strict ports as `to.operation.ports` (none: not written; a `*` destination is
-  then written per service). Paths: exact as is, byte
+  `unauthenticated` -> `notPrincipals: ["*"]`; `*` -> no `from`. Both match identities per
+  connection, as meshc does: a sidecar speaks mTLS (ISTIO_MUTUAL) to strict and permissive
+  ports, a plaintext caller has no principal, and a DISABLE port sees none. Paths: exact as is, byte
   prefix `/p` -> `/p*`, `under /p` -> `/p` and `/p/*`; regex paths cannot be written (E301).
   Under `allow_by_default` allow rules are no-ops in meshc, so they are not written (an Istio
   ALLOW policy would otherwise deny everything it does not match).
@@ -644,31 +641,6 @@ class IstioBackend(Backend):
             out["when"] = when
         return out if expressible else None
 
-    @staticmethod
-    def identity_only(rule: Any) -> bool:
-        return not any(s.kind in ("any", "unauthenticated") for s in rule.sources)
-
-    def plaintext_namespaces(self, rule: Any, internal: list[Service]) -> set[str]:
-        """Namespaces where a `*`-destination rule naming identities must be written per
-        service: some service there has a permissive or disabled port."""
-        if not self.identity_only(rule):
-            return set()
-        return {s.namespace for s in internal if any(p.mtls != "strict" for p in s.ports)}
-
-    def provable(self, rule: Any, svc: Service, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The rule's body for `svc`, limited to the ports where it can match (None: none).
-        meshc treats every caller of a permissive or disabled port as plaintext, so a rule
-        naming identities matches nobody there (allow admits nobody, deny stops nobody); Istio
-        would match the mTLS callers it can identify. Such rules get `ports` of the strict
-        ports only."""
-        if not self.identity_only(rule) or all(p.mtls == "strict" for p in svc.ports):
-            return body
-        ports = [p.number for p in svc.ports if p.mtls == "strict" and (not rule.ports or p.number in rule.ports)]
-        if not ports:
-            return None
-        tos = body.get("to") or [{"operation": {}}]
-        return {**body, "to": [{"operation": {**t["operation"], "ports": [str(n) for n in ports]}} for t in tos]}
-
     def lower_authorization(self, mesh: Mesh) -> list[dict[str, Any]]:
         internal = [s for s in mesh.services if s.external is None]
         namespaces = sorted({s.namespace for s in internal})
@@ -689,25 +661,12 @@ class IstioBackend(Backend):
                               "sidecar, and egress gateways are not generated")
             targets = internal if "*" in rule.destinations else \
                 [s for s in map(mesh.service, rule.destinations) if s is not None and s.external is None]
-            if any(s.kind == "unauthenticated" for s in rule.sources) and \
-                    any(p.mtls != "strict" for t in targets for p in t.ports):
-                self.gaps.add("a rule for `unauthenticated` callers of a permissive or disabled port", rule.span,
-                              "meshc counts every caller of such a port as plaintext, Istio's notPrincipals only "
-                              "the callers without mTLS; make the ports strict, or name the sources")
             body = self.authz_rule(rule)
             if body is None:
                 continue
-            named = ([s for s in internal if s.namespace in self.plaintext_namespaces(rule, internal)]
-                     if "*" in rule.destinations else
-                     [s for s in (mesh.service(d) for d in rule.destinations) if s is not None and s.external is None])
-            targets = ([(ns, "", body) for ns in namespaces if ns not in self.plaintext_namespaces(rule, internal)]
-                       if "*" in rule.destinations else [])
-            for s in named:
-                narrowed = self.provable(rule, s, body)
-                if narrowed is not None:
-                    targets.append((s.namespace, s.name, narrowed))
-            for ns, name, b in targets:
-                grouped.setdefault((ns, name, rule.action), []).append(b)
+            for ns, name in ([(ns, "") for ns in namespaces] if "*" in rule.destinations
+                             else [(s.namespace, s.name) for s in targets]):
+                grouped.setdefault((ns, name, rule.action), []).append(body)
         for (ns, name, action), rules in sorted(grouped.items()):
             spec: dict[str, Any] = {"action": action.upper(), "rules": rules}
             if name:

@@ -22,9 +22,10 @@ port's mTLS mode), namespaces annotated `config.linkerd.io/default-inbound-polic
 `linkerd.io/inject: enabled`. Allow rules become AuthorizationPolicies requiring a
 MeshTLSAuthentication (service, identity, ingress: identityRefs to ServiceAccounts;
 `authenticated`: identities `*`) or, for `*` on a permissive port, a NetworkAuthentication of
-every address. A permissive port under deny_by_default keeps `accessPolicy: deny`: meshc
-treats every caller there as plaintext, so only `*` rules admit anyone (unauthenticated sources
-are E301); rules naming identities admit nobody there and are not written for such ports. Method/path/header conditions are inbound HTTPRoutes on the Server (plus a
+every address. A permissive port under deny_by_default keeps `accessPolicy: deny`: identities
+are matched per connection, as in meshc (meshed callers speak mTLS to it and are admitted by
+the MeshTLSAuthentications naming them; plaintext callers only by `*` rules; unauthenticated
+sources are E301). Method/path/header conditions are inbound HTTPRoutes on the Server (plus a
 catch-all route, so requests outside them still reach server-level authorizations); an
 allow rule whose conditions contain another's is attached to that rule's route as well, so
 OR-ed allows hold under Linkerd's one-route-per-request matching.
@@ -414,11 +415,6 @@ class LinkerdBackend(GatewayApiBackend):
         l7: list[tuple[int, Any, list[Match], list[Port], list[dict[str, str]]]] = []
         for idx, rule in rules:
             ports = [p for p in svc.ports if not rule.ports or p.number in rule.ports]
-            if not any(s.kind in ("any", "unauthenticated") for s in rule.sources):
-                # meshc treats every caller of a permissive (or disabled) port as plaintext, so a
-                # rule naming identities admits nobody there; a MeshTLSAuthentication would admit
-                # the mTLS callers Linkerd can identify: wider than the mesh says.
-                ports = [p for p in ports if p.mtls == "strict"]
             if not ports:
                 continue
             if any(h.kind == "absent" for h in rule.headers):

@@ -4,10 +4,13 @@ One meaning, shared by the graph checks (dead traffic, W204), `meshc diff` and `
 
 - Deny beats allow. Under `deny_by_default` a request no allow rule matches is refused (403);
   under `allow_by_default` it passes.
-- Rules match the identity *proven by mTLS*. A caller's identity counts only on a strict port
-  (or service, when no port is named); on a permissive or disabled port every caller is treated
-  as plaintext, so only `*` and `unauthenticated` sources can match it, and named deny rules do
-  not stop it either. A strict port refuses plaintext callers outright.
+- Rules match the identity *proven by mTLS*, per connection. A meshed caller's sidecar speaks
+  mTLS to every port whose mode is not `disabled`, so its identity is proven on strict and
+  permissive ports alike. A plaintext caller (no sidecar: `unauthenticated`) presents no
+  identity: a strict port refuses it outright, a permissive port admits it, and there only `*`
+  and `unauthenticated` sources can match it (named deny rules do not stop it either). On a
+  `disabled` port nobody speaks mTLS, so every caller is plaintext. This is what Envoy (a TLS
+  and a plaintext filter chain under one RBAC), Istio, Linkerd and the native proxy do.
   External destinations are the exception: egress authorization runs in the caller's own
   sidecar, which knows the caller's identity without a handshake.
 - Paths are normalized before matching when `path_normalization strict` (`normalize_path`);
@@ -356,6 +359,14 @@ def _port_mode(svc: Service, port: int | None) -> tuple[str, str]:
     return svc.mtls, f"service {svc.name}"
 
 
+def _proven(dest: Service, mode: str, ident: Identity | None) -> Identity | None:
+    """The identity the destination's sidecar sees for a caller holding `ident` (None: plaintext).
+    External destinations are checked in the caller's own sidecar, which knows its identity."""
+    if dest.external is None and mode == "disabled":
+        return None  # no TLS on the port: nobody's identity is proven
+    return ident
+
+
 def _request_matches(rule: AuthzRule, method: str | None, path: str | None, port: int | None,
                      headers: Mapping[str, str]) -> bool:
     if rule.ports and port not in rule.ports:
@@ -388,14 +399,9 @@ def decide(mesh: Mesh, source: str | None, destination: str, *, method: str | No
     dest = _service(mesh, destination)
     ident = identity_of(mesh, source) if authenticated else None
     mode, where = _port_mode(dest, port)
-    if dest.external is not None:
-        proven = ident
-    elif mode == "strict":
-        if ident is None:
-            return Decision(False, None, f"plaintext caller refused: {where} mtls is strict", 0)
-        proven = ident
-    else:
-        proven = None
+    if dest.external is None and mode == "strict" and ident is None:
+        return Decision(False, None, f"plaintext caller refused: {where} mtls is strict", 0)
+    proven = _proven(dest, mode, ident)
     caller = Caller(source, proven)
 
     norm = path
@@ -528,12 +534,9 @@ def _per_port(mesh: Mesh, source: str | None, destination: str) -> Iterator[_Por
                 and idx.sources[id(rule)].admit(caller, td))
 
     for number, mode in _port_slots(dest):
-        if dest.external is not None or mode == "strict":
-            if ident is None and dest.external is None:
-                continue  # strict refuses plaintext
-            caller = Caller(source, ident)
-        else:
-            caller = Caller(source, None)
+        if ident is None and mode == "strict" and dest.external is None:
+            continue  # strict refuses plaintext
+        caller = Caller(source, _proven(dest, mode, ident))
         denies, allows = idx.candidates(destination, caller.spiffe)
         d = [r for r in denies if applies(r, caller, number)]
         if any(_whole(r, number) for r in d):
@@ -589,9 +592,9 @@ def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | No
     sources = idx.sources
     made: dict[bool, Caller] = {}
     for number, mode in _port_slots(dest):
-        proven = dest.external is not None or mode == "strict"
-        if proven and ident is None and dest.external is None:
+        if ident is None and mode == "strict" and dest.external is None:
             continue  # strict refuses plaintext
+        proven = _proven(dest, mode, ident) is not None
         caller = made.get(proven)
         if caller is None:
             caller = made[proven] = Caller(source, ident if proven else None)
@@ -664,8 +667,8 @@ def _candidate_sources(mesh: Mesh, allows: list[AuthzRule], everyone: list[str])
     named: set[str] = set()
     for rule in allows:
         for src in rule.sources:
-            # On a permissive or disabled port every caller counts as plaintext, so an
-            # `unauthenticated` rule may admit any service as well.
+            # On a disabled port every caller counts as plaintext, so an `unauthenticated`
+            # rule may admit any service as well.
             if src.kind in ("any", "authenticated", "identity", "unauthenticated"):
                 return everyone
             if src.kind == "ingress":

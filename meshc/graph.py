@@ -764,10 +764,11 @@ def check_weak_identity(mesh: Mesh) -> Iterator[Diagnostic]:
             continue
         shown = "; ".join(f"'{n}': {', '.join(w)}" for n, w in weak[:5]) + ("; ..." if len(weak) > 5 else "")
         yield Diagnostic(
-            "W207", f"allow rule for {', '.join(named)} relies on an identity mTLS cannot prove ({shown})",
-            rule.span, label="identity not proven on plaintext connections",
-            help="set `mtls strict` on the service or port, or allow `*` / `unauthenticated` explicitly "
-                 "if plaintext callers are intended")
+            "W207", f"allow rule for {', '.join(named)} relies on an identity mTLS does not always prove ({shown})",
+            rule.span, label="plaintext connections carry no identity",
+            help="set `mtls strict` on the service or port (a permissive port also admits plaintext callers, "
+                 "which only `*` / `unauthenticated` rules match; a disabled one proves no identity), or allow "
+                 "`*` / `unauthenticated` explicitly if plaintext callers are intended")
 
 
 def _ports_weak(mesh: Mesh, name: str, ports: tuple[int, ...]) -> bool:

@@ -99,9 +99,10 @@ def test_normalize_path(raw: str, expected: str | None) -> None:
     ("twin", "cart", {"method": "GET", "path": "/"}, True, "allowed by rule"),
     ("admin", "cart", {"method": "GET"}, False, "no allow rule matches under deny_by_default"),
     (None, "cart", {"method": "GET"}, False, "plaintext caller refused"),
-    # permissive mTLS: the named rule cannot match, `*` still can
-    ("front", "legacy", {"path": "/orders"}, False, "identity cannot be proven: service legacy mtls is permissive"),
+    # permissive mTLS: a meshed caller's identity is proven over mTLS; a plaintext one only gets `*`
+    ("front", "legacy", {"path": "/orders"}, True, "allowed by rule"),
     ("front", "legacy", {"path": "/health"}, True, "allowed by rule"),
+    ("admin", "legacy", {"path": "/orders"}, False, "no allow rule matches"),
     (None, "legacy", {"path": "/health"}, True, "allowed by rule"),
     (None, "legacy", {"path": "/orders"}, False, "no allow rule matches"),
     # per-port mTLS
@@ -164,9 +165,10 @@ def test_matrix(shop: Mesh) -> None:
     assert m[("ingress", "front")].level == "full"
     assert m[("front", "admin")].paths == ('under "/api"',)
     assert m[("front", "admin")].grants[0].not_paths == ('prefix "/api/internal"',)
-    # permissive: front only gets what `*` gets
-    assert str(m[("front", "legacy")]) == 'partial: paths exact "/health"'
-    assert m[("unauthenticated", "legacy")] == m[("front", "legacy")]
+    # permissive: front's identity is proven over mTLS; a plaintext caller only gets what `*` gets
+    assert m[("front", "legacy")].level == "full"
+    assert str(m[("unauthenticated", "legacy")]) == 'partial: paths exact "/health"'
+    assert m[("admin", "legacy")] == m[("unauthenticated", "legacy")]
     # mixed ports: the identity rule works on the strict port only
     assert m[("front", "mixed")].level == "partial" and m[("front", "mixed")].ports == (80,)
     assert ("unauthenticated", "cart") not in m

@@ -222,7 +222,11 @@ def test_mtls_weakening_is_flagged():
     d = diff(edit("service ratings {\n  port http 9080\n", "service ratings {\n  port http 9080\n  mtls permissive\n"))
     got = lines(d)
     assert "! ratings: mtls strict -> permissive (weakens)" in got
-    # The identity of reviews can no longer be proven: its allow rule stops matching.
+    # reviews' sidecar still speaks mTLS to the permissive port: its access is unchanged
+    assert not [line for line in got if "allow reviews -> ratings" in line]
+    got = lines(diff(edit("service ratings {\n  port http 9080\n", "service ratings {\n  port http 9080\n  mtls disabled\n")))
+    assert "! ratings: mtls strict -> disabled (weakens)" in got
+    # With mTLS off the identity of reviews can no longer be proven: its allow rule stops matching.
     assert "- allow reviews -> ratings GET (narrows)" in got
 
 

@@ -98,19 +98,25 @@ def policies(text: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d["spec"] for d in docs if d.get("kind") == "AuthorizationPolicy"}
 
 
-def test_identity_rule_holds_on_strict_ports_only() -> None:
-    """meshc: on a permissive port every caller counts as plaintext, so `allow a -> w` admits a
-    on 9090 (strict) only; Istio would admit a's mTLS identity on 8080 as well."""
+def test_identity_rule_matches_per_connection_on_permissive_ports() -> None:
+    """meshc and Istio alike: a's sidecar speaks mTLS to the permissive port, so `allow a -> w`
+    admits a on both ports; a plaintext caller of 8080 has no principal and is not admitted."""
     mesh = load_text(PERMISSIVE)
+    assert authz.decide(mesh, "a", "w", port=8080).allowed
+    assert authz.decide(mesh, "a", "w", port=9090).allowed
+    assert not authz.decide(mesh, None, "w", port=8080).allowed
+    [rule] = policies(PERMISSIVE)["w-allow"]["rules"]
+    assert rule == {"from": [{"source": {"principals": ["cluster.local/ns/m/sa/a"]}}]}
+
+
+def test_identity_rule_on_a_disabled_port_matches_nobody_on_both_sides() -> None:
+    """mTLS disabled: meshc proves no identity, and Istio (PeerAuthentication DISABLE, client
+    TLS DISABLE) sees no principal, so the same unnarrowed principals rule admits nobody."""
+    text = PERMISSIVE.replace("mtls permissive on port 8080", "mtls disabled on port 8080")
+    mesh = load_text(text)
     assert not authz.decide(mesh, "a", "w", port=8080).allowed
     assert authz.decide(mesh, "a", "w", port=9090).allowed
-    [rule] = policies(PERMISSIVE)["w-allow"]["rules"]
-    assert rule["to"] == [{"operation": {"ports": ["9090"]}}]
-
-
-def test_identity_rule_on_an_all_permissive_service_is_not_written() -> None:
-    text = PERMISSIVE.replace("mtls permissive on port 8080", "mtls permissive")
-    assert "w-allow" not in policies(text)
+    assert "to" not in policies(text)["w-allow"]["rules"][0]
 
 
 def test_anyone_rule_is_not_narrowed() -> None:
@@ -118,11 +124,10 @@ def test_anyone_rule_is_not_narrowed() -> None:
     assert "to" not in rule
 
 
-def test_star_destination_is_written_per_service_where_plaintext_is_accepted() -> None:
+def test_star_destination_is_one_namespace_policy() -> None:
     pols = policies(PERMISSIVE.replace("allow a -> w", "allow a -> *"))
-    assert "all-services-allow" not in pols
-    assert pols["w-allow"]["rules"][0]["to"] == [{"operation": {"ports": ["9090"]}}]
-    assert "to" not in pols["a-allow"]["rules"][0]
+    assert [n for n in pols if n != "default-deny"] == ["all-services-allow"]
+    assert "to" not in pols["all-services-allow"]["rules"][0]
 
 
 def test_star_destination_covers_external_services() -> None:
@@ -133,16 +138,13 @@ def test_star_destination_covers_external_services() -> None:
     assert d.code == "E301" and d.span.line == 6
 
 
-def test_unauthenticated_sources_on_permissive_ports_are_reported() -> None:
-    """meshc: every caller of a permissive port counts as plaintext, so `deny unauthenticated`
-    stops them all; Istio's notPrincipals would stop only callers without mTLS (wider access)."""
-    from meshc.backends import compile_mesh
-
-    from meshc.compiler import load_text
-    from meshc.diagnostics import MeshcError
-
-    text = "mesh m {}\nservice a {\n  port http 80\n  mtls %s\n}\ndeny unauthenticated -> a\n"
-    with pytest.raises(MeshcError) as e:
-        compile_mesh(load_text(text % "permissive", checks=False), "istio")
-    assert [(d.code, d.span.line) for d in e.value.diagnostics] == [("E301", 6)]
-    assert compile_mesh(load_text(text % "strict", checks=False), "istio").files
+def test_unauthenticated_sources_on_permissive_ports_are_written() -> None:
+    """`deny unauthenticated` on a permissive port stops the plaintext callers only, in meshc
+    and in Istio (notPrincipals: a meshed caller presents its principal over mTLS)."""
+    text = ("mesh m { namespace m authz allow_by_default }\nservice a {\n  port http 80\n  mtls permissive\n}\n"
+            "service b { port http 80 }\ndeny unauthenticated -> a\n")
+    mesh = load_text(text, checks=False)
+    assert not authz.decide(mesh, None, "a").allowed
+    assert authz.decide(mesh, "b", "a").allowed
+    [rule] = policies(text)["a-deny"]["rules"]
+    assert rule == {"from": [{"source": {"notPrincipals": ["*"]}}]}

@@ -53,14 +53,16 @@ def policies(text: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d.get("kind") == "AuthorizationPolicy"}
 
 
-def test_identity_rule_admits_nobody_on_a_permissive_port() -> None:
-    """meshc: on a permissive port every caller counts as plaintext, so `allow a -> w` cannot
-    admit a there (its identity is not proven); Linkerd must not admit a's mTLS identity."""
+def test_identity_rule_admits_the_mtls_caller_on_a_permissive_port() -> None:
+    """meshc and Linkerd alike: a's proxy speaks mTLS to the permissive port, so `allow a -> w`
+    admits a on both ports (a MeshTLSAuthentication), and a plaintext caller on neither."""
     mesh = load_text(PERMISSIVE)
-    assert not authz.decide(mesh, "a", "w", port=8080).allowed
+    assert authz.decide(mesh, "a", "w", port=8080).allowed
     assert authz.decide(mesh, "a", "w", port=9090).allowed
-    targets = {p["spec"]["targetRef"]["name"] for p in policies(PERMISSIVE).values()}
-    assert targets == {"w-9090"}
+    assert not authz.decide(mesh, None, "w", port=8080).allowed
+    pols = policies(PERMISSIVE).values()
+    assert {p["spec"]["targetRef"]["name"] for p in pols} == {"w-8080", "w-9090"}
+    assert {p["spec"]["requiredAuthenticationRefs"][0]["kind"] for p in pols} == {"MeshTLSAuthentication"}
 
 
 def test_anyone_rule_admits_plaintext_on_a_permissive_port() -> None:

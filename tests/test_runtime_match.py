@@ -104,7 +104,8 @@ def test_native_authorization_matches_the_model(mesh_file: Path) -> None:
                         if norm is None:
                             assert want.status == 400, (svc.name, source, path)
                             continue
-                        peer = ident.spiffe if ident is not None and lst.tls.mode == "strict" else None
+                        # a sidecar speaks mTLS to every port that is not disabled
+                        peer = ident.spiffe if ident is not None and lst.tls.mode != "disabled" else None
                         got, rule = az.decide(peer, lst.service_port, RequestView(method, norm, "", {}))
                         assert got == want.allowed, (svc.name, source, method, path, rule, want.reason)
                         checked += 1

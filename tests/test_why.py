@@ -130,19 +130,27 @@ def test_denied_by_deny_rule_exits_1(monkeypatch, capsys):
 
 
 def test_plaintext_caller_and_permissive_port():
-    mesh = load_text("""
+    mesh_text = """
 mesh m { mtls strict  authz deny_by_default }
 service a { port http 80 }
 service b { port http 80  mtls permissive }
 allow a -> b
 allow unauthenticated -> a methods GET
-""")
+"""
+    mesh = load_text(mesh_text)
     ans = explain(mesh, "unauthenticated", "a", "GET", "/")
     assert not ans["allowed"] and ans["status"] == 0 and "strict" in ans["reason"]
-    # On a permissive port a's identity cannot be proven: its allow rule does not apply.
+    # On a permissive port a's sidecar speaks mTLS: its identity is proven and its rule applies;
+    # a plaintext caller is let in by the port but matches no rule.
     ans = explain(mesh, "a", "b", "GET", "/")
+    assert ans["allowed"] and ans["mtls"]["mode"] == "permissive"
+    ans = explain(mesh, "unauthenticated", "b", "GET", "/")
+    assert not ans["allowed"] and ans["status"] == 403
+    # On a disabled port nobody's identity is proven: a's allow rule does not apply.
+    disabled = load_text(mesh_text.replace("mtls permissive", "mtls disabled"))
+    ans = explain(disabled, "a", "b", "GET", "/")
     assert not ans["allowed"] and "cannot be proven" in ans["reason"]
-    assert ans["mtls"]["mode"] == "permissive"
+    assert ans["mtls"]["mode"] == "disabled"
     assert "DENIED (403)" in render_text(ans)
 
 

@@ -239,9 +239,10 @@ class PrincipalCfg(_Cfg):
     `service_account`: a peer whose SPIFFE id names service account `value` (`name` in any
     namespace, or `namespace/name`).
 
-    A peer identity counts only where it is proven: on a `strict` inbound listener, or for
-    egress rules in the caller's own sidecar. On permissive/disabled listeners every caller is
-    plaintext (only `any` and `unauthenticated` can match)."""
+    A peer identity counts only where mTLS proves it: on a TLS connection to a `strict` or
+    `permissive` inbound listener, or for egress rules in the caller's own sidecar. Plaintext
+    connections (permissive or `disabled` listeners) carry no identity: only `any` and
+    `unauthenticated` can match them."""
 
     kind: Literal["any", "authenticated", "unauthenticated", "spiffe", "service_account"]
     value: str = ""

@@ -200,7 +200,6 @@ class HttpListener:
         self._authz_routes: dict[str, str] = {}  # rule name -> "authz:<rule>" (route label, built once)
         if isinstance(cfg, C.InboundListenerCfg):
             self.authz = Authorizer(cfg.authz)
-            self.strict_tls = cfg.tls.mode == "strict"
             self.bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
             self.faults = [Fault(f) for f in cfg.faults]
             app = cfg.app or (C.EndpointCfg(host=app_override[0], port=app_override[1]) if app_override else None)
@@ -276,7 +275,7 @@ class HttpListener:
     def _inbound(self, s: Stream, view: RequestView) -> Awaitable[None] | None:
         cfg = self.cfg
         assert isinstance(cfg, C.InboundListenerCfg) and self.authz is not None and self.app is not None
-        peer = s.conn.peer if self.strict_tls else None
+        peer = s.conn.peer  # proven per connection: None on plaintext ones (permissive, disabled)
         if (peer is not None and view.path == cfg.health_check_path and s.method == "GET"
                 and "x-meshc-health-check" in s.hdict):
             s.route_name = "health-check"
@@ -407,11 +406,9 @@ class TcpListener:
         self.app: Cluster | None = None
         self.authz: Authorizer | None = None
         self.port = 0
-        self.strict_tls = False
         if isinstance(cfg, C.InboundListenerCfg):
             self.authz = Authorizer(cfg.authz)
             self.port = cfg.service_port
-            self.strict_tls = cfg.tls.mode == "strict"
             app = cfg.app or (C.EndpointCfg(host=app_override[0], port=app_override[1]) if app_override else None)
             self.app = Cluster(C.ClusterCfg(name=f"{cfg.name}|app", protocol="tcp", endpoints=(app,) if app else ()),
                                sidecar.base, sidecar.metrics, sidecar.name)
@@ -431,8 +428,6 @@ class TcpListener:
             return True
         if isinstance(self.cfg, C.OutboundListenerCfg):
             peer = self.sidecar.cfg.identity
-        elif not self.strict_tls:
-            peer = None
         ok, rule = self.authz.decide(peer, self.port, None)
         if not ok:
             m = self.sidecar.metrics
