@@ -1,0 +1,83 @@
+"""meshc.lalr drives lark's tables: it must accept exactly what lark accepts and build an
+equal tree with equal token positions (the AST's spans and `fmt` depend on them)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from examples_index import all_mesh_files
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lark import Token, Tree
+from lark.exceptions import UnexpectedInput
+
+from meshc.parse import lean_parser, parser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from meshgen import generate  # noqa: E402
+
+DIAGNOSTICS = sorted((Path(__file__).parent / "diagnostics").glob("*.mesh"))
+SOURCES = [p.read_text() for p in all_mesh_files()]
+
+
+def tokens(tree: Tree) -> list[tuple]:
+    return [(t.type, str(t), t.line, t.column, t.end_line, t.end_column, t.start_pos, t.end_pos)
+            for t in tree.scan_values(lambda v: isinstance(v, Token))]
+
+
+def agree(text: str) -> bool:
+    """Both parse to equal trees and tokens, or both reject. Returns whether it parsed."""
+    lean = lean_parser().parse(text)
+    try:
+        want = parser().parse(text)
+    except UnexpectedInput:
+        assert lean is None, "lark rejects what the lean parser accepted"
+        return False
+    assert lean is not None, "the lean parser rejects what lark accepts"
+    assert lean == want
+    assert tokens(lean) == tokens(want)
+    return True
+
+
+@pytest.mark.parametrize("path", all_mesh_files() + DIAGNOSTICS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_examples_and_diagnostics_corpus(path: Path) -> None:
+    agree(path.read_bytes().decode("utf-8", "replace"))
+
+
+def test_generated_mesh_and_layouts() -> None:
+    text = generate(30)
+    assert agree(text)
+    # every token on its own line, CRLF line ends, comments and tabs between tokens
+    assert agree(text.replace(" ", "\n"))
+    assert agree(text.replace("\n", "\r\n"))
+    assert agree(text.replace("{\n", "{ # a comment\n\t"))
+    assert not agree(text + "service {")
+
+
+def test_keywords_are_names_where_no_keyword_fits() -> None:
+    assert agree("service version {\n  port http 80\n  version route { labels version=v1 }\n}\n")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SOURCES), st.data())
+def test_mutations_agree(src: str, data: st.DataObject) -> None:
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(src)))
+        j = data.draw(st.integers(i, min(len(src), i + 40)))
+        op = data.draw(st.sampled_from(["cut", "dup", "insert"]))
+        if op == "cut":
+            src = src[:i] + src[j:]
+        elif op == "dup":
+            src = src[:j] + src[i:j] + src[j:]
+        else:
+            src = src[:i] + data.draw(st.sampled_from(
+                ['"', "{", "}", "->", "50%", " x ", "\n", "#", "\\", "é", "version", " 5xx", "1.2.3.4:80"])) + src[i:]
+    agree(src)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('service mesh{}"#\n 0123456789%:.-_abxyz=*,')), max_size=120))
+def test_random_text_agrees(text: str) -> None:
+    agree(text)
