@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Mapping
+from dataclasses import replace
 
 from meshc.backends.base import Backend, Bundle
 
@@ -54,9 +55,12 @@ def compile_mesh(mesh: Mesh, target: str, *, unsupported: str = "error",
     backend = get(target)(options)
     gaps = backend.unsupported(mesh)
     if unsupported == "error" and gaps:
-        raise MeshcError(gaps)
+        raise MeshcError([replace(d, help=f"{d.help}; or pass --unsupported=warn to leave it out with a warning")
+                          for d in gaps])
     bundle = backend.lower(mesh)
-    bundle.diagnostics = [d.as_warning() for d in gaps] + bundle.diagnostics
+    # --unsupported=warn: the construct is left out of the output (the label says so)
+    bundle.diagnostics = [replace(d.as_warning(), label="left out of the output (--unsupported=warn)")
+                          for d in gaps] + bundle.diagnostics
     errors = [d for d in bundle.diagnostics if d.severity == "error"]
     if errors:
         raise MeshcError(bundle.diagnostics)

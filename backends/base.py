@@ -301,8 +301,7 @@ class Backend:
             out.append(Diagnostic(
                 "E301", f"{desc} {verb} not supported when targeting {self.name}", span,
                 label="not expressible on this target",
-                help=f"remove it, choose another target, or pass --unsupported=warn to drop it with a warning "
-                     f"(feature '{feature}'; see docs/capabilities.md)"))
+                help=f"remove it or choose another target (feature '{feature}'; see docs/capabilities.md)"))
         return out
 
     def lower(self, mesh: Mesh) -> Bundle:

@@ -254,7 +254,7 @@ class Gaps:
         self.items.append(Diagnostic(
             "E301", f"{what} cannot be expressed when targeting {self.backend}", span,
             label="not expressible on this target",
-            help=(hint + "; " if hint else "") + "or pass --unsupported=warn to drop it with a warning"))
+            help=hint or "remove it or choose another target"))
 
 
 
