@@ -190,7 +190,8 @@ class AppMeshImporter:
         self.rules: list[AuthzRule] = []
         self.settings = MeshSettings(mtls="disabled", authz="allow_by_default")
         self.mesh_name = mesh_name
-        self.node_owner: dict[str, tuple[str, str | None]] = {}  # node -> (service, version)
+        # node -> (service, version); a route target without a virtualNode name is keyed None
+        self.node_owner: dict[str | None, tuple[str, str | None]] = {}
         self.identities: dict[str, str] = {}  # spiffe id -> service
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -201,7 +202,7 @@ class AppMeshImporter:
 
     def run(self) -> Result:
         meshes = self.of("Mesh")
-        names = {o.get("mesh") for o in self.objs if o.get("mesh")} | {m["name"] for m in meshes if m.get("name")}
+        names = {o["mesh"] for o in self.objs if o.get("mesh")} | {m["name"] for m in meshes if m.get("name")}
         self.settings.name = self.mesh_name or dns_name(sorted(names)[0] if names else "appmesh")
         validated = any(((lst.get("tls") or {}).get("validation")) for n in self.of("VirtualNode")
                         for lst in n["spec"].get("listeners") or [])
@@ -238,7 +239,7 @@ class AppMeshImporter:
     # ----------------------------------------------------------------- services and nodes
     def services(self) -> None:
         self.vs_service: dict[str, str] = {}
-        namespaces = Counter()
+        namespaces: Counter[str] = Counter()
         for vs in self.of("VirtualService"):
             vname = str(vs["name"])
             parts = vname.split(".")
@@ -251,8 +252,8 @@ class AppMeshImporter:
             router = (provider.get("virtualRouter") or {}).get("virtualRouterName")
             node = (provider.get("virtualNode") or {}).get("virtualNodeName") or \
                 (provider.get("virtualNode") or {}).get("virtualNode")
-            nodes = [node] if node else [t.get("virtualNode") for r in self.routes_of(router)
-                                         for t in self.targets(r)]
+            nodes: list[str | None] = [node] if node else [t.get("virtualNode") for r in self.routes_of(router)
+                                                           for t in self.targets(r)]
             if not internal:
                 hosts = {(self.nodes.get(n, {}).get("spec", {}).get("serviceDiscovery") or {}).get("dns", {})
                          .get("hostname") for n in nodes}
@@ -295,7 +296,7 @@ class AppMeshImporter:
                 d.namespace = ns_main
 
     @staticmethod
-    def node_key(nodes: list[str], default: str) -> str:
+    def node_key(nodes: list[str | None], default: str) -> str:
         return nodes[0] if len(nodes) == 1 and nodes[0] else default
 
     def routes_of(self, router: str | None) -> list[dict[str, Any]]:
@@ -368,15 +369,15 @@ class AppMeshImporter:
             d.calls.append(target)
             tls = ((vs.get("clientPolicy") or {}).get("tls") or {})
             trust = (tls.get("validation") or {}).get("trust") or {}
-            t = self.drafts[target]
-            if t.external is not None and tls and ("file" in trust or "acm" in trust):
+            callee = self.drafts[target]
+            if callee.external is not None and tls and ("file" in trust or "acm" in trust):
                 sans = (((tls.get("validation") or {}).get("subjectAlternativeNames") or {}).get("match") or {}) \
                     .get("exact") or []
-                sni = sans[0] if sans and sans[0] != t.external.host else None
-                t.external = External(host=t.external.host, tls_originate=True, sni=sni)
-                for n, proto in list(t.ports.items()):
+                sni = sans[0] if sans and sans[0] != callee.external.host else None
+                callee.external = External(host=callee.external.host, tls_originate=True, sni=sni)
+                for n, proto in list(callee.ports.items()):
                     if proto in ("http", "tls"):
-                        t.ports[n] = "tls"
+                        callee.ports[n] = "tls"
                 self.rules.append(AuthzRule(action="allow", sources=(Source(kind="service", name=d.name),),
                                             destinations=(target,)))
         if spec.get("serviceDiscovery", {}).get("awsCloudMap"):
@@ -428,11 +429,11 @@ class AppMeshImporter:
             prev = key
         if d.external is not None or not d.is_http:
             # the route of an external or TCP service only forwards; keep its timeout and retries
-            for r in rules:
-                if r.timeout is not None and r.timeout.ms is not None:
-                    d.resilience["timeout"] = r.timeout
-                if r.retry is not None and r.retry.attempts:
-                    d.resilience["retry"] = r.retry
+            for route_rule in rules:
+                if route_rule.timeout is not None and route_rule.timeout.ms is not None:
+                    d.resilience["timeout"] = route_rule.timeout
+                if route_rule.retry is not None and route_rule.retry.attempts:
+                    d.resilience["retry"] = route_rule.retry
             return
         lift_routes(d, rules)
 
@@ -453,8 +454,8 @@ class AppMeshImporter:
         merged: dict[tuple[str, str | None], int] = {}
         for dd, p in zip(dests, pcts, strict=True):
             merged[(dd.service, dd.version)] = merged.get((dd.service, dd.version), 0) + p
-        owner = {v for s, v in merged if s == d.name}
-        if len(merged) > 1 and owner == set(d.versions) and len(owner) == len(merged) and \
+        own_versions = {v for s, v in merged if s == d.name}
+        if len(merged) > 1 and own_versions == set(d.versions) and len(own_versions) == len(merged) and \
                 len(set(merged.values())) == 1 or len(merged) == 1 and set(merged) == {(d.name, v) for v in d.versions}:
             merged = {(d.name, None): sum(merged.values())}  # every version, equally: the whole service
         kw: dict[str, Any] = {"destinations": tuple(Destination(service=s, version=v, weight=p)
@@ -586,13 +587,13 @@ class AppMeshImporter:
                 self.note(gr, "action.target", "not a virtual service of the input", "mesh")
                 continue
             d = self.drafts[svc]
-            m = body.get("match") or {}
+            route_match = body.get("match") or {}
             path = None
-            if "prefix" in m and m["prefix"] != "/":
-                path = PathMatch(kind="prefix", value=str(m["prefix"]))
-            elif (m.get("path") or {}).get("exact"):
-                path = PathMatch(kind="exact", value=str(m["path"]["exact"]))
-            host = ((m.get("hostname") or {}).get("exact"))
+            if "prefix" in route_match and route_match["prefix"] != "/":
+                path = PathMatch(kind="prefix", value=str(route_match["prefix"]))
+            elif (route_match.get("path") or {}).get("exact"):
+                path = PathMatch(kind="exact", value=str(route_match["path"]["exact"]))
+            host = ((route_match.get("hostname") or {}).get("exact"))
             hosts = (str(host),) if host else ("*",)
             paths = (d.expose.paths if d.expose else ()) + ((path,) if path else ())
             if d.expose is not None and not d.expose.paths:

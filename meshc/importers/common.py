@@ -157,6 +157,14 @@ def percent(value: Any) -> int | None:
     return max(0, min(FULL, round(v * 100)))
 
 
+def required_percent(value: Any, what: str) -> int:
+    """`percent(value)` where the model needs a number: a value that is not one is malformed input."""
+    parsed = percent(value)
+    if parsed is None:
+        raise ValueError(f"{what} {value!r} is not a percentage")
+    return parsed
+
+
 def dns_name(text: str, lead: str = "x-") -> str:
     """A DNS-1123 label that is also a .mesh name, made from any name (`Reviews_V2` ->
     `reviews-v2`; a leading digit gets `lead`: `1.0` -> `x-1-0`, or `v1-0` for versions)."""

@@ -44,6 +44,7 @@ from meshc.importers.common import (
     percent,
     read_documents,
     report_unread,
+    required_percent,
     resource,
     version_name,
     weights_to_percent,
@@ -66,10 +67,12 @@ from meshc.model import (
     PathMatch,
     Redirect,
     Retry,
+    RetryOn,
     Rewrite,
     RouteRule,
     Source,
     StringMatch,
+    StringMatchKind,
     Timeout,
 )
 
@@ -78,9 +81,11 @@ MTLS = {"STRICT": "strict", "PERMISSIVE": "permissive", "DISABLE": "disabled"}
 LB = {"ROUND_ROBIN": "round_robin", "LEAST_REQUEST": "least_request", "LEAST_CONN": "least_request",
       "RANDOM": "random"}
 RETRY_ON = {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"}
-ISTIO_DEFAULT_RETRY_ON = ("connect-failure", "refused-stream")
+ISTIO_DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "refused-stream")
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 PRESENT = {".*", ".+", "^.*$", "^.+$"}
+# Istio StringMatch keys that map one-to-one onto a .mesh match kind
+STRING_MATCH_KINDS: dict[str, StringMatchKind] = {"exact": "exact", "prefix": "prefix", "regex": "regex"}
 SE_PROTOCOL = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "TCP": "tcp", "TLS": "tls", "HTTPS": "tls",
                "MONGO": "tcp"}
 HANDLED_ROUTE_KEYS = {"match", "route", "redirect", "directResponse", "rewrite", "headers", "mirror",
@@ -384,7 +389,8 @@ class IstioImporter:
             mp = h.get("mirrorPercentage", {}).get("value") if isinstance(h.get("mirrorPercentage"), dict) else \
                 h.get("mirror_percent", h.get("mirrorPercent"))
             if md is not None:
-                kw["mirror"] = Mirror(destination=md, percent=percent(mp) if mp is not None else FULL)
+                mirror_percent = required_percent(mp, "mirror percentage") if mp is not None else FULL
+                kw["mirror"] = Mirror(destination=md, percent=mirror_percent)
         if "timeout" in h:
             ms = duration_ms(h["timeout"])
             kw["timeout"] = Timeout(ms=ms or None)
@@ -541,8 +547,9 @@ class IstioImporter:
         kind, value = next(iter(sm.items()))
         if kind == "regex" and value in PRESENT:
             return StringMatch(name=name, kind="present")
-        if kind in ("exact", "prefix", "regex"):
-            return StringMatch(name=name, kind=kind, value=str(value))
+        match_kind = STRING_MATCH_KINDS.get(kind)
+        if match_kind is not None:
+            return StringMatch(name=name, kind=match_kind, value=str(value))
         return None
 
     def set_routes(self, d: Draft, rules: list[RouteRule]) -> None:

@@ -39,6 +39,7 @@ from meshc.importers.common import (
     percent,
     read_documents,
     report_unread,
+    required_percent,
     resource,
     simplify_matches,
     split_versions,
@@ -302,7 +303,8 @@ class LinkerdImporter:
             if dest is None:
                 self.note(doc, f"{at}.filters.RequestMirror", "mirror target is not a Service of the input", place)
             else:
-                kw["mirror"] = Mirror(destination=dest, percent=percent(pct) if pct is not None else FULL)
+                mirror_percent = required_percent(pct, "mirror percent") if pct is not None else FULL
+                kw["mirror"] = Mirror(destination=dest, percent=mirror_percent)
         else:
             self.note(doc, f"{at}.filters.{t}", "not expressible", place)
 

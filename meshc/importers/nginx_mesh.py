@@ -191,11 +191,11 @@ class NginxMeshImporter:
             for name in self.by_account(str(dest.get("name")), str(dest.get("namespace") or meta(tt)[1])):
                 d = self.drafts[name]
                 kinds = {r.get("kind") for r in spec.get("rules") or []}
-                port = dest.get("port")
+                port_text = str(dest.get("port") or "")
                 if not d.ports:
-                    number = int(port) if str(port or "").isdigit() else 80
+                    number = int(port_text) if port_text.isdigit() else 80
                     d.ports[number] = "tcp" if kinds == {"TCPRoute"} else "http"
-                    if number == 80 and not str(port or "").isdigit():
+                    if number == 80 and not port_text.isdigit():
                         self.report.add(f"service {name}", "ports", "SMI objects carry no port; assumed "
                                         f"{d.ports[number]} 80 (include the Kubernetes Service to carry it)",
                                         f"service:{name}")
