@@ -179,6 +179,7 @@ class Printer:
 def format_text(text: str, path: str = "<input>") -> str:
     """The canonical form of one file's text; raises MeshcError if it does not parse."""
     parsed = parse_text(text, path)
+    assert parsed.tree is not None
     p = Printer(parsed.comments, parsed.tree)
     for decl in parsed.tree.children:
         if isinstance(decl, Tree):

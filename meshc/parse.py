@@ -9,7 +9,7 @@ errors in the next.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -38,9 +38,9 @@ _TOP_LEVEL = re.compile(rb"^(import|mesh|policy|service|external|overlay|allow|d
 class Parsed:
     path: str
     text: str
-    tree: Tree
-    comments: list[Token]
     ast: File
+    tree: Tree | None = None  # the lark tree and the comments, kept for `fmt` only: compiling
+    comments: list[Token] = field(default_factory=list)  # drops the tree (it is most of the memory)
 
 
 def grammar_text() -> str:
@@ -188,7 +188,7 @@ def _unclosed_block(text: str) -> tuple[int, int, str] | None:
     return stack[-1] if stack else None
 
 
-def parse_text(text: str, path: str = "<input>") -> Parsed:
+def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> Parsed:
     """Parse one file's text; raise MeshcError with every syntax error found."""
     try:
         tree = lean_parser().parse(text) or parser().parse(text)
@@ -202,7 +202,9 @@ def parse_text(text: str, path: str = "<input>") -> Parsed:
     sink.check()
     # Comments are ignored by the grammar; fmt needs them, so they are found by a cheap
     # separate scan rather than lexer callbacks (which would make the cached parser stateful).
-    return Parsed(path, text, tree, _comments(text), ast)
+    if not keep_tree:
+        return Parsed(path, text, ast)
+    return Parsed(path, text, ast, tree, _comments(text))
 
 
 _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
@@ -244,4 +246,5 @@ def _all_syntax_errors(path: str, text: str, first: UnexpectedInput) -> list[Dia
 
 
 def parse_file(path: str, data: bytes) -> Parsed:
-    return parse_text(decode(path, data), path)
+    """What the compiler needs of a file: its text (for diagnostics) and its AST."""
+    return parse_text(decode(path, data), path, keep_tree=False)
