@@ -48,6 +48,12 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+# expand_paths parses every file of a directory to find its roots; the load that follows
+# would parse the same files again. It leaves its results here, keyed by name and content,
+# and parse_all takes them (and clears what it did not need).
+_parsed_by_expand: dict[tuple[str, bytes], Parsed] = {}
+
+
 def expand_paths(paths: Sequence[Path]) -> list[Path]:
     """Files as given; a directory stands for its root .mesh files (those that no other file in
     it imports), so `meshc check examples/multifile` compiles prod.mesh with what it imports."""
@@ -60,9 +66,11 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
         imported: set[Path] = set()
         for f in files:
             try:
-                parsed = parse_file(str(f), f.read_bytes())
+                data = f.read_bytes()
+                parsed = parse_file(display_path(f), data)
             except (MeshcError, OSError):
                 continue  # reported when it is compiled
+            _parsed_by_expand[(parsed.path, data)] = parsed
             imported |= {(f.parent / d.path.value).resolve() for d in parsed.ast.decls
                          if isinstance(d, A.ImportDecl)}
         roots = [f for f in files if f.resolve() not in imported]
@@ -96,7 +104,7 @@ def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
                                      help="import paths are relative to the importing file" if importer else ""))
             return
         try:
-            parsed = parse_file(name, data)
+            parsed = _parsed_by_expand.pop((name, data), None) or parse_file(name, data)
         except MeshcError as e:
             errors.extend(e.diagnostics)
             return
@@ -105,8 +113,11 @@ def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
                 visit(path.parent / d.path.value, d)
         order.append(parsed)
 
-    for p in paths:
-        visit(Path(p), None)
+    try:
+        for p in paths:
+            visit(Path(p), None)
+    finally:
+        _parsed_by_expand.clear()  # files of a directory that nothing loaded: not kept alive
     if errors:
         raise MeshcError(errors)
     return order
