@@ -821,23 +821,22 @@ class Stream:
         self.resp_status = status
         no_body = self.method == "HEAD" or status in (204, 304)
         has_cl = has_te = False
-        conn_tokens: frozenset[bytes] = frozenset()
+        connection: bytes | None = None  # the Connection header's values, comma-joined
         out = [status_line(status)]
         for n, v in headers:
             if n in HOP_BY_HOP:
                 if n == b"transfer-encoding":
                     has_te = True
                 elif n == b"connection":
-                    conn_tokens = _connection_tokens(headers)
+                    connection = v if connection is None else connection + b"," + v
                 continue
             if n == b"content-length":
                 has_cl = True
-            out.append(b"%s: %s\r\n" % (n, v))
-        if conn_tokens:
-            out = [out[0]] + [ln for ln in out[1:] if ln.split(b":", 1)[0] not in conn_tokens]
+            out += (n, b": ", v, b"\r\n")  # pieces, joined once with the rest of the head
         self._resp_framing_known = has_cl or has_te or no_body
-        if ops is not None:
-            out = [out[0]] + ops.apply_response(out[1:])
+        if ops is not None or (connection is not None and _connection_tokens(connection)):
+            # Headers a Connection header names, or response header ops: whole lines again.
+            out = [out[0], *_response_lines(headers, connection, ops)]
         for n, v in extra:
             out.append(b"%s: %s\r\n" % (n, v))
         if not no_body and not has_cl:
@@ -948,25 +947,23 @@ class Stream:
         self.conn.stream_done(self)
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names a `Connection` header marks hop-by-hop (beyond the standard ones)."""
-    values = [v for n, v in headers if n == b"connection"]
-    if len(values) == 1:
-        # Almost always one `Connection: keep-alive` (or close) per response: memoized.
-        found = _TOKENS_BY_VALUE.get(values[0])
-        if found is None:
-            found = _tokens(values)
-            if len(_TOKENS_BY_VALUE) < 256:
-                _TOKENS_BY_VALUE[values[0]] = found
-        return found
-    return _tokens(values)
+def _response_lines(headers: list[tuple[bytes, bytes]], connection: bytes | None, ops: Any) -> list[bytes]:
+    """The forwarded response header lines: without hop-by-hop headers and those `connection`
+    names, then the route's response header ops."""
+    tokens = _connection_tokens(connection) if connection is not None else frozenset()
+    lines = [b"%s: %s\r\n" % (n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens]
+    return ops.apply_response(lines) if ops is not None else lines
 
 
-def _tokens(values: list[bytes]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for v in values:
-        tokens.update(t.strip().lower() for t in v.split(b","))
-    return frozenset(tokens - HOP_BY_HOP - {b"close"})
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names a `Connection` header (its values comma-joined) marks hop-by-hop, beyond the
+    standard ones. Almost always `keep-alive` or `close`: memoized."""
+    found = _TOKENS_BY_VALUE.get(value)
+    if found is None:
+        found = frozenset({t.strip().lower() for t in value.split(b",")} - HOP_BY_HOP - {b"close"})
+        if len(_TOKENS_BY_VALUE) < 256:
+            _TOKENS_BY_VALUE[value] = found
+    return found
 
 
 _TOKENS_BY_VALUE: dict[bytes, frozenset[bytes]] = {}
@@ -1008,7 +1005,7 @@ def new_request_id() -> bytes:
     return _RID_HEAD + b"%012x" % (next(_rid_counter) & 0xFFFFFFFFFFFF)
 
 
-async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], bytes], retry: Any,
+async def proxy(stream: Stream, cluster: Cluster, head: bytes, retry: Any,
                 timeout_ms: int | None, extra_response: list[tuple[bytes, bytes]], ops: Any,
                 hash_value: str | None) -> None:
     """Send the request to `cluster` with retries, per-try and overall timeouts, circuit
@@ -1055,7 +1052,7 @@ async def proxy(stream: Stream, cluster: Cluster, head_for: Callable[[bool], byt
             ep.active += 1
             try:
                 up: Upstream = await cluster.acquire(ep, Upstream)
-                stream.send(up, head_for(cluster.cfg.tls is not None), stream.chunked_in)
+                stream.send(up, head, stream.chunked_in)
                 if retry is not None and retry.per_try_timeout_ms:
                     per_try = loop.call_later(retry.per_try_timeout_ms / 1000, _expire_try, stream.head_fut)
                 assert stream.head_fut is not None

@@ -139,6 +139,7 @@ class AccessLog:
             self.out = open(path, "a", buffering=1 << 16, encoding="utf-8")  # noqa: SIM115
         self._pending: list[str] = []
         self._scheduled = False
+        self._encoded: dict[str, str] = {}  # value -> its JSON string (see log_json_http)
 
     def log(self, entry: dict[str, Any]) -> None:
         if self.out is None:
@@ -153,29 +154,60 @@ class AccessLog:
     def log_http(self, sidecar: str, listener: str, method: str, path: str, protocol: str, status: int,
                  duration_ms: float, bytes_in: int, bytes_out: int, route: str, cluster: str, upstream: str,
                  peer: str, client: str, trace_id: str, request_id: str) -> None:
-        """The per-request line, formatted in one f-string (the hot path; same fields as `log`)."""
+        """The per-request line (same fields as `log`)."""
         if self.fmt != "json":
             self.log({"start": now_iso(), "method": method, "path": path, "protocol": protocol, "status": status,
                       "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration_ms": duration_ms,
                       "upstream": upstream, "route": route, "peer": peer, "trace_id": trace_id})
             return
-        self.write(
-            f'{{"start":"{now_iso()}","sidecar":{_enc(sidecar)},"listener":{_enc(listener)},"method":{_enc(method)},'
-            f'"path":{_enc(path)},"protocol":"{protocol}","status":{status},"duration_ms":{duration_ms},'
-            f'"bytes_received":{bytes_in},"bytes_sent":{bytes_out},"route":{_enc(route)},"cluster":{_enc(cluster)},'
-            f'"upstream":{_enc(upstream)},"peer":{_enc(peer)},"client":{_enc(client)},"trace_id":{_enc(trace_id)},'
-            f'"request_id":{_enc(request_id)}}}')
+        self.log_json_http(self.json_prefix(sidecar, listener), method, path, protocol, status, duration_ms,
+                           bytes_in, bytes_out, route, cluster, upstream, peer, client, _enc(trace_id)[1:-1],
+                           _enc(request_id))
+
+    def json_prefix(self, sidecar: str, listener: str) -> str:
+        """The part of a JSON line that is constant per listener (after the start time)."""
+        return f'","sidecar":{_enc(sidecar)},"listener":{_enc(listener)},"method":'
+
+    def log_json_http(self, prefix: str, method: str, path: str, protocol: str, status: int, duration_ms: float,
+                      bytes_in: int, bytes_out: int, route: str, cluster: str, upstream: str, peer: str,
+                      client: str, trace_id: str, request_id_json: str) -> None:
+        """The hot path of `log_http` in JSON: values with few distinct ones (method, route,
+        cluster, upstream, peer, client) are JSON-encoded once and remembered; `trace_id` is
+        hex (see `traceparent`) and `request_id_json` comes encoded. One f-string per line."""
+        known = self._encoded
+        m = known.get(method) or self._remember(method)
+        r = known.get(route) or self._remember(route)
+        c = known.get(cluster) or self._remember(cluster)
+        u = known.get(upstream) or self._remember(upstream)
+        p = known.get(peer) or self._remember(peer)
+        cl = known.get(client) or self._remember(client)
+        self._pending.append(
+            f'{{"start":"{now_iso()}{prefix}{m},"path":{_enc(path)},"protocol":"{protocol}","status":{status},'
+            f'"duration_ms":{duration_ms},"bytes_received":{bytes_in},"bytes_sent":{bytes_out},"route":{r},'
+            f'"cluster":{c},"upstream":{u},"peer":{p},"client":{cl},"trace_id":"{trace_id}",'
+            f'"request_id":{request_id_json}}}')
+        if not self._scheduled:
+            self._schedule()
+
+    def _remember(self, value: str) -> str:
+        if len(self._encoded) >= 4096:  # client addresses are unbounded: start over rather than grow
+            self._encoded.clear()
+        enc = self._encoded[value] = _enc(value)
+        return enc
 
     def write(self, line: str) -> None:
         self._pending.append(line)
         if not self._scheduled:
-            import asyncio
+            self._schedule()
 
-            self._scheduled = True
-            try:
-                asyncio.get_running_loop().call_later(0.2, self.flush)
-            except RuntimeError:
-                self.flush()
+    def _schedule(self) -> None:
+        import asyncio
+
+        self._scheduled = True
+        try:
+            asyncio.get_running_loop().call_later(0.2, self.flush)
+        except RuntimeError:
+            self.flush()
 
     def flush(self) -> None:
         self._scheduled = False
@@ -196,6 +228,7 @@ class AccessLog:
 
 
 _enc = json.encoder.encode_basestring  # type: ignore[attr-defined]
+json_string = _enc  # a str as a JSON string literal (quotes included)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -224,6 +257,7 @@ _random = random.random
 
 
 _second: list[Any] = [-1, ""]
+_MILLIS = [f"{ms:03d}Z" for ms in range(1000)]
 
 
 def now_iso() -> str:
@@ -231,5 +265,5 @@ def now_iso() -> str:
     t = time.time()
     sec = int(t)
     if sec != _second[0]:
-        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second[1]}.{int((t - sec) * 1000):03d}Z"
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+    return _second[1] + _MILLIS[int((t - sec) * 1000)]

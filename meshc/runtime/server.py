@@ -21,7 +21,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, mirror, new_request_id, proxy
 from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
-from meshc.runtime.observability import AccessLog, Metrics, now_iso, traceparent
+from meshc.runtime.observability import AccessLog, Metrics, json_string, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
 
 log = logging.getLogger("meshc.proxy")
@@ -198,6 +198,9 @@ class HttpListener:
         self.authz: Authorizer | None = None
         self.routes: list[Route] = []
         self._authz_routes: dict[str, str] = {}  # rule name -> "authz:<rule>" (route label, built once)
+        self._xfcc: dict[str, bytes] = {}  # peer identity -> x-forwarded-client-cert value
+        self._log_prefix = ""  # the constant part of this listener's JSON access-log lines
+        self._log_prefix_of: AccessLog | None = None
         if isinstance(cfg, C.InboundListenerCfg):
             self.authz = Authorizer(cfg.authz)
             self.bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
@@ -237,40 +240,43 @@ class HttpListener:
         return self._outbound(s, view)
 
     def _head(self, s: Stream, path: str, query: str, host: bytes | None, ops: HeaderOps | None,
-              xfcc: str | None) -> Callable[[bool], bytes]:
-        tp, s.trace_id = traceparent(s.hdict.get("traceparent"), self.sampling)
-        headers = []
-        conn_tokens: set[bytes] | None = None
-        for n, v in s.headers:
-            if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
-                # x-meshc-* headers are the mesh's own: an application cannot set them.
-                if n == b"connection":
-                    conn_tokens = {t.strip().lower() for t in v.split(b",")}
-                continue
-            headers.append((n, v))
-        if conn_tokens:
-            headers = [(n, v) for n, v in headers if n not in conn_tokens]
-        if ops is not None:
-            headers = ops.apply_request(headers)
+              xfcc: bytes | None) -> bytes:
+        """The request head sent upstream: the proxy's own headers first, then the client's
+        (without hop-by-hop ones and those the proxy sets), as pieces joined once."""
+        hdict = s.hdict
+        tp, s.trace_id = traceparent(hdict.get("traceparent"), self.sampling)
         if host is None:
-            host = s.hdict.get("host", self.cfg.callee if isinstance(self.cfg, C.OutboundListenerCfg)
-                               else self.sidecar.name).encode("latin-1")
-        extra = [(b"host", host), (b"traceparent", tp.encode())]
-        if "x-request-id" not in s.hdict:
+            host = hdict.get("host", self.cfg.callee if isinstance(self.cfg, C.OutboundListenerCfg)
+                             else self.sidecar.name).encode("latin-1")
+        target = path + "?" + query if query else path
+        parts = [s.method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host,
+                 b"\r\ntraceparent: ", tp.encode(), b"\r\n"]
+        if "x-request-id" not in hdict:
             rid = new_request_id()
             s.request_id = rid.decode()
-            extra.append((b"x-request-id", rid))
-        if "x-forwarded-proto" not in s.hdict:
-            extra.append((b"x-forwarded-proto", b"http"))
+            parts += (b"x-request-id: ", rid, b"\r\n")
+        if "x-forwarded-proto" not in hdict:
+            parts.append(b"x-forwarded-proto: http\r\n")
         if xfcc:
-            extra.append((b"x-forwarded-client-cert", xfcc.encode()))
+            parts += (b"x-forwarded-client-cert: ", xfcc, b"\r\n")
         if s.chunked_in:
-            extra.append((b"transfer-encoding", b"chunked"))
-        target = path + ("?" + query if query else "")
-        body = b"".join([b"%s: %s\r\n" % hv for hv in extra + headers])
-        first = b"%s %s HTTP/1.1\r\n" % (s.method.encode(), target.encode("latin-1"))
-        head = first + body + b"\r\n"
-        return lambda _tls: head
+            parts.append(b"transfer-encoding: chunked\r\n")
+        mark = len(parts)
+        named: frozenset[bytes] = frozenset()
+        if ops is None:
+            for n, v in s.headers:
+                if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
+                    # x-meshc-* headers are the mesh's own: an application cannot set them.
+                    if n == b"connection":
+                        named = _named_by_connection(v)  # the last Connection header counts
+                    continue
+                parts += (n, b": ", v, b"\r\n")
+        if ops is not None or named:
+            del parts[mark:]
+            for n, v in _forwarded_headers(s.headers, ops):
+                parts += (n, b": ", v, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _inbound(self, s: Stream, view: RequestView) -> Awaitable[None] | None:
         cfg = self.cfg
@@ -310,7 +316,13 @@ class HttpListener:
 
     def _inbound_forward(self, s: Stream, view: RequestView, peer: str | None) -> Awaitable[None]:
         assert isinstance(self.cfg, C.InboundListenerCfg) and self.app is not None
-        xfcc = f"By={self.sidecar.cfg.identity};URI={peer}" if peer else None
+        xfcc = None
+        if peer:
+            xfcc = self._xfcc.get(peer)
+            if xfcc is None:
+                if len(self._xfcc) >= 1024:
+                    self._xfcc.clear()
+                xfcc = self._xfcc[peer] = f"By={self.sidecar.cfg.identity};URI={peer}".encode()
         head = self._head(s, view.path, view.raw_query, None, None, xfcc)
         return proxy(s, self.app, head, None, self.cfg.timeout_ms, [], None, None)
 
@@ -350,7 +362,7 @@ class HttpListener:
             host = cluster.cfg.host_header.encode()
         head = self._head(s, path, view.raw_query, host, route.req_ops, None)
         if route.mirror is not None and random.random() * 100 < rc.mirror.percent:  # type: ignore[union-attr]
-            self._mirror(s, route.mirror, head(False), host)
+            self._mirror(s, route.mirror, head, host)
         await proxy(s, cluster, head, rc.retry, rc.timeout_ms, [], route.resp_ops,
                     _hash_value(cluster.cfg.lb, s, view))
 
@@ -374,17 +386,62 @@ class HttpListener:
         sc = self.sidecar
         if self.record_metrics:
             sc.metrics.observe_request(sc.name, self.name, s.route_name, s.cluster_name, s.resp_status, dur)
-        if sc.access_log.out is not None:
-            sc.access_log.log_http(
-                sc.name, self.name, s.method, s.url, "HTTP/1.1" if s.http11 else "HTTP/1.0", s.resp_status,
-                round(dur * 1000, 3), s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
-                s.conn.peer or "-", s.conn.client_ip, s.trace_id, s.request_id or s.hdict.get("x-request-id", "-"))
+        log = sc.access_log
+        if log.out is None:
+            return
+        protocol = "HTTP/1.1" if s.http11 else "HTTP/1.0"
+        request_id = s.request_id  # ours (hex and dashes), else the client's header
+        if log.fmt != "json":
+            log.log_http(sc.name, self.name, s.method, s.url, protocol, s.resp_status, round(dur * 1000, 3),
+                         s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
+                         s.conn.peer or "-", s.conn.client_ip, s.trace_id, request_id or s.hdict.get("x-request-id", "-"))
+            return
+        if self._log_prefix_of is not log:
+            self._log_prefix = log.json_prefix(sc.name, self.name)
+            self._log_prefix_of = log
+        log.log_json_http(self._log_prefix, s.method, s.url, protocol, s.resp_status, round(dur * 1000, 3),
+                          s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
+                          s.conn.peer or "-", s.conn.client_ip, s.trace_id,
+                          f'"{request_id}"' if request_id else json_string(s.hdict.get("x-request-id", "-")))
 
 
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                   b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
 # Request headers never forwarded as received: hop-by-hop ones, and those the proxy sets itself.
 _DROP_UPSTREAM = _HOP | {b"host", b"traceparent", b"x-forwarded-client-cert", b"expect"}
+
+
+
+
+def _named_by_connection(value: bytes) -> frozenset[bytes]:
+    """Header names a request's Connection header marks hop-by-hop, beyond those never forwarded
+    anyway. Almost always `keep-alive` or `close` (none): memoized."""
+    found = _NAMED_BY_VALUE.get(value)
+    if found is None:
+        found = frozenset({t.strip().lower() for t in value.split(b",")} - _DROP_UPSTREAM)
+        if len(_NAMED_BY_VALUE) < 256:
+            _NAMED_BY_VALUE[value] = found
+    return found
+
+
+_NAMED_BY_VALUE: dict[bytes, frozenset[bytes]] = {}
+
+
+def _forwarded_headers(headers: list[tuple[bytes, bytes]], ops: HeaderOps | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers sent upstream, the general case of `HttpListener._head`: without
+    hop-by-hop ones, those the proxy sets, those the (last) Connection header names; then the
+    route's request header ops."""
+    out = []
+    conn_tokens: set[bytes] | None = None
+    for n, v in headers:
+        if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
+            if n == b"connection":
+                conn_tokens = {t.strip().lower() for t in v.split(b",")}
+            continue
+        out.append((n, v))
+    if conn_tokens:
+        out = [(n, v) for n, v in out if n not in conn_tokens]
+    return ops.apply_request(out) if ops is not None else out
 
 
 def _location(r: C.RedirectCfg, s: Stream, view: RequestView) -> str:
