@@ -49,7 +49,7 @@ from meshc.importers.common import (
     version_name,
     weights_to_percent,
 )
-from meshc.importers.kube import lookup_host, read_services
+from meshc.importers.kube import WORKLOADS, lookup_host, read_services, workload_labels
 from meshc.model import (
     FULL,
     AuthzRule,
@@ -98,14 +98,33 @@ class IstioImporter:
     origin = "istio"
 
     def __init__(self, docs: list[tuple[str, Any]], mesh_name: str | None = None):
-        self.docs = [d for _, d in docs if isinstance(d, dict)]
         self.report = Report()
+        self.docs = self.latest([d for _, d in docs if isinstance(d, dict)])
         self.drafts: dict[str, Draft] = {}
         self.external_hosts: dict[str, str] = {}
         self.settings = MeshSettings(mtls="permissive", authz="allow_by_default")
         self.mesh_name = mesh_name
         self.rules: list[AuthzRule] = []
         self.routed: set[str] = set()  # services with a VirtualService (no implicit retry default)
+        self.target_ports: dict[str, dict[int, int]] = {}  # service -> workload port -> Service port
+        # gateway routes: (VirtualService, field, service, timeout ms, retries)
+        self.ingress_hops: list[tuple[dict[str, Any], str, Draft, int | None, Retry | None]] = []
+
+    def latest(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One document per kind, namespace and name: a later one replaces an earlier one, as
+        `kubectl apply` of the files in order would (Istio's samples define alternative
+        VirtualServices under one name)."""
+        last: dict[tuple[str, str, str], int] = {}
+        for i, d in enumerate(docs):
+            name, ns = meta(d)
+            if name and kind_of(d):
+                key = (kind_of(d), ns, name)
+                if key in last:
+                    self.note(d, "metadata.name", "defined more than once; the last definition replaces the "
+                              "earlier ones (as `kubectl apply` would)")
+                last[key] = i
+        return [d for i, d in enumerate(docs)
+                if not (meta(d)[0] and kind_of(d)) or last[(kind_of(d), meta(d)[1], meta(d)[0])] == i]
 
     def of(self, *kinds: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if kind_of(d) in kinds]
@@ -116,6 +135,7 @@ class IstioImporter:
     # ----------------------------------------------------------------- entry
     def run(self) -> Result:
         read_services([("", d) for d in self.docs], self.report, self.drafts)
+        self.read_target_ports()
         self.settings.namespace = self.main_namespace()
         for se in self.of("ServiceEntry"):
             self.service_entry(se)
@@ -132,6 +152,7 @@ class IstioImporter:
         for vs in ingress_vs:
             self.ingress(vs, gateways)
         self.default_retries()
+        self.ingress_settings()
         self.peer_authentications()
         self.trust_domain()
         self.authorization()
@@ -140,6 +161,34 @@ class IstioImporter:
         report_unread(self.docs, READ_KINDS, self.report, self.origin)
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
         return finish(mesh, self.report, self.origin)
+
+    def read_target_ports(self) -> None:
+        """Workload (container) port -> Service port, per service: PeerAuthentication port modes and
+        AuthorizationPolicy ports name workload ports, a .mesh names the service's."""
+        named: dict[tuple[str, str], int] = {}  # (namespace, container port name) -> number
+        for w in self.of(*WORKLOADS):
+            for c in workload_labels(w)[1].get("containers") or []:
+                for cp in c.get("ports") or []:
+                    if cp.get("name") and isinstance(cp.get("containerPort"), int):
+                        named[(meta(w)[1], str(cp["name"]))] = cp["containerPort"]
+        for svc in self.of("Service"):
+            name, ns = meta(svc)
+            d = self.drafts.get(dns_name(name))
+            if d is None or d.namespace != ns:
+                continue
+            for sp in (svc.get("spec") or {}).get("ports") or []:
+                number, target = sp.get("port"), sp.get("targetPort", sp.get("port"))
+                if isinstance(target, str) and not target.isdigit():
+                    target = named.get((ns, target))
+                if isinstance(number, int) and target is not None and str(target).isdigit():
+                    self.target_ports.setdefault(d.name, {})[int(target)] = number
+
+    def service_port(self, d: Draft, workload_port: int) -> int | None:
+        """The Service port of `d` that forwards to `workload_port`, None when there is none."""
+        ports = self.target_ports.get(d.name)
+        if ports is None:  # no Service in the input (declared from a reference): nothing to translate
+            return workload_port
+        return ports.get(workload_port)
 
     def main_namespace(self) -> str:
         counts = Counter(d.namespace for d in self.drafts.values())
@@ -196,6 +245,10 @@ class IstioImporter:
                           f"service:{key}")
                 continue
             d.ports[p["number"]] = proto
+            target = p.get("targetPort")
+            if target is not None and target != p["number"]:
+                self.note(se, f"spec.ports[{p.get('name')}].targetPort", f"target port {target} is not "
+                          f"expressible: connections go to port {p['number']} of the host", f"service:{key}")
         for fld in ("endpoints", "addresses", "workloadSelector", "subjectAltNames", "exportTo"):
             if spec.get(fld):
                 self.note(se, f"spec.{fld}", "not expressible for external services", f"service:{key}")
@@ -229,6 +282,7 @@ class IstioImporter:
         settings = [(pl.get("port", {}).get("number"), pl.get("tls") or {}) for pl in tp.get("portLevelSettings") or []]
         if tp.get("tls"):
             settings.append((None, tp["tls"]))
+        passthrough = {n for n, proto in d.ports.items() if proto == "tls"}  # callers speak TLS themselves
         for number, tls in settings:
             if tls.get("mode") == "SIMPLE":
                 d.external = External(host=d.external.host, tls_originate=True,
@@ -236,8 +290,17 @@ class IstioImporter:
                 for n, proto in list(d.ports.items()):
                     if number in (None, n) and proto in ("http", "tls"):
                         d.ports[n] = "tls"
+                        passthrough.discard(n)
             elif tls.get("mode") not in (None, "DISABLE"):
                 self.note(dr, "spec.trafficPolicy.tls", f"TLS mode {tls.get('mode')} to an external service",
+                          f"service:{d.name}")
+        if d.external.tls_originate:
+            # `tls originate` makes every tls port of the external originate TLS: a port whose
+            # callers speak TLS themselves would be encrypted twice
+            for n in sorted(passthrough):
+                del d.ports[n]
+                self.note(dr, "spec.trafficPolicy.portLevelSettings", f"port {n} (TLS from the callers, passed "
+                          "through) is left out: `tls originate` applies to every tls port of an external service",
                           f"service:{d.name}")
         rest = {k for k in tp if k not in ("tls", "portLevelSettings")}
         if rest:
@@ -319,17 +382,87 @@ class IstioImporter:
         targets = [d for h in spec.get("hosts") or [] if (d := self.draft_for(str(h), ns, vs, "spec.hosts"))]
         if not targets:
             return
-        for k in ("tcp", "tls"):
-            if spec.get(k):
-                self.note(vs, f"spec.{k}", "TCP/TLS routes are not expressible (routing is HTTP only)",
-                          f"service:{targets[0].name}")
         for k in ("exportTo",):
             if spec.get(k):
                 self.note(vs, f"spec.{k}", "not expressible", f"service:{targets[0].name}")
         for d in targets:
+            if (spec.get("tcp") or spec.get("tls")) and (d.is_http or spec.get("http")):
+                for k in ("tcp", "tls"):
+                    if spec.get(k):
+                        self.note(vs, f"spec.{k}", "TCP/TLS routes of a service with HTTP ports are not "
+                                  "expressible (its routes are HTTP routes)", f"service:{d.name}")
+            elif spec.get("tcp") or spec.get("tls"):
+                self.set_routes(d, self.stream_routes(vs, spec, d, ns))
+                continue
             rules = [r for i, h in enumerate(spec.get("http") or [])
                      if (r := self.http_route(vs, i, h, d, ns)) is not None]
             self.set_routes(d, rules)
+
+    def stream_routes(self, vs: dict[str, Any], spec: dict[str, Any], d: Draft, ns: str) -> list[RouteRule]:
+        """`tcp` and `tls` routes of a service without HTTP ports. A .mesh route table there is one
+        split that every connection takes (the `tcp` routes of its tcp ports, the `tls` routes of
+        its tls ports), so the input must say the same for every port; anything else is reported."""
+        place = f"route:{d.name}"
+        chosen: dict[str, tuple[Destination, ...]] = {}  # section -> destinations of every connection
+        for key, proto in (("tcp", "tcp"), ("tls", "tls")):
+            ports = {n for n, pr in d.ports.items() if pr == proto}
+            routes = spec.get(key) or []
+            if routes and not ports:
+                self.note(vs, f"spec.{key}", f"service {d.name} has no {proto} port; these routes never apply",
+                          place)
+                continue
+            if not ports:
+                continue
+            dests: tuple[Destination, ...] = (Destination(service=d.name),)  # Istio: no route matches
+            for i, r in enumerate(routes):
+                at = f"spec.{key}[{i}]"
+                covered = self.stream_match(vs, at, r.get("match") or [], d, ns, ports)
+                if covered is None:
+                    return []
+                if not covered:
+                    continue  # matches no connection to this service
+                if covered != ports:
+                    self.note(vs, f"{at}.match", f"a route for port(s) {', '.join(map(str, sorted(covered)))} "
+                              f"only is not expressible (a .mesh route applies to every port of {d.name})", place)
+                    return []
+                for k in sorted(set(r) - {"match", "route"}):
+                    self.note(vs, f"{at}.{k}", "not expressible", place)
+                dests = self.destinations(vs, at, r.get("route") or [], d, ns)
+                if not dests:
+                    self.note(vs, f"{at}.route", "the route is left out: no destination could be resolved", place)
+                    return []
+                break
+            chosen[key] = dests
+        if len(set(chosen.values())) > 1:
+            self.note(vs, "spec", "different tcp and tls routes for one service are not expressible", place)
+            return []
+        if not chosen:
+            return []
+        return [RouteRule(destinations=next(iter(chosen.values())))]
+
+    def stream_match(self, vs: dict[str, Any], at: str, ms: list[dict[str, Any]], d: Draft, ns: str,
+                     ports: set[int]) -> set[int] | None:
+        """The ports of `d` whose connections an OR of L4 matches takes; None when a condition
+        cannot be written (reported)."""
+        if not ms:
+            return set(ports)
+        covered: set[int] = set()
+        for j, m in enumerate(ms):
+            bad = sorted(set(m) - {"port", "sniHosts"})
+            if bad:
+                for k in bad:
+                    self.note(vs, f"{at}.match[{j}].{k}", "match condition not expressible; the routes are left "
+                              "out", f"route:{d.name}")
+                return None
+            sni = [str(h) for h in m.get("sniHosts") or []]
+            if sni and not any(h == "*" or lookup_host(h, ns, self.drafts, self.external_hosts) == d.name
+                               for h in sni):
+                continue  # names another host
+            if m.get("port") is None:
+                covered |= ports
+            elif str(m["port"]).isdigit() and int(m["port"]) in ports:
+                covered.add(int(m["port"]))
+        return covered
 
     def http_route(self, vs: dict[str, Any], i: int, h: dict[str, Any], owner: Draft, ns: str) -> RouteRule | None:
         place = f"route:{owner.name}"
@@ -338,7 +471,11 @@ class IstioImporter:
             self.note(vs, f"{at}.{k}", "not expressible", place)
         # `exact /p` + `prefix /p/` is meshc's `under /p`, except under a `uri` rewrite: Istio
         # replaces the matched prefix (`/p/` of `/p/x`), which is not meshc's `under` rewrite.
-        matches = self.matches(vs, at, h.get("match") or [], place, merge="uri" not in (h.get("rewrite") or {}))
+        settled = self.port_matches(vs, at, h.get("match") or [], owner)
+        if settled is None:
+            self.note(vs, f"{at}.match", "the route is left out: it never applies", place)
+            return None
+        matches = self.matches(vs, at, settled, place, merge="uri" not in (h.get("rewrite") or {}))
         if matches is None:
             self.note(vs, f"{at}.match", "the route is left out: a match condition cannot be written", place)
             return None
@@ -482,6 +619,26 @@ class IstioImporter:
                       f"assumed labels version={subset}", f"service:{d.name}")
         return Destination(service=d.name, version=version)
 
+    def port_matches(self, vs: dict[str, Any], at: str, ms: list[dict[str, Any]], owner: Draft
+                     ) -> list[dict[str, Any]] | None:
+        """Matches with their `port` condition settled: on the only HTTP port of the service it always
+        holds (dropped); on a port the service does not have it never does (the match is dropped,
+        and a route left with no match is left out). Otherwise it stays, to be reported."""
+        http_ports = {n for n, proto in owner.ports.items() if proto in ("http", "http2", "grpc")}
+        out = []
+        for j, m in enumerate(ms):
+            port = m.get("port") if isinstance(m, dict) else None
+            if port is None or not str(port).isdigit():
+                out.append(m)
+            elif int(port) not in owner.ports and owner.ports:
+                self.note(vs, f"{at}.match[{j}].port", f"{owner.name} has no port {port}: the match never holds "
+                          "and is left out", f"route:{owner.name}")
+            elif http_ports == {int(port)}:
+                out.append({k: v for k, v in m.items() if k != "port"})
+            else:
+                out.append(m)
+        return None if ms and not out else out
+
     def matches(self, doc: dict[str, Any], at: str, ms: list[dict[str, Any]], place: str,
                 merge: bool = True) -> tuple[Match, ...] | None:
         out: list[Match] = []
@@ -562,10 +719,11 @@ class IstioImporter:
         default = Retry(attempts=2, on=ISTIO_DEFAULT_RETRY_ON)
         used = False
         for d in self.drafts.values():
-            if d.external is not None and not d.routes and "retry" not in d.resilience:
-                continue
             budget = d.resilience.pop("_budget", None)
-            if d.is_http and "retry" not in d.resilience and d.name not in self.routed and d.external is None:
+            # Istio's default applies to every HTTP route a sidecar has, ServiceEntry hosts included
+            # (callers of an external service with TLS origination speak HTTP too)
+            speaks_http = d.is_http or (d.external is not None and d.external.tls_originate)
+            if speaks_http and "retry" not in d.resilience and d.name not in self.routed:
                 d.resilience["retry"] = default
             if d.resilience.get("retry") == default:
                 used = True
@@ -595,15 +753,27 @@ class IstioImporter:
             for s in servers:
                 if s.get("tls"):
                     self.note(gw, "spec.servers.tls", "TLS termination at the gateway is not expressible", "mesh")
+        for k in ("tcp", "tls"):
+            if spec.get(k):
+                self.note(vs, f"spec.{k}", "TCP/TLS routes at the ingress gateway are not expressible (meshc's "
+                          "ingress routes HTTP)", "mesh")
         for i, h in enumerate(spec.get("http") or []):
             at = f"spec.http[{i}]"
-            dests = [(r.get("destination") or {}).get("host") for r in h.get("route") or []]
-            if len(dests) != 1:
-                self.note(vs, f"{at}.route", "an ingress route to several destinations is not expressible")
+            route = h.get("route") or []
+            hosts_of = {str((r.get("destination") or {}).get("host")) for r in route}
+            if len(hosts_of) != 1:
+                self.note(vs, f"{at}.route", "an ingress route to several destinations is not expressible" if route
+                          else "an ingress route without a destination (redirect, direct response) is not "
+                          "expressible")
                 continue
-            d = self.draft_for(str(dests[0]), ns, vs, f"{at}.route")
+            d = self.draft_for(hosts_of.pop(), ns, vs, f"{at}.route")
             if d is None:
                 continue
+            subsets = sorted({str(s) for r in route if (s := (r.get("destination") or {}).get("subset"))})
+            if subsets or len(route) > 1:
+                self.note(vs, f"{at}.route", f"the ingress sends to every version of {d.name}; the split over "
+                          f"subsets ({', '.join(subsets) or 'none'}) at the gateway is not expressible",
+                          f"service:{d.name}")
             paths: list[PathMatch] = []
             for j, m in enumerate(h.get("match") or []):
                 uri = m.get("uri") or {}
@@ -612,13 +782,37 @@ class IstioImporter:
                               f"service:{d.name}")
                 if uri:
                     kind, value = next(iter(uri.items()))
-                    paths.append(PathMatch(kind=kind, value=str(value)))
+                    if kind in STRING_MATCH_KINDS:
+                        paths.append(PathMatch(kind=kind, value=str(value)))
+                    else:
+                        self.note(vs, f"{at}.match[{j}].uri", f"uri {kind} not expressible; the condition is "
+                                  "dropped", f"service:{d.name}")
             paths_t = tuple(m.path for m in merge_under(tuple(Match(path=p) for p in paths)) if m.path)
             for k in set(h) - {"match", "route", "timeout", "retries", "name"}:
                 self.note(vs, f"{at}.{k}", "ingress routes carry no settings of their own", f"service:{d.name}")
+            # the gateway's hop takes the service's timeout and retries: compared once those are known
+            self.ingress_hops.append((vs, at, d, duration_ms(h.get("timeout")) or None,
+                                      self.retries(vs, at, h.get("retries"), f"service:{d.name}")))
+            if d.expose is not None and (d.expose.hosts, d.expose.port) != (hosts, port):
+                self.note(vs, "spec.hosts", f"{d.name} is already exposed on port {d.expose.port} for hosts "
+                          f"{', '.join(d.expose.hosts)}; one exposure per service is expressible, this one is kept",
+                          f"service:{d.name}")
             if d.expose is not None:
                 paths_t = d.expose.paths + paths_t if d.expose.paths and paths_t else ()
             d.expose = Ingress(paths=paths_t, hosts=hosts, port=port)
+
+    def ingress_settings(self) -> None:
+        """Istio's gateway route has its own timeout and retries (2 retries when it says none); meshc's
+        ingress hop uses the service's. A difference is reported."""
+        for vs, at, d, timeout_ms, retry in self.ingress_hops:
+            t = d.resilience.get("timeout")
+            if (t.ms if t is not None else None) != timeout_ms:
+                self.note(vs, f"{at}.timeout", f"the gateway's timeout ({f'{timeout_ms} ms' if timeout_ms else 'none'}) is not "
+                          f"expressible; the ingress hop uses {d.name}'s own", f"service:{d.name}")
+            own = d.resilience.get("retry")
+            if (own if own is not None and own.attempts else None) != (retry if retry and retry.attempts else None):
+                self.note(vs, f"{at}.retries", f"the gateway's retries ({retry.attempts if retry else 0}) are not "
+                          f"expressible; the ingress hop uses {d.name}'s own", f"service:{d.name}")
 
     # ----------------------------------------------------------------- mTLS
     def peer_authentications(self) -> None:
@@ -642,15 +836,29 @@ class IstioImporter:
             if d is None:
                 self.note(pa, "spec.selector", "selects no service of the input")
                 continue
+            self.narrowed(pa, "spec.selector", sel, d, f"service:{d.name}")
             if mode is not None:
                 d.mtls = mode
             for port, pm in (spec.get("portLevelMtls") or {}).items():
                 pmode = MTLS.get(str((pm or {}).get("mode", "UNSET")))
-                if pmode is not None and str(port).isdigit():
-                    d.port_mtls[int(port)] = pmode
+                number = self.service_port(d, int(port)) if str(port).isdigit() else None
+                if pmode is not None and number is not None:
+                    d.port_mtls[number] = pmode
+                elif pmode is not None:
+                    # Istio keys port modes by workload (container) port, not by Service port
+                    self.note(pa, f"spec.portLevelMtls.{port}", f"no port of service {d.name} forwards to "
+                              f"workload port {port}; the mode is not carried over", f"service:{d.name}")
         for d in self.drafts.values():
             if d.mtls is None and d.namespace in ns_modes and d.external is None:
                 d.mtls = ns_modes[d.namespace]
+
+    def narrowed(self, doc: dict[str, Any], fld: str, labels: dict[str, Any], d: Draft, place: str) -> None:
+        """Report a selector that picks some versions of `d` only: the .mesh setting covers them all."""
+        extra = {str(k): str(v) for k, v in labels.items() if str(k) not in d.selector}
+        if extra and any(not extra.items() <= v.items() for v in d.versions.values()):
+            self.note(doc, fld, f"selects only the workloads of {d.name} labelled "
+                      f"{', '.join(f'{k}={v}' for k, v in sorted(extra.items()))}; applied to the whole service",
+                      place)
 
     def selected(self, labels: dict[str, Any]) -> Draft | None:
         labels = {str(k): str(v) for k, v in labels.items()}
@@ -706,6 +914,7 @@ class IstioImporter:
                 if d is None:
                     self.note(ap, "spec.selector", "selects no service of the input", "authz")
                     continue
+                self.narrowed(ap, "spec.selector", sel, d, "authz")
                 targets = [d.name]
             elif ns == ROOT_NAMESPACE or {self.drafts[n].namespace for n in internal} <= {ns}:
                 targets = ["*"]
@@ -770,11 +979,54 @@ class IstioImporter:
                 if action == "allow":
                     continue
                 paths, not_paths = paths or (), not_paths or ()
-            methods = tuple(m for m in op.get("methods") or [] if m in METHODS)
-            ports = tuple(int(p) for p in op.get("ports") or [] if str(p).isdigit()) + ports_from_when
-            self.rules.append(AuthzRule(action=action, sources=tuple(dict.fromkeys(sources)),  # type: ignore[arg-type]
-                                        destinations=targets, methods=methods, paths=paths, not_paths=not_paths,
-                                        ports=ports, headers=headers))
+            methods = tuple(str(m) for m in op.get("methods") or [])
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown:
+                methods = tuple(m for m in methods if m in METHODS)
+                # an ALLOW for fewer methods admits less; a DENY must not deny less, so it loses the condition
+                if action == "deny":
+                    methods = ()
+                self.note(ap, f"{at}.to[{k}].operation.methods", f"method(s) {', '.join(unknown)} not expressible; "
+                          + ("dropped from the ALLOW rule" if action == "allow" else
+                             "the DENY rule applies to every method"), "authz")
+                if action == "allow" and not methods:
+                    continue
+            op_ports = [str(p) for p in op.get("ports") or []]
+            if any(not p.isdigit() for p in op_ports):
+                self.note(ap, f"{at}.to[{k}].operation.ports", "a port that is not a number is not expressible"
+                          + ("; the ALLOW rule is left out" if action == "allow" else "; dropped"), "authz")
+                if action == "allow":
+                    continue
+                op_ports = [p for p in op_ports if p.isdigit()]
+            if op_ports and ports_from_when and not set(map(int, op_ports)) & set(ports_from_when):
+                continue  # `to.ports` and a `destination.port` condition no request satisfies both
+            wanted = tuple(sorted(set(map(int, op_ports)) & set(ports_from_when))) if op_ports and ports_from_when \
+                else tuple(int(p) for p in op_ports) or ports_from_when
+            for dests, ports in self.authz_ports(ap, f"{at}.to[{k}]", targets, wanted):
+                self.rules.append(AuthzRule(action=action, sources=tuple(dict.fromkeys(sources)),  # type: ignore[arg-type]
+                                            destinations=dests, methods=methods, paths=paths, not_paths=not_paths,
+                                            ports=ports, headers=headers))
+
+    def authz_ports(self, ap: dict[str, Any], at: str, targets: tuple[str, ...], ports: tuple[int, ...]
+                    ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+        """(destinations, Service ports) for a rule on workload `ports`: Istio matches the port of the
+        workload, a .mesh the port of the service. Targets whose Service ports differ get rules of
+        their own; a target no port reaches gets none (no request can match there)."""
+        if not ports:
+            return [(targets, ())]
+        names = [n for n, d in sorted(self.drafts.items()) if d.external is None] if targets == ("*",) else targets
+        by_ports: dict[tuple[int, ...], list[str]] = {}
+        for n in names:
+            d = self.drafts[n]
+            mapped = tuple(sorted({q for p in ports if (q := self.service_port(d, p)) is not None}))
+            if mapped:
+                by_ports.setdefault(mapped, []).append(n)
+        if len(by_ports) == 1 and len(next(iter(by_ports.values()))) == len(names) and next(iter(by_ports)) == ports:
+            return [(targets, ports)]  # every target serves these ports as they are
+        if not by_ports:
+            self.note(ap, at, f"no service port forwards to workload port(s) {', '.join(map(str, ports))}; "
+                      "the rule matches no request and is left out", "authz")
+        return [(tuple(ns), ps) for ps, ns in by_ports.items()]
 
     def when(self, conds: list[dict[str, Any]], at: str, problems: list[tuple[str, str]]
              ) -> tuple[tuple[StringMatch, ...], tuple[int, ...]]:
