@@ -318,15 +318,25 @@ class Cluster:
         self.metrics.child(self.metrics.overflow, self.sidecar, self.name, threshold).inc()
         return Overflow(threshold)
 
-    async def acquire(self, ep: Endpoint, factory: Callable[[], Any]) -> Any:
-        """A connection to `ep`: an idle pooled one, a new one, or (over max_connections) the
-        next one released, waiting at most as long as the request may."""
+    def take_idle(self, ep: Endpoint) -> Any:
+        """An idle pooled connection to `ep` still fit for reuse, or None (no coroutine: the
+        common case of `acquire`)."""
+        if not ep.idle:
+            return None
         now = time.monotonic()
         while ep.idle:
             conn = ep.idle.pop()
             if conn.reusable(now, self.idle_timeout):
                 return conn
             conn.close()
+        return None
+
+    async def acquire(self, ep: Endpoint, factory: Callable[[], Any]) -> Any:
+        """A connection to `ep`: an idle pooled one, a new one, or (over max_connections) the
+        next one released, waiting at most as long as the request may."""
+        conn = self.take_idle(ep)
+        if conn is not None:
+            return conn
         if self.cb.max_connections is None or self.connections < self.cb.max_connections:
             return await self.connect(ep, factory)
         if self.cb.max_pending is not None and self.pending >= self.cb.max_pending:

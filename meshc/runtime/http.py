@@ -87,13 +87,15 @@ class Driver:
     """Runs a request's control coroutine like an asyncio Task, minus the Task: the first step
     runs at once (most requests reach their upstream write without suspending), later steps run
     when the awaited future completes. `cancel()` has Task semantics (CancelledError at the
-    await)."""
+    await). What the coroutine raises goes to the stream (`Stream.control_cancelled`,
+    `Stream.control_failed`): no wrapping coroutine per request for that."""
 
-    __slots__ = ("coro", "waiting", "_done", "_must_cancel", "loop")
+    __slots__ = ("coro", "waiting", "_done", "_must_cancel", "loop", "stream")
 
-    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop, stream: Stream):
         self.coro = coro
         self.loop = loop
+        self.stream = stream
         self.waiting: asyncio.Future[Any] | None = None
         self._done = False
         self._must_cancel = False
@@ -105,7 +107,15 @@ class Driver:
         except StopIteration:
             self._done = True
             return
-        except BaseException:  # run() handles everything; never let a request kill the loop
+        except asyncio.CancelledError:
+            self._done = True
+            self.stream.control_cancelled()
+            return
+        except Exception:
+            self._done = True
+            self.stream.control_failed()
+            return
+        except BaseException:  # never let a request kill the loop
             self._done = True
             log.exception("request control flow failed")
             return
@@ -137,6 +147,8 @@ class Driver:
 
 
 # =========================================================================== downstream
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class Downstream(asyncio.Protocol):
@@ -327,7 +339,8 @@ class Downstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.header_deadline = 0.0
         p = self.parser
-        stream = Stream(self, p.get_method().decode("latin-1"), self._url, self._headers,
+        method = p.get_method()
+        stream = Stream(self, _METHODS.get(method) or method.decode("latin-1"), self._url, self._headers,
                         p.get_http_version() == "1.1", p.should_keep_alive())
         if p.should_upgrade():
             stream.reject = 501
@@ -558,6 +571,7 @@ class Stream:
     response_ops: Any = None
     request_id = ""
     failure = ""
+    _expect_continue = False
 
     def __init__(self, conn: Downstream, method: str, url: bytes, headers: list[tuple[bytes, bytes]],
                  http11: bool, keep_alive: bool):
@@ -580,13 +594,13 @@ class Stream:
             if k == "host":
                 hosts += 1
         self.hdict = hdict
-        te = self.hdict.get("transfer-encoding")
+        te = hdict.get("transfer-encoding")
         self.chunked_in = te is not None
         if te is not None and te.strip().lower() != "chunked":
             self.reject = 501
         if hosts > 1:
             self.reject = 400  # RFC 9112 3.2: more than one Host is a bad request
-        cl = self.hdict.get("content-length")
+        cl = hdict.get("content-length")
         self.content_length = int(cl) if cl and cl.strip().isdigit() else 0
         self.has_body = self.chunked_in or self.content_length > 0
         self.body_done = not self.has_body
@@ -594,7 +608,8 @@ class Stream:
         limit = self.listener.limits.retry_buffer_bytes
         self.replay: list[bytes] | None = [] if limit > 0 else None
         self.resp_pending: list[bytes] = []
-        self._expect_continue = self.hdict.get("expect", "").lower() == "100-continue"
+        if "expect" in hdict:
+            self._expect_continue = hdict["expect"].lower() == "100-continue"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -603,24 +618,28 @@ class Stream:
             self.close_after = True
             self.respond(self.reject, b"bad request" if self.reject == 400 else b"not supported")
             return
-        self.task = Driver(self.run(), self.conn.loop)
-
-    async def run(self) -> None:
         try:
             pending = self.listener.handle(self)
-            if pending is not None:
-                await pending
-        except asyncio.CancelledError:
-            if self.timed_out and not self.response_started:
-                self.respond(504, b"upstream request timeout")
-            elif not self.finished:
-                self._abort_all()
-        except Exception:  # a bug must cost one request, never the proxy
-            log.exception("%s: request failed", self.conn.sidecar.name)
-            if not self.response_started:
-                self.respond(500, b"internal proxy error")
-            else:
-                self._abort_all()
+        except Exception:
+            self.control_failed()
+            return
+        if pending is not None:
+            self.task = Driver(pending, self.conn.loop, self)
+
+    def control_cancelled(self) -> None:
+        """The request's control flow was cancelled (route timeout, client gone, body error)."""
+        if self.timed_out and not self.response_started:
+            self.respond(504, b"upstream request timeout")
+        elif not self.finished:
+            self._abort_all()
+
+    def control_failed(self) -> None:
+        """The request's control flow raised: a bug must cost one request, never the proxy."""
+        log.exception("%s: request failed", self.conn.sidecar.name)
+        if not self.response_started:
+            self.respond(500, b"internal proxy error")
+        else:
+            self._abort_all()
 
     def _abort_all(self) -> None:
         if self.upstream is not None:
@@ -1051,7 +1070,7 @@ async def proxy(stream: Stream, cluster: Cluster, head: bytes, retry: Any,
             per_try: asyncio.TimerHandle | None = None
             ep.active += 1
             try:
-                up: Upstream = await cluster.acquire(ep, Upstream)
+                up: Upstream = cluster.take_idle(ep) or await cluster.acquire(ep, Upstream)
                 stream.send(up, head, stream.chunked_in)
                 if retry is not None and retry.per_try_timeout_ms:
                     per_try = loop.call_later(retry.per_try_timeout_ms / 1000, _expire_try, stream.head_fut)

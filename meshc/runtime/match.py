@@ -156,12 +156,14 @@ def principal_pred(p: C.PrincipalCfg) -> Callable[[str | None], bool]:
 
 
 class CompiledRule:
-    __slots__ = ("name", "action", "principals", "methods", "paths", "not_paths", "ports", "headers", "is_l7")
+    __slots__ = ("name", "action", "principals", "anyone", "methods", "paths", "not_paths", "ports", "headers",
+                 "is_l7")
 
     def __init__(self, r: C.AuthzRuleCfg):
         self.name = r.name
         self.action = r.action
         self.principals = [principal_pred(p) for p in r.principals]
+        self.anyone = any(p.kind == "any" for p in r.principals)  # no principal check needed
         self.methods = frozenset(m.upper() for m in r.methods)
         self.paths = [path_pred(p) for p in r.paths]
         self.not_paths = [path_pred(p) for p in r.not_paths]
@@ -170,11 +172,12 @@ class CompiledRule:
         self.is_l7 = bool(r.methods or r.paths or r.not_paths or r.headers)
 
     def matches(self, peer: str | None, port: int, r: RequestView | None) -> bool:
-        for who in self.principals:
-            if who(peer):
-                break
-        else:
-            return False
+        if not self.anyone:
+            for who in self.principals:
+                if who(peer):
+                    break
+            else:
+                return False
         if self.ports and port not in self.ports:
             return False
         if r is None:  # tcp: HTTP conditions cannot be evaluated; fail closed
@@ -189,7 +192,10 @@ class CompiledRule:
                 return False
         if self.not_paths and any(p(r.path) for p in self.not_paths):
             return False
-        return all(h(r.headers) for h in self.headers)
+        for h in self.headers:
+            if not h(r.headers):
+                return False
+        return True
 
 
 class Authorizer:

@@ -248,7 +248,7 @@ def traceparent(incoming: str | None, sampling_percent: float) -> tuple[str, str
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return traceparent(None, sampling_percent)
     flags = "-01" if _random() * 100 < sampling_percent else "-00"
-    return "00-" + ids[:32] + "-" + span_id + flags, trace_id
+    return f"00-{trace_id}-{span_id}{flags}", trace_id
 
 
 _bits = random.getrandbits
