@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import time
+from binascii import hexlify
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -1021,7 +1022,7 @@ _rid_counter = itertools.count(int.from_bytes(os.urandom(4)))
 
 def new_request_id() -> bytes:
     """A UUID-shaped id, unique per process run (random prefix + counter): no syscall per request."""
-    return _RID_HEAD + b"%012x" % (next(_rid_counter) & 0xFFFFFFFFFFFF)
+    return _RID_HEAD + hexlify((next(_rid_counter) & 0xFFFFFFFFFFFF).to_bytes(6, "big"))
 
 
 async def proxy(stream: Stream, cluster: Cluster, head: bytes, retry: Any,

@@ -34,7 +34,7 @@ from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, mirror, new_request_id, proxy
 from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
-from meshc.runtime.observability import AccessLog, Metrics, json_string, now_iso, traceparent
+from meshc.runtime.observability import AccessLog, Metrics, json_string, millis, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
 
 log = logging.getLogger("meshc.proxy")
@@ -399,7 +399,7 @@ class HttpListener:
         if self._log_prefix_of is not log:
             self._log_prefix = log.json_prefix(sc.name, self.name)
             self._log_prefix_of = log
-        log.log_json_http(self._log_prefix, s.method, s.url, protocol, s.resp_status, round(dur * 1000, 3),
+        log.log_json_http(self._log_prefix, s.method, s.url, protocol, s.resp_status, millis(dur),
                           s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
                           s.conn.peer or "-", s.conn.client_ip, s.trace_id,
                           f'"{request_id}"' if request_id else json_string(s.hdict.get("x-request-id", "-")))
