@@ -585,21 +585,21 @@ class Stream:
         self.keep_alive = keep_alive
         self.start_time = time.monotonic()
         hdict: dict[str, str] = {}
-        hosts = 0
+        repeated_host = False
         for n, v in headers:
             k = n.decode("latin-1")
             if k in hdict:
                 hdict[k] = hdict[k] + "," + v.decode("latin-1")
+                if k == "host":
+                    repeated_host = True
             else:
                 hdict[k] = v.decode("latin-1")
-            if k == "host":
-                hosts += 1
         self.hdict = hdict
         te = hdict.get("transfer-encoding")
         self.chunked_in = te is not None
         if te is not None and te.strip().lower() != "chunked":
             self.reject = 501
-        if hosts > 1:
+        if repeated_host:
             self.reject = 400  # RFC 9112 3.2: more than one Host is a bad request
         cl = hdict.get("content-length")
         self.content_length = int(cl) if cl and cl.strip().isdigit() else 0
@@ -786,8 +786,10 @@ class Stream:
         if self.forwarding:
             self._write_body(chunk)
         else:
-            self.resp_pending.append(chunk)
-            if sum(map(len, self.resp_pending)) > HIGH_WATER and self.upstream is not None:
+            pending = self.resp_pending
+            pending.append(chunk)
+            size = len(chunk) if len(pending) == 1 else sum(map(len, pending))
+            if size > HIGH_WATER and self.upstream is not None:
                 self.upstream.block_read()
 
     def response_complete(self, up: Upstream, reusable: bool) -> None:

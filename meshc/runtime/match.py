@@ -29,7 +29,8 @@ def split_target(target: str) -> tuple[str, str] | None:
             target = rest[slash:] if slash >= 0 else "/"
         else:
             return None
-    target = target.split("#", 1)[0]
+    if "#" in target:
+        target = target.split("#", 1)[0]
     path, sep, query = target.partition("?")
     return path, query
 

@@ -219,8 +219,8 @@ class HttpListener:
 
     def handle(self, s: Stream) -> Awaitable[None] | None:
         """Answer locally (returns None) or return the coroutine that proxies the request: no
-        coroutine frame of its own, and none for the inbound path without faults (the common
-        case pays for one coroutine per request, `proxy`)."""
+        coroutine frame of its own, and none for the listener's path unless a fault matches
+        (the common case pays for one coroutine per request, `proxy`)."""
         parts = split_target(s.url)
         if parts is None:
             s.close_after = True
@@ -302,8 +302,9 @@ class HttpListener:
             m.child(m.ratelimited, self.sidecar.name, self.name).inc()
             s.respond(429, b"local_rate_limited", [(b"x-ratelimit-limit", str(int(self.bucket.burst)).encode())])
             return None
-        if self.faults:
-            return self._inbound_faulted(s, view, peer)
+        for f in self.faults:
+            if f.match(view):  # a fault that may delay or abort: a coroutine of its own
+                return self._inbound_faulted(s, view, peer)
         return self._inbound_forward(s, view, peer)
 
     async def _inbound_faulted(self, s: Stream, view: RequestView, peer: str | None) -> None:
@@ -326,7 +327,9 @@ class HttpListener:
         head = self._head(s, view.path, view.raw_query, None, None, xfcc)
         return proxy(s, self.app, head, None, self.cfg.timeout_ms, [], None, None)
 
-    async def _outbound(self, s: Stream, view: RequestView) -> None:
+    def _outbound(self, s: Stream, view: RequestView) -> Awaitable[None] | None:
+        """Like `_inbound`: answers locally or returns the proxy coroutine; a coroutine of its
+        own only when a fault of the route matches (it may have to wait)."""
         cfg = self.cfg
         assert isinstance(cfg, C.OutboundListenerCfg)
         if self.authz is not None:
@@ -334,25 +337,36 @@ class HttpListener:
             if not allowed:
                 s.route_name = f"authz:{rule}"
                 s.respond(403, b"RBAC: access denied")
-                return
+                return None
         route = next((r for r in self.routes if r.match(view)), None)
         if route is None:
             s.respond(404, b"route not found")
-            return
+            return None
         s.route_name = route.name
+        for f in route.faults:
+            if f.match(view):
+                return self._outbound_faulted(s, view, route)
+        return self._outbound_forward(s, view, route)
+
+    async def _outbound_faulted(self, s: Stream, view: RequestView, route: Route) -> None:
         for f in route.faults:
             status = await f.apply(view)
             if status:
                 s.respond(status, b"fault filter abort")
                 return
+        pending = self._outbound_forward(s, view, route)
+        if pending is not None:
+            await pending
+
+    def _outbound_forward(self, s: Stream, view: RequestView, route: Route) -> Awaitable[None] | None:
         rc = route.cfg
         if rc.redirect is not None:
             s.respond(rc.redirect.code, b"", [(b"location", _location(rc.redirect, s, view).encode("latin-1"))],
                       route.resp_ops)
-            return
+            return None
         if rc.respond is not None:
             s.respond(rc.respond.status, rc.respond.body.encode(), None, route.resp_ops)
-            return
+            return None
         cluster = route.pick()
         path = _rewrite_path(route, view)
         host = None
@@ -363,8 +377,8 @@ class HttpListener:
         head = self._head(s, path, view.raw_query, host, route.req_ops, None)
         if route.mirror is not None and random.random() * 100 < rc.mirror.percent:  # type: ignore[union-attr]
             self._mirror(s, route.mirror, head, host)
-        await proxy(s, cluster, head, rc.retry, rc.timeout_ms, [], route.resp_ops,
-                    _hash_value(cluster.cfg.lb, s, view))
+        return proxy(s, cluster, head, rc.retry, rc.timeout_ms, [], route.resp_ops,
+                     _hash_value(cluster.cfg.lb, s, view))
 
     def _mirror(self, s: Stream, cluster: Cluster, head: bytes, host: bytes | None) -> None:
         """Shadow a copy when its body is already complete and small (Envoy: `-shadow` host)."""
