@@ -893,7 +893,7 @@ class Stream:
         if up is not None:
             if self.conn.write_paused:
                 up.block_read()
-            else:
+            elif up._read_blocked:
                 up.unblock_read()
         if self.resp_done is not None:
             self._end_response()

@@ -399,7 +399,7 @@ class HttpListener:
         dur = time.monotonic() - s.start_time
         sc = self.sidecar
         if self.record_metrics:
-            sc.metrics.observe_request(sc.name, self.name, s.route_name, s.cluster_name, s.resp_status, dur)
+            sc.metrics.stats.observe(sc.name, self.name, s.route_name, s.cluster_name, s.resp_status, dur)
         log = sc.access_log
         if log.out is None:
             return
