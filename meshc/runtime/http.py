@@ -346,6 +346,15 @@ class Downstream(asyncio.Protocol):
         if p.should_upgrade():
             stream.reject = 501
         self.parsing = stream
+        if self.current is None and not self.queue and not self._starting and not self.closing:
+            # Nothing in flight or queued (no pipelining): what _start_next would do, minus the queue.
+            self.current = stream
+            self._starting = True
+            try:
+                stream.start()
+            finally:
+                self._starting = False
+            return
         self.queue.append(stream)
         if self.current is None:
             self._start_next()
