@@ -199,6 +199,7 @@ class HttpListener:
         self.routes: list[Route] = []
         self._authz_routes: dict[str, str] = {}  # rule name -> "authz:<rule>" (route label, built once)
         self._xfcc: dict[str, bytes] = {}  # peer identity -> x-forwarded-client-cert value
+        self._xfcc_identity = ""  # the sidecar identity those values name
         self._log_prefix = ""  # the constant part of this listener's JSON access-log lines
         self._log_prefix_of: AccessLog | None = None
         if isinstance(cfg, C.InboundListenerCfg):
@@ -319,11 +320,15 @@ class HttpListener:
         assert isinstance(self.cfg, C.InboundListenerCfg) and self.app is not None
         xfcc = None
         if peer:
+            identity = self.sidecar.cfg.identity  # read per request, as before: a reload may change it
+            if identity != self._xfcc_identity:
+                self._xfcc.clear()
+                self._xfcc_identity = identity
             xfcc = self._xfcc.get(peer)
             if xfcc is None:
                 if len(self._xfcc) >= 1024:
                     self._xfcc.clear()
-                xfcc = self._xfcc[peer] = f"By={self.sidecar.cfg.identity};URI={peer}".encode()
+                xfcc = self._xfcc[peer] = f"By={identity};URI={peer}".encode()
         head = self._head(s, view.path, view.raw_query, None, None, xfcc)
         return proxy(s, self.app, head, None, self.cfg.timeout_ms, [], None, None)
 
