@@ -384,6 +384,20 @@ def test_smuggled_request_after_valid_one_is_not_forwarded(env: Env, echo: int) 
     assert all("/smuggled" not in r.path for r in env.ups[0].requests)
 
 
+@pytest.mark.parametrize("connection_headers", [
+    b"Connection: keep-alive\r\nConnection: x-secret\r\n",
+    b"Connection: x-secret\r\nConnection: keep-alive\r\n",
+    b"Connection: keep-alive, X-Secret\r\n",
+])
+def test_every_connection_header_names_hop_by_hop_headers(env: Env, echo: int, connection_headers: bytes) -> None:
+    """RFC 9110 7.6.1: several Connection fields are one list; every header it names stops here."""
+    out = raw(echo, b"GET /c HTTP/1.1\r\nHost: a\r\n" + connection_headers
+              + b"X-Secret: 1\r\nX-Kept: 2\r\nConnection: close\r\n\r\n")
+    assert statuses(out) == [200]
+    (req,) = [r for r in env.ups[0].requests if r.path == "/c"]
+    assert "x-secret" not in req.headers and req.headers["x-kept"] == "2"
+
+
 def test_keep_alive_and_pipelining(env: Env, echo: int) -> None:
     with socket.create_connection(("127.0.0.1", echo), timeout=5) as s:
         s.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5))

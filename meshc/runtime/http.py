@@ -865,7 +865,7 @@ class Stream:
                 has_cl = True
             out += (n, b": ", v, b"\r\n")  # pieces, joined once with the rest of the head
         self._resp_framing_known = has_cl or has_te or no_body
-        if ops is not None or (connection is not None and _connection_tokens(connection)):
+        if ops is not None or (connection is not None and connection_tokens(connection)):
             # Headers a Connection header names, or response header ops: whole lines again.
             out = [out[0], *_response_lines(headers, connection, ops)]
         for n, v in extra:
@@ -981,12 +981,12 @@ class Stream:
 def _response_lines(headers: list[tuple[bytes, bytes]], connection: bytes | None, ops: Any) -> list[bytes]:
     """The forwarded response header lines: without hop-by-hop headers and those `connection`
     names, then the route's response header ops."""
-    tokens = _connection_tokens(connection) if connection is not None else frozenset()
+    tokens = connection_tokens(connection) if connection is not None else frozenset()
     lines = [b"%s: %s\r\n" % (n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens]
     return ops.apply_response(lines) if ops is not None else lines
 
 
-def _connection_tokens(value: bytes) -> frozenset[bytes]:
+def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names a `Connection` header (its values comma-joined) marks hop-by-hop, beyond the
     standard ones. Almost always `keep-alive` or `close`: memoized."""
     found = _TOKENS_BY_VALUE.get(value)

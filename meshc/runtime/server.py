@@ -32,7 +32,7 @@ from meshc.paths import normalize
 from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
-from meshc.runtime.http import Downstream, Stream, mirror, new_request_id, proxy
+from meshc.runtime.http import Downstream, Stream, connection_tokens, mirror, new_request_id, proxy
 from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
 from meshc.runtime.observability import AccessLog, Metrics, json_string, millis, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
@@ -268,8 +268,8 @@ class HttpListener:
             for n, v in s.headers:
                 if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
                     # x-meshc-* headers are the mesh's own: an application cannot set them.
-                    if n == b"connection":
-                        named = _named_by_connection(v)  # the last Connection header counts
+                    if n == b"connection":  # several Connection headers: all of them count
+                        named = named | connection_tokens(v)
                     continue
                 parts += (n, b": ", v, b"\r\n")
         if ops is not None or named:
@@ -432,34 +432,20 @@ _DROP_UPSTREAM = _HOP | {b"host", b"traceparent", b"x-forwarded-client-cert", b"
 
 
 
-def _named_by_connection(value: bytes) -> frozenset[bytes]:
-    """Header names a request's Connection header marks hop-by-hop, beyond those never forwarded
-    anyway. Almost always `keep-alive` or `close` (none): memoized."""
-    found = _NAMED_BY_VALUE.get(value)
-    if found is None:
-        found = frozenset({t.strip().lower() for t in value.split(b",")} - _DROP_UPSTREAM)
-        if len(_NAMED_BY_VALUE) < 256:
-            _NAMED_BY_VALUE[value] = found
-    return found
-
-
-_NAMED_BY_VALUE: dict[bytes, frozenset[bytes]] = {}
-
-
 def _forwarded_headers(headers: list[tuple[bytes, bytes]], ops: HeaderOps | None) -> list[tuple[bytes, bytes]]:
     """The client's headers sent upstream, the general case of `HttpListener._head`: without
-    hop-by-hop ones, those the proxy sets, those the (last) Connection header names; then the
+    hop-by-hop ones, those the proxy sets, those any Connection header names; then the
     route's request header ops."""
     out = []
-    conn_tokens: set[bytes] | None = None
+    named: frozenset[bytes] = frozenset()
     for n, v in headers:
         if n in _DROP_UPSTREAM or n.startswith(b"x-meshc-"):
             if n == b"connection":
-                conn_tokens = {t.strip().lower() for t in v.split(b",")}
+                named = named | connection_tokens(v)
             continue
         out.append((n, v))
-    if conn_tokens:
-        out = [(n, v) for n, v in out if n not in conn_tokens]
+    if named:
+        out = [(n, v) for n, v in out if n not in named]
     return ops.apply_request(out) if ops is not None else out
 
 
