@@ -192,6 +192,9 @@ class AppMeshImporter:
         self.mesh_name = mesh_name
         # node -> (service, version); a route target without a virtualNode name is keyed None
         self.node_owner: dict[str | None, tuple[str, str | None]] = {}
+        # a node that several virtual services route to (one set of pods behind a path router
+        # and a header router) is a version of each of them; node_owner holds the first
+        self.node_owners: dict[str | None, list[tuple[str, str | None]]] = {}
         self.identities: dict[str, str] = {}  # spiffe id -> service
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -219,7 +222,11 @@ class AppMeshImporter:
         for node in sorted(self.nodes.values(), key=lambda n: (self.node_owner.get(n["name"], ("", None))[0] not in
                                                                 {k for k, d in self.drafts.items() if d.external},
                                                                 str(n["name"]))):
-            self.node(node)
+            if node["name"] not in self.node_owner:
+                self.note(node, "name", "no virtual service reaches this node; left out")
+                continue
+            for owner in self.node_owners.get(node["name"]) or [self.node_owner[node["name"]]]:
+                self.node(node, owner)
         self.trust()
         for d in self.drafts.values():
             self.route_table(d)
@@ -276,24 +283,47 @@ class AppMeshImporter:
             d.selector = {"router": str(router or "")}
             for n in dict.fromkeys(x for x in nodes if x):
                 version = n[len(key) + 1:] if n.startswith(key + "-") else (None if n == key else n)
-                self.node_owner[n] = (key, version_name(version) if version else None)
+                owner = (key, version_name(version) if version else None)
+                self.node_owner.setdefault(n, owner)
+                if owner not in self.node_owners.setdefault(n, []):
+                    self.node_owners[n].append(owner)
                 if version:
-                    d.versions[version_name(version)] = {"version": version}
+                    d.versions[version_name(version)] = self.version_labels(n, key, version)
         # nodes no route reaches yet: `<svc>-<version>` is still a version of that service
         for n in sorted(self.nodes):
             if n in self.node_owner:
                 continue
-            owner = next((k for k in sorted(self.drafts, key=len, reverse=True)
-                          if n.startswith(k + "-") and self.drafts[k].external is None), None)
-            if owner is not None:
-                version = version_name(n[len(owner) + 1:])
-                self.node_owner[n] = (owner, version)
-                self.drafts[owner].versions.setdefault(version, {"version": version})
+            service = next((k for k in sorted(self.drafts, key=len, reverse=True)
+                            if n.startswith(k + "-") and self.drafts[k].external is None), None)
+            if service is not None:
+                version = version_name(n[len(service) + 1:])
+                self.node_owner[n] = (service, version)
+                self.drafts[service].versions.setdefault(version, self.version_labels(n, service,
+                                                                                      n[len(service) + 1:]))
+        # a node no virtual service provides is a client (a frontend, a job): a service of its own,
+        # so that its backends, identity and listeners are kept
+        for n in sorted(self.nodes):
+            if n in self.node_owner or not n:
+                continue
+            key = dns_name(str(n))
+            if key in self.drafts:
+                continue
+            self.drafts[key] = Draft(key, self.nodes[n].get("namespace") or "default")
+            self.node_owner[n] = (key, None)
         ns_main = sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if namespaces else "default"
         self.settings.namespace = ns_main
         for d in self.drafts.values():
             if d.external is not None:
                 d.namespace = ns_main
+
+    def version_labels(self, node: str, service: str, version: str) -> dict[str, str]:
+        """The pods of a version: the controller's podSelector (without the `app` label that names
+        the service itself, which every target adds), else `version=<version>`."""
+        spec = (self.nodes.get(node) or {}).get("spec") or {}
+        labels = {str(k): str(v) for k, v in ((spec.get("podSelector") or {}).get("matchLabels") or {}).items()}
+        if labels.get("app") == service:
+            del labels["app"]
+        return labels or {"version": version}
 
     @staticmethod
     def node_key(nodes: list[str | None], default: str) -> str:
@@ -310,11 +340,7 @@ class AppMeshImporter:
                 return ((route["spec"][k] or {}).get("action") or {}).get("weightedTargets") or []
         return []
 
-    def node(self, node: dict[str, Any]) -> None:
-        owner = self.node_owner.get(node["name"])
-        if owner is None:
-            self.note(node, "name", "no virtual service reaches this node; left out")
-            return
+    def node(self, node: dict[str, Any], owner: tuple[str, str | None]) -> None:
         d = self.drafts[owner[0]]
         place = f"service:{d.name}"
         spec = node["spec"]
@@ -378,8 +404,10 @@ class AppMeshImporter:
                 for n, proto in list(callee.ports.items()):
                     if proto in ("http", "tls"):
                         callee.ports[n] = "tls"
-                self.rules.append(AuthzRule(action="allow", sources=(Source(kind="service", name=d.name),),
-                                            destinations=(target,)))
+                rule = AuthzRule(action="allow", sources=(Source(kind="service", name=d.name),),
+                                 destinations=(target,))
+                if rule not in self.rules:
+                    self.rules.append(rule)
         if spec.get("serviceDiscovery", {}).get("awsCloudMap"):
             attrs = spec["serviceDiscovery"]["awsCloudMap"].get("attributes") or []
             if owner[1] and attrs:
@@ -442,7 +470,10 @@ class AppMeshImporter:
         targets = (body.get("action") or {}).get("weightedTargets") or []
         dests, weights = [], []
         for t in targets:
-            owner = self.node_owner.get(str(t.get("virtualNode")))
+            node_name = str(t.get("virtualNode"))
+            # a node shared by several services is, in this route table, a version of this one
+            owner = next((o for o in self.node_owners.get(node_name, []) if o[0] == d.name),
+                         self.node_owner.get(node_name))
             if owner is None:
                 self.note(r, "action.weightedTargets", f"node {t.get('virtualNode')} belongs to no service", place)
                 continue
@@ -462,6 +493,9 @@ class AppMeshImporter:
                                                     for (s, v), p in merged.items() if p)}
         t = _ms((body.get("timeout") or {}).get("perRequest"))
         kw["timeout"] = Timeout(ms=t) if t is not None and t < NO_TIMEOUT_MS else None
+        idle = _ms((body.get("timeout") or {}).get("idle"))
+        if idle is not None and idle < NO_TIMEOUT_MS:
+            self.note(r, "timeout.idle", "an idle (stream) timeout is not expressible", place)
         if tcp:
             kw["timeout"] = None
             return RouteRule(**kw)
@@ -502,8 +536,15 @@ class AppMeshImporter:
             kw["path"] = PathMatch(kind="exact", value=str(path["exact"]))
         elif path.get("regex") is not None:
             kw["path"] = PathMatch(kind="regex", value=str(path["regex"]))
+        if m.get("serviceName"):  # gRPC: the path is /<package.Service>/<Method>
+            service = str(m["serviceName"])
+            kw["path"] = PathMatch(kind="exact", value=f"/{service}/{m['methodName']}") if m.get("methodName") \
+                else PathMatch(kind="prefix", value=f"/{service}/")
+        elif m.get("methodName"):
+            self.note(r, "match.methodName", "a gRPC method without its service is not expressible", place)
+            return None
         headers, query = [], []
-        for h in m.get("headers") or []:
+        for h in (m.get("headers") or []) + (m.get("metadata") or []):  # gRPC metadata are HTTP/2 headers
             hm = h.get("match") or {}
             if "suffix" in hm and len(hm) == 1:
                 hm = {"regex": ".*" + re.escape(str(hm["suffix"]))}  # RE2 full match: ends with it
@@ -526,7 +567,12 @@ class AppMeshImporter:
                 return None
         if m.get("method"):
             kw["methods"] = (str(m["method"]),)
-        for k in sorted(set(m) - {"prefix", "path", "headers", "queryParameters", "method", "port"}):
+        if m.get("port") is not None and len((self.routers.get(str(r.get("router"))) or {}).get("spec", {})
+                                             .get("listeners") or []) > 1:
+            self.note(r, "match.port", f"a route for port {m['port']} of a router with several listeners is not "
+                      "expressible; it is written for every port", place)
+        for k in sorted(set(m) - {"prefix", "path", "headers", "queryParameters", "method", "port", "serviceName",
+                                  "methodName", "metadata"}):
             self.note(r, f"match.{k}", "not expressible", place)
             return None
         return Match(headers=tuple(headers), query=tuple(query), **kw)
@@ -544,10 +590,12 @@ class AppMeshImporter:
         return Source(kind="identity", name=dns_name(m.group(3)))
 
     def node_authz(self, node: dict[str, Any]) -> None:
-        owner = self.node_owner.get(node["name"])
-        if owner is None or self.drafts[owner[0]].external is not None:
-            return
-        d = self.drafts[owner[0]]
+        first = self.node_owner.get(node["name"])
+        for owner in self.node_owners.get(node["name"]) or ([first] if first else []):
+            if self.drafts[owner[0]].external is None:
+                self.listener_authz(node, self.drafts[owner[0]])
+
+    def listener_authz(self, node: dict[str, Any], d: Draft) -> None:
         for i, lst in enumerate(node["spec"].get("listeners") or []):
             sans = (((((lst.get("tls") or {}).get("validation") or {}).get("subjectAlternativeNames") or {})
                      .get("match") or {}).get("exact")) or []
@@ -572,36 +620,99 @@ class AppMeshImporter:
             m = SPIFFE.match(str(cert))
             if m:
                 self.settings.ingress_identity = (dns_name(m.group(3)), m.group(2))
+        # per service, the (host, path, port) each gateway route exposes; None: every host / path
+        exposed: dict[str, list[tuple[str | None, PathMatch | None, int]]] = {}
         for gr in self.of("GatewayRoute"):
-            gw = gws.get(str(gr.get("gateway"))) or (next(iter(gws.values())) if len(gws) == 1 else None)
-            port = 80
-            if gw is not None:
-                lst = (gw["spec"].get("listeners") or [{}])[0]
-                port = int((lst.get("portMapping") or {}).get("port", 80))
-            body = next((gr["spec"][k] for k in ("httpRoute", "http2Route", "grpcRoute") if k in gr["spec"]), None)
-            if body is None:
+            gw = self.gateway_of(gr, gws)
+            kind = next((k for k in ("httpRoute", "http2Route", "grpcRoute") if k in gr["spec"]), None)
+            if kind is None:
                 continue
+            body = gr["spec"][kind] or {}
             target = ((body.get("action") or {}).get("target") or {}).get("virtualService") or {}
             svc = self.vs_service.get(str(target.get("virtualServiceName")))
             if svc is None:
                 self.note(gr, "action.target", "not a virtual service of the input", "mesh")
                 continue
-            d = self.drafts[svc]
+            place = f"service:{svc}"
             route_match = body.get("match") or {}
+            narrowing = sorted(k for k in ("headers", "method", "queryParameters", "metadata") if route_match.get(k))
+            unknown = sorted(set(route_match) - {"prefix", "path", "hostname", "port", "serviceName", "headers",
+                                                 "method", "queryParameters", "metadata"})
+            if narrowing or unknown:
+                self.note(gr, "match." + (narrowing + unknown)[0], "an ingress can only select by host and path; "
+                          "the gateway route is left out", place)
+                continue
             path = None
-            if "prefix" in route_match and route_match["prefix"] != "/":
+            if route_match.get("serviceName"):
+                path = PathMatch(kind="prefix", value=f"/{route_match['serviceName']}/")
+            elif "prefix" in route_match and route_match["prefix"] != "/":
                 path = PathMatch(kind="prefix", value=str(route_match["prefix"]))
-            elif (route_match.get("path") or {}).get("exact"):
+            elif (route_match.get("path") or {}).get("exact") is not None:
                 path = PathMatch(kind="exact", value=str(route_match["path"]["exact"]))
-            host = ((route_match.get("hostname") or {}).get("exact"))
-            hosts = (str(host),) if host else ("*",)
-            paths = (d.expose.paths if d.expose else ()) + ((path,) if path else ())
-            if d.expose is not None and not d.expose.paths:
-                paths = ()
-            if path is None:
-                paths = ()  # this route takes every path
-            d.expose = Ingress(paths=tuple(m.path for m in merge_under(tuple(Match(path=p) for p in paths))
-                                           if m.path), hosts=hosts, port=port)
+            elif (route_match.get("path") or {}).get("regex") is not None:
+                path = PathMatch(kind="regex", value=str(route_match["path"]["regex"]))
+            hostname = route_match.get("hostname") or {}
+            host: str | None = None
+            if hostname.get("exact"):
+                host = str(hostname["exact"])
+            elif hostname.get("suffix"):
+                if not str(hostname["suffix"]).startswith("."):
+                    self.note(gr, "match.hostname.suffix", f"a host suffix that is not a domain "
+                              f"('{hostname['suffix']}') is not expressible; the gateway route is left out", place)
+                    continue
+                host = "*" + str(hostname["suffix"])
+            self.gateway_rewrite(gr, body, path, place)
+            port = route_match.get("port")
+            if not isinstance(port, int):
+                lst = ((gw or {}).get("spec", {}).get("listeners") or [{}])[0]
+                port = int((lst.get("portMapping") or {}).get("port", 80))
+            exposed.setdefault(svc, []).append((host, path, port))
+        for svc, entries in exposed.items():
+            self.expose(svc, entries)
+
+    def gateway_of(self, gr: dict[str, Any], gws: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        if gr.get("gateway") in gws:
+            return gws[str(gr["gateway"])]
+        if len(gws) == 1:
+            return next(iter(gws.values()))
+        same_ns = [g for g in gws.values() if g.get("namespace") and g.get("namespace") == gr.get("namespace")]
+        return same_ns[0] if len(same_ns) == 1 else None
+
+    def gateway_rewrite(self, gr: dict[str, Any], body: dict[str, Any], path: PathMatch | None, place: str) -> None:
+        """meshc's ingress hands the request on as the client sent it; App Mesh rewrites a matched
+        prefix to `/` unless told not to, and can rewrite prefixes and paths."""
+        rw = (body.get("action") or {}).get("rewrite") or {}
+        prefix = rw.get("prefix") or {}
+        if path is not None and path.kind == "prefix" and "serviceName" not in (body.get("match") or {}):
+            to = prefix.get("value") if prefix.get("value") is not None else \
+                (None if prefix.get("defaultPrefix") == "DISABLED" else "/")
+            if to is not None and to != path.value:
+                self.note(gr, "action.rewrite.prefix", f"the gateway rewrites the prefix '{path.value}' to '{to}'; "
+                          f"the ingress keeps the path (if the service relies on it, route `when path prefix "
+                          f"\"{path.value}\"` with `rewrite prefix \"{to}\"`)", place)
+        if (rw.get("path") or {}).get("exact") is not None:
+            self.note(gr, "action.rewrite.path", f"the gateway rewrites the path to '{rw['path']['exact']}'; the "
+                      "ingress keeps the path", place)
+
+    def expose(self, svc: str, entries: list[tuple[str | None, PathMatch | None, int]]) -> None:
+        d = self.drafts[svc]
+        ports = sorted({port for _, _, port in entries})
+        if len(ports) > 1:
+            self.report.add(f"service {svc}", "GatewayRoute", f"exposed on ports {ports}: an ingress has one port; "
+                            f"written for port {ports[0]}", f"service:{svc}")
+        hosts = ("*",) if any(h is None for h, _, _ in entries) else tuple(dict.fromkeys(str(h) for h, _, _ in entries))
+        every_path = any(p is None for _, p, _ in entries)
+        paths = () if every_path else tuple(
+            m.path for m in merge_under(tuple(Match(path=p) for p in dict.fromkeys(p for _, p, _ in entries if p)))
+            if m.path)
+        # an ingress exposes every path on every host: routes that pair different hosts with
+        # different paths are exposed more widely than App Mesh did
+        pairs = {(h, p) for h, p, _ in entries}
+        if len(hosts) > 1 and not every_path and any((h, p) not in pairs for h in hosts
+                                                     for p in {p for _, p, _ in entries}):
+            self.report.add(f"service {svc}", "GatewayRoute", "gateway routes pair different hosts with different "
+                            "paths; the ingress exposes every path on every host", f"service:{svc}")
+        d.expose = Ingress(paths=paths, hosts=hosts, port=ports[0])
 
 
 def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
