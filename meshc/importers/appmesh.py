@@ -381,10 +381,19 @@ class AppMeshImporter:
                     path=hc.get("path", "/") if hc.get("protocol") != "tcp" else "/",
                     interval_ms=int(hc.get("intervalMillis", 10_000)), timeout_ms=int(hc.get("timeoutMillis", 2000)),
                     unhealthy=int(hc.get("unhealthyThreshold", 3)), healthy=int(hc.get("healthyThreshold", 2)))
-            t = _ms(next(iter((next(iter((lst.get("timeout") or {}).values()), None) or {}).values()), None))
-            if t is not None and t < NO_TIMEOUT_MS:
-                self.note(node, f"spec.listeners[{i}].timeout", "a listener timeout is not expressible; the "
-                          "route timeout is the request timeout", place)
+            for kind, limits in (lst.get("timeout") or {}).items():  # {http: {perRequest, idle}}
+                for what, value in (limits or {}).items():
+                    t = _ms(value)
+                    if t is not None and t < NO_TIMEOUT_MS:
+                        self.note(node, f"spec.listeners[{i}].timeout.{kind}.{what}", "a listener timeout is not "
+                                  "expressible; the route timeout is the request timeout", place)
+        # a client without TLS listeners shows its identity in the certificate it presents to backends
+        client_tls = ((spec.get("backendDefaults") or {}).get("clientPolicy") or {}).get("tls") or {}
+        client_cert = str(((client_tls.get("certificate") or {}).get("sds") or {}).get("secretName", ""))
+        m = SPIFFE.match(client_cert)
+        if m and d.external is None and d.identity is None:
+            d.identity = m.group(3)
+            self.identities[client_cert] = d.name
         for b in spec.get("backends") or []:
             vs = b.get("virtualService") or {}
             target = self.vs_service.get(str(vs.get("virtualServiceName")))
@@ -596,7 +605,18 @@ class AppMeshImporter:
                 self.listener_authz(node, self.drafts[owner[0]])
 
     def listener_authz(self, node: dict[str, Any], d: Draft) -> None:
-        for i, lst in enumerate(node["spec"].get("listeners") or []):
+        listeners = node["spec"].get("listeners") or []
+        checked = [lst for lst in listeners if str((lst.get("tls") or {}).get("mode")) == "STRICT"
+                   and (lst.get("tls") or {}).get("validation")]
+        if self.settings.authz == "deny_by_default" and listeners and not any(
+                ((lst.get("tls") or {}).get("validation") or {}).get("subjectAlternativeNames") for lst in listeners):
+            # no client-certificate SAN list: App Mesh admits every caller the listener lets in,
+            # every certificate of the trust when it validates them, else everyone
+            source = Source(kind="authenticated" if len(checked) == len(listeners) else "any")
+            rule = AuthzRule(action="allow", sources=(source,), destinations=(d.name,))
+            if rule not in self.rules:
+                self.rules.append(rule)
+        for i, lst in enumerate(listeners):
             sans = (((((lst.get("tls") or {}).get("validation") or {}).get("subjectAlternativeNames") or {})
                      .get("match") or {}).get("exact")) or []
             sources = []
