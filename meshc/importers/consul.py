@@ -94,10 +94,86 @@ def _unquote(v: Any) -> Any:
 
 def _clean(v: Any) -> Any:
     if isinstance(v, dict):
-        return {_unquote(k): _clean(x) for k, x in v.items() if not str(k).startswith("__")}
+        return {_unquote(k): _clean(_one_block(x)) for k, x in v.items() if not str(k).startswith("__")}
     if isinstance(v, list):
         return [_clean(x) for x in v]
     return _unquote(v)
+
+
+def _one_block(v: Any) -> Any:
+    """python-hcl2 gives every block as a list of bodies; Consul (HCL1) reads one block `X { ... }`
+    as the map `X = { ... }`. Repeated blocks (agent `service { }` definitions) stay a list."""
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict) and v[0].get("__is_block__"):
+        return v[0]
+    return v
+
+
+_HCL_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def hcl1_blocks(text: str) -> str:
+    """Consul reads config entries with HCL1, which allows a block inside an object literal
+    (`Routes = [{ Match { HTTP { ... } } }]`, as Consul's documentation writes them); HCL2 does not.
+    Such a nested `X {` is rewritten `X = {`, the same map; strings and comments are left alone."""
+    out: list[str] = []
+    stack: list[str] = []  # "block" (a body of attributes and blocks), "object" or "list"
+    i, n = 0, len(text)
+    last = ""  # the last significant character written
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i, last = j + 1, '"'
+            continue
+        if c == "#" or text.startswith("//", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            out.append(text[i:j])
+            i = j
+            continue
+        if text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append(text[i:j])
+            i = j
+            continue
+        if text.startswith("<<", i) and (m := re.match(r"<<-?([A-Za-z_]+)\n", text[i:])):
+            end = re.compile(rf"^\s*{m.group(1)}\s*$", re.M).search(text, i + m.end())
+            j = n if end is None else end.end()
+            out.append(text[i:j])
+            i, last = j, '"'
+            continue
+        m = _HCL_IDENT.match(text, i) if (c.isalpha() or c == "_") and (i == 0 or not (
+            text[i - 1].isalnum() or text[i - 1] in "_.-")) else None
+        if m:
+            brace = re.compile(r"[ \t]*\{").match(text, m.end())
+            in_literal = bool(stack) and stack[-1] != "block"
+            if brace and last != "=" and in_literal:
+                out.append(m.group(0) + " =")
+                i, last = m.end(), "="
+                continue
+            block = brace and last != "="
+            out.append(m.group(0))
+            i, last = m.end(), "a"
+            if block and brace:
+                out.append(text[i:brace.end()])
+                stack.append("block")
+                i, last = brace.end(), "{"
+            continue
+        if c == "{":
+            stack.append("object")
+        elif c == "[":
+            stack.append("list")
+        elif c in "}]" and stack:
+            stack.pop()
+        out.append(c)
+        if not c.isspace():
+            last = c
+        i += 1
+    return "".join(out)
 
 
 def _api_key(key: str) -> str:
@@ -109,8 +185,8 @@ def _api_key(key: str) -> str:
 
 def _from_crd(v: Any, free: bool = False) -> Any:
     if isinstance(v, dict):
-        # header maps (Set/Add) and Meta keep their keys as written
-        return {(k if free else _api_key(k)): _from_crd(x, free=k in ("set", "add", "meta", "Set", "Add"))
+        # header maps (Set/Add), Meta and proxy Config keep their keys as written
+        return {(k if free else _api_key(k)): _from_crd(x, free=k in ("set", "add", "meta", "config", "Set", "Add"))
                 for k, x in v.items()}
     if isinstance(v, list):
         return [_from_crd(x) for x in v]
@@ -129,7 +205,7 @@ def read_entries(paths: list[Path]) -> list[dict[str, Any]]:
             except ImportError:  # pragma: no cover - dev extra
                 raise ImportError_("reading HCL needs python-hcl2 (pip install 'meshc[dev]')") from None
             try:
-                docs = [_clean(hcl2.loads(text))]
+                docs = [_clean(hcl2.loads(hcl1_blocks(text)))]
             except Exception as e:  # python-hcl2 raises lark errors of several kinds
                 raise ImportError_(f"{p}: not HCL: {str(e).splitlines()[0]}") from None
         else:
@@ -281,6 +357,8 @@ class ConsulImporter:
             self.settings.access_log = "off" if not logs.get("Enabled") else \
                 "text" if logs.get("TextFormat") else "json"
         self.default_protocol = PROTOCOLS.get(str((pd.get("Config") or {}).get("protocol", "tcp")).lower(), "tcp")
+        for k in sorted(set(pd.get("Config") or {}) - {"protocol"}):
+            self.note(pd, f"Config.{k}", "proxy configuration not expressible", "mesh")
         self.unknown_keys(pd, {"MutualTLSMode", "AccessLogs", "Config", "Mode", "TransparentProxy"}, place="mesh")
 
     def mesh_entry(self) -> None:
@@ -355,13 +433,26 @@ class ConsulImporter:
                               "TransparentProxy", "Mode", "Destination"}, place=place)
 
     def upstream_limits(self, e: dict[str, Any], ov: dict[str, Any], callee: Draft) -> None:
+        at = f"UpstreamConfig.Overrides.{ov.get('Name')}"
+        place = f"service:{callee.name}"
+        for k in sorted(set(ov) - {"Name", "Namespace", "Partition", "Peer", "Limits", "PassiveHealthCheck"}):
+            self.note(e, f"{at}.{k}", "not expressible", place)
         lim = ov.get("Limits") or {}
-        if lim and "circuit_breaker" not in callee.resilience:
-            callee.resilience["circuit_breaker"] = CircuitBreaker(
-                max_connections=lim.get("MaxConnections"), max_pending=lim.get("MaxPendingRequests"),
-                max_requests=lim.get("MaxConcurrentRequests"))
+        for k in sorted(set(lim) - {"MaxConnections", "MaxPendingRequests", "MaxConcurrentRequests"}):
+            self.note(e, f"{at}.Limits.{k}", "not expressible", place)
+        if lim:
+            cb = CircuitBreaker(max_connections=lim.get("MaxConnections"), max_pending=lim.get("MaxPendingRequests"),
+                                max_requests=lim.get("MaxConcurrentRequests"))
+            old = callee.resilience.setdefault("circuit_breaker", cb)
+            if old != cb:
+                self.note(e, f"{at}.Limits", "another caller sets other limits for this service; meshc has one "
+                          "circuit breaker per service: the first is kept", place)
         phc = ov.get("PassiveHealthCheck") or {}
-        if phc and "outlier" not in callee.resilience:
+        for k in sorted(set(phc) - {"MaxFailures", "Interval", "BaseEjectionTime", "MaxEjectionPercent"}):
+            if k == "EnforcingConsecutive5xx" and phc[k] == 100:
+                continue  # Envoy's default: every detected host is ejected
+            self.note(e, f"{at}.PassiveHealthCheck.{k}", "not expressible", place)
+        if phc:
             kw: dict[str, Any] = {}
             if phc.get("MaxFailures") is not None:
                 kw["consecutive_5xx"] = int(phc["MaxFailures"])
@@ -370,7 +461,10 @@ class ConsulImporter:
                     kw[dst] = duration_ms(phc.get(src))
             if phc.get("MaxEjectionPercent") is not None:
                 kw["max_percent"] = int(phc["MaxEjectionPercent"]) * 100
-            callee.resilience["outlier"] = Outlier(**kw)
+            outlier = Outlier(**kw)
+            if callee.resilience.setdefault("outlier", outlier) != outlier:
+                self.note(e, f"{at}.PassiveHealthCheck", "another caller sets other outlier detection for this "
+                          "service; meshc has one per service: the first is kept", place)
 
     def resolver(self, e: dict[str, Any]) -> None:
         d = self.draft(e["Name"])
@@ -382,6 +476,9 @@ class ConsulImporter:
                           "by `and` are expressible; assumed version=<subset>", place)
                 labels = {"version": vname}
             d.versions[version_name(vname)] = labels or {"version": vname}
+            for k in sorted(set(sub or {}) - {"Filter"}):
+                self.note(e, f"Subsets.{vname}.{k}", "not expressible (meshc sends to every endpoint with the "
+                          "version's labels)", place)
         lb = e.get("LoadBalancer") or {}
         policy = str(lb.get("Policy", "")).lower()
         if policy in LB:
@@ -404,8 +501,7 @@ class ConsulImporter:
             self.default_subset[d.name] = version_name(str(e["DefaultSubset"]))
         if e.get("RequestTimeout") and duration_ms(e["RequestTimeout"]):
             d.resilience.setdefault("timeout", Timeout(ms=duration_ms(e["RequestTimeout"])))
-        self.unknown_keys(e, {"Subsets", "LoadBalancer", "DefaultSubset", "RequestTimeout", "ConnectTimeout"},
-                          place=place)
+        self.unknown_keys(e, {"Subsets", "LoadBalancer", "DefaultSubset", "RequestTimeout"}, place=place)
 
     # ----------------------------------------------------------------- routing
     def routes(self, d: Draft) -> None:
@@ -459,17 +555,22 @@ class ConsulImporter:
         kw["timeout"] = Timeout(ms=None if t is None or t >= NO_TIMEOUT_MS else t) if dest.get("RequestTimeout") \
             else None
         n = int(dest.get("NumRetries") or 0)
-        if n:
-            on = [c for c in dest.get("RetryOn") or [] if c in RETRY_ON]
-            for c in dest.get("RetryOn") or []:
-                if c not in RETRY_ON and c != "retriable-status-codes":
-                    self.note(router, f"{at}.Destination.RetryOn", f"'{c}' not expressible", place)
-            if dest.get("RetryOnConnectFailure") and "connect-failure" not in on:
-                on.append("connect-failure")
-            codes = tuple(int(c) for c in dest.get("RetryOnStatusCodes") or [])
-            kw["retry"] = Retry(attempts=n, on=tuple(on), status_codes=codes)  # type: ignore[arg-type]
-        else:
-            kw["retry"] = Retry(attempts=0, on=())
+        on = [c for c in dest.get("RetryOn") or [] if c in RETRY_ON]
+        for c in dest.get("RetryOn") or []:
+            if c not in RETRY_ON and c != "retriable-status-codes":
+                self.note(router, f"{at}.Destination.RetryOn", f"'{c}' not expressible", place)
+        if dest.get("RetryOnConnectFailure") and "connect-failure" not in on:
+            on.append("connect-failure")
+        codes = tuple(int(c) for c in dest.get("RetryOnStatusCodes") or [])
+        if (on or codes) and not n:
+            n = 1  # a retry condition without NumRetries: Envoy's default, one retry
+        if n and not (on or codes):
+            # Consul retries only on the conditions it is given (Envoy's retry_on stays empty)
+            self.note(router, f"{at}.Destination.NumRetries", "no RetryOn, RetryOnConnectFailure or "
+                      "RetryOnStatusCodes: Consul retries nothing; written as no retry", place)
+            n = 0
+        kw["retry"] = Retry(attempts=n, on=tuple(on), status_codes=codes) if n \
+            else Retry(attempts=0, on=())  # type: ignore[arg-type]
         for key, fld in (("RequestHeaders", "request_headers"), ("ResponseHeaders", "response_headers")):
             h = dest.get(key) or {}
             if h:
