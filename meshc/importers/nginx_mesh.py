@@ -12,7 +12,8 @@ with (`mtls.mode`, `accessControlMode`; a YAML file with those keys).
   `under`, anything else a regex; methods `*` is every method.
 - TrafficTarget: allow rules between service accounts (NSM denies the rest under
   `accessControlMode: deny`, its default).
-- RateLimit: rate and burst (NSM's burst excludes the request itself: bucket = burst + 1).
+- RateLimit: rate and burst (NSM's burst excludes the request itself: bucket = burst + 1;
+  no burst is NSM's default 0, a bucket of one).
 - CircuitBreaker: outlier detection with `errors` and `timeoutSeconds` (interval = ejection).
 """
 
@@ -80,6 +81,34 @@ def path_of(rx: str) -> PathMatch | None:
     return PathMatch(kind="regex", value=body)
 
 
+def spec_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The spec of an SMI object; v1alpha1 TrafficTarget and HTTPRouteGroup have their fields
+    (destination, specs, sources, matches) at the top level."""
+    spec = doc.get("spec")
+    if isinstance(spec, dict):
+        return spec
+    return {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+
+
+def weight_of(value: Any) -> float | None:
+    """A TrafficSplit weight: an integer (v1alpha2+) or a Kubernetes quantity (v1alpha1:
+    `500m` is half of `1`)."""
+    text = str(value if value is not None else 0).strip()
+    scale = 1.0
+    if text.endswith("m"):
+        text, scale = text[:-1], 0.001
+    try:
+        w = float(text) * scale
+    except ValueError:
+        return None
+    return w if w >= 0 else None
+
+
+def target_rules(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A TrafficTarget's route references: `rules` (v1alpha2+) or `specs` (v1alpha1)."""
+    return list(spec.get("rules") or spec.get("specs") or [])
+
+
 def header_of(name: str, rx: str) -> StringMatch:
     name = name.lower()
     if rx in (".+", "^.+$"):
@@ -117,6 +146,13 @@ class NginxMeshImporter:
     def run(self) -> Result:
         self.helm_values()
         self.groups = {meta(g)[0]: g for g in self.of("HTTPRouteGroup")}
+        self.tcp_routes = {meta(g)[0]: g for g in self.of("TCPRoute")}
+        # (service, targetPort) -> Service port: SMI names the ports the pods listen on
+        self.target_ports: dict[tuple[str, int], int] = {}
+        for svc in self.of("Service"):
+            for p in (svc.get("spec") or {}).get("ports") or []:
+                if isinstance(p.get("port"), int) and isinstance(p.get("targetPort"), int):
+                    self.target_ports.setdefault((dns_name(meta(svc)[0]), p["targetPort"]), p["port"])
         read_services([("", d) for d in self.docs], self.report, self.drafts, default_protocol="http")
         self.split_versions()
         self.smi_services()
@@ -151,17 +187,17 @@ class NginxMeshImporter:
         declared = set(self.drafts)
         roots: dict[str, str] = {}
         for ts in self.of("TrafficSplit"):
-            root = dns_name(str((ts.get("spec") or {}).get("service", "")).split(".")[0])
+            root = dns_name(str(spec_of(ts).get("service", "")).split(".")[0])
             roots[root] = meta(ts)[1]
         for doc in self.of("RateLimit") + self.of("CircuitBreaker"):
-            dest = (doc.get("spec") or {}).get("destination") or {}
+            dest = spec_of(doc).get("destination") or {}
             if dest.get("kind", "Service") == "Service" and dest.get("name"):
                 roots.setdefault(dns_name(str(dest["name"])), str(dest.get("namespace") or meta(doc)[1]))
         for name, ns in sorted(roots.items()):
             if name not in self.drafts:
                 self.drafts[name] = Draft(name, ns)
         for ts in self.of("TrafficSplit"):
-            spec = ts.get("spec") or {}
+            spec = spec_of(ts)
             root = dns_name(str(spec.get("service", "")).split(".")[0])
             for b in spec.get("backends") or []:
                 bname = dns_name(str(b.get("service", "")))
@@ -175,7 +211,7 @@ class NginxMeshImporter:
                 elif bname not in self.drafts:
                     self.drafts[bname] = Draft(bname, meta(ts)[1])
         for tt in self.of("TrafficTarget"):
-            spec = tt.get("spec") or {}
+            spec = spec_of(tt)
             for acct in [spec.get("destination") or {}, *(spec.get("sources") or [])]:
                 name, ns = str(acct.get("name", "")), str(acct.get("namespace") or meta(tt)[1])
                 if not name or self.by_account(name, ns) or "ingress" in name:
@@ -186,11 +222,11 @@ class NginxMeshImporter:
                     self.note(tt, "spec.destination", f"no Service runs as {name}: a service of that name is "
                               "declared", f"service:{key}")
         for tt in self.of("TrafficTarget"):
-            spec = tt.get("spec") or {}
+            spec = spec_of(tt)
             dest = spec.get("destination") or {}
             for name in self.by_account(str(dest.get("name")), str(dest.get("namespace") or meta(tt)[1])):
                 d = self.drafts[name]
-                kinds = {r.get("kind") for r in spec.get("rules") or []}
+                kinds = {r.get("kind") for r in target_rules(spec)}
                 port_text = str(dest.get("port") or "")
                 if not d.ports:
                     number = int(port_text) if port_text.isdigit() else 80
@@ -199,6 +235,13 @@ class NginxMeshImporter:
                         self.report.add(f"service {name}", "ports", "SMI objects carry no port; assumed "
                                         f"{d.ports[number]} 80 (include the Kubernetes Service to carry it)",
                                         f"service:{name}")
+
+    def service_port(self, name: str, port: int) -> int | None:
+        """The Service port of `name` that a pod (target) port or a Service port `port` is."""
+        d = self.drafts.get(name)
+        if d is not None and port in d.ports:
+            return port
+        return self.target_ports.get((name, port))
 
     def strip_account_prefix(self, account: str) -> str:
         """`bookinfo-productpage` -> `productpage` when the other services' accounts are all
@@ -224,15 +267,15 @@ class NginxMeshImporter:
     def splits(self) -> None:
         by_service: dict[str, list[dict[str, Any]]] = {}
         for ts in self.of("TrafficSplit"):
-            root = dns_name(str((ts.get("spec") or {}).get("service", "")).split(".")[0])
+            root = dns_name(str(spec_of(ts).get("service", "")).split(".")[0])
             if root not in self.drafts:
                 self.note(ts, "spec.service", "not a Service of the input")
                 continue
             by_service.setdefault(root, []).append(ts)
         for name, splits in sorted(by_service.items()):
             d = self.drafts[name]
-            conditional = [s for s in splits if (s.get("spec") or {}).get("matches")]
-            default = [s for s in splits if not (s.get("spec") or {}).get("matches")]
+            conditional = [s for s in splits if spec_of(s).get("matches")]
+            default = [s for s in splits if not spec_of(s).get("matches")]
             if len(conditional) > 1:
                 self.note(f"service {name}", "TrafficSplit", "SMI traffic splits have no order; their conditions "
                           "are tried in the order of the input files", f"route:{name}")
@@ -243,7 +286,7 @@ class NginxMeshImporter:
             lift_routes(d, rules)
 
     def rule(self, ts: dict[str, Any], d: Draft) -> RouteRule | None:
-        spec = ts.get("spec") or {}
+        spec = spec_of(ts)
         place = f"route:{d.name}"
         dests, weights = [], []
         for b in spec.get("backends") or []:
@@ -251,9 +294,13 @@ class NginxMeshImporter:
             if dest is None:
                 self.note(ts, "spec.backends", f"{b.get('service')} is not a Service of the input", place)
                 continue
+            w = weight_of(b.get("weight", 0))
+            if w is None:
+                self.note(ts, "spec.backends", f"weight {b.get('weight')!r} of {b.get('service')} is not a number; "
+                          "the backend is left out", place)
+                continue
             dests.append(dest)
-            w = b.get("weight", 0)
-            weights.append(int(str(w).rstrip("m")) if str(w).rstrip("m").isdigit() else 0)
+            weights.append(round(w * 1000))  # thousandths keep v1alpha1's `500m` exact
         if not dests:
             return None
         matches: list[Match] = []
@@ -264,7 +311,7 @@ class NginxMeshImporter:
                           "input; the split is left out", place)
                 return None
             wanted = set(ref.get("matches") or [])
-            for m in (group.get("spec") or {}).get("matches") or []:
+            for m in spec_of(group).get("matches") or []:
                 if wanted and m.get("name") not in wanted:
                     continue
                 got = self.match(group, m, place)
@@ -314,7 +361,7 @@ class NginxMeshImporter:
 
     def targets(self) -> None:
         for tt in self.of("TrafficTarget"):
-            spec = tt.get("spec") or {}
+            spec = spec_of(tt)
             _, ns = meta(tt)
             dest = spec.get("destination") or {}
             services = self.by_account(str(dest.get("name")), str(dest.get("namespace") or ns))
@@ -322,14 +369,26 @@ class NginxMeshImporter:
                 self.note(tt, "spec.destination", f"service account {dest.get('name')} runs no Service of the input",
                           "authz")
                 continue
+            for s in spec.get("sources") or []:
+                if s.get("kind") != "ServiceAccount":
+                    self.note(tt, "spec.sources", f"source kind {s.get('kind')} is not a service account; not "
+                              "allowed (fail closed)", "authz")
             sources = tuple(dict.fromkeys(self.source(str(s.get("name")), str(s.get("namespace") or ns))
                                           for s in spec.get("sources") or [] if s.get("kind") == "ServiceAccount"))
             if not sources:
                 continue
-            ports = (int(dest["port"]),) if str(dest.get("port", "")).isdigit() else ()
-            for rule in spec.get("rules") or [{"kind": "TCPRoute"}]:
+            dest_port = int(dest["port"]) if str(dest.get("port", "")).isdigit() else None
+            for rule in target_rules(spec) or [{"kind": "TCPRoute"}]:
+                route_ports: list[int] | None = None  # None: every port
                 if rule.get("kind") == "TCPRoute":
                     conds = [Match()]
+                    tcp = self.tcp_routes.get(str(rule.get("name")))
+                    if rule.get("name") and tcp is None:
+                        self.note(tt, "spec.rules", f"TCPRoute {rule.get('name')} is not in the input; the allow is "
+                                  "left out (fail closed)", "authz")
+                        continue
+                    listed = ((spec_of(tcp) if tcp else {}).get("matches") or {}).get("ports") or []
+                    route_ports = [int(p) for p in listed if str(p).isdigit()] or None
                 else:
                     group = self.groups.get(str(rule.get("name")))
                     if group is None:
@@ -338,15 +397,29 @@ class NginxMeshImporter:
                         continue
                     wanted = set(rule.get("matches") or [])
                     conds = []
-                    for m in (group.get("spec") or {}).get("matches") or []:
+                    for m in spec_of(group).get("matches") or []:
                         if not wanted or m.get("name") in wanted:
                             got = self.match(group, m, "authz")
                             if got is not None:
                                 conds.append(got)
-                for c in conds:
-                    self.rules.append(AuthzRule(action="allow", sources=sources, destinations=tuple(services),
-                                                methods=c.methods, paths=(c.path,) if c.path else (),
-                                                headers=c.headers, ports=ports))
+                wanted_ports = [p for p in (route_ports or []) if dest_port is None or p == dest_port] \
+                    if route_ports is not None else ([dest_port] if dest_port is not None else None)
+                for svc in services:
+                    ports: tuple[int, ...] = ()
+                    if wanted_ports is not None:
+                        mapped = [self.service_port(svc, p) for p in wanted_ports]
+                        ports = tuple(sorted({p for p in mapped if p is not None}))
+                        if None in mapped or not ports:
+                            self.note(tt, "spec.destination.port" if route_ports is None else "spec.rules",
+                                      f"port(s) {wanted_ports} are not ports of service {svc}"
+                                      + ("; the allow is left out (fail closed)" if not ports else
+                                         "; those are left out"), "authz")
+                            if not ports:
+                                continue
+                    for c in conds:
+                        self.rules.append(AuthzRule(action="allow", sources=sources, destinations=(svc,),
+                                                    methods=c.methods, paths=(c.path,) if c.path else (),
+                                                    headers=c.headers, ports=ports))
         # identical rules that differ only in their paths are one rule with several paths
         merged: list[AuthzRule] = []
         for r in self.rules:
@@ -360,7 +433,7 @@ class NginxMeshImporter:
 
     # ----------------------------------------------------------------- resilience
     def destination_of(self, doc: dict[str, Any]) -> Draft | None:
-        dest = (doc.get("spec") or {}).get("destination") or {}
+        dest = spec_of(doc).get("destination") or {}
         d = self.drafts.get(dns_name(str(dest.get("name", ""))))
         if d is None:
             self.note(doc, "spec.destination", "not a Service of the input")
@@ -370,25 +443,30 @@ class NginxMeshImporter:
         d = self.destination_of(rl)
         if d is None:
             return
-        spec = rl.get("spec") or {}
+        spec = spec_of(rl)
         m = re.fullmatch(r"(\d+)r/([sm])", str(spec.get("rate", "")))
         if not m:
             self.note(rl, "spec.rate", f"rate {spec.get('rate')} not understood", f"service:{d.name}")
             return
-        burst = spec.get("burst")
+        burst = spec.get("burst", 0)  # NSM's default: no burst, a bucket of one request
+        if not str(burst).isdigit():
+            self.note(rl, "spec.burst", f"burst {burst!r} not understood; the limit is left out", f"service:{d.name}")
+            return
         d.resilience["rate_limit"] = RateLimit(requests=int(m.group(1)), unit=m.group(2),  # type: ignore[arg-type]
-                                               burst=int(burst) + 1 if isinstance(burst, int) else None)
+                                               burst=int(burst) + 1)
         if spec.get("sources") or spec.get("rules"):
             self.note(rl, "spec.sources/rules", "per-source or per-route limits are not expressible: the limit "
                       "applies to every request", f"service:{d.name}")
-        if spec.get("delay") not in (None, "nodelay"):
-            self.note(rl, "spec.delay", "delayed (queued) excess requests are not expressible", f"service:{d.name}")
+        if spec.get("delay") != "nodelay" and int(burst) > 0:
+            # without `delay: nodelay` NSM (nginx limit_req) queues the burst instead of passing it at once
+            self.note(rl, "spec.delay", "delayed (queued) excess requests are not expressible: the burst is "
+                      "passed without delay", f"service:{d.name}")
 
     def circuit_breaker(self, cb: dict[str, Any]) -> None:
         d = self.destination_of(cb)
         if d is None:
             return
-        spec = cb.get("spec") or {}
+        spec = spec_of(cb)
         secs = int(spec.get("timeoutSeconds", 10))
         d.resilience["outlier"] = Outlier(consecutive_5xx=int(spec.get("errors", 5)), interval_ms=secs * 1000,
                                           eject_ms=secs * 1000, max_percent=10_000)
