@@ -7,13 +7,16 @@ resources, JSON or YAML) and appmesh-controller resources (appmesh.k8s.aws/v1bet
 - VirtualRouter + Routes: the route table in priority order. Routes with the same action
   next to each other are one rule with OR-ed matches (App Mesh has one method per route and
   `under` is two routes). Weighted targets name virtual nodes: a node `S-<version>` is
-  that version of `S`.
+  that version of `S`; a node several routers send to is a version of each service, with the
+  node's podSelector labels. gRPC service/method names are paths, metadata are headers.
 - VirtualNode: ports (listeners), mTLS mode, connection pool, outlier detection, health check,
   identity (the SDS certificate's SPIFFE ID), backends (`calls`); a listener's client
   certificate SAN allow-list is `allow <callers> -> S`; the mesh's egress filter `DROP_ALL`
   is deny_by_default. A backend client policy with a public trust and a SAN is TLS
   origination to that external service.
-- VirtualGateway + GatewayRoutes: `expose ingress` on the gateway's port, by path and host.
+- VirtualNode without a virtual service (a frontend): a service of its own.
+- VirtualGateway + GatewayRoutes: `expose ingress` on the gateway's port, by path and host;
+  App Mesh's prefix rewriting and header/method/query conditions are reported.
 
 App Mesh gives routes without a retry policy a default one; that is written out (reported).
 """
