@@ -76,8 +76,9 @@ DEFAULT_POLICY = {"all-unauthenticated": ("allow_by_default", "permissive"),
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 ALL_NETWORKS = {"0.0.0.0/0", "::/0"}
 PRESENT = {".*", "^.*$", ".+", "^.+$"}
+PROFILE_TIMEOUT_MS = 10_000  # ServiceProfile routes: "if unspecified, a default of 10 seconds is used"
 
-READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Server", "HTTPRoute", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication", "HTTPLocalRateLimitPolicy", "Namespace", "ServiceProfile"}
+READ_KINDS = {"Service", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Server", "ServerAuthorization", "HTTPRoute", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication", "HTTPLocalRateLimitPolicy", "Namespace", "ServiceProfile"}
 
 
 class LinkerdImporter:
@@ -91,6 +92,9 @@ class LinkerdImporter:
         self.settings = MeshSettings(mtls="permissive", authz="allow_by_default")
         self.mesh_name = mesh_name
         self.rules: list[AuthzRule] = []
+        self.default_policy = "all-unauthenticated"  # Linkerd's default inbound policy
+        self.port_policy: dict[tuple[str, int], str] = {}  # (service, port) -> a Server's accessPolicy
+        self.server_ports_of: dict[str, list[int]] = {}  # Server name -> the Service ports it covers
 
     def of(self, *kinds: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if kind_of(d) in kinds]
@@ -114,12 +118,15 @@ class LinkerdImporter:
                 self.outbound(r)
         for sp in self.of("ServiceProfile"):
             self.service_profile(sp)
+        self.read_ports()
         self.servers = {meta(s)[0]: s for s in self.of("Server")}
         for s in self.servers.values():
             self.server(s)
         for rl in self.of("HTTPLocalRateLimitPolicy"):
             self.rate_limit(rl)
         self.authorization(routes)
+        self.port_defaults()
+        self.merge_ports()
         report_unread(self.docs, READ_KINDS, self.report, self.origin)
         mesh = build_mesh(self.settings, self.drafts, self.rules, self.report)
         return finish(mesh, self.report, self.origin)
@@ -177,6 +184,7 @@ class LinkerdImporter:
             mode = sorted(modes)[0]
             if mode in DEFAULT_POLICY:
                 self.settings.authz, self.settings.mtls = DEFAULT_POLICY[mode]
+                self.default_policy = mode
             else:
                 self.note("Namespace", "config.linkerd.io/default-inbound-policy", f"{mode} not expressible", "mesh")
 
@@ -186,6 +194,7 @@ class LinkerdImporter:
         ann = (svc.get("metadata") or {}).get("annotations") or {}
         if d is None or not ann:
             return
+        self.unread_annotations(svc, ann, f"service:{d.name}")
         t = duration_ms(ann.get("timeout.linkerd.io/request"))
         if t:
             d.resilience["timeout"] = Timeout(ms=t)
@@ -201,6 +210,18 @@ class LinkerdImporter:
             if pen:
                 kw["eject_ms"] = pen
             d.resilience["outlier"] = Outlier(**kw)
+
+    def unread_annotations(self, doc: dict[str, Any], ann: dict[str, Any], place: str) -> None:
+        """Linkerd's retry, timeout and balancer annotations this importer does not carry."""
+        read = {"timeout.linkerd.io/request", "retry.linkerd.io/http", "retry.linkerd.io/limit",
+                "retry.linkerd.io/timeout"}
+        if kind_of(doc) == "Service":
+            read |= {"balancer.linkerd.io/failure-accrual",
+                     "balancer.linkerd.io/failure-accrual-consecutive-max-failures",
+                     "balancer.linkerd.io/failure-accrual-consecutive-max-penalty"}
+        for k in sorted(ann):
+            if k.split("/")[0] in ("retry.linkerd.io", "timeout.linkerd.io", "balancer.linkerd.io") and k not in read:
+                self.note(doc, f"metadata.annotations.{k}", "not expressible", place)
 
     def retry(self, doc: dict[str, Any], ann: dict[str, Any]) -> Retry | None:
         limit = ann.get("retry.linkerd.io/limit")
@@ -233,6 +254,7 @@ class LinkerdImporter:
             if d is None:
                 self.note(route, "spec.parentRefs", f"{p.get('name')} is not a Service of the input")
                 continue
+            self.unread_annotations(route, ann, f"route:{d.name}")
             rules = []
             for i, r in enumerate(spec.get("rules") or []):
                 rule = self.route_rule(route, f"spec.rules[{i}]", r, d)
@@ -273,6 +295,10 @@ class LinkerdImporter:
                                        zip(dests, weights_to_percent(weights), strict=True) if w)
         t = duration_ms((r.get("timeouts") or {}).get("request"))
         kw["timeout"] = Timeout(ms=t) if t else None
+        for key in sorted(set(r.get("timeouts") or {}) - {"request"}):
+            self.note(doc, f"{at}.timeouts.{key}", "not expressible", place)
+        for key in sorted(set(r) - {"matches", "backendRefs", "filters", "timeouts"}):
+            self.note(doc, f"{at}.{key}", "not expressible", place)
         return RouteRule(**kw)
 
     def filter(self, doc: dict[str, Any], at: str, f: dict[str, Any], kw: dict[str, Any], place: str) -> None:
@@ -358,8 +384,8 @@ class LinkerdImporter:
         ratio = budget.get("retryRatio")
         rules = []
         for i, r in enumerate(spec.get("routes") or []):
-            cond = r.get("condition") or {}
-            if set(cond) - {"method", "pathRegex"}:
+            cond = profile_condition(r.get("condition") or {})
+            if cond is None or set(cond) - {"method", "pathRegex"}:
                 self.note(sp, f"spec.routes[{i}].condition", "only method and pathRegex are expressible; the "
                           "route is left out", place)
                 continue
@@ -367,9 +393,10 @@ class LinkerdImporter:
                       methods=(str(cond["method"]),) if cond.get("method") in METHODS else ())
             retry = Retry(attempts=1, on=("5xx",), budget=percent(float(ratio) * 100) if ratio is not None else None) \
                 if r.get("isRetryable") else Retry(attempts=0, on=())
-            t = duration_ms(r.get("timeout"))
+            # a profile route without a timeout has Linkerd's default of 10s
+            t = duration_ms(r.get("timeout")) or PROFILE_TIMEOUT_MS
             rules.append(RouteRule(matches=(m,) if m != Match() else (), destinations=(Destination(service=d.name),),
-                                   timeout=Timeout(ms=t) if t else None, retry=retry))
+                                   timeout=Timeout(ms=t), retry=retry))
             if r.get("isRetryable"):
                 self.note(sp, f"spec.routes[{i}].isRetryable", "Linkerd retries within a budget, not a count: "
                           "written as 1 retry on 5xx", place)
@@ -394,25 +421,92 @@ class LinkerdImporter:
         if d is None:
             self.note(s, "spec.podSelector", "selects no Service of the input")
             return
-        port = spec.get("port")
+        ports = self.server_ports(s, d)
+        self.server_ports_of[meta(s)[0]] = ports
         proto = PROXY_PROTOCOL.get(str(spec.get("proxyProtocol", "")))
-        if isinstance(port, int) and port in d.ports and proto:
-            d.ports[port] = proto
-        elif not isinstance(port, int):
-            self.note(s, "spec.port", "named ports are not expressible; the Service's ports are used",
-                      f"service:{d.name}")
-        policy = spec.get("accessPolicy")
-        if policy in ("all-unauthenticated", "cluster-unauthenticated") and isinstance(port, int):
-            d.port_mtls[port] = "permissive"
-        elif policy in ("all-authenticated", "cluster-authenticated") and isinstance(port, int):
-            d.port_mtls[port] = "strict"
-        elif policy == "deny":
-            self.settings.authz = "deny_by_default"
+        for port in ports:
+            if proto:
+                d.ports[port] = proto
+        # a Server without accessPolicy denies what no authorization allows (Linkerd's default)
+        policy = str(spec.get("accessPolicy") or "deny")
+        if policy not in DEFAULT_POLICY:
+            self.note(s, "spec.accessPolicy", f"{policy} not expressible; taken as deny (fail closed)", "authz")
+            policy = "deny"
+        for port in ports:
+            self.port_policy[(d.name, port)] = policy
+            if policy != "deny":
+                d.port_mtls[port] = DEFAULT_POLICY[policy][1]
+
+    def server_ports(self, s: dict[str, Any], d: Draft) -> list[int]:
+        """The Service ports of `d` a Server's port (a pod port: number or name) is reached by."""
+        port = (s.get("spec") or {}).get("port")
+        found = sorted({svc_port for (name, target), svc_port in self.target_ports.items()
+                        if name == d.name and target == port})
+        if not found and isinstance(port, int) and port in d.ports:
+            found = [port]
+        if not found:
+            self.note(s, "spec.port", f"port {port} is not a port of Service {d.name} (nor the target of one); "
+                      "the Server and its authorizations are left out (fail closed)", "authz")
+        return found
+
+    def read_ports(self) -> None:
+        """(service, pod port number or name) -> Service port, from Services' targetPorts and the
+        workloads' named container ports (Servers name pod ports)."""
+        self.target_ports: dict[tuple[str, Any], int] = {}
+        container_ports: dict[tuple[str, str], int] = {}  # (namespace, port name) -> number
+        for w in self.of("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"):
+            pod = (w.get("spec") or {}) if kind_of(w) == "Pod" else \
+                (((w.get("spec") or {}).get("template") or {}).get("spec") or {})
+            for c in pod.get("containers") or []:
+                for cp in c.get("ports") or []:
+                    if cp.get("name") and isinstance(cp.get("containerPort"), int):
+                        container_ports.setdefault((meta(w)[1], str(cp["name"])), cp["containerPort"])
+        for svc in self.of("Service"):
+            name, ns = meta(svc)
+            key = dns_name(name)
+            key = self.version_services.get(key, (key, ""))[0]
+            for p in (svc.get("spec") or {}).get("ports") or []:
+                number = p.get("port")
+                if not isinstance(number, int):
+                    continue
+                target = p.get("targetPort", number)
+                self.target_ports.setdefault((key, target), number)
+                if isinstance(target, str) and (ns, target) in container_ports:
+                    self.target_ports.setdefault((key, container_ports[(ns, target)]), number)
+                if isinstance(target, int):
+                    for (cns, cname), cnum in container_ports.items():
+                        if cns == ns and cnum == target:
+                            self.target_ports.setdefault((key, cname), number)
+
+    def port_defaults(self) -> None:
+        """Linkerd decides per port (a Server's accessPolicy, else the default policy); meshc has
+        one default for the mesh. When they differ, the mesh denies by default and every port
+        whose policy lets callers in gets an allow for them."""
+        default = self.default_policy
+        policies = {(d.name, p): self.port_policy.get((d.name, p), default)
+                    for d in self.drafts.values() if d.external is None for p in d.ports}
+        if not any(v == "deny" for v in policies.values()):
+            return
+        self.settings.authz = "deny_by_default"
+        opened: dict[tuple[str, str], list[int]] = {}
+        for (svc, port), policy in sorted(policies.items()):
+            if policy != "deny":
+                opened.setdefault((svc, policy), []).append(port)
+        for (svc, policy), ports in sorted(opened.items()):
+            d = self.drafts[svc]
+            everyone = Source(kind="authenticated") if policy.endswith("-authenticated") else Source(kind="any")
+            self.rules.append(AuthzRule(action="allow", sources=(everyone,), destinations=(svc,),
+                                        ports=() if set(d.ports) <= set(ports) else tuple(ports)))
+            if policy.startswith("cluster-"):
+                self.note(f"service {svc}", "accessPolicy", f"{policy}: the cluster's networks are not expressible; "
+                          "written as every network", "authz")
 
     def authorization(self, routes: list[dict[str, Any]]) -> None:
         auths = {(kind_of(a), meta(a)[0]): a for a in self.of("MeshTLSAuthentication", "NetworkAuthentication")}
         inbound = {meta(r)[0]: r for r in routes
                    if any(p.get("kind") == "Server" for p in (r.get("spec") or {}).get("parentRefs") or [])}
+        for sa in self.of("ServerAuthorization"):
+            self.server_authorization(sa)
         for ap in self.of("AuthorizationPolicy"):
             spec = ap.get("spec") or {}
             target = spec.get("targetRef") or {}
@@ -453,7 +547,48 @@ class LinkerdImporter:
                         self.allow(sources, d, None, [Match()])
             else:
                 self.note(ap, "spec.targetRef", f"target kind {target.get('kind')} not expressible", "authz")
-        self.merge_ports()
+
+    def server_authorization(self, sa: dict[str, Any]) -> None:
+        """policy.linkerd.io/v1beta1 ServerAuthorization (before AuthorizationPolicy): the clients
+        of the Servers it names or selects."""
+        spec = sa.get("spec") or {}
+        ref = spec.get("server") or {}
+        if ref.get("name"):
+            servers = [self.servers[str(ref["name"])]] if str(ref["name"]) in self.servers else []
+        else:
+            want = ((ref.get("selector") or {}).get("matchLabels") or {}).items()
+            servers = [x for x in self.servers.values() if want and
+                       want <= ((x.get("metadata") or {}).get("labels") or {}).items()]
+            if (ref.get("selector") or {}).get("matchExpressions"):
+                servers = []
+        if not servers:
+            self.note(sa, "spec.server", "names or selects no Server of the input (matchExpressions are not "
+                      "read); left out (fail closed)", "authz")
+            return
+        client = spec.get("client") or {}
+        nets = client.get("networks") or []
+        if nets and not ({str(n.get("cidr")) for n in nets} & ALL_NETWORKS and not any(n.get("except") for n in nets)):
+            self.note(sa, "spec.client.networks", "network-based authorization is not expressible; left out "
+                      "(fail closed)", "authz")
+            return
+        tls = client.get("meshTLS") or {}
+        sources: tuple[Source, ...] | None
+        if client.get("unauthenticated"):
+            sources = (Source(kind="any"),)
+        elif tls.get("unauthenticatedTLS"):
+            self.note(sa, "spec.client.meshTLS.unauthenticatedTLS", "TLS clients without a mesh identity are not "
+                      "expressible; left out (fail closed)", "authz")
+            return
+        else:
+            refs = [{"kind": "ServiceAccount", **a} for a in tls.get("serviceAccounts") or []]
+            sources = self.mesh_tls_sources(sa, {"identities": tls.get("identities") or [], "identityRefs": refs})
+        if not sources:
+            self.note(sa, "spec.client", "no client this importer can name; left out (fail closed)", "authz")
+            return
+        for server in servers:
+            d = self.server_service(server)
+            if d is not None:
+                self.allow(sources, d, server, [Match()])
 
     def sources(self, ap: dict[str, Any], refs: list[dict[str, Any]],
                 auths: dict[tuple[str, str], dict[str, Any]]) -> tuple[Source, ...] | None:
@@ -478,21 +613,29 @@ class LinkerdImporter:
                               "left out (fail closed)", "authz")
                     return None
                 continue
-            for ident in spec.get("identities") or []:
-                if ident == "*":
-                    out.append(Source(kind="authenticated"))
-                    continue
-                m = re.match(r"^([^.]+)\.([^.]+)\.serviceaccount\.identity\.", str(ident))
-                if m:
-                    out.append(self.identity(m.group(1), m.group(2)))
-                else:
-                    self.note(a, "spec.identities", f"identity '{ident}' not understood; left out", "authz")
-            for r in spec.get("identityRefs") or []:
-                if r.get("kind") == "ServiceAccount":
-                    out.append(self.identity(str(r.get("name")), str(r.get("namespace") or meta(a)[1])))
-                elif r.get("kind") == "Namespace":
-                    self.note(a, "spec.identityRefs", "every identity of a namespace is not expressible; left out",
-                              "authz")
+            out += self.mesh_tls_sources(a, spec) or ()
+        return tuple(dict.fromkeys(out)) or None
+
+    def mesh_tls_sources(self, a: dict[str, Any], spec: dict[str, Any]) -> tuple[Source, ...] | None:
+        """The sources of a MeshTLSAuthentication spec (identities, identityRefs)."""
+        out: list[Source] = []
+        for ident in spec.get("identities") or []:
+            if ident == "*":
+                out.append(Source(kind="authenticated"))
+                continue
+            m = re.match(r"^([a-z0-9][-a-z0-9.]*?)\.([a-z0-9][-a-z0-9]*)\.serviceaccount\.identity\.", str(ident))
+            if m:
+                out.append(self.identity(m.group(1), m.group(2)))
+            else:  # e.g. `*.ns.serviceaccount.identity...`: every account of a namespace
+                self.note(a, "spec.identities", f"identity '{ident}' not expressible; left out", "authz")
+        for r in spec.get("identityRefs") or []:
+            if r.get("kind") == "ServiceAccount":
+                out.append(self.identity(str(r.get("name")), str(r.get("namespace") or meta(a)[1])))
+            elif r.get("kind") == "Namespace":
+                self.note(a, "spec.identityRefs", "every identity of a namespace is not expressible; left out",
+                          "authz")
+            else:
+                self.note(a, "spec.identityRefs", f"identity kind {r.get('kind')} not expressible; left out", "authz")
         return tuple(dict.fromkeys(out)) or None
 
     def identity(self, sa: str, ns: str) -> Source:
@@ -505,8 +648,11 @@ class LinkerdImporter:
         return Source(kind="identity", name=dns_name(sa))
 
     def allow(self, sources: tuple[Source, ...], d: Draft, server: dict[str, Any] | None, ms: list[Match]) -> None:
-        port = ((server or {}).get("spec") or {}).get("port")
-        ports = (port,) if isinstance(port, int) else ()
+        ports: tuple[int, ...] = ()
+        if server is not None:
+            ports = tuple(self.server_ports_of.get(meta(server)[0], ()))
+            if not ports:
+                return  # the Server's port was reported: nothing to allow (fail closed)
         for m in ms:
             if m == Match(path=PathMatch(kind="under", value="/")):
                 m = Match()
@@ -525,6 +671,18 @@ class LinkerdImporter:
             if r not in out:
                 out.append(r)
         self.rules = out
+
+
+def profile_condition(cond: dict[str, Any]) -> dict[str, Any] | None:
+    """A ServiceProfile route condition as one {method, pathRegex} map: `all` of such conditions
+    is their union; None when two of them say different things."""
+    out = {k: v for k, v in cond.items() if k != "all"}
+    for part in cond.get("all") or []:
+        inner = profile_condition(part or {})
+        if inner is None or any(k in out and out[k] != v for k, v in inner.items()):
+            return None
+        out.update(inner)
+    return out
 
 
 def import_files(paths: list[Path], mesh_name: str | None = None) -> Result:
