@@ -57,6 +57,7 @@ from meshc.model import (
     Destination,
     Match,
     Mesh,
+    PathMatch,
     Port,
     Retry,
     RouteRule,
@@ -505,12 +506,24 @@ class AppMeshBackend(Backend):
         return out
 
     def grpc_match(self, m: Match, ctx: _Ctx) -> list[dict[str, Any]]:
-        if m.path is not None or m.methods or m.query:
-            ctx.error("App Mesh gRPC routes match service, method name and metadata, not paths, HTTP "
+        """gRPC requests go to `/<package.Service>/<Method>`: a path naming a service (prefix
+        `/S/` or `under "/S"`) or one method (exact `/S/M`) is App Mesh's serviceName/methodName."""
+        out: dict[str, Any] = {}
+        if m.path is not None:
+            named = _grpc_path(m.path)
+            if named is None:
+                ctx.error("App Mesh gRPC routes match a service (path prefix \"/pkg.Service/\") or a method "
+                          "(path exact \"/pkg.Service/Method\"), not other paths", m.path.span)
+            else:
+                out["serviceName"] = named[0]
+                if named[1]:
+                    out["methodName"] = named[1]
+        if m.methods or m.query:
+            ctx.error("App Mesh gRPC routes match service, method name and metadata, not HTTP "
                       "methods or query parameters", m.span)
-        if not m.headers:
-            return [{}]
-        return [{"metadata": [self.header(h) for h in m.headers]}]
+        if m.headers:
+            out["metadata"] = [self.header(h) for h in m.headers]
+        return [out]
 
     @staticmethod
     def header(h: StringMatch) -> dict[str, Any]:
@@ -674,3 +687,18 @@ class AppMeshBackend(Backend):
 
 def ms_of(timeout: Timeout | None) -> int:
     return timeout.ms if timeout is not None and timeout.ms is not None else NO_TIMEOUT_MS
+
+
+def _grpc_path(p: PathMatch) -> tuple[str, str] | None:
+    """(service, method or "") that a gRPC path match names, or None when it names neither."""
+    value = p.value
+    if p.kind == "exact":
+        service, _, method = value[1:].partition("/")
+        ok = value.startswith("/") and service and method and "/" not in method
+        return (service, method) if ok else None
+    if p.kind in ("prefix", "under"):
+        service = value.strip("/")
+        # `prefix` must end at the service's slash; `under "/S"` ends there by definition
+        ok = value.startswith("/") and service and "/" not in service and (p.kind == "under" or value.endswith("/"))
+        return (service, "") if ok else None
+    return None

@@ -225,3 +225,27 @@ def test_http1_request_limit_is_a_connection_limit() -> None:
     lst = api_bodies(bundle)["aws/2-CreateVirtualNode-reviews-v1.json"]["spec"]["listeners"][0]
     assert lst["connectionPool"] == {"http": {"maxConnections": 100, "maxPendingRequests": 10}}
     assert not [d for d in bundle.diagnostics if "max_requests" in d.message]
+
+
+def test_grpc_paths_become_service_and_method_names() -> None:
+    """gRPC requests go to /<package.Service>/<Method>: App Mesh's serviceName/methodName."""
+    from meshc.compiler import load_text
+
+    text = ('mesh m {}\nservice cart {\n  port grpc 9000\n  version v1 { labels version=v1 }\n'
+            '  version v2 { labels version=v2 }\n  route {\n'
+            '    when path exact "/shop.Cart/Add" -> v2\n'
+            '    when path prefix "/shop.Cart/" and header x-tenant == "a" -> v2\n'
+            '    when path under "/shop.Admin" -> v2\n'
+            '    otherwise -> v1\n  }\n}\nallow * -> cart\n')
+    bundle = lower(load_text(text, checks=False))
+    assert not [d for d in bundle.diagnostics if d.severity == "error"], bundle.diagnostics
+    matches = [route(bundle, f"cart-r{i}-0")["grpcRoute"]["match"] for i in range(4)]
+    assert matches == [{"serviceName": "shop.Cart", "methodName": "Add"},
+                       {"serviceName": "shop.Cart", "metadata": [{"name": "x-tenant", "match": {"exact": "a"}}]},
+                       {"serviceName": "shop.Admin"}, {}]
+    validate_crds("appmesh", list(crds(bundle).values()))
+    for path, body in api_bodies(bundle).items():
+        assert not botocore_errors(path.split("/")[1].split("-")[1], body), path
+    # a path that names no gRPC service or method cannot be said
+    bad = lower(load_text(text.replace('prefix "/shop.Cart/"', 'prefix "/shop"'), checks=False)).diagnostics
+    assert any(d.code == "E330" and "gRPC" in d.message for d in bad)
