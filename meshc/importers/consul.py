@@ -387,13 +387,13 @@ class ConsulImporter:
     def protocols(self) -> dict[str, str]:
         out = {}
         for name, e in self.of("service-defaults").items():
-            out[dns_name(name)] = PROTOCOLS.get(str(e.get("Protocol", "tcp")).lower(), "tcp")
+            out[dns_name(name)] = PROTOCOLS.get(str(e.get("Protocol") or self.default_protocol).lower(), "tcp")
         return out
 
     def service_defaults(self, e: dict[str, Any]) -> None:
         d = self.draft(e["Name"])
         place = f"service:{d.name}"
-        proto = PROTOCOLS.get(str(e.get("Protocol", "tcp")).lower())
+        proto = PROTOCOLS.get(str(e.get("Protocol") or self.default_protocol).lower())  # unset: proxy-defaults'
         if proto is None:
             self.note(e, "Protocol", f"protocol {e.get('Protocol')} is not expressible; assumed tcp", place)
             proto = "tcp"
