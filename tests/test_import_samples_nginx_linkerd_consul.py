@@ -520,3 +520,28 @@ spec: {}
 """})
     api = result.mesh.service("api")
     assert api is not None and [p.protocol for p in api.ports] == ["http"]  # the CRD's `protocol` was read
+
+
+def test_consul_snake_case_entries(tmp_path: Path) -> None:
+    # older Consul documentation (and `consul config write`) use snake_case keys
+    result = run(tmp_path, "consul", {"r.hcl": '''
+kind = "service-router"
+name = "web"
+routes = [
+  {
+    match { http { path_prefix = "/admin" } }
+    destination {
+      service                  = "admin"
+      num_retries              = 2
+      retry_on_connect_failure = true
+    }
+  },
+]
+''', "d.hcl": 'kind = "service-defaults"\nname = "web"\nprotocol = "http"\nmutual_tls_mode = "permissive"\n'})
+    web = result.mesh.service("web")
+    assert web is not None and web.mtls == "permissive"
+    admin, default = web.routes
+    assert admin.matches[0].path is not None and admin.matches[0].path.value == "/admin"
+    assert admin.destinations[0].service == "admin"
+    assert admin.retry is not None and (admin.retry.attempts, admin.retry.on) == (2, ("connect-failure",))
+    assert default.destinations[0].service == "web"

@@ -76,7 +76,7 @@ PROTOCOLS = {"http": "http", "http2": "http2", "grpc": "grpc", "tcp": "tcp"}
 LB = {"round_robin": "round_robin", "least_request": "least_request", "random": "random"}
 RETRY_ON = {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"}
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-ACRONYMS = {"http": "HTTP", "tls": "TLS", "id": "ID", "ttl": "TTL", "acl": "ACL"}
+ACRONYMS = {"http": "HTTP", "tls": "TLS", "id": "ID", "ttl": "TTL", "acl": "ACL", "ip": "IP"}
 
 
 # --------------------------------------------------------------------------- reading
@@ -177,7 +177,11 @@ def hcl1_blocks(text: str) -> str:
 
 
 def _api_key(key: str) -> str:
-    """consul-k8s CRD field -> Consul API field: `http` -> `HTTP`, `mutualTLSMode` -> `MutualTLSMode`."""
+    """consul-k8s CRD field or snake_case field (which `consul config write` accepts, and older
+    Consul docs use) -> Consul API field: `http` -> `HTTP`, `mutualTLSMode` -> `MutualTLSMode`,
+    `path_prefix` -> `PathPrefix`, `mutual_tls_mode` -> `MutualTLSMode`."""
+    if "_" in key.strip("_"):
+        return "".join(_api_key(part) for part in key.split("_") if part)
     if key in ACRONYMS:
         return ACRONYMS[key]
     return key[0].upper() + key[1:] if key else key
@@ -186,7 +190,7 @@ def _api_key(key: str) -> str:
 def _from_crd(v: Any, free: bool = False) -> Any:
     if isinstance(v, dict):
         # header maps (Set/Add), Meta and proxy Config keep their keys as written
-        return {(k if free else _api_key(k)): _from_crd(x, free=k in ("set", "add", "meta", "config", "Set", "Add"))
+        return {(k if free else _api_key(k)): _from_crd(x, free=k in ("set", "add", "meta", "config", "Set", "Add", "Meta", "Config"))
                 for k, x in v.items()}
     if isinstance(v, list):
         return [_from_crd(x) for x in v]
@@ -233,8 +237,8 @@ def _entries_of(d: Any) -> list[dict[str, Any]]:
         return [{"Kind": CRD_KINDS[d["kind"]], "Name": name, **ns, **body}]
     if "Kind" in d:
         return [d]
-    if "kind" in d and "name" in d:  # lower-case JSON keys are accepted by `consul config write`
-        return [{_api_key(k): v for k, v in d.items()}]
+    if "kind" in d and "name" in d:  # lower-case (snake_case) keys are accepted by `consul config write`
+        return [_from_crd(d)]
     out = []
     for key in ("service", "services", "Service", "Services"):
         v = d.get(key)
