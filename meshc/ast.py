@@ -1,4 +1,4 @@
-"""The AST of one `.mesh` file: typed nodes with spans, built from lark's parse tree.
+"""The AST of one `.mesh` file: typed nodes with spans, built while parsing (Builder).
 
 The AST is still unresolved: names are plain strings (with their spans), policies are not
 applied and overlays are not merged; `meshc.resolve` turns a set of files into the model.
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lark import Token, Tree
+from lark import Token, Transformer, Tree
 
 from meshc.diagnostics import Sink
 from meshc.model import NO_SPAN, Span
@@ -361,34 +361,87 @@ def last_token(tree: Tree) -> Token:
     return node
 
 
-class Builder:
-    """Turns lark's tree (built with keep_all_tokens) into the typed AST of one file."""
+class Part:
+    """The value of a rule with no AST node of its own (`label`, `setting`, `methods`, ...): what
+    its parent needs of it: its meaningful children, and its extent (a Span only on demand)."""
 
-    # Terminals that carry meaning; every other token is a keyword or punctuation.
-    MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME", "STRING",
-                            "ENDPOINT", "DURATION", "PERCENT", "RATE", "STATUS_CLASS", "INT"})
+    __slots__ = ("data", "kids", "children", "file")
+
+    def __init__(self, data: str, kids: Any, children: list[Any], file: str):
+        self.data, self.kids, self.children, self.file = data, kids, children, file
+
+    @property
+    def span(self) -> Span:
+        (line, column), (end_line, end_column) = _start(self.children[0]), _end(self.children[-1])
+        return Span(file=self.file, line=line or 0, column=column or 0, end_line=end_line or 0,
+                    end_column=end_column or 0)
+
+
+# Terminals that carry meaning; every other token is a keyword or punctuation.
+MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME", "STRING",
+                        "ENDPOINT", "DURATION", "PERCENT", "RATE", "STATUS_CLASS", "INT"})
+
+
+def _kids(children: list[Any]) -> list[Any]:
+    return [c for c in children if c.__class__ is not Token or c.type in MEANINGFUL]
+
+
+def _start(node: Any) -> tuple[int | None, int | None]:
+    if node.__class__ is Token:
+        return node.line, node.column
+    if node.__class__ is Part:
+        return _start(node.children[0])
+    if isinstance(node, Tree):
+        tok = first_token(node)
+        return tok.line, tok.column
+    return node.span.line, node.span.column
+
+
+def _end(node: Any) -> tuple[int | None, int | None]:
+    if node.__class__ is Token:
+        return node.end_line, node.end_column
+    if node.__class__ is Part:
+        return _end(node.children[-1])
+    if isinstance(node, Tree):
+        tok = last_token(node)
+        return tok.end_line, tok.end_column
+    return node.span.end_line, node.span.end_column
+
+
+class Builder(Transformer):  # type: ignore[type-arg]
+    """Builds the typed AST of one file bottom-up, one grammar rule at a time: the parser calls
+    the method named after each rule it reduces (meshc.lalr), with the rule's children (tokens,
+    as the tree keeps them all, and the values already built for its sub-rules). The same
+    methods transform a lark tree (`transform`), for input only lark itself parses.
+
+    Rules with no method here become a `Part` (`__default__`); rules whose names start with `_`
+    are inlined into their parent by lark and stay trees. Helper names start with `_b_` so
+    that they never shadow a rule."""
 
     def __init__(self, path: str, sink: Sink):
+        super().__init__(visit_tokens=False)
         self.path = path
         self.sink = sink
 
     # ----------------------------------------------------------------- helpers
-    def span(self, node: Tree | Token) -> Span:
-        first, last = (node, node) if isinstance(node, Token) else (first_token(node), last_token(node))
-        return Span(file=self.path, line=first.line or 0, column=first.column or 0,
-                    end_line=last.end_line or 0, end_column=last.end_column or 0)
+    def _b_span(self, children: list[Any]) -> Span:
+        line, column = _start(children[0])
+        end_line, end_column = _end(children[-1])
+        return Span(file=self.path, line=line or 0, column=column or 0, end_line=end_line or 0,
+                    end_column=end_column or 0)
 
-    def kids(self, t: Tree) -> list[Any]:
-        return [c for c in t.children if isinstance(c, Tree) or c.type in self.MEANINGFUL]
+    def _b_tok_span(self, tok: Token) -> Span:
+        return Span(file=self.path, line=tok.line or 0, column=tok.column or 0, end_line=tok.end_line or 0,
+                    end_column=tok.end_column or 0)
 
-    def name(self, tok: Token) -> Name:
-        return Name(str(tok), self.span(tok))
+    def _b_name(self, tok: Token) -> Name:
+        return Name(str(tok), self._b_tok_span(tok))
 
-    def literal(self, tok: Token) -> Value | Name:
+    def _b_literal(self, tok: Token) -> Value | Name:
         """Convert any literal token; NAMEs stay names."""
         kind = tok.type
         raw = str(tok)
-        sp = self.span(tok)
+        sp = self._b_tok_span(tok)
         if kind == "NAME":
             return Name(raw, sp)
         if kind == "STRING":
@@ -428,290 +481,311 @@ class Builder:
             return Value((host.strip("[]"), int(port)), raw, sp)
         return Name(raw, sp)
 
-    def lit(self, tok: Token) -> Value:
-        v = self.literal(tok)
+    def _b_lit(self, tok: Token) -> Value:
+        v = self._b_literal(tok)
         return v if isinstance(v, Value) else Value(v.text, v.text, v.span)
 
+    def __default__(self, data: str, children: list[Any], meta: Any) -> Any:
+        if data.startswith("_"):
+            return Tree(data, children)  # inlined into the parent by lark
+        return Part(data, _kids(children), children, self.path)
+
     # ----------------------------------------------------------------- file
-    def file(self, tree: Tree) -> File:
-        decls = []
-        for child in tree.children:
-            if isinstance(child, Tree):
-                decls.append(getattr(self, "d_" + child.data)(child))
-        return File(self.path, tuple(decls))
+    def start(self, children: list[Any]) -> File:
+        return File(self.path, tuple(children))
 
-    def d_import_decl(self, t: Tree) -> ImportDecl:
-        (s,) = self.kids(t)
-        return ImportDecl(self.lit(s), self.span(t))
+    def import_decl(self, c: list[Any]) -> ImportDecl:
+        (s,) = _kids(c)
+        return ImportDecl(self._b_lit(s), self._b_span(c))
 
-    def d_mesh_decl(self, t: Tree) -> MeshDecl:
-        name, *stmts = self.kids(t)
-        return MeshDecl(self.name(name), tuple(self.stmt(s) for s in stmts), self.span(t))
+    def mesh_decl(self, c: list[Any]) -> MeshDecl:
+        name, *stmts = _kids(c)
+        return MeshDecl(self._b_name(name), tuple(stmts), self._b_span(c))
 
-    def d_overlay_mesh(self, t: Tree) -> MeshDecl:
-        return MeshDecl(None, tuple(self.stmt(s) for s in self.kids(t)), self.span(t))
+    def overlay_mesh(self, c: list[Any]) -> MeshDecl:
+        return MeshDecl(None, tuple(_kids(c)), self._b_span(c))
 
-    def _block(self, kind: str, t: Tree) -> BlockDecl:
-        name, *stmts = self.kids(t)
-        return BlockDecl(kind, self.name(name), tuple(self.stmt(s) for s in stmts), self.span(t))
+    def _b_block(self, kind: str, c: list[Any]) -> BlockDecl:
+        name, *stmts = _kids(c)
+        return BlockDecl(kind, self._b_name(name), tuple(stmts), self._b_span(c))
 
-    def d_service_decl(self, t: Tree) -> BlockDecl:
-        return self._block("service", t)
+    def service_decl(self, c: list[Any]) -> BlockDecl:
+        return self._b_block("service", c)
 
-    def d_external_decl(self, t: Tree) -> BlockDecl:
-        return self._block("external", t)
+    def external_decl(self, c: list[Any]) -> BlockDecl:
+        return self._b_block("external", c)
 
-    def d_policy_decl(self, t: Tree) -> BlockDecl:
-        return self._block("policy", t)
+    def policy_decl(self, c: list[Any]) -> BlockDecl:
+        return self._b_block("policy", c)
 
-    def d_overlay_service(self, t: Tree) -> BlockDecl:
-        return self._block("overlay", t)
+    def overlay_service(self, c: list[Any]) -> BlockDecl:
+        return self._b_block("overlay", c)
 
-    def d_authz_decl(self, t: Tree) -> AuthzDecl:
-        action, *rest = self.kids(t)
+    def authz_decl(self, c: list[Any]) -> AuthzDecl:
+        action, *rest = _kids(c)
         sources: list[SourceRef] = []
         targets: list[Name] = []
         opts: dict[str, Any] = {}
-        for c in rest:
-            if c.data in ("source", "source_any", "source_identity"):
-                k = self.kids(c)
-                if c.data == "source_any":
-                    sources.append(SourceRef("any", None, self.span(c)))
-                else:
-                    sources.append(SourceRef("identity" if c.data == "source_identity" else "name",
-                                             self.name(k[0]), self.span(c)))
-            elif c.data == "target":
-                targets.append(self.name(self.kids(c)[0]))
-            elif c.data in ("methods", "ports"):
-                vals = self.kids(c)
-                opts[c.data] = tuple(self.name(v) if c.data == "methods" else self.lit(v) for v in vals)
-            elif c.data in ("paths", "except_paths"):
-                opts[c.data] = tuple(self.path_pattern(p) for p in self.kids(c))
-            elif c.data == "headers":
-                opts["headers"] = tuple(self.string_match(m) for m in self.kids(c))
-        return AuthzDecl(str(action), tuple(sources), tuple(targets), span=self.span(t), **opts)
+        for p in rest:
+            if p.data == "source_any":
+                sources.append(SourceRef("any", None, p.span))
+            elif p.data in ("source", "source_identity"):
+                sources.append(SourceRef("identity" if p.data == "source_identity" else "name",
+                                         self._b_name(p.kids[0]), p.span))
+            elif p.data == "target":
+                targets.append(self._b_name(p.kids[0]))
+            elif p.data == "methods":
+                opts["methods"] = tuple(self._b_name(v) for v in p.kids)
+            elif p.data == "ports":
+                opts["ports"] = tuple(self._b_lit(v) for v in p.kids)
+            else:  # paths, except_paths (PathPatterns), headers (StrMatches)
+                opts[p.data] = tuple(p.kids)
+        return AuthzDecl(str(action), tuple(sources), tuple(targets), span=self._b_span(c), **opts)
 
     # ----------------------------------------------------------------- statements
-    SIMPLE = frozenset({"trust_domain", "namespace", "authz_default", "path_normalization", "access_log",
-                        "metrics", "trace_sampling", "identity", "host"})
+    def _b_setting(self, key: str, c: list[Any]) -> Setting:
+        (v,) = _kids(c)
+        return Setting(key, self._b_literal(v), None, self._b_span(c))
 
-    def stmt(self, t: Tree) -> Any:
-        if t.data in self.SIMPLE:
-            (v,) = self.kids(t)
-            return Setting(str(t.data), self.literal(v), None, self.span(t))
-        return getattr(self, "s_" + t.data)(t)
+    def trust_domain(self, c: list[Any]) -> Setting:
+        return self._b_setting("trust_domain", c)
 
-    def s_mtls(self, t: Tree) -> Setting:
-        k = self.kids(t)
-        return Setting("mtls", self.name(k[0]), self.lit(k[1]) if len(k) > 1 else None, self.span(t))
+    def namespace(self, c: list[Any]) -> Setting:
+        return self._b_setting("namespace", c)
 
-    def s_ingress_identity(self, t: Tree) -> Setting:
-        k = self.kids(t)
-        return Setting("ingress_identity", self.name(k[0]), self.name(k[1]) if len(k) > 1 else None,
-                       self.span(t))
+    def authz_default(self, c: list[Any]) -> Setting:
+        return self._b_setting("authz_default", c)
 
-    def s_tls_originate(self, t: Tree) -> Setting:
-        k = self.kids(t)
-        return Setting("tls_originate", self.lit(k[0]) if k else Value("", "", self.span(t)), None, self.span(t))
+    def path_normalization(self, c: list[Any]) -> Setting:
+        return self._b_setting("path_normalization", c)
 
-    def s_port(self, t: Tree) -> PortDecl:
-        proto, num = self.kids(t)
-        return PortDecl(self.name(proto), self.lit(num), self.span(t))
+    def access_log(self, c: list[Any]) -> Setting:
+        return self._b_setting("access_log", c)
 
-    def s_endpoints(self, t: Tree) -> Endpoints:
+    def metrics(self, c: list[Any]) -> Setting:
+        return self._b_setting("metrics", c)
+
+    def trace_sampling(self, c: list[Any]) -> Setting:
+        return self._b_setting("trace_sampling", c)
+
+    def identity(self, c: list[Any]) -> Setting:
+        return self._b_setting("identity", c)
+
+    def host(self, c: list[Any]) -> Setting:
+        return self._b_setting("host", c)
+
+    def mtls(self, c: list[Any]) -> Setting:
+        k = _kids(c)
+        return Setting("mtls", self._b_name(k[0]), self._b_lit(k[1]) if len(k) > 1 else None, self._b_span(c))
+
+    def ingress_identity(self, c: list[Any]) -> Setting:
+        k = _kids(c)
+        return Setting("ingress_identity", self._b_name(k[0]), self._b_name(k[1]) if len(k) > 1 else None,
+                       self._b_span(c))
+
+    def tls_originate(self, c: list[Any]) -> Setting:
+        k = _kids(c)
+        sp = self._b_span(c)
+        return Setting("tls_originate", self._b_lit(k[0]) if k else Value("", "", sp), None, sp)
+
+    def port(self, c: list[Any]) -> PortDecl:
+        proto, num = _kids(c)
+        return PortDecl(self._b_name(proto), self._b_lit(num), self._b_span(c))
+
+    def endpoints(self, c: list[Any]) -> Endpoints:
         items = []
-        for tok in self.kids(t):
-            v = self.lit(tok)
+        for tok in _kids(c):
+            v = self._b_lit(tok)
             items.append(EndpointRef(v.value[0], v.value[1], v.span))
-        return Endpoints(tuple(items), self.span(t))
+        return Endpoints(tuple(items), self._b_span(c))
 
-    def s_version(self, t: Tree) -> VersionDecl:
-        name, *stmts = self.kids(t)
-        return VersionDecl(self.name(name), tuple(self.stmt(s) for s in stmts), self.span(t))
+    def version(self, c: list[Any]) -> VersionDecl:
+        name, *stmts = _kids(c)
+        return VersionDecl(self._b_name(name), tuple(stmts), self._b_span(c))
 
-    def s_labels(self, t: Tree) -> Labels:
+    def labels(self, c: list[Any]) -> Labels:
         items = []
-        for lab in self.kids(t):
-            k, v = self.kids(lab)
-            items.append((self.name(k), self.literal(v)))
-        return Labels(tuple(items), self.span(t))
+        for lab in _kids(c):
+            k, v = lab.kids
+            items.append((self._b_name(k), self._b_literal(v)))
+        return Labels(tuple(items), self._b_span(c))
 
-    def s_calls(self, t: Tree) -> NameList:
-        return NameList("calls", tuple(self.name(n) for n in self.kids(t)), self.span(t))
+    def calls(self, c: list[Any]) -> NameList:
+        return NameList("calls", tuple(self._b_name(n) for n in _kids(c)), self._b_span(c))
 
-    def s_use(self, t: Tree) -> NameList:
-        return NameList("use", tuple(self.name(n) for n in self.kids(t)), self.span(t))
+    def use(self, c: list[Any]) -> NameList:
+        return NameList("use", tuple(self._b_name(n) for n in _kids(c)), self._b_span(c))
 
-    def s_expose(self, t: Tree) -> Expose:
+    def expose(self, c: list[Any]) -> Expose:
         port: Value | None = None
         hosts: tuple[Value, ...] = ()
         paths: tuple[PathPattern, ...] = ()
-        for c in self.kids(t):
-            if c.data == "expose_port":
-                port = self.lit(self.kids(c)[0])
-            elif c.data == "expose_hosts":
-                hosts = tuple(self.lit(h) for h in self.kids(c))
+        for p in _kids(c):
+            if p.data == "expose_port":
+                port = self._b_lit(p.kids[0])
+            elif p.data == "expose_hosts":
+                hosts = tuple(self._b_lit(h) for h in p.kids)
             else:
-                paths = tuple(self.path_pattern(p) for p in self.kids(c))
-        return Expose(port, hosts, paths, self.span(t))
+                paths = tuple(p.kids)
+        return Expose(port, hosts, paths, self._b_span(c))
 
-    def s_objective(self, t: Tree) -> ObjectiveDecl:
-        kind, *args = self.kids(t)
+    def objective(self, c: list[Any]) -> ObjectiveDecl:
+        kind, *args = _kids(c)
         window = None
-        if args and isinstance(args[-1], Tree):
-            window = self.lit(self.kids(args.pop())[0])
-        return ObjectiveDecl(self.name(kind), tuple(self.literal(a) for a in args), window, self.span(t))
+        if args and isinstance(args[-1], Part):
+            window = self._b_lit(args.pop().kids[0])
+        return ObjectiveDecl(self._b_name(kind), tuple(self._b_literal(a) for a in args), window, self._b_span(c))
 
-    def s_timeout(self, t: Tree) -> TimeoutDecl:
-        (v,) = self.kids(t)
-        return TimeoutDecl(None if v.type == "NONE" else self.lit(v), self.span(t))
+    def timeout(self, c: list[Any]) -> TimeoutDecl:
+        (v,) = _kids(c)
+        return TimeoutDecl(None if v.type == "NONE" else self._b_lit(v), self._b_span(c))
 
-    def s_retry(self, t: Tree) -> RetryDecl:
-        first, *opts = self.kids(t)
+    def retry(self, c: list[Any]) -> RetryDecl:
+        first, *opts = _kids(c)
         if first.type == "NONE":
-            return RetryDecl(None, span=self.span(t))
+            return RetryDecl(None, span=self._b_span(c))
         fields: dict[str, Any] = {}
         for o in opts:
-            k = self.kids(o)
+            k = o.kids
             if o.data == "retry_on":
-                fields["on"] = tuple(self.literal(x) for x in k)
+                fields["on"] = tuple(self._b_literal(x) for x in k)
             elif o.data == "per_try":
-                fields["per_try"] = self.lit(k[0])
+                fields["per_try"] = self._b_lit(k[0])
             elif o.data == "backoff":
-                fields["backoff"] = self.lit(k[0])
+                fields["backoff"] = self._b_lit(k[0])
                 if len(k) > 1:
-                    fields["backoff_max"] = self.lit(k[1])
+                    fields["backoff_max"] = self._b_lit(k[1])
             elif o.data == "budget":
-                fields["budget"] = self.lit(k[0])
-        return RetryDecl(self.lit(first), span=self.span(t), **fields)
+                fields["budget"] = self._b_lit(k[0])
+        return RetryDecl(self._b_lit(first), span=self._b_span(c), **fields)
 
-    def s_load_balance(self, t: Tree) -> LoadBalanceDecl:
-        policy, *rest = self.kids(t)
+    def load_balance(self, c: list[Any]) -> LoadBalanceDecl:
+        policy, *rest = _kids(c)
         if not rest:
-            return LoadBalanceDecl(self.name(policy), span=self.span(t))
+            return LoadBalanceDecl(self._b_name(policy), span=self._b_span(c))
         h = rest[0]
         on = {"hash_key": "header", "hash_cookie": "cookie", "hash_query": "query",
               "hash_source_ip": "source_ip"}[h.data]
-        k = self.kids(h)
-        return LoadBalanceDecl(self.name(policy), on, self.lit(k[0]) if k else None,
-                               self.lit(k[1]) if len(k) > 1 else None, self.span(t))
+        k = h.kids
+        return LoadBalanceDecl(self._b_name(policy), on, self._b_lit(k[0]) if k else None,
+                               self._b_lit(k[1]) if len(k) > 1 else None, self._b_span(c))
 
-    def _settings(self, t: Tree, key: str) -> SettingsDecl:
+    def _b_settings(self, c: list[Any], key: str) -> SettingsDecl:
         items, proto, path = [], None, None
-        for c in self.kids(t):
-            if isinstance(c, Tree):
-                k, v = self.kids(c)
-                items.append((self.name(k), self.lit(v)))
-            elif c.type == "NAME":
-                proto = self.name(c)
+        for x in _kids(c):
+            if isinstance(x, Part):
+                k, v = x.kids
+                items.append((self._b_name(k), self._b_lit(v)))
+            elif x.type == "NAME":
+                proto = self._b_name(x)
             else:
-                path = self.lit(c)
-        return SettingsDecl(key, tuple(items), proto, path, self.span(t))
+                path = self._b_lit(x)
+        return SettingsDecl(key, tuple(items), proto, path, self._b_span(c))
 
-    def s_circuit_breaker(self, t: Tree) -> SettingsDecl:
-        return self._settings(t, "circuit_breaker")
+    def circuit_breaker(self, c: list[Any]) -> SettingsDecl:
+        return self._b_settings(c, "circuit_breaker")
 
-    def s_outlier(self, t: Tree) -> SettingsDecl:
-        return self._settings(t, "outlier")
+    def outlier(self, c: list[Any]) -> SettingsDecl:
+        return self._b_settings(c, "outlier")
 
-    def s_health_check(self, t: Tree) -> SettingsDecl:
-        return self._settings(t, "health_check")
+    def health_check(self, c: list[Any]) -> SettingsDecl:
+        return self._b_settings(c, "health_check")
 
-    def s_rate_limit(self, t: Tree) -> RateLimitDecl:
-        rate, *burst = self.kids(t)
-        v = self.lit(rate)
-        return RateLimitDecl(v.value[0], v.value[1], self.lit(burst[0]) if burst else None, self.span(t))
+    def rate_limit(self, c: list[Any]) -> RateLimitDecl:
+        rate, *burst = _kids(c)
+        v = self._b_lit(rate)
+        return RateLimitDecl(v.value[0], v.value[1], self._b_lit(burst[0]) if burst else None, self._b_span(c))
 
-    def s_fault(self, t: Tree) -> FaultDecl:
+    def fault(self, c: list[Any]) -> FaultDecl:
         fields: dict[str, Any] = {}
-        for c in self.kids(t):
-            if c.data == "condition":
-                fields["when"] = self.condition(c)
-            else:
-                k = self.kids(c)
-                fields[c.data] = self.lit(k[0])
+        for p in _kids(c):
+            if p.data == "condition":
+                fields["when"] = p.kids
+            else:  # delay, abort
+                k = p.kids
+                fields[p.data] = self._b_lit(k[0])
                 if len(k) > 1:
-                    fields[f"{c.data}_percent"] = self.lit(k[1])
-        return FaultDecl(span=self.span(t), **fields)
+                    fields[f"{p.data}_percent"] = self._b_lit(k[1])
+        return FaultDecl(span=self._b_span(c), **fields)
 
-    def s_route(self, t: Tree) -> RouteDecl:
-        return RouteDecl(tuple(self.rule(r) for r in self.kids(t)), self.span(t))
+    def route(self, c: list[Any]) -> RouteDecl:
+        return RouteDecl(tuple(_kids(c)), self._b_span(c))
 
-    def s_rewrite(self, t: Tree) -> RewriteDecl:
-        kind, val = self.kids(t)
-        return RewriteDecl(self.name(kind), self.lit(val), self.span(t))
+    def rewrite(self, c: list[Any]) -> RewriteDecl:
+        kind, val = _kids(c)
+        return RewriteDecl(self._b_name(kind), self._b_lit(val), self._b_span(c))
 
-    def _header_op(self, t: Tree, direction: str) -> HeaderOp:
-        (op_tree,) = self.kids(t)
-        k = self.kids(op_tree)
-        return HeaderOp(direction, self.name(k[0]), self.name(k[1]), self.lit(k[2]) if len(k) > 2 else None,
-                        self.span(t))
+    def _b_header_op(self, c: list[Any], direction: str) -> HeaderOp:
+        (op,) = _kids(c)
+        k = op.kids
+        return HeaderOp(direction, self._b_name(k[0]), self._b_name(k[1]), self._b_lit(k[2]) if len(k) > 2 else None,
+                        self._b_span(c))
 
-    def s_request_headers(self, t: Tree) -> HeaderOp:
-        return self._header_op(t, "request")
+    def request_headers(self, c: list[Any]) -> HeaderOp:
+        return self._b_header_op(c, "request")
 
-    def s_response_headers(self, t: Tree) -> HeaderOp:
-        return self._header_op(t, "response")
+    def response_headers(self, c: list[Any]) -> HeaderOp:
+        return self._b_header_op(c, "response")
 
-    def s_mirror(self, t: Tree) -> MirrorDecl:
-        dest, *pct = self.kids(t)
-        return MirrorDecl(self.destination(dest), self.lit(pct[0]) if pct else None, self.span(t))
+    def mirror(self, c: list[Any]) -> MirrorDecl:
+        dest, *pct = _kids(c)
+        return MirrorDecl(dest, self._b_lit(pct[0]) if pct else None, self._b_span(c))
 
     # ----------------------------------------------------------------- routing pieces
-    def rule(self, t: Tree) -> RuleDecl:
-        k = self.kids(t)
-        when: Condition = ()
-        if isinstance(k[0], Tree) and k[0].data == "condition":
-            when = self.condition(k[0])
-        action_tree = k[1]
-        body: tuple[Any, ...] = ()
-        if len(k) > 2:
-            body = tuple(self.stmt(s) for s in self.kids(k[2]))
-        return RuleDecl(when, self.action(action_tree), body, self.span(t))
+    def rule(self, c: list[Any]) -> RuleDecl:
+        k = _kids(c)
+        when: Condition = k[0].kids if isinstance(k[0], Part) else ()
+        action = k[1]
+        if isinstance(action, DestRef):  # `-> dest`: all of it to one destination
+            sp = action.span
+            action = Action("forward", (SplitItem(action, Value(10_000, "100%", sp), sp),), span=sp)
+        body: tuple[Any, ...] = tuple(k[2].kids) if len(k) > 2 else ()
+        return RuleDecl(when, action, body, self._b_span(c))
 
-    def action(self, t: Tree) -> Action:
-        sp = self.span(t)
-        if t.data == "destination":
-            d = self.destination(t)
-            return Action("forward", (SplitItem(d, Value(10_000, "100%", sp), sp),), span=sp)
-        if t.data == "split":
-            items = []
-            for it in self.kids(t):
-                d, pct = self.kids(it)
-                items.append(SplitItem(self.destination(d), self.lit(pct), self.span(it)))
-            return Action("split", tuple(items), span=sp)
-        if t.data == "redirect":
-            opts = []
-            for o in self.kids(t):
-                k, v = self.kids(o)
-                opts.append((self.name(k), self.literal(v)))
-            return Action("redirect", options=tuple(opts), span=sp)
-        k = self.kids(t)
-        return Action("respond", status=self.lit(k[0]), body=self.lit(k[1]) if len(k) > 1 else None, span=sp)
+    def split(self, c: list[Any]) -> Action:
+        return Action("split", tuple(_kids(c)), span=self._b_span(c))
 
-    def destination(self, t: Tree) -> DestRef:
-        k = self.kids(t)
-        return DestRef(self.name(k[0]), self.name(k[1]) if len(k) > 1 else None, self.span(t))
+    def split_item(self, c: list[Any]) -> SplitItem:
+        d, pct = _kids(c)
+        return SplitItem(d, self._b_lit(pct), self._b_span(c))
 
-    def condition(self, t: Tree) -> Condition:
-        return tuple(tuple(self.cond(c) for c in self.kids(conj)) for conj in self.kids(t))
+    def redirect(self, c: list[Any]) -> Action:
+        opts = []
+        for o in _kids(c):
+            k, v = o.kids
+            opts.append((self._b_name(k), self._b_literal(v)))
+        return Action("redirect", options=tuple(opts), span=self._b_span(c))
 
-    def cond(self, t: Tree) -> Cond:
-        sp = self.span(t)
-        (first, *rest) = self.kids(t)
-        if t.data == "path_cond":
-            return Cond("path", path=self.path_pattern(first), span=sp)
-        if t.data == "method_cond":
-            return Cond("method", methods=tuple(self.name(n) for n in [first, *rest]), span=sp)
-        return Cond("header" if t.data == "header_cond" else "query", match=self.string_match(first), span=sp)
+    def respond(self, c: list[Any]) -> Action:
+        k = _kids(c)
+        return Action("respond", status=self._b_lit(k[0]), body=self._b_lit(k[1]) if len(k) > 1 else None,
+                      span=self._b_span(c))
 
-    def path_pattern(self, t: Tree) -> PathPattern:
-        kind, val = self.kids(t)
-        return PathPattern(self.name(kind), self.lit(val), self.span(t))
+    def destination(self, c: list[Any]) -> DestRef:
+        k = _kids(c)
+        return DestRef(self._b_name(k[0]), self._b_name(k[1]) if len(k) > 1 else None, self._b_span(c))
 
-    def string_match(self, t: Tree) -> StrMatch:
-        k = self.kids(t)
-        name = self.name(k[0])
-        op = Name(str(k[1]), self.span(k[1]))
-        value = self.lit(k[2]) if len(k) > 2 else None
-        return StrMatch(name, op, value, self.span(t))
+    def condition(self, c: list[Any]) -> Part:
+        """An OR of AND-groups; its `kids` are the Condition (a tuple of tuples of Conds)."""
+        return Part("condition", tuple(tuple(conj.kids) for conj in _kids(c)), c, self.path)
+
+    def path_cond(self, c: list[Any]) -> Cond:
+        return Cond("path", path=_kids(c)[0], span=self._b_span(c))
+
+    def method_cond(self, c: list[Any]) -> Cond:
+        return Cond("method", methods=tuple(self._b_name(n) for n in _kids(c)), span=self._b_span(c))
+
+    def header_cond(self, c: list[Any]) -> Cond:
+        return Cond("header", match=_kids(c)[0], span=self._b_span(c))
+
+    def query_cond(self, c: list[Any]) -> Cond:
+        return Cond("query", match=_kids(c)[0], span=self._b_span(c))
+
+    def path_pattern(self, c: list[Any]) -> PathPattern:
+        kind, val = _kids(c)
+        return PathPattern(self._b_name(kind), self._b_lit(val), self._b_span(c))
+
+    def string_match(self, c: list[Any]) -> StrMatch:
+        k = _kids(c)
+        return StrMatch(self._b_name(k[0]), Name(str(k[1]), self._b_tok_span(k[1])),
+                        self._b_lit(k[2]) if len(k) > 2 else None, self._b_span(c))

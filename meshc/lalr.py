@@ -11,7 +11,9 @@ tight loop:
   as lark orders terminals (priority, then longest possible match);
 - string terminals that a regex terminal also matches (keywords vs NAME) are resolved after
   the match, as lark's `unless` callbacks do;
-- tokens are lark `Token`s with the same positions, trees come from lark's own callbacks.
+- tokens are lark `Token`s with the same positions; each reduction calls lark's own
+  callbacks (a tree), or a transformer's method per rule (meshc.ast.Builder builds the AST
+  this way, as lark's `transformer=` option does, without a tree in between).
 
 It accepts exactly what lark accepts and builds an equal tree (tests/test_lalr.py compares
 both on every example, generated meshes and random mutations). It has no error reporting
@@ -25,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lark import Lark, Token, Tree
+from lark import Lark, Token
 from lark.lexer import PatternStr, TerminalDef
 from lark.parsers.lalr_analysis import Shift
 
@@ -81,26 +83,40 @@ class _Lexers(dict):  # type: ignore[type-arg]
 
 class LeanParser:
     """Parses with the tables of a lark LALR parser built with keep_all_tokens and the
-    contextual lexer. `parse(text)` returns lark's tree, or None when the text does not parse."""
+    contextual lexer. `parse(text)` returns lark's tree; `parse(text, callbacks_for(t))` what
+    the transformer `t` builds bottom-up instead of a tree (as lark's `transformer=` option
+    does). Either is None when the text does not parse."""
 
     def __init__(self, lark: Lark, start: str = "start"):
         inner = lark.parser.parser.parser  # ParsingFrontend -> LALR_Parser -> _Parser
         table = inner.parse_table
+        self.lark = lark
         self.start_state = table.start_states[start]
         self.end_state = table.end_states[start]
         terminals = {t.name: t for t in lark.terminals}
         ignore = frozenset(lark.lexer_conf.ignore)
-        # state -> {terminal: (next state,) to shift, or (rule length, rule name, tree callback)
-        # to reduce}; reductions are resolved here once, not per use (Rule hashing is Python code)
+        # Rules by index: reductions name their rule by position in this list, and a parse
+        # brings the list of callbacks in the same order (Rule hashing is Python code).
+        self.rules = list(inner.callbacks)
+        index = {rule: i for i, rule in enumerate(self.rules)}
+        # state -> {terminal: (next state,) to shift, or (rule length, rule name, rule index)}
         self.actions: dict[int, dict[str, tuple[Any, ...]]] = {
-            s: {k: (arg,) if a is Shift else (len(arg.expansion), arg.origin.name, inner.callbacks[arg])
+            s: {k: (arg,) if a is Shift else (len(arg.expansion), arg.origin.name, index[arg])
                 for k, (a, arg) in acts.items()}
             for s, acts in table.states.items()}
+        self.tree_callbacks = [inner.callbacks[r] for r in self.rules]
         self.lexers = _Lexers(terminals, ignore, {s: frozenset(k for k in acts if k in terminals or k == _END)
                                                   for s, acts in table.states.items()})
 
-    def parse(self, text: str) -> Tree | None:
+    def callbacks_for(self, transformer: Any) -> list[Callable[[list[Any]], Any]]:
+        """Reduction callbacks that call `transformer`'s method named after each rule (its
+        `__default__` for the others), with lark's inlining of `_rules` and aliases."""
+        made = self.lark._parse_tree_builder.create_callback(transformer)
+        return [made[r] for r in self.rules]
+
+    def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None) -> Any:
         actions, lexers = self.actions, self.lexers
+        callbacks = callbacks or self.tree_callbacks
         end_state = self.end_state
         states = [self.start_state]
         values: list[Any] = []
@@ -146,14 +162,14 @@ class LeanParser:
                         tok.end_line, tok.end_column = line, pos - line_start + 1
                     values.append(tok)
                     break
-                n, origin, callback = act
+                n, origin, rule = act
                 if n:
                     children = values[-n:]
                     del values[-n:]
                     del states[-n:]
                 else:
                     children = []
-                values.append(callback(children))
+                values.append(callbacks[rule](children))
                 state = actions[states[-1]][origin][0]
                 states.append(state)
                 if state == end_state and typ == _END:

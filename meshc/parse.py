@@ -1,4 +1,5 @@
-"""Front end: bytes of one `.mesh` file -> lark parse tree + comments -> AST.
+"""Front end: bytes of one `.mesh` file -> AST (built while parsing), plus lark's tree and the
+comments for fmt.
 
 Syntax errors are reported in the user's words (never lark's terminal names), with the
 line and column, and as many as can be found in one run: when the whole file does not parse,
@@ -189,21 +190,29 @@ def _unclosed_block(text: str) -> tuple[int, int, str] | None:
 
 
 def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> Parsed:
-    """Parse one file's text; raise MeshcError with every syntax error found."""
-    try:
-        tree = lean_parser().parse(text) or parser().parse(text)
-    except UnexpectedInput as first:
-        raise MeshcError(_all_syntax_errors(path, text, first)) from None
-    except RecursionError:  # defensive: the grammar has no unbounded nesting
-        raise MeshcError([Diagnostic("E001", "input is nested too deeply", Span(file=path, line=1, column=1))]) \
-            from None
+    """Parse one file's text; raise MeshcError with every syntax error found. The AST is built
+    while parsing (meshc.ast.Builder, bottom-up); `keep_tree` also keeps lark's tree for fmt."""
+    lean = lean_parser()
     sink = Sink()
-    ast = Builder(path, sink).file(tree)
+    ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)))
+    tree = None
+    if ast is None or keep_tree:
+        try:
+            tree = lean.parse(text) or parser().parse(text)
+        except UnexpectedInput as first:
+            raise MeshcError(_all_syntax_errors(path, text, first)) from None
+        except RecursionError:  # defensive: the grammar has no unbounded nesting
+            raise MeshcError([Diagnostic("E001", "input is nested too deeply",
+                                         Span(file=path, line=1, column=1))]) from None
+    if ast is None:  # lark parsed what the lean parser did not (tests/test_lalr.py: never)
+        assert tree is not None
+        sink = Sink()
+        ast = Builder(path, sink).transform(tree)
     sink.check()
-    # Comments are ignored by the grammar; fmt needs them, so they are found by a cheap
-    # separate scan rather than lexer callbacks (which would make the cached parser stateful).
     if not keep_tree:
         return Parsed(path, text, ast)
+    # Comments are ignored by the grammar; fmt needs them, so they are found by a cheap
+    # separate scan rather than lexer callbacks (which would make the cached parser stateful).
     return Parsed(path, text, ast, tree, _comments(text))
 
 

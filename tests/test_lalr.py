@@ -3,6 +3,7 @@ equal tree with equal token positions (the AST's spans and `fmt` depend on them)
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
 
+from meshc.ast import Builder
+from meshc.diagnostics import Sink
+from meshc.model import Span
 from meshc.parse import lean_parser, parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -27,8 +31,20 @@ def tokens(tree: Tree) -> list[tuple]:
             for t in tree.scan_values(lambda v: isinstance(v, Token))]
 
 
+def dump(x: object) -> object:
+    """An AST with its spans (AST equality ignores them)."""
+    if dataclasses.is_dataclass(x):
+        return (type(x).__name__, *((f.name, dump(getattr(x, f.name))) for f in dataclasses.fields(x)))
+    if isinstance(x, (tuple, list)):
+        return tuple(dump(i) for i in x)
+    if isinstance(x, Span):
+        return (x.file, x.line, x.column, x.end_line, x.end_column)
+    return x
+
+
 def agree(text: str) -> bool:
-    """Both parse to equal trees and tokens, or both reject. Returns whether it parsed."""
+    """Both parse to equal trees and tokens, or both reject; the AST built while parsing equals
+    the one built from lark's tree, spans included. Returns whether it parsed."""
     lean = lean_parser().parse(text)
     try:
         want = parser().parse(text)
@@ -38,6 +54,8 @@ def agree(text: str) -> bool:
     assert lean is not None, "the lean parser rejects what lark accepts"
     assert lean == want
     assert tokens(lean) == tokens(want)
+    built = lean_parser().parse(text, lean_parser().callbacks_for(Builder("x.mesh", Sink())))
+    assert dump(built) == dump(Builder("x.mesh", Sink()).transform(want))
     return True
 
 
