@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
+from mutations import SOURCES, mutate
 
 from meshc.ast import Builder
 from meshc.diagnostics import Sink
@@ -23,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from meshgen import generate  # noqa: E402
 
 DIAGNOSTICS = sorted((Path(__file__).parent / "diagnostics").glob("*.mesh"))
-SOURCES = [p.read_text() for p in all_mesh_files()]
 
 
 def tokens(tree: Tree) -> list[tuple]:
@@ -81,18 +81,7 @@ def test_keywords_are_names_where_no_keyword_fits() -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SOURCES), st.data())
 def test_mutations_agree(src: str, data: st.DataObject) -> None:
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(src)))
-        j = data.draw(st.integers(i, min(len(src), i + 40)))
-        op = data.draw(st.sampled_from(["cut", "dup", "insert"]))
-        if op == "cut":
-            src = src[:i] + src[j:]
-        elif op == "dup":
-            src = src[:j] + src[i:j] + src[j:]
-        else:
-            src = src[:i] + data.draw(st.sampled_from(
-                ['"', "{", "}", "->", "50%", " x ", "\n", "#", "\\", "é", "version", " 5xx", "1.2.3.4:80"])) + src[i:]
-    agree(src)
+    agree(mutate(src, data))
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,15 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from examples_index import ROOT, all_mesh_files, example_roots
+from examples_index import ROOT, example_roots
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import SOURCES, mutate
 
 from meshc import backends
 from meshc.compiler import load_text
 from meshc.diagnostics import MeshcError
-
-SOURCES = [p.read_text() for p in all_mesh_files()]
 
 
 def compile_or_diagnose(text: str) -> None:
@@ -39,17 +38,7 @@ def test_random_text_never_crashes(text: str) -> None:
 @given(st.sampled_from(SOURCES), st.data())
 def test_mutated_examples_never_crash(src: str, data: st.DataObject) -> None:
     """Cut, duplicate or splice random pieces of real files: near-valid input is the hard case."""
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(src)))
-        j = data.draw(st.integers(i, min(len(src), i + 40)))
-        op = data.draw(st.sampled_from(["cut", "dup", "insert"]))
-        if op == "cut":
-            src = src[:i] + src[j:]
-        elif op == "dup":
-            src = src[:j] + src[i:j] + src[j:]
-        else:
-            src = src[:i] + data.draw(st.sampled_from(['"', "{", "}", "->", "50%", " x ", "\n", "#", "\\", "é"])) + src[i:]
-    compile_or_diagnose(src)
+    compile_or_diagnose(mutate(src, data))
 
 
 def _digest_all_targets(seed: str) -> str:
