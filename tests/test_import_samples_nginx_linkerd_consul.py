@@ -373,6 +373,31 @@ spec:
     assert reported(result, "HTTPRoute booksapp/books", "timeouts.backendRequest")
 
 
+def test_linkerd_route_for_one_port_of_several_is_reported(tmp_path: Path) -> None:
+    """meshc routes belong to a service: a parentRef port on a one-port service loses nothing,
+    on a service with more ports the route widens to all of them, which is said."""
+    route = """
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: books, namespace: booksapp}
+spec:
+  parentRefs: [{name: books, kind: Service, group: core, port: 7002}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /books}}]
+"""
+    service = """
+apiVersion: v1
+kind: Service
+metadata: {name: books, namespace: booksapp}
+spec: {selector: {app: books}, ports: [%s]}
+"""
+    one = run(tmp_path, "linkerd", {"a.yaml": service % "{name: http, port: 7002}" + route})
+    assert not reported(one, "HTTPRoute booksapp/books", "parentRefs.port")
+    two = run(tmp_path, "linkerd", {"a.yaml": service % "{name: http, port: 7002}, {name: admin, port: 9990}" + route})
+    assert reported(two, "HTTPRoute booksapp/books", "parentRefs.port")
+
+
 # --------------------------------------------------------------------------- Consul
 
 ROUTER_HCL1 = '''

@@ -255,6 +255,11 @@ class LinkerdImporter:
                 self.note(route, "spec.parentRefs", f"{p.get('name')} is not a Service of the input")
                 continue
             self.unread_annotations(route, ann, f"route:{d.name}")
+            port = p.get("port")
+            if port is not None and set(d.ports) != {port}:
+                # meshc routes belong to the service, not to one of its ports
+                self.note(route, "spec.parentRefs.port", f"the route applies to every port of {d.name}, "
+                          f"not only {port}", f"route:{d.name}")
             rules = []
             for i, r in enumerate(spec.get("rules") or []):
                 rule = self.route_rule(route, f"spec.rules[{i}]", r, d)
