@@ -651,10 +651,12 @@ class AppMeshBackend(Backend):
                             m["hostname"] = {"suffix": host[1:]} if host.startswith("*.") else {"exact": host}
                         if len(ports) > 1:
                             m["port"] = svc.expose.port
-                        action: dict[str, Any] = {}
+                        # meshc's ingress hands requests on as sent; App Mesh sets Host to the
+                        # target's name, and rewrites a matched prefix to "/", unless told not to
+                        rewrite: dict[str, Any] = {"hostname": {"defaultTargetHostname": "DISABLED"}}
                         if "prefix" in m:
-                            # App Mesh rewrites a matched prefix to "/" unless told not to
-                            action["rewrite"] = {"prefix": {"defaultPrefix": "DISABLED"}}
+                            rewrite["prefix"] = {"defaultPrefix": "DISABLED"}
+                        action: dict[str, Any] = {"rewrite": rewrite}
                         name = f"{svc.name}-ingress-{k}"
                         k += 1
                         api_route = {"match": m, "action": {**action, "target": {

@@ -171,12 +171,14 @@ def test_authorization_becomes_client_san_allow_lists() -> None:
         "details.default.svc.cluster.local", "reviews.default.svc.cluster.local"]
 
 
-def test_gateway_routes_keep_the_path() -> None:
+def test_gateway_routes_keep_the_path_and_the_host() -> None:
     bodies = api_bodies(lower(simple_mesh()))
     routes = [b["spec"]["httpRoute"] for p, b in bodies.items() if "CreateGatewayRoute" in p]
     assert [r["match"] for r in routes] == [{"path": {"exact": "/productpage"}}, {"path": {"exact": "/static"}},
                                             {"prefix": "/static/"}]
-    assert routes[2]["action"]["rewrite"] == {"prefix": {"defaultPrefix": "DISABLED"}}
+    keep_host = {"hostname": {"defaultTargetHostname": "DISABLED"}}
+    assert [r["action"]["rewrite"] for r in routes] == [
+        keep_host, keep_host, {**keep_host, "prefix": {"defaultPrefix": "DISABLED"}}]
 
 
 def test_unsupported_features_are_e301() -> None:

@@ -293,3 +293,29 @@ def test_api_gateway_routes_hosts_regex_and_narrowing(tmp_path: Path) -> None:
     assert [(p.kind, p.value) for p in web.expose.paths] == [("regex", "/v[0-9]+/.*")]
     # a header condition cannot be said of an ingress: that route is left out, and reported
     assert ("GatewayRoute by-header", "match.headers") in fields(result)
+
+
+def test_host_rewrite_and_health_checks_that_change_meaning_are_reported(tmp_path: Path) -> None:
+    """App Mesh sets Host to the target's name unless told not to; the ingress keeps it. A
+    gateway's own health check, an http2 probe and a probe on another port are not said."""
+    keep_host = crd("GatewayRoute", "keeps-host", """
+httpRoute:
+  match: {path: {exact: /blue}}
+  action:
+    target: {virtualService: {virtualServiceRef: {name: color-paths}}}
+    rewrite: {hostname: {defaultTargetHostname: DISABLED}}""")
+    gateway = crd("VirtualGateway", "ingress-gw", """
+listeners:
+  - portMapping: {port: 8088, protocol: http}
+    healthCheck: {protocol: http, path: /ready, healthyThreshold: 2, unhealthyThreshold: 2,
+                  timeoutMillis: 2000, intervalMillis: 5000}""")
+    probed = node("black", "{app: color, version: black}", """healthCheck: {protocol: http2, path: /ping, port: 9901,
+              healthyThreshold: 2, unhealthyThreshold: 2, timeoutMillis: 2000, intervalMillis: 5000}""")
+    result = run(tmp_path, *ROUTERS, probed, gateway, *GATEWAY[1:], keep_host)
+    got = fields(result)
+    assert ("GatewayRoute to-paths", "action.rewrite.hostname") in got
+    assert ("GatewayRoute keeps-host", "action.rewrite.hostname") not in got
+    assert ("VirtualGateway ingress-gw", "spec.listeners[0].healthCheck") in got
+    assert ("VirtualNode black", "spec.listeners[0].healthCheck.protocol") in got
+    assert ("VirtualNode black", "spec.listeners[0].healthCheck.port") in got
+    assert ("VirtualNode blue", "spec.listeners[0].healthCheck.port") not in got

@@ -378,6 +378,13 @@ class AppMeshImporter:
                     eject_ms=_ms(od.get("baseEjectionDuration")) or 30_000,
                     max_percent=int(od.get("maxEjectionPercent", 10)) * 100)
             hc = lst.get("healthCheck") or {}
+            if hc.get("protocol") == "http2":
+                self.note(node, f"spec.listeners[{i}].healthCheck.protocol", "an http2 health check is "
+                          "written as an http one (meshc probes over HTTP/1.1)", place)
+            hc_port = hc.get("port")
+            if hc_port is not None and hc_port != (lst.get("portMapping") or {}).get("port"):
+                self.note(node, f"spec.listeners[{i}].healthCheck.port", f"the health check probes port "
+                          f"{hc_port}; meshc probes the service port", place)
             if hc:
                 d.resilience["health_check"] = HealthCheck(
                     protocol=hc.get("protocol", "http") if hc.get("protocol") in ("http", "tcp", "grpc") else "http",
@@ -638,6 +645,10 @@ class AppMeshImporter:
     def gateways(self) -> None:
         gws = {g["name"]: g for g in self.of("VirtualGateway")}
         for g in gws.values():
+            for i, lst in enumerate(g["spec"].get("listeners") or []):
+                if lst.get("healthCheck"):
+                    self.note(g, f"spec.listeners[{i}].healthCheck", "the gateway's own health check is "
+                              "not expressible (the ingress is not a service of the mesh)", "mesh")
             cert = (((((g["spec"].get("backendDefaults") or {}).get("clientPolicy") or {}).get("tls") or {})
                      .get("certificate") or {}).get("sds") or {}).get("secretName", "")
             m = SPIFFE.match(str(cert))
@@ -716,6 +727,9 @@ class AppMeshImporter:
         if (rw.get("path") or {}).get("exact") is not None:
             self.note(gr, "action.rewrite.path", f"the gateway rewrites the path to '{rw['path']['exact']}'; the "
                       "ingress keeps the path", place)
+        if (rw.get("hostname") or {}).get("defaultTargetHostname") != "DISABLED":
+            self.note(gr, "action.rewrite.hostname", "the gateway sets Host to the target virtual service's "
+                      "name (App Mesh's default); the ingress keeps the client's Host", place)
 
     def expose(self, svc: str, entries: list[tuple[str | None, PathMatch | None, int]]) -> None:
         d = self.drafts[svc]
