@@ -386,14 +386,13 @@ def _kids(children: list[Any]) -> list[Any]:
     return [c for c in children if c.__class__ is not Token or c.type in MEANINGFUL]
 
 
+# A rule's children are tokens, Parts and AST nodes: lark splices `_rule` trees into their
+# parent before the parent's method sees them, so no tree reaches these.
 def _start(node: Any) -> tuple[int | None, int | None]:
     if node.__class__ is Token:
         return node.line, node.column
     if node.__class__ is Part:
         return _start(node.children[0])
-    if isinstance(node, Tree):
-        tok = first_token(node)
-        return tok.line, tok.column
     return node.span.line, node.span.column
 
 
@@ -402,9 +401,6 @@ def _end(node: Any) -> tuple[int | None, int | None]:
         return node.end_line, node.end_column
     if node.__class__ is Part:
         return _end(node.children[-1])
-    if isinstance(node, Tree):
-        tok = last_token(node)
-        return tok.end_line, tok.end_column
     return node.span.end_line, node.span.end_column
 
 

@@ -198,7 +198,9 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
     tree = None
     if ast is None or keep_tree:
         try:
-            tree = lean.parse(text) or parser().parse(text)
+            tree = lean.parse(text)
+            if tree is None:  # lark's own errors drive the diagnostics
+                tree = parser().parse(text)
         except UnexpectedInput as first:
             raise MeshcError(_all_syntax_errors(path, text, first)) from None
         except RecursionError:  # defensive: the grammar has no unbounded nesting
