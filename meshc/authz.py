@@ -126,6 +126,8 @@ class _Index:
     order: dict[int, int] = field(default_factory=dict)  # id(rule) -> position in the source
     by_account: dict[str, list[str]] = field(default_factory=dict)  # "sa" and "ns/sa" -> services
     by_caller: dict[str, _ByCaller] = field(default_factory=dict)  # filled lazily per destination
+    ingress_spiffe: str = ""  # the ingress gateway's identity
+    slots: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)  # lazily: _port_slots
 
     def candidates(self, dest: str, spiffe: str | None) -> tuple[list[AuthzRule], list[AuthzRule]]:
         """(denies, allows) of `dest` that can match a caller with this identity (None:
@@ -166,14 +168,25 @@ class _RuleSources:
     constrained: bool  # narrowed by methods, paths or headers
 
     @classmethod
-    def of(cls, mesh: Mesh, rule: AuthzRule, spiffe_of: Mapping[str, str]) -> _RuleSources:
-        kinds = {s.kind for s in rule.sources}
-        spiffes = {spiffe_of[s.name] for s in rule.sources if s.kind == "service" and s.name in spiffe_of}
+    def of(cls, mesh: Mesh, rule: AuthzRule, spiffe_of: Mapping[str, str],
+           ingress_spiffe: str | None = None) -> _RuleSources:
+        # One pass over the sources: index() compiles every rule of a 10k-service mesh.
+        kinds: set[str] = set()
+        spiffes: set[str] = set()
+        identities: set[str] = set()
+        for s in rule.sources:
+            kind = s.kind
+            kinds.add(kind)
+            if kind == "service":
+                spiffe = spiffe_of.get(s.name)
+                if spiffe is not None:
+                    spiffes.add(spiffe)
+            elif kind == "identity":
+                identities.add(s.name)
         if "ingress" in kinds:
-            spiffes.add(mesh.ingress_identity.spiffe)
+            spiffes.add(ingress_spiffe if ingress_spiffe is not None else mesh.ingress_identity.spiffe)
         return cls("any" in kinds, "unauthenticated" in kinds, "authenticated" in kinds, frozenset(spiffes),
-                   frozenset(s.name for s in rule.sources if s.kind == "identity"),
-                   frozenset(rule.ports), is_constrained(rule))
+                   frozenset(identities), frozenset(rule.ports), is_constrained(rule))
 
     def on_port(self, number: int | None) -> bool:
         return not self.ports or number is None or number in self.ports
@@ -249,16 +262,17 @@ def index(mesh: Mesh) -> _Index:
             group[slot].append(rule)
     by_spiffe: dict[str, list[str]] = {}
     spiffe_of: dict[str, str] = {}
-    for svc in mesh.services:
-        spiffe_of[svc.name] = spiffe = svc.identity.spiffe
-        by_spiffe.setdefault(spiffe, []).append(svc.name)
-    compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of) for r in mesh.rules}
     by_account: dict[str, list[str]] = {}
     for svc in mesh.services:
-        for account in (svc.identity.name, f"{svc.identity.namespace}/{svc.identity.name}"):
+        ident = svc.identity
+        spiffe_of[svc.name] = spiffe = ident.spiffe
+        by_spiffe.setdefault(spiffe, []).append(svc.name)
+        for account in (ident.name, f"{ident.namespace}/{ident.name}"):
             by_account.setdefault(account, []).append(svc.name)
+    ingress_spiffe = mesh.ingress_identity.spiffe
+    compiled = {id(r): _RuleSources.of(mesh, r, spiffe_of, ingress_spiffe) for r in mesh.rules}
     idx = _Index(by_dest, wildcard, by_spiffe, {s.name: s for s in mesh.services}, spiffe_of, compiled,
-                 {id(r): i for i, r in enumerate(mesh.rules)}, by_account)
+                 {id(r): i for i, r in enumerate(mesh.rules)}, by_account, ingress_spiffe=ingress_spiffe)
     key = id(mesh)
     _CACHE[key] = (weakref.ref(mesh), idx)
     weakref.finalize(mesh, _CACHE.pop, key, None)
@@ -559,16 +573,17 @@ def reachable(mesh: Mesh, source: str | None, destination: str) -> bool:
     open_default = mesh.authz == "allow_by_default"
     if not allows and not open_default:
         return False
+    spiffe: str | None
     if source is None or source == UNAUTHENTICATED:
-        ident = None
+        ident = spiffe = None
     elif source == INGRESS:
-        ident = mesh.ingress_identity
+        ident, spiffe = mesh.ingress_identity, idx.ingress_spiffe
     else:
         caller = idx.services.get(source)
         if caller is None:
             raise ValueError(f"unknown source service '{source}'")
-        ident = caller.identity
-    return _reachable(mesh, idx, source, ident, dest)
+        ident, spiffe = caller.identity, idx.spiffe_of[source]
+    return _reachable(mesh, idx, source, ident, dest, spiffe)
 
 
 def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: str) -> bool:
@@ -584,23 +599,29 @@ def reachable_by_identity(mesh: Mesh, identity: Identity | None, destination: st
     return _reachable(mesh, idx, None, identity, dest)
 
 
-def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service) -> bool:
-    # Hot path of the graph checks (once per declared call): no list building, Callers made lazily.
+def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | None, dest: Service,
+               spiffe: str | None = None) -> bool:
+    # Hot path of the graph checks (once per declared call): no list building, Callers made lazily,
+    # the caller's identity string (`spiffe`, when known) not rebuilt.
     open_default = mesh.authz == "allow_by_default"
     split = idx.for_caller(dest.name)
     td = mesh.trust_domain
     sources = idx.sources
     made: dict[bool, Caller] = {}
-    for number, mode in _port_slots(dest):
+    slots = idx.slots.get(dest.name)
+    if slots is None:
+        slots = idx.slots[dest.name] = _port_slots(dest)
+    for number, mode in slots:
         if ident is None and mode == "strict" and dest.external is None:
             continue  # strict refuses plaintext
         proven = _proven(dest, mode, ident) is not None
         caller = made.get(proven)
         if caller is None:
-            caller = made[proven] = Caller(source, ident if proven else None)
+            caller = made[proven] = Caller(source, ident, spiffe) if proven and spiffe is not None else \
+                Caller(source, ident if proven else None)
         generic, named = split.denies
         own = named.get(caller.spiffe, ()) if caller.spiffe is not None else ()
-        if any(sources[id(r)].blocks(caller, td, number) for group in (generic, own) for r in group):
+        if (generic or own) and _blocked(sources, generic, own, caller, td, number):
             continue
         if open_default:
             return True
@@ -611,6 +632,16 @@ def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | No
                 rs = sources[id(r)]
                 if rs.on_port(number) and rs.admit(caller, td):
                     return True
+    return False
+
+
+def _blocked(sources: Mapping[int, _RuleSources], generic: Iterable[AuthzRule], own: Iterable[AuthzRule],
+             caller: Caller, td: str, number: int | None) -> bool:
+    """Does one of these deny rules refuse `caller` everything on this port?"""
+    for group in (generic, own):
+        for r in group:
+            if sources[id(r)].blocks(caller, td, number):
+                return True
     return False
 
 

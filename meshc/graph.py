@@ -206,45 +206,134 @@ def call_graph(mesh: Mesh) -> nx.DiGraph:
 TRAFFIC_KINDS = frozenset({"calls", "route", "split", "mirror"})
 
 
-_GRAPHS: dict[int, tuple[weakref.ref[Mesh], nx.DiGraph]] = {}
+class _Traffic:
+    """The service-to-service traffic graph as plain dicts (networkx costs more to build than
+    every check below takes to run on it), with its strongly connected components."""
+
+    def __init__(self, nodes: Iterable[str]):
+        self.succ: dict[str, dict[str, bool]] = {n: {} for n in nodes}  # u -> v -> a declared call?
+        self.pred: dict[str, list[str]] = {n: [] for n in self.succ}
+        self.sccs: list[list[str]] = []  # in topological order: a component before those it reaches
+        self.component: dict[str, int] = {}  # node -> its position in `sccs`
+
+    def add_edge(self, u: str, v: str, calls: bool) -> None:
+        out = self.succ[u]
+        if v in out:
+            out[v] = out[v] or calls
+        else:
+            out[v] = calls
+            self.pred[v].append(u)
+
+    def has_edge(self, u: str, v: str) -> bool:
+        return v in self.succ[u]
+
+    def find_components(self) -> None:
+        """Tarjan's algorithm without recursion; it finds components sinks first."""
+        succ = self.succ
+        order: dict[str, int] = {}
+        low: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        found: list[list[str]] = []
+        for root in succ:
+            if root in order:
+                continue
+            order[root] = low[root] = len(order)
+            stack.append(root)
+            on_stack.add(root)
+            work = [(root, iter(succ[root]))]
+            while work:
+                v, edges = work[-1]
+                for w in edges:
+                    if w not in order:
+                        order[w] = low[w] = len(order)
+                        stack.append(w)
+                        on_stack.add(w)
+                        work.append((w, iter(succ[w])))
+                        break
+                    if w in on_stack and order[w] < low[v]:
+                        low[v] = order[w]
+                else:
+                    work.pop()
+                    if work:
+                        parent = work[-1][0]
+                        if low[v] < low[parent]:
+                            low[parent] = low[v]
+                    if low[v] == order[v]:
+                        comp: list[str] = []
+                        while True:
+                            w = stack.pop()
+                            on_stack.discard(w)
+                            comp.append(w)
+                            if w == v:
+                                break
+                        found.append(comp)
+        self.sccs = found[::-1]
+        self.component = {n: i for i, comp in enumerate(self.sccs) for n in comp}
 
 
-def _traffic_graph(mesh: Mesh) -> nx.DiGraph:
-    """Service-to-service traffic only (no ingress, no allow-only edges); built once per model
-    (amplification and cycles share it). Edge attribute `calls`: a declared call (multiplies)."""
-    hit = _GRAPHS.get(id(mesh))
+_Cache = dict[int, tuple["weakref.ref[Mesh]", object]]
+_GRAPHS: _Cache = {}
+_FACTS: _Cache = {}
+
+
+def _per_model(cache: _Cache, mesh: Mesh, build: Callable[[Mesh], object]) -> object:
+    """`build(mesh)`, computed once per model object and dropped with it."""
+    hit = cache.get(id(mesh))
     if hit is not None and hit[0]() is mesh:
         return hit[1]
-    g = _build_traffic_graph(mesh)
+    value = build(mesh)
     key = id(mesh)
-    _GRAPHS[key] = (weakref.ref(mesh), g)
-    weakref.finalize(mesh, _GRAPHS.pop, key, None)
+    cache[key] = (weakref.ref(mesh), value)
+    weakref.finalize(mesh, cache.pop, key, None)
+    return value
+
+
+def _traffic_graph(mesh: Mesh) -> _Traffic:
+    """Service-to-service traffic only (no ingress, no allow-only edges); built once per model
+    (amplification and cycles share it). Edge value: a declared call (multiplies)."""
+    g = _per_model(_GRAPHS, mesh, _build_traffic_graph)
+    assert isinstance(g, _Traffic)
     return g
 
 
-def _build_traffic_graph(mesh: Mesh) -> nx.DiGraph:
-    g = nx.DiGraph()
-    g.add_nodes_from(s.name for s in mesh.services)
+def _build_traffic_graph(mesh: Mesh) -> _Traffic:
+    g = _Traffic(s.name for s in mesh.services)
     for u, v, kind, _span, _extra in _traffic_edges(mesh):
-        if kind not in TRAFFIC_KINDS:
-            continue
-        if g.has_edge(u, v):
-            g.edges[u, v]["calls"] = g.edges[u, v]["calls"] or kind == "calls"
-        else:
-            g.add_edge(u, v, calls=kind == "calls")
+        if kind in TRAFFIC_KINDS:
+            g.add_edge(u, v, kind == "calls")
+    g.find_components()
     return g
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """Per-service values several checks need, computed once per model."""
+
+    attempts: dict[str, tuple[int, Retry | None]]  # attempts_into(svc)
+    settings: dict[str, list[_Setting]]  # _settings(mesh, svc)
+
+
+def _facts(mesh: Mesh) -> _Facts:
+    facts = _per_model(_FACTS, mesh, lambda m: _Facts(
+        {s.name: attempts_into(s) for s in m.services}, {s.name: _settings(m, s) for s in m.services}))
+    assert isinstance(facts, _Facts)
+    return facts
 
 
 # --------------------------------------------------------------------------- amplification
 
 
-@dataclass(frozen=True)
 class _Chain:
-    """A path as a cons list, so that 10k services share their prefixes instead of copying."""
+    """A path as a cons list, so that 10k services share their prefixes instead of copying.
+    (A plain slotted class: a frozen dataclass costs 3x as much to make.)"""
 
-    node: str
-    factor: int
-    prev: _Chain | None
+    __slots__ = ("node", "factor", "prev")
+
+    def __init__(self, node: str, factor: int, prev: _Chain | None):
+        self.node = node
+        self.factor = factor
+        self.prev = prev
 
     def nodes(self) -> tuple[str, ...]:
         return tuple(c.node for c in self._walk())[::-1]
@@ -259,7 +348,7 @@ class _Chain:
             c = c.prev
 
 
-def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
+def _amplify(mesh: Mesh, g: _Traffic) -> dict[str, tuple[int, _Chain]]:
     """Worst-case attempts reaching each service for one client request, with the path.
 
     A `calls` hop multiplies by the callee's attempts; a route or mirror hop to another service
@@ -267,17 +356,17 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
     condensation DAG this is a longest-product DP in topological order; inside a cycle the
     relaxation only extends simple paths (each service at most once), so it terminates.
     """
-    factor = {s.name: attempts_into(s)[0] for s in mesh.services}
+    attempts = _facts(mesh).attempts
+    factor = {name: attempts[name][0] for name in g.succ}
     best: dict[str, tuple[int, _Chain]] = {}
-    cond = nx.condensation(g)
-    members = cond.graph["mapping"]  # node -> scc id
-    for scc in nx.topological_sort(cond):
-        nodes = sorted(cond.nodes[scc]["members"])
+    members = g.component  # node -> scc id
+    for scc, component in enumerate(g.sccs):
+        nodes = sorted(component)
         for v in nodes:
             best[v] = (factor[v], _Chain(v, factor[v], None))
         # entries from earlier components (already final)
         for v in nodes:
-            for u in sorted(g.predecessors(v)):
+            for u in sorted(g.pred[v]):
                 if members[u] == scc:
                     continue
                 _relax(best, g, factor, u, v)
@@ -291,7 +380,7 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
             for _ in range(GREEDY_ROUNDS):
                 changed = False
                 for u in nodes:
-                    for v in sorted(g.successors(u)):
+                    for v in sorted(g.succ[u]):
                         if v in scc_set and not _on_chain(best[u][1], v, scc_set):
                             changed |= _relax(best, g, factor, u, v)
                 if not changed:
@@ -299,16 +388,16 @@ def _amplify(mesh: Mesh, g: nx.DiGraph) -> dict[str, tuple[int, _Chain]]:
     return best
 
 
-def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: dict[str, int],
+def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: _Traffic, factor: dict[str, int],
                   nodes: list[str], scc: set[str]) -> None:
     """Every simple path inside a small component, from each node's best entry."""
     starts = {v: best[v] for v in nodes}
 
     def walk(u: str, value: int, chain: _Chain, seen: frozenset[str]) -> None:
-        for v in sorted(g.successors(u)):
+        for v in sorted(g.succ[u]):
             if v not in scc or v in seen:
                 continue
-            f = factor[v] if g.succ[u][v]["calls"] else 1
+            f = factor[v] if g.succ[u][v] else 1
             link = _Chain(v, f, chain)
             if value * f > best[v][0]:
                 best[v] = (value * f, link)
@@ -318,8 +407,8 @@ def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: di
         walk(s, starts[s][0], starts[s][1], frozenset({s}))
 
 
-def _relax(best: dict[str, tuple[int, _Chain]], g: nx.DiGraph, factor: dict[str, int], u: str, v: str) -> bool:
-    f = factor[v] if g.succ[u][v]["calls"] else 1
+def _relax(best: dict[str, tuple[int, _Chain]], g: _Traffic, factor: dict[str, int], u: str, v: str) -> bool:
+    f = factor[v] if g.succ[u][v] else 1
     value = best[u][0] * f
     if value > best[v][0]:
         best[v] = (value, _Chain(v, f, best[u][1]))
@@ -483,8 +572,15 @@ SMALL_TABLE = 32  # route tables up to this size compare every pair; larger ones
 def _shadowers(rules: tuple[RouteRule, ...]) -> Iterator[tuple[int, int]]:
     """(j, i): rule j can never match because earlier rule i covers it (the first such i)."""
     if len(rules) <= SMALL_TABLE:
+        # rule_covers, with each rule's catch-all test done once instead of once per pair
+        catch_all = [_is_catch_all(r) for r in rules]
         for j in range(1, len(rules)):
-            i = next((i for i in range(j) if rule_covers(rules[i], rules[j])), None)
+            later = rules[j]
+            if not later.matches:
+                i = next((i for i in range(j) if catch_all[i]), None)
+            else:
+                i = next((i for i in range(j) if catch_all[i] or all(
+                    any(match_covers(a, b) for a in rules[i].matches) for b in later.matches)), None)
             if i is not None:
                 yield j, i
         return
@@ -585,6 +681,7 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
                     svc.expose.span, label="exposed, but ingress is denied",
                     help=_dead_help(why, authz.INGRESS, svc.name, "stop exposing it"))
     callers = _declared_callers(mesh)
+    refusals: dict[tuple[str, str], str | None] = {}  # a routing service's callers repeat per rule
     for svc in mesh.services:
         if not svc.routes or svc.name not in callers:
             continue
@@ -596,7 +693,10 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
                 if target not in known:
                     continue
                 for caller in callers[svc.name]:
-                    why = _refusal(mesh, caller, target)
+                    pair = (caller, target)
+                    if pair not in refusals:
+                        refusals[pair] = _refusal(mesh, caller, target)
+                    why = refusals[pair]
                     if why:
                         yield Diagnostic(
                             "W204", f"'{svc.name}' {verb} requests from its caller '{caller}' to '{target}', "
@@ -609,11 +709,12 @@ def check_dead_traffic(mesh: Mesh) -> Iterator[Diagnostic]:
 def check_amplification(mesh: Mesh, limit: int = DEFAULT_AMPLIFICATION_LIMIT) -> Iterator[Diagnostic]:
     """W205."""
     best = _amplify(mesh, _traffic_graph(mesh))
+    attempts = _facts(mesh).attempts
     for svc in mesh.services:
         value, chain = best[svc.name]
         if value <= limit:
             continue
-        own, retry = attempts_into(svc)
+        own, retry = attempts[svc.name]
         span = retry.span if retry is not None and chain.factor > 1 else svc.span
         yield Diagnostic(
             "W205", f"retry amplification: one request may become {value} attempts at '{svc.name}': "
@@ -653,7 +754,7 @@ def _settings(mesh: Mesh, svc: Service) -> list[_Setting]:
     return list(out.values())
 
 
-def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
+def _worst_case(mesh: Mesh, svc: Service, settings: list[_Setting] | None = None) -> tuple[int, str, Span] | None:
     """The longest a request to `svc` can take (bounded settings only), how, and where set.
 
     Only settings the callee chose count: its retries, or its own (rule, service or policy)
@@ -663,7 +764,7 @@ def _worst_case(mesh: Mesh, svc: Service) -> tuple[int, str, Span] | None:
     if not svc.is_http:
         return None  # request timeouts and retries do not apply to TCP/TLS ports
     worst: tuple[int, str, Span] | None = None
-    for st in _settings(mesh, svc):
+    for st in _settings(mesh, svc) if settings is None else settings:
         timeout, retry = st.timeout, st.retry
         if not st.own_timeout and (retry is None or retry.attempts == 0):
             continue
@@ -697,7 +798,7 @@ def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
     """W206 (caller budget below callee worst case) and E212 (per_try >= timeout)."""
     worst_cache: dict[str, tuple[int, str, Span] | None] = {}
     known = authz.index(mesh).services
-    settings = {svc.name: _settings(mesh, svc) for svc in mesh.services}
+    settings = _facts(mesh).settings
     for svc in mesh.services:
         budget = _budget(settings[svc.name]) if svc.is_http and svc.calls else None
         if budget is None or budget.ms is None:
@@ -707,7 +808,7 @@ def check_timeouts(mesh: Mesh) -> Iterator[Diagnostic]:
             if target is None:
                 continue
             if callee not in worst_cache:
-                worst_cache[callee] = _worst_case(mesh, target)
+                worst_cache[callee] = _worst_case(mesh, target, settings[callee])
             worst = worst_cache[callee]
             if worst is None or worst[0] <= budget.ms:
                 continue
@@ -858,11 +959,11 @@ def check_cycles(mesh: Mesh) -> Iterator[Diagnostic]:
         span = known[name].span
         return (span.file, span.line, span.column, name)
 
-    for scc in nx.strongly_connected_components(g):
+    for scc in g.sccs:
         first = min(scc, key=position)  # start the loop where the reader meets it first
         if len(scc) == 1 and not g.has_edge(first, first):
             continue
-        cycle = _a_cycle(g, first, scc)
+        cycle = _a_cycle(g, first, set(scc))
         svc = authz.lookup(mesh, first)
         assert svc is not None
         yield Diagnostic(
@@ -870,14 +971,14 @@ def check_cycles(mesh: Mesh) -> Iterator[Diagnostic]:
             help="break the cycle (a request can loop until timeouts fire, and retries multiply on each turn)")
 
 
-def _a_cycle(g: nx.DiGraph, start: str, scc: set[str]) -> list[str]:
+def _a_cycle(g: _Traffic, start: str, scc: set[str]) -> list[str]:
     """A shortest cycle through `start` inside its component (BFS, deterministic)."""
     if g.has_edge(start, start):
         return [start, start]
     parent: dict[str, str] = {start: start}
     queue = [start]
     for u in queue:
-        for v in sorted(g.successors(u)):
+        for v in sorted(g.succ[u]):
             if v not in scc:
                 continue
             if v == start:
@@ -894,6 +995,11 @@ def _a_cycle(g: nx.DiGraph, start: str, scc: set[str]) -> list[str]:
 _LOOPBACK = {"localhost": "127.0.0.1", "::1": "127.0.0.1", "ip6-localhost": "127.0.0.1"}
 
 
+# Dotted-quad IPv4 as ipaddress accepts it (0-255, no leading zeros): the common case, without
+# ipaddress's per-octet parsing. Anything else still goes through ipaddress.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def _is_bound_address(host: str) -> bool:
     """IP literals and localhost name one listening socket; a DNS name may front several
     services legitimately (a shared database server, a load balancer), so it is not checked."""
@@ -901,6 +1007,8 @@ def _is_bound_address(host: str) -> bool:
         return True
     if not (host[:1].isdigit() or ":" in host):
         return False  # a DNS name (IP literals start with a digit; IPv6 ones contain ':')
+    if _IPV4.fullmatch(host):
+        return True
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
