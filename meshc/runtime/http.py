@@ -865,7 +865,8 @@ class Stream:
                 has_cl = True
             out += (n, b": ", v, b"\r\n")  # pieces, joined once with the rest of the head
         self._resp_framing_known = has_cl or has_te or no_body
-        if ops is not None or (connection is not None and connection_tokens(connection)):
+        if ops is not None or (connection is not None and connection not in _PLAIN_CONNECTION
+                               and connection_tokens(connection)):
             # Headers a Connection header names, or response header ops: whole lines again.
             out = [out[0], *_response_lines(headers, connection, ops)]
         for n, v in extra:
@@ -998,6 +999,9 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 
 _TOKENS_BY_VALUE: dict[bytes, frozenset[bytes]] = {}
+# Connection values that name no header beyond the standard hop-by-hop ones (what upstreams
+# send almost always): no call to `connection_tokens` for them.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
 # =========================================================================== proxying

@@ -140,6 +140,7 @@ class AccessLog:
         self._pending: list[str] = []
         self._scheduled = False
         self._encoded: dict[str, str] = {}  # value -> its JSON string (see log_json_http)
+        self._tails: dict[tuple[str, str, str, str, str], str] = {}  # see json_tail
 
     def log(self, entry: dict[str, Any]) -> None:
         if self.out is None:
@@ -175,18 +176,29 @@ class AccessLog:
         cluster, upstream, peer, client) are JSON-encoded once and remembered; `trace_id` is
         hex (see `traceparent`), `duration_ms` formatted (see `millis`) and `request_id_json`
         encoded. One f-string per line."""
-        known = self._encoded
-        m = known.get(method) or self._remember(method)
-        r = known.get(route) or self._remember(route)
-        c = known.get(cluster) or self._remember(cluster)
-        u = known.get(upstream) or self._remember(upstream)
-        p = known.get(peer) or self._remember(peer)
-        cl = known.get(client) or self._remember(client)
+        self.log_json_line(prefix, method, path, protocol, status, duration_ms, bytes_in, bytes_out,
+                           self.json_tail(route, cluster, upstream, peer, client), trace_id, request_id_json)
+
+    def json_tail(self, route: str, cluster: str, upstream: str, peer: str, client: str) -> str:
+        """`"route":…,"cluster":…,"upstream":…,"peer":…,"client":…` of a JSON line, remembered:
+        one lookup per request for five fields that take few distinct values together."""
+        key = (route, cluster, upstream, peer, client)
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) >= 4096:  # client addresses are unbounded: start over rather than grow
+                self._tails.clear()
+            tail = self._tails[key] = (f'"route":{_enc(route)},"cluster":{_enc(cluster)},"upstream":{_enc(upstream)},'
+                                       f'"peer":{_enc(peer)},"client":{_enc(client)}')
+        return tail
+
+    def log_json_line(self, prefix: str, method: str, path: str, protocol: str, status: int, duration_ms: str,
+                      bytes_in: int, bytes_out: int, tail: str, trace_id: str, request_id_json: str) -> None:
+        """One JSON line from its parts (`tail` from `json_tail`)."""
+        m = self._encoded.get(method) or self._remember(method)
         self._pending.append(
             f'{{"start":"{now_iso()}{prefix}{m},"path":{_enc(path)},"protocol":"{protocol}","status":{status},'
-            f'"duration_ms":{duration_ms},"bytes_received":{bytes_in},"bytes_sent":{bytes_out},"route":{r},'
-            f'"cluster":{c},"upstream":{u},"peer":{p},"client":{cl},"trace_id":"{trace_id}",'
-            f'"request_id":{request_id_json}}}')
+            f'"duration_ms":{duration_ms},"bytes_received":{bytes_in},"bytes_sent":{bytes_out},{tail},'
+            f'"trace_id":"{trace_id}","request_id":{request_id_json}}}')
         if not self._scheduled:
             self._schedule()
 

@@ -418,9 +418,12 @@ class HttpListener:
         if self._log_prefix_of is not log:
             self._log_prefix = log.json_prefix(sc.name, self.name)
             self._log_prefix_of = log
-        log.log_json_http(self._log_prefix, s.method, s.url, protocol, s.resp_status, millis(dur),
-                          s.bytes_in, s.bytes_out, s.route_name, s.cluster_name, s.upstream_label,
-                          s.conn.peer or "-", s.conn.client_ip, s.trace_id,
+        conn = s.conn
+        log.log_json_line(self._log_prefix, s.method, s.url, protocol, s.resp_status, millis(dur),
+                          s.bytes_in, s.bytes_out,
+                          log.json_tail(s.route_name, s.cluster_name, s.upstream_label, conn.peer or "-",
+                                        conn.client_ip),
+                          s.trace_id,
                           f'"{request_id}"' if request_id else json_string(s.hdict.get("x-request-id", "-")))
 
 
