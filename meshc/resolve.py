@@ -70,6 +70,7 @@ REDIRECT_CODES = (301, 302, 303, 307, 308)
 CB_KEYS = {"max_connections": "int", "max_pending": "int", "max_requests": "int", "max_retries": "int"}
 OUTLIER_KEYS = {"consecutive_5xx": "int", "interval": "ms", "eject": "ms", "max_percent": "percent"}
 HC_KEYS = {"interval": "ms", "probe_timeout": "ms", "unhealthy": "int", "healthy": "int"}
+SERVICE_SETTINGS = frozenset({"mtls", "namespace", "identity", "host", "tls_originate"})
 
 
 @dataclass
@@ -164,6 +165,8 @@ class Resolver:
 
         services = tuple(self.service(p) for _, p in sorted(self.services.items()))
         self.by_name = {s.name: s for s in services}
+        # version names per service: route destinations look them up (Service.version is a scan)
+        self.version_names = {s.name: {v.name for v in s.versions} for s in services}
         services = tuple(self.link_routes(s) for s in services)
         rules = tuple(r for d in decls if isinstance(d, A.AuthzDecl) if (r := self.authz(d)) is not None)
         self.sink.check()
@@ -237,7 +240,7 @@ class Resolver:
         ns = mesh.get("namespace", "default")
         single: dict[str, Any] = {}  # one-value settings, later blocks override
         res: dict[str, Any] = {"timeout": mesh.get("timeout")}
-        ports: dict[int, Port] = {}
+        ports: dict[int, tuple[str, Span]] = {}  # number -> (protocol, span); Port made once mTLS is known
         port_mtls: dict[int, tuple[str, Span]] = {}
         versions: dict[str, Version] = {}
         calls: list[str] = []
@@ -279,23 +282,24 @@ class Resolver:
                 if isinstance(s, A.PortDecl):
                     p = self.port(s)
                     if p is not None:
-                        ports[p.number] = p
-                elif isinstance(s, A.Setting) and s.key == "mtls" and s.extra is not None:
-                    assert isinstance(s.extra, A.Value)
-                    port_mtls[s.extra.value] = (self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict", s.span)
-                elif isinstance(s, A.Setting) and s.key == "mtls":
-                    single["mtls"] = self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict"
-                elif isinstance(s, A.Setting) and s.key == "namespace":
-                    self.dns(s.name, "namespace")
-                    single["namespace"] = s.name.text
-                elif isinstance(s, A.Setting) and s.key == "identity":
-                    self.dns(s.name, "identity")
-                    single["identity"] = s.name.text
-                    single["identity_span"] = s.span
-                elif isinstance(s, A.Setting) and s.key == "host":
-                    host = s.literal.value
-                elif isinstance(s, A.Setting) and s.key == "tls_originate":
-                    tls = s
+                        ports[s.number.value] = p
+                elif isinstance(s, A.Setting) and s.key in SERVICE_SETTINGS:
+                    if s.key == "mtls" and s.extra is not None:
+                        assert isinstance(s.extra, A.Value)
+                        port_mtls[s.extra.value] = (self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict", s.span)
+                    elif s.key == "mtls":
+                        single["mtls"] = self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict"
+                    elif s.key == "namespace":
+                        self.dns(s.name, "namespace")
+                        single["namespace"] = s.name.text
+                    elif s.key == "identity":
+                        self.dns(s.name, "identity")
+                        single["identity"] = s.name.text
+                        single["identity_span"] = s.span
+                    elif s.key == "host":
+                        host = s.literal.value
+                    else:  # tls_originate
+                        tls = s
                 elif isinstance(s, A.Endpoints):
                     endpoints = self.endpoints(s)
                 elif isinstance(s, A.VersionDecl):
@@ -327,7 +331,7 @@ class Resolver:
             if block_faults:
                 faults = block_faults  # an overlay's faults replace the base's
 
-        if not any(p.protocol in ("http", "http2", "grpc") for p in ports.values()) and \
+        if not any(proto in ("http", "http2", "grpc") for proto, _ in ports.values()) and \
                 res.get("timeout") is mesh.get("timeout"):
             res["timeout"] = None  # the mesh's request timeout means nothing to a TCP service
         svc_ns = single.get("namespace", ns)
@@ -337,7 +341,8 @@ class Resolver:
                 self.err("E104", f"'{name}' has no port {number}", span, label="unknown port",
                          help=f"declared ports: {', '.join(map(str, sorted(ports))) or 'none'}")
         final_ports = tuple(
-            p.model_copy(update={"mtls": port_mtls.get(p.number, (svc_mtls,))[0]}) for _, p in sorted(ports.items()))
+            Port(protocol=proto, number=number, mtls=port_mtls.get(number, (svc_mtls,))[0], span=span)  # type: ignore[arg-type]
+            for number, (proto, span) in sorted(ports.items()))
         external = None
         if decl.kind == "external":
             if host is None:
@@ -365,13 +370,14 @@ class Resolver:
             call_spans=tuple(n.span for n in call_spans),
             expose=expose, external=external, mtls=svc_mtls, objectives=tuple(objectives))
 
-    def port(self, s: A.PortDecl) -> Port | None:
+    def port(self, s: A.PortDecl) -> tuple[str, Span] | None:
+        """(protocol, span) of a valid port; the `Port` is made once its mTLS mode is known."""
         proto = self.enum(s.protocol, PROTOCOLS, "protocol")
         n = s.number.value
         if not 1 <= n <= 65535:
             self.err("E112", f"port {n} is out of range", s.number.span, label="not 1-65535")
             return None
-        return Port(protocol=proto or "http", number=n, mtls="strict", span=s.span)  # type: ignore[arg-type]
+        return proto or "http", s.span
 
     def endpoints(self, s: A.Endpoints) -> tuple[Endpoint, ...]:
         out = []
@@ -610,11 +616,11 @@ class Resolver:
                 self.err("E101", f"unknown service '{first}'", ref.first.span, label="not declared",
                          help=did_you_mean(first, self.by_name))
                 return None
-            if target.version(ref.version.text) is None:
+            if ref.version.text not in self.version_names[first]:
                 self.unknown_version(ref.version, target)
                 return None
             return Destination(service=first, version=ref.version.text, weight=weight, span=ref.span)
-        if svc.version(first) is not None:
+        if first in self.version_names[service]:
             return Destination(service=service, version=first, weight=weight, span=ref.span)
         if first in self.by_name:
             return Destination(service=first, weight=weight, span=ref.span)
@@ -669,6 +675,15 @@ class Resolver:
             if not 200 <= status <= 599:
                 self.err("E112", f"{status} is not a status code to respond with", a.span)
             fields["respond"] = DirectResponse(status=status, body=a.body.value if a.body else "", span=a.span)
+        if r.body:  # most rules have none
+            self.rule_body(r, service, fields)
+        if fields.get("redirect") or fields.get("respond"):
+            for useless in ("rewrite", "mirror", "retry"):
+                if useless in fields:
+                    self.err("E112", f"`{useless}` has no effect on a {a.kind} rule", r.span)
+        return RouteRule(**fields)
+
+    def rule_body(self, r: A.RuleDecl, service: str, fields: dict[str, Any]) -> None:
         req: dict[str, list[Any]] = {"set": [], "add": [], "remove": []}
         resp: dict[str, list[Any]] = {"set": [], "add": [], "remove": []}
         rewrite: dict[str, Any] = {}
@@ -720,11 +735,6 @@ class Resolver:
                     span=fields.pop(f"{direction}_headers_span"))
         if faults:
             fields["faults"] = tuple(faults)
-        if fields.get("redirect") or fields.get("respond"):
-            for useless in ("rewrite", "mirror", "retry"):
-                if useless in fields:
-                    self.err("E112", f"`{useless}` has no effect on a {a.kind} rule", r.span)
-        return RouteRule(**fields)
 
     def redirect(self, a: A.Action) -> Redirect:
         kw: dict[str, Any] = {}
@@ -782,12 +792,15 @@ class Resolver:
                 self.err("E104", f"port {p.value} is not a port of {', '.join(targets)}", p.span,
                          help=f"declared ports: {', '.join(map(str, sorted(declared)))}")
             ports.append(p.value)
+        # (the `if`s skip building generators for the many rules without paths or headers)
         return AuthzRule(action=d.action, sources=tuple(sources), destinations=tuple(targets),  # type: ignore[arg-type]
-                         methods=self.methods(d.methods),
-                         paths=tuple(pm for x in d.paths if (pm := self.path(x)) is not None),
-                         not_paths=tuple(pm for x in d.except_paths if (pm := self.path(x)) is not None),
+                         methods=self.methods(d.methods) if d.methods else (),
+                         paths=tuple(pm for x in d.paths if (pm := self.path(x)) is not None) if d.paths else (),
+                         not_paths=tuple(pm for x in d.except_paths if (pm := self.path(x)) is not None)
+                         if d.except_paths else (),
                          ports=tuple(ports),
-                         headers=tuple(h for x in d.headers if (h := self.string_match(x, "header")) is not None),
+                         headers=tuple(h for x in d.headers if (h := self.string_match(x, "header")) is not None)
+                         if d.headers else (),
                          span=d.span)
 
 
@@ -800,10 +813,14 @@ def _stmt_key(s: Any) -> str:
         return s.key
     if isinstance(s, A.HeaderOp):
         return f"{s.direction}_headers"
-    return {A.PortDecl: "port", A.Endpoints: "endpoints", A.VersionDecl: "version", A.Expose: "expose",
-            A.TimeoutDecl: "timeout", A.RetryDecl: "retry", A.LoadBalanceDecl: "load_balance",
-            A.RateLimitDecl: "rate_limit", A.FaultDecl: "fault", A.ObjectiveDecl: "objective",
-            A.RouteDecl: "route", A.RewriteDecl: "rewrite", A.MirrorDecl: "mirror"}.get(type(s), type(s).__name__)
+    return _STMT_KEYS.get(type(s), type(s).__name__)
+
+
+_STMT_KEYS: dict[type, str] = {
+    A.PortDecl: "port", A.Endpoints: "endpoints", A.VersionDecl: "version", A.Expose: "expose",
+    A.TimeoutDecl: "timeout", A.RetryDecl: "retry", A.LoadBalanceDecl: "load_balance",
+    A.RateLimitDecl: "rate_limit", A.FaultDecl: "fault", A.ObjectiveDecl: "objective",
+    A.RouteDecl: "route", A.RewriteDecl: "rewrite", A.MirrorDecl: "mirror"}
 
 
 def _close(name: str, pool: Iterable[str]) -> str | None:
