@@ -298,10 +298,23 @@ def _traffic_graph(mesh: Mesh) -> _Traffic:
 
 
 def _build_traffic_graph(mesh: Mesh) -> _Traffic:
+    """The edges of `_traffic_edges` of a TRAFFIC_KIND, in the same order, without making the
+    spans and attributes nobody reads here."""
     g = _Traffic(s.name for s in mesh.services)
-    for u, v, kind, _span, _extra in _traffic_edges(mesh):
-        if kind in TRAFFIC_KINDS:
-            g.add_edge(u, v, kind == "calls")
+    known = authz.index(mesh).services
+    for svc in mesh.services:
+        name = svc.name
+        for callee in dict.fromkeys(svc.calls):
+            if callee in known:
+                g.add_edge(name, callee, True)
+        for rule in svc.routes:
+            for d in rule.destinations:
+                if d.service != name and d.service in known:
+                    g.add_edge(name, d.service, False)
+            if rule.mirror is not None:
+                target = rule.mirror.destination.service
+                if target != name and target in known:
+                    g.add_edge(name, target, False)
     g.find_components()
     return g
 
@@ -742,10 +755,14 @@ def _same(a: Timeout, b: Timeout | None) -> bool:
 def _settings(mesh: Mesh, svc: Service) -> list[_Setting]:
     """The distinct settings over `svc`'s forwarding rules (most rules share the service's)."""
     out: dict[tuple[int, int], _Setting] = {}
-    service_own = svc.resilience.timeout is not None and not _same(svc.resilience.timeout, mesh.timeout)
+    res = svc.resilience
+    service_own = res.timeout is not None and not _same(res.timeout, mesh.timeout)
+    service_timeout = _effective_timeout(mesh, svc, None)
     for rule in _rule_slots(svc):
-        timeout = _effective_timeout(mesh, svc, rule)
-        retry = _effective_retry(svc, rule)
+        if rule is None or (rule.timeout is None and rule.retry is None):
+            timeout, retry = service_timeout, res.retry  # the usual case: the rule sets neither
+        else:
+            timeout, retry = _effective_timeout(mesh, svc, rule), _effective_retry(svc, rule)
         key = (id(timeout), id(retry))
         if key not in out:
             # The resolver copies the mesh default into the service; same span and value = inherited.
