@@ -18,6 +18,9 @@ from lark import Token, Transformer, Tree
 from meshc.diagnostics import Sink
 from meshc.model import NO_SPAN, Span
 
+# Span(...) without its Python-level __new__: the Builder makes one per node.
+_new_span = tuple.__new__
+
 
 def _span_field() -> Any:
     return field(default=NO_SPAN, compare=False, repr=False)
@@ -423,12 +426,10 @@ class Builder(Transformer):  # type: ignore[type-arg]
     def _b_span(self, children: list[Any]) -> Span:
         line, column = _start(children[0])
         end_line, end_column = _end(children[-1])
-        return Span(file=self.path, line=line or 0, column=column or 0, end_line=end_line or 0,
-                    end_column=end_column or 0)
+        return _new_span(Span, (self.path, line or 0, column or 0, end_line or 0, end_column or 0))
 
     def _b_tok_span(self, tok: Token) -> Span:
-        return Span(file=self.path, line=tok.line or 0, column=tok.column or 0, end_line=tok.end_line or 0,
-                    end_column=tok.end_column or 0)
+        return _new_span(Span, (self.path, tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0))
 
     def _b_name(self, tok: Token) -> Name:
         return Name(str(tok), self._b_tok_span(tok))

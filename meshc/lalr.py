@@ -23,6 +23,7 @@ whose exceptions drive meshc's syntax diagnostics.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,35 @@ def _lexer_for(accepted: frozenset[str], terminals: dict[str, TerminalDef], igno
         tokens.append(f"(?P<{_END_GROUP}>\\Z)")
     rx = re.compile(f"(?>(?:{skip})*)(?:{'|'.join(tokens)})" if skip else "|".join(tokens))
     return rx.match, keywords
+
+
+class _Inline(list):  # type: ignore[type-arg]
+    """The children of a `_rule`, to be spliced into its parent's children."""
+
+
+def _spliced(children: list[Any]) -> _Inline:
+    """`children` with the children of `_rules` spliced in. Repetitions are left-recursive
+    `_rules` (`_decl*` runs over a whole file), so the first child's list is extended in
+    place (each value is used once) rather than copied."""
+    first = children[0]
+    flat = first if first.__class__ is _Inline else _Inline((first,))
+    for child in children[1:]:
+        if child.__class__ is _Inline:
+            flat += child
+        else:
+            flat.append(child)
+    return flat
+
+
+def _splicing(method: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    if method is _Inline:
+        return _spliced
+    return lambda children: method(_spliced(children))
+
+
+def _only_child(children: list[Any]) -> Any:
+    """A `_rule` of one symbol: its value spliced into the parent is the child itself."""
+    return children[0]
 
 
 class _Lexers(dict):  # type: ignore[type-arg]
@@ -109,10 +139,29 @@ class LeanParser:
                                                   for s, acts in table.states.items()})
 
     def callbacks_for(self, transformer: Any) -> list[Callable[[list[Any]], Any]]:
-        """Reduction callbacks that call `transformer`'s method named after each rule (its
-        `__default__` for the others), with lark's inlining of `_rules` and aliases."""
-        made = self.lark._parse_tree_builder.create_callback(transformer)
-        return [made[r] for r in self.rules]
+        """Reduction callbacks that call `transformer`'s method named after each rule (alias
+        first; its `__default__(name, children, None)` for rules with no method), with lark's
+        inlining of `_rules`: their children are spliced into the parent's children, in place.
+
+        The same shape as lark's `create_callback(transformer)` (with keep_all_tokens), but
+        with one Python call per reduction where lark chains three wrappers and builds a tree
+        for every `_rule`; half of this grammar's reductions are such unit `_rules`."""
+        made: list[Callable[[list[Any]], Any]] = []
+        for rule in self.rules:
+            name = rule.alias or rule.origin.name
+            if rule.options.expand1 or rule.options.template_source:
+                raise NotImplementedError(f"rule {name}: `?rule` and templates are not used by meshc")
+            if name.startswith("_") and len(rule.expansion) == 1:
+                made.append(_only_child)
+                continue
+            method: Callable[[list[Any]], Any] | None = (
+                _Inline if name.startswith("_") else getattr(transformer, name, None))
+            if method is None:
+                method = functools.partial(transformer.__default__, name, meta=None)
+            if any(not sym.is_term and sym.name.startswith("_") for sym in rule.expansion):
+                method = _splicing(method)
+            made.append(method)
+        return made
 
     def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None) -> Any:
         actions, lexers = self.actions, self.lexers
