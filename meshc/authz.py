@@ -128,6 +128,7 @@ class _Index:
     by_caller: dict[str, _ByCaller] = field(default_factory=dict)  # filled lazily per destination
     ingress_spiffe: str = ""  # the ingress gateway's identity
     slots: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)  # lazily: _port_slots
+    callers: dict[tuple[str | None, bool], Caller] = field(default_factory=dict)  # (source, proven) -> Caller
 
     def candidates(self, dest: str, spiffe: str | None) -> tuple[list[AuthzRule], list[AuthzRule]]:
         """(denies, allows) of `dest` that can match a caller with this identity (None:
@@ -608,7 +609,8 @@ def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | No
     split = idx.for_caller(dest.name)
     td = mesh.trust_domain
     sources = idx.sources
-    made: dict[bool, Caller] = {}
+    # With `spiffe` given (by `reachable`), `source` alone fixes the identity: Callers are shared.
+    made: dict[tuple[str | None, bool], Caller] = idx.callers if spiffe is not None else {}
     slots = idx.slots.get(dest.name)
     if slots is None:
         slots = idx.slots[dest.name] = _port_slots(dest)
@@ -616,10 +618,10 @@ def _reachable(mesh: Mesh, idx: _Index, source: str | None, ident: Identity | No
         if ident is None and mode == "strict" and dest.external is None:
             continue  # strict refuses plaintext
         proven = _proven(dest, mode, ident) is not None
-        caller = made.get(proven)
+        caller = made.get((source, proven))
         if caller is None:
-            caller = made[proven] = Caller(source, ident, spiffe) if proven and spiffe is not None else \
-                Caller(source, ident if proven else None)
+            caller = made[(source, proven)] = Caller(source, ident, spiffe) if proven and spiffe is not None \
+                else Caller(source, ident if proven else None)
         generic, named = split.denies
         own = named.get(caller.spiffe, ()) if caller.spiffe is not None else ()
         if (generic or own) and _blocked(sources, generic, own, caller, td, number):
