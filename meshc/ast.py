@@ -26,7 +26,7 @@ def _span_field() -> Any:
     return field(default=NO_SPAN, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Name:
     text: str
     span: Span = _span_field()
@@ -35,7 +35,7 @@ class Name:
         return self.text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Value:
     """A literal with its converted value (ms, hundredths of a percent, int, str)."""
 
@@ -47,7 +47,7 @@ class Value:
 # --------------------------------------------------------------------------- statements
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Setting:
     """A one-value statement: `mtls strict`, `identity x`, `trust_domain "t"`, `host "h"` ..."""
 
@@ -68,40 +68,40 @@ class Setting:
         return self.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortDecl:
     protocol: Name
     number: Value
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointRef:
     host: str
     port: int
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoints:
     items: tuple[EndpointRef, ...]
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Labels:
     items: tuple[tuple[Name, Value | Name], ...]
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VersionDecl:
     name: Name
     stmts: tuple[Any, ...]
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NameList:
     """`calls a, b` and `use p, q`."""
 
@@ -110,14 +110,14 @@ class NameList:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathPattern:
     kind: Name
     value: Value
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StrMatch:
     name: Name
     op: Name  # "==", prefix, regex, present, absent
@@ -125,7 +125,7 @@ class StrMatch:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Expose:
     port: Value | None
     hosts: tuple[Value, ...]
@@ -133,13 +133,13 @@ class Expose:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimeoutDecl:
     ms: Value | None  # None: `timeout none`
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RetryDecl:
     attempts: Value | None  # None: `retry none`
     on: tuple[Value | Name, ...] = ()
@@ -150,7 +150,7 @@ class RetryDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadBalanceDecl:
     policy: Name
     hash_on: str | None = None
@@ -159,7 +159,7 @@ class LoadBalanceDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SettingsDecl:
     """`circuit_breaker k v ...`, `outlier k v ...`, `health_check proto "path" k v ...`."""
 
@@ -170,7 +170,7 @@ class SettingsDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RateLimitDecl:
     requests: int
     unit: str
@@ -178,7 +178,7 @@ class RateLimitDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cond:
     kind: str  # path | header | query | method
     path: PathPattern | None = None
@@ -191,7 +191,7 @@ class Cond:
 Condition = tuple[tuple[Cond, ...], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FaultDecl:
     when: Condition = ()
     delay: Value | None = None
@@ -201,7 +201,7 @@ class FaultDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectiveDecl:
     kind: Name
     args: tuple[Value | Name, ...]
@@ -209,21 +209,21 @@ class ObjectiveDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DestRef:
     first: Name
     version: Name | None = None  # `svc.version`
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SplitItem:
     dest: DestRef
     percent: Value
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     kind: str  # forward | split | redirect | respond
     dests: tuple[SplitItem, ...] = ()  # forward: one item at 100%
@@ -233,7 +233,7 @@ class Action:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeaderOp:
     direction: str  # request | response
     op: Name  # set | add | remove
@@ -242,21 +242,21 @@ class HeaderOp:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RewriteDecl:
     kind: Name  # prefix | path | host
     value: Value
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MirrorDecl:
     dest: DestRef
     percent: Value | None = None
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleDecl:
     when: Condition  # () for otherwise
     action: Action
@@ -264,7 +264,7 @@ class RuleDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteDecl:
     rules: tuple[RuleDecl, ...]
     span: Span = _span_field()
@@ -273,20 +273,20 @@ class RouteDecl:
 # --------------------------------------------------------------------------- declarations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImportDecl:
     path: Value
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MeshDecl:
     name: Name | None  # None for `overlay mesh`
     stmts: tuple[Any, ...]
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlockDecl:
     """`service`, `external`, `policy` and `overlay service` blocks."""
 
@@ -296,14 +296,14 @@ class BlockDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRef:
     kind: str  # name | any | identity
     name: Name | None = None
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthzDecl:
     action: str
     sources: tuple[SourceRef, ...]
@@ -316,7 +316,7 @@ class AuthzDecl:
     span: Span = _span_field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class File:
     path: str
     decls: tuple[Any, ...]
