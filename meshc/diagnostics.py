@@ -6,6 +6,7 @@ support; W-codes are warnings. Every code has a section in docs/errors.md (a tes
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,13 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
+@functools.lru_cache(maxsize=16)
+def _lines(text: str) -> list[str]:
+    """A file's lines, split once for all of its diagnostics (a large mesh can have
+    thousands of warnings; splitting a 6 MB file for each took minutes)."""
+    return text.splitlines()
+
+
 def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
     """`file:line:col: error[E104]: message`, then the source line, a caret and help."""
     sev = d.severity
@@ -95,7 +103,7 @@ def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) 
     lines = [head]
     text = sources.get(d.span.file)
     if text is not None and d.span.line > 0:
-        src_lines = text.splitlines()
+        src_lines = _lines(text)
         if d.span.line <= len(src_lines):
             # control characters would garble the terminal; one placeholder each keeps the caret aligned
             src = "".join(c if c.isprintable() else "\ufffd" for c in src_lines[d.span.line - 1].expandtabs(4))
