@@ -11,7 +11,7 @@ own lines < overlays of the service. Within one block a setting may be given onc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +93,10 @@ class Resolver:
     def err(self, code: str, msg: str, span: Span, label: str = "", help: str = "") -> None:
         self.sink.error(code, msg, span, label=label, help=help)
 
-    def enum(self, name: A.Name, allowed: Iterable[str], what: str) -> str | None:
-        allowed = tuple(allowed)
-        if name.text in allowed:
+    def enum(self, name: A.Name, allowed: Collection[str], what: str) -> str | None:
+        if name.text in allowed:  # (a tuple, or a dict's keys)
             return name.text
+        allowed = tuple(allowed)
         self.err("E109", f"unknown {what} '{name.text}'", name.span, label="not one of the allowed values",
                  help=did_you_mean(name.text, allowed) if len(allowed) > 8 else
                  f"{'did you mean ' + repr(m) + '? ' if (m := _close(name.text, allowed)) else ''}"
@@ -608,7 +608,6 @@ class Resolver:
 
     # ----------------------------------------------------------------- routing
     def dest(self, ref: A.DestRef, service: str, weight: int = FULL) -> Destination | None:
-        svc = self.by_name[service]
         first = ref.first.text
         if ref.version is not None:
             target = self.by_name.get(first)
@@ -624,6 +623,7 @@ class Resolver:
             return Destination(service=service, version=first, weight=weight, span=ref.span)
         if first in self.by_name:
             return Destination(service=first, weight=weight, span=ref.span)
+        svc = self.by_name[service]
         names = [v.name for v in svc.versions]
         if names:
             self.unknown_version(ref.first, svc, also_services=True)
