@@ -69,9 +69,33 @@ class Span(NamedTuple):
 NO_SPAN = Span(file="<builtin>", line=0, column=0)
 
 
+_object_setattr = object.__setattr__
+
+
+def _unpickled(cls: type[Node], fields: dict[str, Any], fields_set: set[str]) -> Node:
+    """A node rebuilt from its pickled fields, without validation (it was valid when pickled)."""
+    node = cls.__new__(cls)
+    _object_setattr(node, "__dict__", fields)
+    _object_setattr(node, "__pydantic_fields_set__", fields_set)
+    _object_setattr(node, "__pydantic_extra__", None)
+    if cls.__private_attributes__:
+        _object_setattr(node, "__pydantic_private__",
+                        {name: attr.get_default() for name, attr in cls.__private_attributes__.items()})
+        node.model_post_init(None)
+    else:
+        _object_setattr(node, "__pydantic_private__", None)
+    return node
+
+
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span = NO_SPAN
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pydantic pickles through a Python-level __getstate__/__setstate__ pair per node; this
+        # is ~1.8x faster both ways, for the old side of `meshc diff --jobs 2`, which crosses
+        # from a child process (about 600,000 nodes at 10,000 services).
+        return _unpickled, (self.__class__, self.__dict__, self.__pydantic_fields_set__)
 
 
 # --------------------------------------------------------------------------- matching
