@@ -41,3 +41,28 @@ def test_tail_cache_is_bounded(tmp_path: Path) -> None:
 def test_plain_connection_values_name_no_header() -> None:
     # forward_response skips connection_tokens for these: they must name nothing.
     assert all(connection_tokens(v) == frozenset() for v in _PLAIN_CONNECTION)
+
+
+def test_busy_log_writes_batches_before_the_timer(tmp_path: Path) -> None:
+    import asyncio
+
+    from meshc.runtime.observability import FLUSH_LINES
+
+    path = tmp_path / "a.log"
+
+    async def run() -> tuple[int, int]:
+        log = AccessLog("json", str(path))
+        prefix = log.json_prefix("api", "in")
+        tail = log.json_tail("r", "c", "u", "-", "127.0.0.1")
+        for i in range(FLUSH_LINES + 10):
+            log.log_json_line(prefix, "GET", f"/{i}", "HTTP/1.1", 200, "0.1", 0, 0, tail, "", '"-"')
+        early = len(path.read_text().splitlines())  # before the 200 ms timer
+        await asyncio.sleep(0.3)
+        late = len(path.read_text().splitlines())
+        log.close()
+        return early, late
+
+    early, late = asyncio.run(run())
+    assert early == FLUSH_LINES and late == FLUSH_LINES + 10
+    paths = [json.loads(x)["path"] for x in path.read_text().splitlines()]
+    assert paths == [f"/{i}" for i in range(FLUSH_LINES + 10)]  # in order, none lost or repeated

@@ -125,8 +125,15 @@ class Metrics:
         self.stats.observe(sidecar, listener, route, upstream, status, seconds)
 
 
+# Lines buffered before they are written without waiting for the 200 ms timer: at 10k requests/s
+# a timer-only flush writes 2000 lines (about 900 KB) at once, a 1-2 ms stall of every connection
+# five times a second (it shows in p99); 256-line batches take about 40 µs each.
+FLUSH_LINES = 256
+
+
 class AccessLog:
-    """One line per request; writes are buffered and flushed at most every 200 ms."""
+    """One line per request; writes are buffered and flushed every 200 ms, or once
+    `FLUSH_LINES` lines are waiting."""
 
     def __init__(self, fmt: str, path: str) -> None:
         self.fmt = fmt
@@ -201,6 +208,8 @@ class AccessLog:
             f'"trace_id":"{trace_id}","request_id":{request_id_json}}}')
         if not self._scheduled:
             self._schedule()
+        elif len(self._pending) >= FLUSH_LINES:
+            self._write_pending()
 
     def _remember(self, value: str) -> str:
         if len(self._encoded) >= 4096:  # client addresses are unbounded: start over rather than grow
@@ -212,6 +221,8 @@ class AccessLog:
         self._pending.append(line)
         if not self._scheduled:
             self._schedule()
+        elif len(self._pending) >= FLUSH_LINES:
+            self._write_pending()
 
     def _schedule(self) -> None:
         import asyncio
@@ -226,8 +237,14 @@ class AccessLog:
         self._scheduled = False
         if self.out is None or not self._pending:
             return
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the waiting lines (the flush timer, if scheduled, stays: it writes the rest)."""
         text = "\n".join(self._pending) + "\n"
         self._pending.clear()
+        if self.out is None:
+            return
         try:
             self.out.write(text)
             self.out.flush()
