@@ -1403,8 +1403,12 @@ def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh]
             return load_old(), new
         except (MeshcError, UsageError, OSError) as e:
             raise OldSideError(e) from e
+    from meshc import parse
+
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
+    # Each side has a core: neither parses a large file in two parts on top (meshc.parse).
+    parse_in_two, parse.parallel_parsing = parse.parallel_parsing, False
     child = ctx.Process(target=_child_load, args=(load_old, send), daemon=True)
     child.start()
     send.close()
@@ -1412,6 +1416,7 @@ def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh]
         new = load_new()
         kind, value = pickle.loads(recv.recv_bytes())
     finally:
+        parse.parallel_parsing = parse_in_two
         if child.is_alive():
             child.kill()
         child.join()

@@ -163,19 +163,22 @@ class LeanParser:
             made.append(method)
         return made
 
-    def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None) -> Any:
+    def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None,
+              start: int = 0, end: int | None = None) -> Any:
+        """Parse `text[start:end]`; tokens keep their positions, lines and columns in `text`."""
         actions, lexers = self.actions, self.lexers
         callbacks = callbacks or self.tree_callbacks
         end_state = self.end_state
         states = [self.start_state]
         values: list[Any] = []
         state = self.start_state
-        pos, line, line_start = 0, 1, 0
         count, rfind = text.count, text.rfind
+        pos, line, line_start = start, count("\n", 0, start) + 1, rfind("\n", 0, start) + 1
+        endpos = len(text) if end is None else end
         while True:
             # ---- next token (after ignored text), lexed for what this state accepts
             match, keywords = lexers[state]
-            m = match(text, pos)
+            m = match(text, pos, endpos)
             if m is None:
                 return None
             typ = m.lastgroup

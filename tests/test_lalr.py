@@ -88,3 +88,58 @@ def test_mutations_agree(src: str, data: st.DataObject) -> None:
 @given(st.text(alphabet=st.sampled_from(list('service mesh{}"#\n 0123456789%:.-_abxyz=*,')), max_size=120))
 def test_random_text_agrees(text: str) -> None:
     agree(text)
+
+
+# --------------------------------------------------------------------------- two parts at once
+# A large file is parsed in two parts, the second in a forked child (meshc.parse). The result
+# must be the one-part parse, spans and diagnostics included, whatever the text.
+
+def _both(head: str, tail: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object, list[bool]]:
+    """(one-part result, two-part result, [whether the two-part parse was used]) for head +
+    tail, with the split searched from where tail starts."""
+    import meshc.parse as P
+
+    text = head + tail
+    monkeypatch.setattr(P, "PARALLEL_BYTES", 1000)
+    monkeypatch.setattr(P, "CHILD_SHARE", (len(tail) + 0.5) / len(text))
+    used: list[bool] = []
+    real = P._parse_in_two
+    monkeypatch.setattr(P, "_parse_in_two", lambda *a: used.append(real(*a) is not None) or real(*a))
+
+    def parse(parallel: bool) -> object:
+        monkeypatch.setattr(P, "_idle_core", lambda: parallel)  # whatever the machine's load
+        try:
+            return dump(P.parse_text(text, "big.mesh", keep_tree=False).ast)
+        except P.MeshcError as e:
+            return [(d.code, d.message, d.span) for d in e.diagnostics]
+    return parse(False), parse(True), used
+
+
+HEAD = generate(40)
+TAIL = generate(40).split("\n", 7)[7].replace("svc-", "b-")  # services and rules, no mesh block
+
+
+def test_two_parts_give_the_one_part_ast(monkeypatch: pytest.MonkeyPatch) -> None:
+    serial, parallel, used = _both(HEAD, TAIL, monkeypatch)
+    assert used == [True] and isinstance(serial, tuple) and serial == parallel
+
+
+@pytest.mark.parametrize("case, split", [
+    # a `}` at column 1 that closes a nested block, right where the split is searched from
+    ("service zz {\n  route {\n    otherwise -> v1\n}\n  port http 1\n}\n", False),
+    # a syntax error in the child's part
+    ("service ??? {\n}\n", False),
+    # names that are top-level keywords right after the split (it follows `service allow`'s `}`)
+    ("service allow {\n  port http 9\n}\nallow allow -> deny\nservice deny {\n  port http 8\n}\n", True),
+])
+def test_two_parts_fall_back_or_agree(case: str, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    serial, parallel, used = _both(HEAD, case + TAIL, monkeypatch)
+    assert used == [split] and serial == parallel
+
+
+def test_two_parts_report_literal_errors_in_file_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = HEAD.replace("timeout 10s", "timeout 1.0005s", 1)
+    tail = TAIL.replace("80%", "180%", 1)
+    serial, parallel, used = _both(head, tail, monkeypatch)
+    assert used == [True] and serial == parallel
+    assert [code for code, *_ in serial] == ["E006", "E006"]  # type: ignore[union-attr]
