@@ -238,7 +238,8 @@ parallel_parsing = (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_meth
 def _idle_core() -> bool:
     """Whether a second core is free (as `make --load-average` decides): on a busy machine the
     child would only take turns with this process, and the pickling would be pure loss."""
-    return parallel_parsing and os.getloadavg()[0] <= (os.cpu_count() or 1) - 1
+    # This process counts as one running task: alone on two cores the average sits near 1.
+    return parallel_parsing and os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5
 
 
 # The end of a top-level block: a line holding only `}` (strings and comments never span lines).
