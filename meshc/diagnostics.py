@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from meshc.model import NO_SPAN, Span
 
@@ -44,6 +44,9 @@ class MeshcError(Exception):
     def __init__(self, diagnostics: Iterable[Diagnostic]):
         self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
         super().__init__("\n".join(f"{d.span}: {d.code}: {d.message}" for d in self.diagnostics))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # it crosses from forked children (meshc.parallel)
+        return MeshcError, (self.diagnostics,)
 
 
 @dataclass

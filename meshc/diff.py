@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -1373,59 +1371,36 @@ class OldSideError(Exception):
 PARALLEL_BYTES = 1_000_000
 
 
-def _child_load(load: Callable[[], Mesh | None], conn: Any) -> None:
-    from meshc.diagnostics import MeshcError
-
-    gc.disable()
-    try:
-        result: tuple[str, Any] = ("ok", load())
-    except MeshcError as e:
-        result = ("meshc", e.diagnostics)
-    except UsageError as e:
-        result = ("usage", str(e))
-    except Exception as e:  # reported by the parent as an OS-level failure
-        result = ("os", f"{type(e).__name__}: {e}")
-    conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
-
-
 def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh],
                parallel: bool) -> tuple[Mesh | None, Mesh]:
     """(old, new). With `parallel`, the old side loads in a forked child meanwhile.
     Errors of the old side are raised as OldSideError; the new side's as they are."""
-    import multiprocessing as mp
-
+    from meshc import parallel as cores
     from meshc.diagnostics import MeshcError
 
-    if not parallel or "fork" not in mp.get_all_start_methods():
+    if not parallel or not cores.enabled:
         new = load_new()
         try:
             return load_old(), new
         except (MeshcError, UsageError, OSError) as e:
             raise OldSideError(e) from e
-    from meshc import parse
-
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
     # Each side has a core: neither parses a large file in two parts on top (meshc.parse).
-    parse_in_two, parse.parallel_parsing = parse.parallel_parsing, False
-    child = ctx.Process(target=_child_load, args=(load_old, send), daemon=True)
-    child.start()
-    send.close()
+    was_enabled, cores.enabled = cores.enabled, False
     try:
-        new = load_new()
-        kind, value = pickle.loads(recv.recv_bytes())
+        old = cores.Forked(load_old)
+        try:
+            new = load_new()
+        except BaseException:
+            old.close()
+            raise
+        try:
+            return old.result(), new
+        except cores.ChildFailed as e:
+            error = e.__cause__ or e
+            raise OldSideError(error if isinstance(error, (MeshcError, UsageError, OSError))
+                               else OSError(f"{type(error).__name__}: {error}")) from error
     finally:
-        parse.parallel_parsing = parse_in_two
-        if child.is_alive():
-            child.kill()
-        child.join()
-        recv.close()
-    errors: dict[str, Callable[[Any], BaseException]] = {
-        "meshc": MeshcError, "usage": UsageError, "os": lambda v: OSError(v)}
-    if kind != "ok":
-        raise OldSideError(errors[kind](value))
-    return value, new
+        cores.enabled = was_enabled
 
 
 def _size(paths: Sequence[Path]) -> int:

@@ -9,10 +9,6 @@ errors in the next.
 
 from __future__ import annotations
 
-import gc
-import multiprocessing as mp
-import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,6 +18,7 @@ from typing import Any
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from meshc import parallel
 from meshc.ast import Builder, File
 from meshc.diagnostics import Diagnostic, MeshcError, Sink
 from meshc.lalr import LeanParser
@@ -199,7 +196,7 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
     while parsing (meshc.ast.Builder, bottom-up); `keep_tree` also keeps lark's tree for fmt."""
     lean = lean_parser()
     sink = Sink()
-    halves = _parse_in_two(lean, text, path) if len(text) >= PARALLEL_BYTES and _idle_core() else None
+    halves = _parse_in_two(lean, text, path) if len(text) >= PARALLEL_BYTES and parallel.idle_core() else None
     if halves is not None:
         ast, sink.items = halves
     else:
@@ -232,32 +229,9 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
 # takes the smaller part: the two finish together at ~0.7x the one-part time.
 PARALLEL_BYTES = 2_000_000
 CHILD_SHARE = 0.4
-# Off where the caller already keeps every core busy (`meshc diff --jobs 2` loads both sides).
-parallel_parsing = (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
-
-def _idle_core() -> bool:
-    """Whether a second core is free (as `make --load-average` decides): on a busy machine the
-    child would only take turns with this process, and the pickling would be pure loss."""
-    # This process counts as one running task: alone on two cores the average sits near 1.
-    return parallel_parsing and os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5
-
 
 # The end of a top-level block: a line holding only `}` (strings and comments never span lines).
 _BLOCK_END = re.compile(r"^\}[ \t]*(?:#[^\n]*)?\n", re.M)
-
-
-def _parse_part(lean: LeanParser, text: str, path: str, start: int, conn: Any) -> None:
-    """In the child: parse `text[start:]` and send back (declarations, diagnostics) or None."""
-    gc.disable()
-    try:
-        sink = Sink()
-        ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)), start=start)
-        result = None if ast is None else (ast.decls, sink.items)
-        conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    except BaseException:  # the parent parses the whole file itself
-        conn.send_bytes(pickle.dumps(None))
-    finally:
-        conn.close()
 
 
 def _parse_in_two(lean: LeanParser, text: str, path: str) -> tuple[File, list[Diagnostic]] | None:
@@ -273,23 +247,23 @@ def _parse_in_two(lean: LeanParser, text: str, path: str) -> tuple[File, list[Di
     if m is None or m.end() >= len(text):
         return None
     mid = m.end()
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_parse_part, args=(lean, text, path, mid, send), daemon=True)
-    child.start()
-    send.close()
-    try:
+
+    def second_part() -> tuple[tuple[Any, ...], list[Diagnostic]] | None:
         sink = Sink()
-        first = lean.parse(text, lean.callbacks_for(Builder(path, sink)), end=mid)
-        second = pickle.loads(recv.recv_bytes()) if first is not None else None
-    except EOFError:  # the child died
-        second = None
-    finally:
-        if child.is_alive():
-            child.kill()
-        child.join()
-        recv.close()
-    if first is None or second is None:
+        ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)), start=mid)
+        return None if ast is None else (ast.decls, sink.items)
+
+    child = parallel.Forked(second_part)
+    sink = Sink()
+    first = lean.parse(text, lean.callbacks_for(Builder(path, sink)), end=mid)
+    if first is None:
+        child.close()
+        return None
+    try:
+        second = child.result()
+    except parallel.ChildFailed:
+        return None
+    if second is None:
         return None
     decls, diagnostics = second
     return File(path, first.decls + decls), sink.items + diagnostics

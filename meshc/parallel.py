@@ -1,0 +1,81 @@
+"""Work on the second core: one function run in a forked child, its result pickled back.
+
+Large meshes are the only case where this pays: parsing a 10,000-service file in two parts,
+checking its graph in two halves, loading both sides of a diff. A forked child sees the
+parent's memory as it was (the parser's tables, the resolved model) without copying it, so
+only the result crosses the pipe. Every caller can do the work itself instead; it does so
+when fork is unavailable, when no core is idle, or when the child fails.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import pickle
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+# Off where the caller already keeps every core busy (`meshc diff --jobs 2` loads both sides
+# at once) and inside a forked child (no grandchildren).
+enabled = (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
+
+
+def idle_core() -> bool:
+    """Whether a second core is free (as `make --load-average` decides): on a busy machine a
+    child would only take turns with this process, and the pickling would be pure loss."""
+    # This process counts as one running task: alone on two cores the average sits near 1.
+    return enabled and os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5
+
+
+class ChildFailed(Exception):
+    """The child raised (the exception, when it could be pickled, is the __cause__) or died."""
+
+
+def _run(fn: Callable[[], Any], conn: Any) -> None:
+    global enabled
+    enabled = False
+    gc.disable()  # the child allocates and exits: nothing to collect
+    try:
+        payload = pickle.dumps(("ok", fn()), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as e:  # reported to the parent, which decides
+        try:
+            payload = pickle.dumps(("raised", e), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            payload = pickle.dumps(("raised", None))
+    conn.send_bytes(payload)
+    conn.close()
+
+
+class Forked(Generic[T]):
+    """`fn()` running in a forked child from construction; `result()` waits for it."""
+
+    def __init__(self, fn: Callable[[], T]):
+        ctx = mp.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._child = ctx.Process(target=_run, args=(fn, send), daemon=True)
+        self._child.start()
+        send.close()
+
+    def result(self) -> T:
+        """The child's return value; ChildFailed if it raised or died."""
+        try:
+            kind, value = pickle.loads(self._recv.recv_bytes())
+        except EOFError:
+            raise ChildFailed("the child process died") from None
+        except Exception as e:  # a result or exception that does not unpickle
+            raise ChildFailed("the child's result could not be read") from e
+        finally:
+            self.close()
+        if kind != "ok":
+            raise ChildFailed("the child process raised") from value
+        return value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the child if it still runs (the parent gave up on it)."""
+        if self._child.is_alive():
+            self._child.kill()
+        self._child.join()
+        self._recv.close()
