@@ -37,3 +37,33 @@ def test_meshc_errors_keep_their_diagnostics() -> None:
 def test_failures_are_reported_not_raised_raw(fn: object) -> None:
     with pytest.raises(parallel.ChildFailed):
         parallel.Forked(fn).result()  # type: ignore[arg-type]
+
+
+def test_graph_checks_in_two_halves_equal_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from pathlib import Path
+
+    from meshc import graph
+    from meshc.compiler import load
+    from meshc.parse import parse_text
+    from meshc.resolve import resolve
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from meshgen import generate
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    meshes = [resolve([parse_text(generate(300), "big.mesh", keep_tree=False).ast])]
+    meshes += [load(sorted((examples / name).rglob("*.mesh")), checks=False) for name in ("shop", "bookinfo")]
+    monkeypatch.setattr(graph, "PARALLEL_SERVICES", 1)
+    forked: list[int] = []
+    real = parallel.Forked
+    monkeypatch.setattr(parallel, "Forked", lambda fn: forked.append(1) or real(fn))
+    found = []
+    for mesh in meshes:
+        monkeypatch.setattr(parallel, "idle_core", lambda: False)
+        one = graph.check(mesh)
+        monkeypatch.setattr(parallel, "idle_core", lambda: True)
+        two = graph.check(mesh)
+        assert one == two
+        found.append(len(one))
+    assert len(forked) == len(meshes) and found[0] > 100  # the child's checks found some of them
