@@ -84,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--git", action="store_true", help="also time `meshc diff --base HEAD` in a git repo")
-    ap.add_argument("--parallel", action="store_true", help="time the CLI with --jobs 2")
+    ap.add_argument("--parallel", action="store_true", help="time the CLI with --jobs 2 (else --jobs 1)")
     args = ap.parse_args()
     print(f"{'services':>8} {'load old s':>10} {'load new s':>10} {'diff s':>7} {'render s':>8} "
           f"{'cli s':>7} {'cli --base s':>12} {'changes':>7}  first change")
