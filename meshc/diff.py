@@ -1367,8 +1367,8 @@ class OldSideError(Exception):
 
 # Above this much .mesh text the two sides load at once (--jobs 2, the default when a core is
 # idle): the old side in a forked child, its model pickled back (~15% of loading it). At
-# 10,000 services on the 2-core benchmark machine: 22.7-23.0 s against 25.3-27.0 s one after
-# the other (each side then parsing in two parts), interleaved runs.
+# 10,000 services on the 2-core benchmark machine: 17.7-18.3 s against 17.2-22.5 s one side
+# after the other (each then parsing in two parts), interleaved runs.
 PARALLEL_BYTES = 1_000_000
 
 

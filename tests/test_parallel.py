@@ -67,3 +67,9 @@ def test_graph_checks_in_two_halves_equal_one(monkeypatch: pytest.MonkeyPatch) -
         assert one == two
         found.append(len(one))
     assert len(forked) == len(meshes) and found[0] > 100  # the child's checks found some of them
+
+
+def test_idle_core_is_never_claimed_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(parallel.idle_core(), bool)
+    monkeypatch.setattr(parallel, "enabled", False)
+    assert parallel.idle_core() is False
