@@ -569,8 +569,10 @@ def match_covers(a: Match, b: Match) -> bool:
     return _conds_covered(a.headers, b.headers, True) and _conds_covered(a.query, b.query, False)
 
 
-def rule_covers(earlier: RouteRule, later: RouteRule) -> bool:
-    if _is_catch_all(earlier):
+def rule_covers(earlier: RouteRule, later: RouteRule, catch_all: bool | None = None) -> bool:
+    """Whether `earlier` matches every request `later` does; `catch_all`: `_is_catch_all(earlier)`
+    if the caller knows it already."""
+    if _is_catch_all(earlier) if catch_all is None else catch_all:
         return True
     if not later.matches:
         return False
@@ -589,15 +591,9 @@ SMALL_TABLE = 32  # route tables up to this size compare every pair; larger ones
 def _shadowers(rules: tuple[RouteRule, ...]) -> Iterator[tuple[int, int]]:
     """(j, i): rule j can never match because earlier rule i covers it (the first such i)."""
     if len(rules) <= SMALL_TABLE:
-        # rule_covers, with each rule's catch-all test done once instead of once per pair
-        catch_all = [_is_catch_all(r) for r in rules]
+        catch_all = [_is_catch_all(r) for r in rules]  # once per rule, not once per pair
         for j in range(1, len(rules)):
-            later = rules[j]
-            if not later.matches:
-                i = next((i for i in range(j) if catch_all[i]), None)
-            else:
-                i = next((i for i in range(j) if catch_all[i] or all(
-                    any(match_covers(a, b) for a in rules[i].matches) for b in later.matches)), None)
+            i = next((i for i in range(j) if rule_covers(rules[i], rules[j], catch_all[i])), None)
             if i is not None:
                 yield j, i
         return
