@@ -13,8 +13,9 @@ def test_json_line_fields_in_order_and_escaped(tmp_path: Path) -> None:
     log = AccessLog("json", str(tmp_path / "a.log"))
     prefix = log.json_prefix("api", 'inbound "x"')
     for _ in range(2):  # the second line comes from the remembered pieces
-        log.log_json_http(prefix, "GET", '/p?"q"', "HTTP/1.1", 200, "1.5", 3, 4, "authz:r\\1", "api|app",
-                          "127.0.0.1:8080", "-", "10.0.0.\u00e91", "ab" * 16, '"id-1"')
+        log.log_json_line(prefix, "GET", '/p?"q"', "HTTP/1.1", 200, "1.5", 3, 4,
+                          log.json_tail("authz:r\\1", "api|app", "127.0.0.1:8080", "-", "10.0.0.\u00e91"),
+                          "ab" * 16, '"id-1"')
     log.log_json_line(prefix, "POST", "/", "HTTP/1.0", 503, "0.0", 0, 0,
                       log.json_tail("r", "c", "u", "spiffe://x/y", "::1"), "", '"-"')
     log.close()

@@ -146,7 +146,7 @@ class AccessLog:
             self.out = open(path, "a", buffering=1 << 16, encoding="utf-8")  # noqa: SIM115
         self._pending: list[str] = []
         self._scheduled = False
-        self._encoded: dict[str, str] = {}  # value -> its JSON string (see log_json_http)
+        self._encoded: dict[str, str] = {}  # value -> its JSON string (see log_json_line)
         self._tails: dict[tuple[str, str, str, str, str], str] = {}  # see json_tail
 
     def log(self, entry: dict[str, Any]) -> None:
@@ -168,23 +168,13 @@ class AccessLog:
                       "bytes_received": bytes_in, "bytes_sent": bytes_out, "duration_ms": duration_ms,
                       "upstream": upstream, "route": route, "peer": peer, "trace_id": trace_id})
             return
-        self.log_json_http(self.json_prefix(sidecar, listener), method, path, protocol, status, repr(duration_ms),
-                           bytes_in, bytes_out, route, cluster, upstream, peer, client, _enc(trace_id)[1:-1],
-                           _enc(request_id))
+        self.log_json_line(self.json_prefix(sidecar, listener), method, path, protocol, status, repr(duration_ms),
+                           bytes_in, bytes_out, self.json_tail(route, cluster, upstream, peer, client),
+                           _enc(trace_id)[1:-1], _enc(request_id))
 
     def json_prefix(self, sidecar: str, listener: str) -> str:
         """The part of a JSON line that is constant per listener (after the start time)."""
         return f'","sidecar":{_enc(sidecar)},"listener":{_enc(listener)},"method":'
-
-    def log_json_http(self, prefix: str, method: str, path: str, protocol: str, status: int, duration_ms: str,
-                      bytes_in: int, bytes_out: int, route: str, cluster: str, upstream: str, peer: str,
-                      client: str, trace_id: str, request_id_json: str) -> None:
-        """The hot path of `log_http` in JSON: values with few distinct ones (method, route,
-        cluster, upstream, peer, client) are JSON-encoded once and remembered; `trace_id` is
-        hex (see `traceparent`), `duration_ms` formatted (see `millis`) and `request_id_json`
-        encoded. One f-string per line."""
-        self.log_json_line(prefix, method, path, protocol, status, duration_ms, bytes_in, bytes_out,
-                           self.json_tail(route, cluster, upstream, peer, client), trace_id, request_id_json)
 
     def json_tail(self, route: str, cluster: str, upstream: str, peer: str, client: str) -> str:
         """`"route":…,"cluster":…,"upstream":…,"peer":…,"client":…` of a JSON line, remembered:
@@ -200,7 +190,9 @@ class AccessLog:
 
     def log_json_line(self, prefix: str, method: str, path: str, protocol: str, status: int, duration_ms: str,
                       bytes_in: int, bytes_out: int, tail: str, trace_id: str, request_id_json: str) -> None:
-        """One JSON line from its parts (`tail` from `json_tail`)."""
+        """The hot path of `log_http` in JSON, one f-string per line: `tail` from `json_tail`,
+        the method JSON-encoded once and remembered; `trace_id` is hex (see `traceparent`),
+        `duration_ms` formatted (see `millis`) and `request_id_json` encoded."""
         m = self._encoded.get(method) or self._remember(method)
         self._pending.append(
             f'{{"start":"{now_iso()}{prefix}{m},"path":{_enc(path)},"protocol":"{protocol}","status":{status},'
