@@ -279,7 +279,7 @@ class GatewayApiBackend(Backend):
         for svc in mesh.services:
             for v in svc.versions:
                 vname = k8s.version_service_name(svc, v.name)
-                if len(vname) > 63:
+                if len(vname) > k8s.SERVICE_NAME_MAX:
                     self.gaps.add(f"the per-version Service name '{vname}' (longer than 63 characters)", v.span,
                                   "shorten the service or version name")
                 elif vname in names:

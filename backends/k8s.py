@@ -109,6 +109,10 @@ def service_object(svc: Service, *, annotations: Mapping[str, str] | None = None
     return sanitize(V1Service(api_version="v1", kind="Service", metadata=meta, spec=spec))
 
 
+# Service names are DNS-1035 labels: at most 63 characters
+SERVICE_NAME_MAX = 63
+
+
 def version_service_name(svc: Service, version: str) -> str:
     return f"{svc.name}-{version}"
 
@@ -156,7 +160,11 @@ def core_objects(mesh: Mesh, *, versions: bool = False,
             out.append(service_account_object(svc.identity))
         out.append(service_object(svc, annotations=(service_annotations or {}).get(svc.name)))
         if versions:
-            out += [version_service_object(svc, v) for v in svc.versions]
+            # A `<service>-<version>` name longer than a Service name may be is reported by the
+            # backend (E301/E330 at the version); it is never written, as the API server (and
+            # the schema check) would refuse the whole stream for it.
+            out += [version_service_object(svc, v) for v in svc.versions
+                    if len(version_service_name(svc, v.name)) <= SERVICE_NAME_MAX]
     return out
 
 

@@ -116,6 +116,12 @@ class NginxMeshBackend(Backend):
         for svc in mesh.services:
             if svc.external is not None or not svc.ports:
                 continue
+            for v in svc.versions:
+                vname = k8s.version_service_name(svc, v.name)
+                if len(vname) > k8s.SERVICE_NAME_MAX:
+                    ctx.error(f"the per-version Service name '{vname}' is longer than 63 characters", v.span,
+                              help="shorten the service or version name (versions are Services named "
+                                   "<service>-<version>)")
             objs += self.lower_splits(svc, ctx)
             objs += self.lower_rate_limit(svc, ctx)
             objs += self.lower_circuit_breaker(svc, ctx)

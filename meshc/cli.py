@@ -169,11 +169,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bool:
     """`compile --validate`: check Kubernetes output against the CRD schemas; True if any fails."""
-    from meshc.validate import validate_compiled
+    from meshc.validate import TARGET_DIRS, validate_compiled
 
     failed = False
     for t, b in bundles.items():
-        if not any(name.endswith((".yaml", ".yml")) for name in b.files) or t == "model":
+        # only the Kubernetes targets have schemas; Envoy bootstraps and Prometheus configs are
+        # YAML too, but not Kubernetes objects
+        if t not in TARGET_DIRS:
             continue
         try:
             problems = validate_compiled(b, t, options, schemas)

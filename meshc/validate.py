@@ -53,6 +53,10 @@ TARGET_DIRS: dict[str, tuple[str, ...]] = {
     "appmesh": ("appmesh",),
 }
 
+# YAML files the targets write that are not Kubernetes objects: NGINX Service Mesh's Helm values
+# (the mesh-wide mTLS and access-control settings, given at install)
+NOT_MANIFESTS = frozenset({"helm-values.yaml"})
+
 SCHEMAS_HELP = ("CRD schemas come from the meshes' published CRD manifests (e.g. Istio's "
                 "manifests/charts/base/files/crd-all.gen.yaml, Linkerd's charts/linkerd-crds, the "
                 "Gateway API release's standard-install.yaml) or the extracted openAPIV3Schema JSON "
@@ -586,7 +590,7 @@ def validate_files(files: Mapping[str, bytes], schema_dir: Path | str | None, *,
     """Problems of every YAML stream in `files` (path -> bytes), kustomization included."""
     out: list[Problem] = []
     for rel in sorted(files):
-        if not rel.endswith((".yaml", ".yml")):
+        if not rel.endswith((".yaml", ".yml")) or rel.rsplit("/", 1)[-1] in NOT_MANIFESTS:
             continue
         try:
             docs = [d for d in yaml.safe_load_all(files[rel]) if d is not None]
