@@ -1385,7 +1385,7 @@ def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh]
             return load_old(), new
         except (MeshcError, UsageError, OSError) as e:
             raise OldSideError(e) from e
-    # Each side has a core: neither parses a large file in two parts on top (meshc.parse).
+    # Each side has a core: neither forks a child of its own (no grandchildren).
     was_enabled, cores.enabled = cores.enabled, False
     try:
         old = cores.Forked(load_old)

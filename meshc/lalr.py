@@ -15,6 +15,10 @@ tight loop:
   callbacks (a tree), or a transformer's method per rule (meshc.ast.Builder builds the AST
   this way, as lark's `transformer=` option does, without a tree in between).
 
+When meshc/_lalrc.c is built (it is wherever a C compiler is), the loop runs there, on the
+same tables and the same lexer order, ~5x faster; tests/test_lalrc.py holds the two loops
+equal. A grammar with a terminal the C lexer has no matcher for keeps the Python loop.
+
 It accepts exactly what lark accepts and builds an equal tree (tests/test_lalr.py compares
 both on every example, generated meshes and random mutations). It has no error reporting
 of its own: on any input it cannot parse it returns None, and the caller re-parses with lark,
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -32,17 +38,24 @@ from lark import Lark, Token
 from lark.lexer import PatternStr, TerminalDef
 from lark.parsers.lalr_analysis import Shift
 
+try:
+    import meshc._lalrc as _lalrc
+except ImportError:  # installed without a C compiler: the Python loop does the same work
+    _lalrc = None  # type: ignore[assignment]
+
 _END = "$END"
 _END_GROUP = "END_OF_TEXT_"  # group names cannot contain "$"
 _new_str = str.__new__
 
 
-def _lexer_for(accepted: frozenset[str], terminals: dict[str, TerminalDef], ignore: frozenset[str]
-               ) -> tuple[Callable[[str, int], re.Match[str] | None], dict[str, dict[str, str]]]:
-    """(match function, {regex terminal: {keyword text: keyword terminal}}) for one state.
+def _alternatives(accepted: frozenset[str], terminals: dict[str, TerminalDef]
+                  ) -> tuple[list[TerminalDef], dict[str, dict[str, str]]]:
+    """The terminals a state's lexer tries, in order (the first that matches wins), and
+    {regex terminal: {keyword text: keyword terminal}} for the keywords it covers.
 
-    The match skips ignored text (whitespace, comments) in an atomic group, so it never
-    backtracks into it, then matches one acceptable terminal or the end of the text."""
+    The order is lark's: priority, then longest possible match. A string terminal that an
+    acceptable regex terminal of the same priority also matches (a keyword, and NAME) is
+    not tried on its own: it is resolved after the match, as lark's `unless` callbacks do."""
     defs = [terminals[n] for n in sorted(accepted) if n in terminals]
     regex_defs = [t for t in defs if not isinstance(t.pattern, PatternStr)]
     keywords: dict[str, dict[str, str]] = {}
@@ -56,12 +69,99 @@ def _lexer_for(accepted: frozenset[str], terminals: dict[str, TerminalDef], igno
                 continue
         alternatives.append(t)
     alternatives.sort(key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name))
+    return alternatives, keywords
+
+
+def _lexer_for(accepted: frozenset[str], terminals: dict[str, TerminalDef], ignore: frozenset[str]
+               ) -> tuple[Callable[[str, int], re.Match[str] | None], dict[str, dict[str, str]]]:
+    """(match function, keywords as `_alternatives` gives them) for one state.
+
+    The match skips ignored text (whitespace, comments) in an atomic group, so it never
+    backtracks into it, then matches one acceptable terminal or the end of the text."""
+    alternatives, keywords = _alternatives(accepted, terminals)
     skip = "|".join(terminals[n].pattern.to_regexp() for n in sorted(ignore))
     tokens = [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in alternatives]
     if _END in accepted:
         tokens.append(f"(?P<{_END_GROUP}>\\Z)")
     rx = re.compile(f"(?>(?:{skip})*)(?:{'|'.join(tokens)})" if skip else "|".join(tokens))
     return rx.match, keywords
+
+
+# The regex terminals meshc/_lalrc.c has a matcher for, by their exact regex (a grammar whose
+# terminals differ in any way keeps the Python loop), and the ignored text it skips.
+_C_MATCHERS = {
+    "[A-Za-z_]([A-Za-z0-9_-]*[A-Za-z0-9_])?": "NAME",
+    '"([^"\\\\\n]|\\\\.)*"': "STRING",
+    "(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+": "ENDPOINT",
+    "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)(?![A-Za-z0-9_])": "DURATION",
+    "[0-9]+(\\.[0-9]+)?%": "PERCENT",
+    "[0-9]+\\/(s|m|h)(?![A-Za-z0-9_])": "RATE",
+    "[1-5]xx(?![A-Za-z0-9_])": "STATUS_CLASS",
+    "[0-9]+": "INT",
+}
+_C_IGNORED = frozenset({"(?:[ \t\x0c\r\n])+", "#[^\n]*"})
+# A regex that is a choice of plain words, e.g. `(?:allow|deny)`: its words are tried in order.
+_WORD_CHOICE = re.compile(r"\(\?:(\w+(?:\|\w+)*)\)")
+
+
+def _c_alternatives(t: TerminalDef, index: int) -> list[tuple[int, int, str | None]] | None:
+    """(matcher kind, terminal index, literal) for `t` in meshc/_lalrc.c, or None if it has none."""
+    assert _lalrc is not None
+    if t.pattern.flags:
+        return None
+    if isinstance(t.pattern, PatternStr):
+        return [(_lalrc.LITERAL, index, t.pattern.value)] if "\n" not in t.pattern.value else None
+    regex = t.pattern.to_regexp()
+    if regex in _C_MATCHERS:
+        return [(getattr(_lalrc, _C_MATCHERS[regex]), index, None)]
+    choice = _WORD_CHOICE.fullmatch(regex)
+    if choice:
+        return [(_lalrc.LITERAL, index, word) for word in choice.group(1).split("|")]
+    return None
+
+
+def _c_tables(parser: LeanParser, table: Any, terminals: dict[str, TerminalDef], ignore: frozenset[str]) -> Any:
+    """The parser's tables for meshc/_lalrc.c, or None if it is not built or cannot match
+    some terminal of this grammar exactly."""
+    if _lalrc is None or {terminals[n].pattern.to_regexp() for n in ignore} != _C_IGNORED:
+        return None
+    term_names = sorted(terminals) + [_END]
+    term_index = {name: i for i, name in enumerate(term_names)}
+    nonterms = sorted({k for acts in parser.actions.values() for k in acts if k not in term_index})
+    nonterm_index = {name: i for i, name in enumerate(nonterms)}
+    states = len(parser.actions)
+    if sorted(parser.actions) != list(range(states)):
+        return None
+    action = array("i", bytes(4 * states * len(term_names)))
+    go = array("i", [-1]) * (states * len(nonterms))
+    for s, acts in parser.actions.items():
+        for symbol, act in acts.items():
+            if symbol in term_index:
+                action[s * len(term_names) + term_index[symbol]] = act[0] + 1 if len(act) == 1 else -act[2] - 1
+            elif len(act) == 1:
+                go[s * len(nonterms) + nonterm_index[symbol]] = act[0]
+            else:
+                return None
+    lexers = []
+    for s in range(states):
+        accepted = parser.lexers.accepted[s]
+        alternatives, keywords = _alternatives(accepted, terminals)
+        state_lexer: list[tuple[int, int, str | None, dict[str, int] | None]] = []
+        for t in alternatives:
+            matchers = _c_alternatives(t, term_index[t.name])
+            if matchers is None:
+                return None
+            kw = keywords.get(t.name)
+            kw_index = {text: term_index[name] for text, name in kw.items()} if kw else None
+            state_lexer += [(kind, index, literal, kw_index) for kind, index, literal in matchers]
+        if _END in accepted:
+            state_lexer.append((_lalrc.END, term_index[_END], None, None))
+        lexers.append(tuple(state_lexer))
+    rule_length = array("i", [len(r.expansion) for r in parser.rules])
+    rule_origin = array("i", [nonterm_index[r.origin.name] for r in parser.rules])
+    return _lalrc.make_tables(states, len(term_names), len(nonterms), len(parser.rules), action, go,
+                              rule_length, rule_origin, parser.start_state, parser.end_state,
+                              term_index[_END], lexers, tuple(sys.intern(n) for n in term_names), Token, _Inline)
 
 
 class _Inline(list):  # type: ignore[type-arg]
@@ -82,10 +182,42 @@ def _spliced(children: list[Any]) -> _Inline:
     return flat
 
 
+class _Splicing:
+    """A rule's method, called with the children of its `_rule` children spliced in."""
+
+    __slots__ = ("method",)
+
+    def __init__(self, method: Callable[[list[Any]], Any]):
+        self.method = method
+
+    def __call__(self, children: list[Any]) -> Any:
+        return self.method(_spliced(children))
+
+
 def _splicing(method: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
-    if method is _Inline:
-        return _spliced
-    return lambda children: method(_spliced(children))
+    return _spliced if method is _Inline else _Splicing(method)
+
+
+def _c_reductions(callbacks: list[Callable[[list[Any]], Any]]) -> tuple[list[Any], bytes]:
+    """`callbacks` as meshc/_lalrc.c takes them: (callables, what each reduction does), so
+    that it passes one-symbol `_rules` through and splices `_rule` children without calling
+    back into Python for either."""
+    assert _lalrc is not None
+    made: list[Any] = []
+    kinds = bytearray()
+    for given in callbacks:
+        callback: Any = given
+        if callback is _only_child:
+            kind, callback = _lalrc.ONLY_CHILD, None
+        elif callback is _spliced or callback is _Inline:  # `_Inline(c)` is `_spliced(c)` with no `_rule` in c
+            kind, callback = _lalrc.INLINE, None
+        elif isinstance(callback, _Splicing):
+            kind, callback = _lalrc.SPLICE_CALL, callback.method
+        else:
+            kind = _lalrc.CALL
+        made.append(callback)
+        kinds.append(kind)
+    return made, bytes(kinds)
 
 
 def _only_child(children: list[Any]) -> Any:
@@ -137,6 +269,7 @@ class LeanParser:
         self.tree_callbacks = [inner.callbacks[r] for r in self.rules]
         self.lexers = _Lexers(terminals, ignore, {s: frozenset(k for k in acts if k in terminals or k == _END)
                                                   for s, acts in table.states.items()})
+        self.c_tables = _c_tables(self, table, terminals, ignore)
 
     def callbacks_for(self, transformer: Any) -> list[Callable[[list[Any]], Any]]:
         """Reduction callbacks that call `transformer`'s method named after each rule (alias
@@ -166,6 +299,10 @@ class LeanParser:
     def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None,
               start: int = 0, end: int | None = None) -> Any:
         """Parse `text[start:end]`; tokens keep their positions, lines and columns in `text`."""
+        if self.c_tables is not None:
+            assert _lalrc is not None
+            made, kinds = _c_reductions(callbacks or self.tree_callbacks)
+            return _lalrc.parse(self.c_tables, text, made, kinds, start, len(text) if end is None else end)
         actions, lexers = self.actions, self.lexers
         callbacks = callbacks or self.tree_callbacks
         end_state = self.end_state

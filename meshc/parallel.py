@@ -1,7 +1,7 @@
 """Work on the second core: one function run in a forked child, its result pickled back.
 
-Large meshes are the only case where this pays: parsing a 10,000-service file in two parts,
-checking its graph in two halves, loading both sides of a diff. A forked child sees the
+Large meshes are the only case where this pays: checking the graph of a 10,000-service mesh
+in two halves, loading both sides of a diff. A forked child sees the
 parent's memory as it was (the parser's tables, the resolved model) without copying it, so
 only the result crosses the pipe. Every caller can do the work itself instead; it does so
 when fork is unavailable, when no core is idle, or when the child fails.

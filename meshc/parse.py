@@ -13,12 +13,10 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from meshc import parallel
 from meshc.ast import Builder, File
 from meshc.diagnostics import Diagnostic, MeshcError, Sink
 from meshc.lalr import LeanParser
@@ -196,11 +194,7 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
     while parsing (meshc.ast.Builder, bottom-up); `keep_tree` also keeps lark's tree for fmt."""
     lean = lean_parser()
     sink = Sink()
-    halves = _parse_in_two(lean, text, path) if len(text) >= PARALLEL_BYTES and parallel.idle_core() else None
-    if halves is not None:
-        ast, sink.items = halves
-    else:
-        ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)))
+    ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)))
     tree = None
     if ast is None or keep_tree:
         try:
@@ -222,51 +216,6 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
     # Comments are ignored by the grammar; fmt needs them, so they are found by a cheap
     # separate scan rather than lexer callbacks (which would make the cached parser stateful).
     return Parsed(path, text, ast, tree, _comments(text))
-
-
-# A file this large is parsed in two parts on two cores: the second in a forked child, which
-# pickles its declarations back (dumping costs ~0.6x parsing them, loading ~0.25x), so it
-# takes the smaller part: the two finish together at ~0.7x the one-part time.
-PARALLEL_BYTES = 2_000_000
-CHILD_SHARE = 0.4
-
-# The end of a top-level block: a line holding only `}` (strings and comments never span lines).
-_BLOCK_END = re.compile(r"^\}[ \t]*(?:#[^\n]*)?\n", re.M)
-
-
-def _parse_in_two(lean: LeanParser, text: str, path: str) -> tuple[File, list[Diagnostic]] | None:
-    """The AST of `text` parsed in two parts at once, or None (then parse it in one).
-
-    The split is just after a line that closes a top-level block. If the first part parses as
-    a sequence of declarations, the parser stands there exactly as at the start of a file (it
-    expects a declaration or the end: same lexer, same tables), so the second part's tokens
-    and parse are those the whole file would give, and the two sequences of declarations
-    concatenate into the file's. A split inside a block leaves the first part unclosed: it
-    fails to parse, and so does any syntax error; then the file is parsed in one, as always."""
-    m = _BLOCK_END.search(text, int(len(text) * (1 - CHILD_SHARE)))
-    if m is None or m.end() >= len(text):
-        return None
-    mid = m.end()
-
-    def second_part() -> tuple[tuple[Any, ...], list[Diagnostic]] | None:
-        sink = Sink()
-        ast = lean.parse(text, lean.callbacks_for(Builder(path, sink)), start=mid)
-        return None if ast is None else (ast.decls, sink.items)
-
-    child = parallel.Forked(second_part)
-    sink = Sink()
-    first = lean.parse(text, lean.callbacks_for(Builder(path, sink)), end=mid)
-    if first is None:
-        child.close()
-        return None
-    try:
-        second = child.result()
-    except parallel.ChildFailed:
-        return None
-    if second is None:
-        return None
-    decls, diagnostics = second
-    return File(path, first.decls + decls), sink.items + diagnostics
 
 
 _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
