@@ -145,10 +145,16 @@ def _traffic_edges(mesh: Mesh) -> Iterator[tuple[str, str, str, Span, dict[str, 
         if svc.expose is not None:
             yield INGRESS_NODE, svc.name, "expose", svc.expose.span, {}
         for rule in svc.routes:
+            # one edge per rule and callee, with the share of that rule's requests it gets (the
+            # sum of its versions' weights: `split { next.v1 5%, next.v2 5% }` sends next 10%)
+            share: dict[str, tuple[int, Span]] = {}
             for d in rule.destinations:
                 if d.service != svc.name and d.service in known:
-                    kind = "split" if len(rule.destinations) > 1 else "route"
-                    yield svc.name, d.service, kind, d.span, {"weight": d.weight}
+                    weight, span = share.get(d.service, (0, d.span))
+                    share[d.service] = (weight + d.weight, span)
+            kind = "split" if len(rule.destinations) > 1 else "route"
+            for callee, (weight, span) in share.items():
+                yield svc.name, callee, kind, span, {"weight": weight}
             if rule.mirror is not None:
                 target = rule.mirror.destination.service
                 if target != svc.name and target in known:
@@ -195,8 +201,10 @@ def call_graph(mesh: Mesh) -> nx.DiGraph:
             if kind not in data["kinds"]:
                 data["kinds"] = tuple(sorted((*data["kinds"], kind)))
             data["spans"] = (*data["spans"], span)
+            # several rules route (or mirror) to one callee: each sends its own share of different
+            # requests, so the edge says the largest, never their sum (10% + 100% is not 110%)
             for key, value in extra.items():
-                data[key] = data.get(key, 0) + value  # type: ignore[operator]
+                data[key] = max(data.get(key, 0), value)  # type: ignore[call-overload]
         else:
             g.add_edge(u, v, kinds=(kind,), spans=(span,), **extra)
 
@@ -1227,7 +1235,10 @@ def _run_graph(args: argparse.Namespace) -> int:
         targets += [parse_admin(a) for a in args.admin or ()]
         text = with_live_success(text, live_edge_success(targets))
     if args.format not in ("svg", "png"):
-        sys.stdout.write(text)
+        if args.output:
+            args.output.write_text(text)
+        else:
+            sys.stdout.write(text)
         return 0
     from meshc.graph_image import GraphvizMissing, render_image
 

@@ -189,3 +189,27 @@ def test_appmesh_plaintext_error_names_the_ports_own_mtls_mode() -> None:
         backends.compile_mesh(load_text(src), "appmesh")
     [d] = [d for d in e.value.diagnostics if "plaintext callers" in d.message]
     assert "port 81 (mTLS permissive)" in d.message and d.span.line == 4
+
+
+def test_graph_edge_share_is_per_rule_not_summed_across_rules() -> None:
+    """accounts2 sends accounts-v1 10% of /migrate and 100% of ?legacy requests: the edge said
+    'route 110%'. Within one rule, the versions of one callee still add up."""
+    from meshc import graph
+
+    mesh = load(FIXTURES["payments-dev"])
+    assert graph.call_graph(mesh).edges["accounts2", "accounts-v1"]["weight"] == 10_000
+    assert "route 110%" not in graph.to_dot(mesh) and "route 100%" in graph.to_dot(mesh)
+    src = ("mesh m { }\nservice a { port http 80 calls b\n route { otherwise -> split { a 80%, b.v1 10%, b.v2 10% } } }\n"
+           "service b { port http 80 version v1 { labels v=1 } version v2 { labels v=2 } }\n")
+    assert graph.call_graph(load_text(src)).edges["a", "b"]["weight"] == 2_000
+
+
+@pytest.mark.parametrize("fmt", ["dot", "mermaid"])
+def test_graph_output_option_writes_the_file(fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshc graph --format dot -o FILE` printed to stdout and wrote no file."""
+    from meshc.cli import main
+
+    out = tmp_path / f"g.{fmt}"
+    assert main(["graph", str(FIXTURES["payments-dev"][0]), "--format", fmt, "-o", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert "accounts2" in out.read_text()
