@@ -580,6 +580,14 @@ def _strength(table: dict[str, int], a: str, b: str) -> Effect:
     return "widening" if table[b] < table[a] else "narrowing" if table[b] > table[a] else "neutral"
 
 
+def _observability_words(mesh: Mesh) -> dict[str, str]:
+    """The observability settings as .mesh writes them (`trace_sampling 0.5%`, `metrics off`),
+    not as the model stores them (hundredths of a percent, a bool)."""
+    obs = mesh.observability
+    return {"access_log": obs.access_log, "metrics": "on" if obs.metrics else "off",
+            "trace_sampling": pct(obs.trace_sampling)}
+
+
 def _diff_mesh_settings(old: Mesh, new: Mesh) -> Iterator[Change]:
     where = loc(new.span)
     if old.mtls != new.mtls:
@@ -600,7 +608,7 @@ def _diff_mesh_settings(old: Mesh, new: Mesh) -> Iterator[Change]:
     if (ia.namespace, ia.name) != (ib.namespace, ib.name):
         yield Change("posture", "mesh", f"mesh: ingress identity {ia.namespace}/{ia.name} -> "
                                         f"{ib.namespace}/{ib.name}", where=where)
-    oo, no = plain(old.observability), plain(new.observability)
+    oo, no = _observability_words(old), _observability_words(new)
     for k in sorted(oo.keys() | no.keys()):
         if oo.get(k) != no.get(k):
             yield Change("posture", "mesh", f"mesh: {k.replace('_', ' ')} {oo.get(k)} -> {no.get(k)}", where=where)

@@ -200,10 +200,13 @@ def explain(mesh: Mesh, source: str, dest: str, method: str | None = None, path:
     sources = Sources()
     decision = authz.decide(mesh, src, dest, method=method, path=path, port=port, headers=headers)
     acc = authz.access(mesh, src, dest)
+    # A TCP or TLS port carries no method or path: the caller and the port are the whole
+    # request, so the decision for that port is the answer (not the summary over every port).
+    l4 = next((p.protocol in ("tcp", "tls") for p in svc.ports if p.number == port), False)
     out: dict[str, Any] = {
         "source": source, "destination": dest, "method": method, "path": path, "port": port,
         "allowed": decision.allowed, "status": decision.status, "reason": decision.reason,
-        "access": acc.level, "access_detail": str(acc),
+        "access": acc.level, "access_detail": str(acc), "concrete": bool(method or path or l4),
     }
     if decision.rule is not None:
         out["rule"] = {**sources.cite(decision.rule.span).as_json(), "rule": _rule_text(decision.rule)}
@@ -280,19 +283,23 @@ def _cited(c: dict[str, Any], fallback: str = "") -> str:
 def render_text(a: dict[str, Any]) -> str:
     req = " ".join(x for x in (a["method"], a["path"]) if x)
     head = f"{a['source']} -> {a['destination']}" + (f" {req}" if req else "")
-    if a["method"] or a["path"]:
-        verdict = "ALLOWED" if a["allowed"] else f"DENIED ({a['status'] or 'connection refused'})"
+    concrete = a.get("concrete", bool(a["method"] or a["path"]))
+    if concrete:
+        head += f" port {a['port']}" if not req else ""
+        # a TCP connection is refused, it gets no HTTP status
+        status = a["status"] if req else 0
+        verdict = "ALLOWED" if a["allowed"] else f"DENIED ({status or 'connection refused'})"
     else:
         verdict = {"full": "ALLOWED (every request)", "partial": "PARTLY ALLOWED",
                    "none": "DENIED"}[a["access"]]
     out = [f"{head}: {verdict}"]
-    if a["method"] or a["path"] or a["access"] == "none":
+    if concrete or a["access"] == "none":
         out.append(f"  reason:  {a['reason']}")
     if a["access"] == "partial":
         out.append(f"  access: {a['access_detail']}")
-    if "rule" in a and (a["method"] or a["path"] or a["access"] == "none"):
+    if "rule" in a and (concrete or a["access"] == "none"):
         out.append(f"  rule:    {_cited(a['rule'])}")
-    if not (a["method"] or a["path"]):
+    if not concrete:
         for r in a["granting_rules"]:
             out.append(f"  allowed by:  {_cited(r)}")
         for r in a["narrowing_rules"]:
@@ -354,7 +361,7 @@ def run_why(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render_text(answer))
-    allowed = answer["allowed"] if (method or path) else answer["access"] != "none"
+    allowed = answer["allowed"] if answer["concrete"] else answer["access"] != "none"
     return 0 if allowed else 1
 
 

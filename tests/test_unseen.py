@@ -213,3 +213,39 @@ def test_graph_output_option_writes_the_file(fmt: str, tmp_path: Path, capsys: p
     assert main(["graph", str(FIXTURES["payments-dev"][0]), "--format", fmt, "-o", str(out)]) == 0
     assert capsys.readouterr().out == ""
     assert "accounts2" in out.read_text()
+
+
+def test_diff_prints_observability_settings_as_mesh_writes_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """`trace_sampling 1%` -> `0.5%` read 'trace sampling 100 -> 50' (hundredths of a percent),
+    and `metrics off` 'metrics True -> False'."""
+    from meshc.cli import main
+
+    main(["diff", str(FIXTURES["payments-dev"][0]), str(FIXTURES["payments-prod"][0]), "--color", "never"])
+    out = capsys.readouterr().out
+    assert "trace sampling 1% -> 0.5%" in out
+    from meshc.diff import _diff_mesh_settings
+
+    old, new = load_text("mesh m { }\nservice a { port http 80 }\n"), load_text("mesh m { metrics off }\nservice a { port http 80 }\n")
+    assert [c.text for c in _diff_mesh_settings(old, new)] == ["mesh: metrics on -> off"]
+
+
+@pytest.mark.parametrize("port, verdict, rc", [
+    ("16379", "app -> redis port 16379: DENIED (connection refused)", 1),  # `deny * -> redis ports 16379`
+    ("6379", "app -> redis port 6379: ALLOWED", 0),
+])
+def test_why_answers_for_the_given_tcp_port(port: str, verdict: str, rc: int,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshc why app redis --port 16379` said 'PARTLY ALLOWED' and exited 0 for a port every
+    connection to is denied: the summary over all ports, not the answer for the port asked."""
+    from meshc.cli import main
+
+    assert main(["why", "app", "redis", "-m", str(FIXTURES["tcp-multiport"][0]), "--port", port]) == rc
+    assert capsys.readouterr().out.splitlines()[0] == verdict
+
+
+def test_why_tcp_port_with_mtls_disabled_cannot_prove_the_caller(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshc.cli import main
+
+    assert main(["why", "app", "pgbouncer", "-m", str(FIXTURES["tcp-multiport"][0]), "--port", "5432"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("app -> pgbouncer port 5432: DENIED") and "mtls is disabled" in out
