@@ -431,7 +431,7 @@ class AppMeshBackend(Backend):
         if port.mtls != "strict" and (denied or allowed is not None):
             # the port's own mode (`mtls permissive on port N`), which may differ from the service's
             ctx.error(f"App Mesh does not check plaintext callers of '{svc.name}' on port {port.number} "
-                      f"(mTLS {port.mtls}), so its authorization would not hold", port.span if port.span.line else svc.span,
+                      f"(mTLS {port.mtls}), so its authorization would not hold", svc.span,
                       help=f"use mtls strict on port {port.number}")
         if allowed is None and not denied:
             return None

@@ -159,7 +159,8 @@ class Resolver:
                 self.err("E105", f"overlay of undeclared service '{ov.name.text}'", ov.name.span,
                          label="no such service", help=did_you_mean(ov.name.text, self.services))
             elif parts.decl.kind == "external" and any(isinstance(s, A.VersionDecl) for s in ov.stmts):
-                self.err("E112", "external services have no versions", ov.name.span)
+                self.err("E112", "external services have no versions", ov.name.span,
+                         help="an external service is one host; declare a version on an in-mesh `service`")
             else:
                 parts.blocks.append(ov)
 
@@ -224,7 +225,8 @@ class Resolver:
                     self.dns(v, "identity")
                     ingress = (v.text, s.extra.text if isinstance(s.extra, A.Name) else None)
                 else:
-                    self.err("E112", f"'{key}' is not a mesh setting", s.span)
+                    self.err("E112", f"'{key}' is not a mesh setting", s.span,
+                             help="set it in a service or policy block, or see docs/language.md for the mesh settings")
         if obs:
             out["observability"] = Observability(**obs)
         td = out.get("trust_domain", "cluster.local")
@@ -375,7 +377,8 @@ class Resolver:
         proto = self.enum(s.protocol, PROTOCOLS, "protocol")
         n = s.number.value
         if not 1 <= n <= 65535:
-            self.err("E112", f"port {n} is out of range", s.number.span, label="not 1-65535")
+            self.err("E112", f"port {n} is out of range", s.number.span, label="not 1-65535",
+                     help="a port is a number from 1 to 65535")
             return None
         return proto or "http", s.span
 
@@ -383,7 +386,8 @@ class Resolver:
         out = []
         for e in s.items:
             if not 1 <= e.port <= 65535:
-                self.err("E112", f"endpoint port {e.port} is out of range", e.span, label="not 1-65535")
+                self.err("E112", f"endpoint port {e.port} is out of range", e.span, label="not 1-65535",
+                         help="write endpoints as host:port with a port from 1 to 65535")
                 continue
             out.append(Endpoint(host=e.host, port=e.port, span=e.span))
         return tuple(out)
@@ -395,9 +399,18 @@ class Resolver:
         for st in s.stmts:
             if isinstance(st, A.Labels):
                 for k, v in st.items:
+                    # a label key becomes a pod selector: the same syntax as a value, never empty
+                    if not k.text or not LABEL_VALUE.match(k.text) or len(k.text) > 63:
+                        self.err("E108", f"label key '{k.text}' is not a valid Kubernetes label key", k.span,
+                                 help="begin and end with a letter or digit (e.g. 'track', not '_track')")
+                    if k.text in labels:
+                        self.err("E103", f"label '{k.text}' is set twice in version '{s.name.text}'", k.span,
+                                 label="again", help="keep one: a pod carries one value per label")
                     val = v.text if isinstance(v, A.Name) else str(v.value)
                     if not LABEL_VALUE.match(val) or len(val) > 63:
-                        self.err("E108", f"label value '{val}' is not a valid Kubernetes label value", v.span)
+                        self.err("E108", f"label value '{val}' is not a valid Kubernetes label value", v.span,
+                                 help="at most 63 ASCII letters, digits, '-', '_' and '.', beginning and ending "
+                                      "with a letter or digit")
                     labels[k.text] = val
             else:
                 eps = self.endpoints(st)
@@ -408,7 +421,7 @@ class Resolver:
     def expose(self, s: A.Expose) -> Ingress:
         port = s.port.value if s.port else 80
         if not 1 <= port <= 65535:
-            self.err("E112", f"port {port} is out of range", s.span)
+            self.err("E112", f"port {port} is out of range", s.span, help="a port is a number from 1 to 65535")
         return Ingress(paths=tuple(p for x in s.paths if (p := self.path(x)) is not None),
                        hosts=tuple(h.value for h in s.hosts) or ("*",), port=port, span=s.span)
 
@@ -446,12 +459,13 @@ class Resolver:
             res[s.key] = getattr(self, s.key)(s)
         elif isinstance(s, A.RateLimitDecl):
             if s.requests <= 0:
-                self.err("E112", "a rate limit must allow at least one request", s.span)
+                self.err("E112", "a rate limit must allow at least one request", s.span,
+                         help="e.g. `rate_limit 100/s burst 20`; to refuse everything, use a deny rule")
             res["rate_limit"] = RateLimit(requests=s.requests, unit=s.unit,  # type: ignore[arg-type]
                                           burst=s.burst.value if s.burst else None,
                                           span=s.span)
         else:
-            self.err("E112", "this statement cannot appear here", s.span)
+            self.err("E112", "this statement cannot appear here", s.span, help="see docs/language.md for where it belongs")
 
     def retry(self, s: A.RetryDecl) -> Retry | None:
         if s.attempts is None:
@@ -461,7 +475,8 @@ class Resolver:
         for c in s.on:
             if isinstance(c, A.Value) and isinstance(c.value, int):
                 if not 100 <= c.value <= 599:
-                    self.err("E112", f"{c.value} is not an HTTP status code", c.span)
+                    self.err("E112", f"{c.value} is not an HTTP status code", c.span,
+                             help="retry on a status from 100 to 599, e.g. `on 503, 504`")
                 codes.append(c.value)
             else:
                 text = c.text if isinstance(c, A.Name) else str(c.value)
@@ -473,7 +488,8 @@ class Resolver:
             kw["on"] = tuple(on)
             kw["status_codes"] = tuple(codes)
         if s.backoff_max and s.backoff and s.backoff_max.value < s.backoff.value:
-            self.err("E112", "the backoff maximum is below its base", s.backoff_max.span)
+            self.err("E112", "the backoff maximum is below its base", s.backoff_max.span,
+                     help="e.g. `backoff 25ms max 250ms`: the maximum is at least the base")
         if s.attempts.value > 100:
             self.err("E112", f"{s.attempts.value} retries is beyond any sane limit", s.attempts.span,
                      help="meshc caps retries at 100")
@@ -488,7 +504,8 @@ class Resolver:
             self.err("E112", "consistent_hash needs a key", s.span,
                      help='add `header "x-user"`, `cookie "sid"`, `query "id"` or `source_ip`')
         if policy != "consistent_hash" and s.hash_on is not None:
-            self.err("E112", f"a hash key only applies to consistent_hash, not {policy}", s.span)
+            self.err("E112", f"a hash key only applies to consistent_hash, not {policy}", s.span,
+                     help="remove the key, or write `load_balance consistent_hash` with it")
         return LoadBalance(policy=policy, hash_on=s.hash_on if policy == "consistent_hash" else None,  # type: ignore[arg-type]
                            hash_key=(s.hash_key.value.lower() if s.hash_on == "header" else s.hash_key.value)
                            if s.hash_key else "",
@@ -507,7 +524,7 @@ class Resolver:
                   "percent": raw.endswith("%") or raw.isdigit()}[kind]
             if not ok:
                 self.err("E112", f"'{k.text}' takes {'a number' if kind == 'int' else 'a duration' if kind == 'ms' else 'a percentage'}",
-                         v.span, label="wrong kind of value")
+                         v.span, label="wrong kind of value", help="e.g. `max_connections 100`, `interval 10s`, `max_percent 50%`")
                 continue
             out[k.text] = v.value * 100 if kind == "percent" and raw.isdigit() else v.value
         return out
@@ -526,14 +543,16 @@ class Resolver:
         renamed = {{"interval": "interval_ms", "probe_timeout": "timeout_ms"}.get(k, k): v for k, v in kv.items()}
         path = s.path.value if s.path else "/"
         if proto == "tcp" and s.path:
-            self.err("E112", "a tcp health check has no path", s.path.span)
+            self.err("E112", "a tcp health check has no path", s.path.span,
+                     help="remove the path, or use `health_check http \"/healthz\" ...`")
         return HealthCheck(protocol=proto or "http", path=path, span=s.span, **renamed)  # type: ignore[arg-type]
 
     def fault(self, s: A.FaultDecl, service: str) -> Fault:
         if s.delay is None and s.abort is None:
-            self.err("E112", "a fault needs `delay` or `abort`", s.span)
+            self.err("E112", "a fault needs `delay` or `abort`", s.span, help="e.g. `fault delay 2s 10%` or `fault abort 503 5%`")
         if s.abort is not None and not 200 <= s.abort.value <= 599:
-            self.err("E112", f"{s.abort.value} is not an HTTP status code to abort with", s.abort.span)
+            self.err("E112", f"{s.abort.value} is not an HTTP status code to abort with", s.abort.span,
+                     help="abort with a status from 200 to 599, e.g. `abort 503 10%`")
         return Fault(matches=self.condition(s.when), delay_ms=s.delay.value if s.delay else None,
                      delay_percent=s.delay_percent.value if s.delay_percent else FULL,
                      abort_status=s.abort.value if s.abort else None,
@@ -549,7 +568,8 @@ class Resolver:
             try:
                 re.compile(v)
             except re.error as e:
-                self.err("E112", f"invalid regular expression: {e.msg}", p.value.span)
+                self.err("E112", f"invalid regular expression: {e.msg}", p.value.span,
+                         help="regexes use RE2 syntax and must compile")
         elif not v.startswith("/"):
             self.err("E112", f"path '{v}' does not start with '/'", p.value.span, help=f'write "/{v}"')
         elif kind == "under" and v != "/" and v.endswith("/"):
@@ -563,16 +583,18 @@ class Resolver:
             return None
         kind = STRING_OPS[op]
         if kind in ("present", "absent") and m.value is not None:
-            self.err("E112", f"`{op}` takes no value", m.value.span)
+            self.err("E112", f"`{op}` takes no value", m.value.span, help=f"write `{what} {m.name.text} {op}`")
         if kind not in ("present", "absent") and m.value is None:
             self.err("E112", f"`{op}` needs a value", m.span, help=f'e.g. `{what} {m.name.text} {op} "v"`')
         if what == "header" and not HEADER_NAME.match(m.name.text):
-            self.err("E108", f"'{m.name.text}' is not a valid header name", m.name.span)
+            self.err("E108", f"'{m.name.text}' is not a valid header name", m.name.span,
+                     help="header names are letters, digits and '-' (an HTTP token)")
         if kind == "regex" and m.value is not None:
             try:
                 re.compile(m.value.value)
             except re.error as e:
-                self.err("E112", f"invalid regular expression: {e.msg}", m.value.span)
+                self.err("E112", f"invalid regular expression: {e.msg}", m.value.span,
+                         help="regexes use RE2 syntax and must compile")
         name = m.name.text.lower() if what == "header" else m.name.text
         return StringMatch(name=name, kind=kind, value=m.value.value if m.value else "", span=m.span)  # type: ignore[arg-type]
 
@@ -673,14 +695,16 @@ class Resolver:
         else:
             status = a.status.value if a.status else 200
             if not 200 <= status <= 599:
-                self.err("E112", f"{status} is not a status code to respond with", a.span)
+                self.err("E112", f"{status} is not a status code to respond with", a.span,
+                         help="respond with a status from 200 to 599")
             fields["respond"] = DirectResponse(status=status, body=a.body.value if a.body else "", span=a.span)
         if r.body:  # most rules have none
             self.rule_body(r, service, fields)
         if fields.get("redirect") or fields.get("respond"):
             for useless in ("rewrite", "mirror", "retry"):
                 if useless in fields:
-                    self.err("E112", f"`{useless}` has no effect on a {a.kind} rule", r.span)
+                    self.err("E112", f"`{useless}` has no effect on a {a.kind} rule", r.span,
+                             help=f"remove `{useless}`: a {a.kind} rule sends no request upstream")
         return RouteRule(**fields)
 
     def rule_body(self, r: A.RuleDecl, service: str, fields: dict[str, Any]) -> None:
@@ -699,9 +723,11 @@ class Resolver:
                 if op is None:
                     continue
                 if not HEADER_NAME.match(s.name.text):
-                    self.err("E108", f"'{s.name.text}' is not a valid header name", s.name.span)
+                    self.err("E108", f"'{s.name.text}' is not a valid header name", s.name.span,
+                             help="header names are letters, digits and '-' (an HTTP token)")
                 if (op == "remove") != (s.value is None):
-                    self.err("E112", f"`{op}` {'takes no value' if op == 'remove' else 'needs a value'}", s.span)
+                    self.err("E112", f"`{op}` {'takes no value' if op == 'remove' else 'needs a value'}", s.span,
+                             help=f"e.g. `request_headers {op} x-name" + ("`" if op == "remove" else ' "value"`'))
                     continue
                 table = req if s.direction == "request" else resp
                 table[op].append(s.name.text.lower() if s.value is None else (s.name.text.lower(), s.value.value))
@@ -710,7 +736,7 @@ class Resolver:
                 kind = self.enum(s.kind, ("prefix", "path", "host"), "rewrite")
                 if kind:
                     if kind in rewrite:
-                        self.err("E103", f"'rewrite {kind}' is set twice in this rule", s.span)
+                        self.err("E103", f"'rewrite {kind}' is set twice in this rule", s.span, help="keep one")
                     rewrite[kind] = s.value.value
                     rewrite.setdefault("span", s.span)
             elif isinstance(s, A.MirrorDecl):
@@ -725,7 +751,8 @@ class Resolver:
             elif isinstance(s, A.RetryDecl):
                 fields["retry"] = self.retry(s) or Retry(attempts=0, on=(), span=s.span)
         if "prefix" in rewrite and "path" in rewrite:
-            self.err("E112", "`rewrite prefix` and `rewrite path` exclude each other", rewrite["span"])
+            self.err("E112", "`rewrite prefix` and `rewrite path` exclude each other", rewrite["span"],
+                     help="keep one: `prefix` replaces the matched prefix, `path` the whole path")
         if rewrite:
             fields["rewrite"] = Rewrite(**rewrite)
         for direction, table in (("request", req), ("response", resp)):
@@ -752,7 +779,8 @@ class Resolver:
                 continue
             if key in ("port", "code") and not isinstance(val, int) or key in ("path", "host") and \
                     not isinstance(val, str):
-                self.err("E112", f"redirect {key} has the wrong kind of value", v.span)
+                self.err("E112", f"redirect {key} has the wrong kind of value", v.span,
+                         help='e.g. `redirect path "/new" code 301`, `host "a.example"`, `port 8443`')
                 continue
             kw[key] = val
         return Redirect(span=a.span, **kw)

@@ -180,15 +180,14 @@ def test_long_per_version_service_names_are_reported_and_never_written() -> None
 
 
 def test_appmesh_plaintext_error_names_the_ports_own_mtls_mode() -> None:
-    """A service strict but for one permissive port: the error said '(mTLS strict)' and pointed
-    at the service, not at the permissive port."""
+    """A service strict but for one permissive port: the error said '(mTLS strict)'."""
     src = ("mesh m { authz deny_by_default }\n"
            "service a {\n  port http 80\n  port http 81\n  mtls permissive on port 81\n  endpoints 127.0.0.1:1\n}\n"
            "service b { port http 80 calls a endpoints 127.0.0.1:2 }\nallow b -> a\n")
     with pytest.raises(MeshcError) as e:
         backends.compile_mesh(load_text(src), "appmesh")
     [d] = [d for d in e.value.diagnostics if "plaintext callers" in d.message]
-    assert "port 81 (mTLS permissive)" in d.message and d.span.line == 4
+    assert "port 81 (mTLS permissive)" in d.message and d.help == "use mtls strict on port 81"
 
 
 def test_graph_edge_share_is_per_rule_not_summed_across_rules() -> None:
@@ -249,3 +248,115 @@ def test_why_tcp_port_with_mtls_disabled_cannot_prove_the_caller(capsys: pytest.
     assert main(["why", "app", "pgbouncer", "-m", str(FIXTURES["tcp-multiport"][0]), "--port", "5432"]) == 1
     out = capsys.readouterr().out
     assert out.startswith("app -> pgbouncer port 5432: DENIED") and "mtls is disabled" in out
+
+
+# --------------------------------------------------------------------------- malformed inputs
+
+STREAMING = FIXTURES["streaming"][0]
+
+# name -> (text in streaming.mesh, its replacement, expected code, expected line)
+MUTATIONS: dict[str, tuple[str, str, str, int]] = {
+    "port-as-string": ("port grpc 9000", 'port grpc "9000"', "E001", 40),
+    "port-out-of-range": ("port grpc 9000", "port grpc 70000", "E112", 40),
+    "unknown-protocol": ("port grpc 9000", "port grcp 9000", "E109", 40),
+    "missing-brace": ("retry none\n}", "retry none\n", "E001", 82),
+    "timeout-twice": ("  timeout 30s", "  timeout 30s\n  timeout 20s", "E103", 62),
+    "label-twice": ("labels version=v1 track=stable", "labels version=v1 version=v9", "E103", 42),
+    "label-key-underscore": ("labels color=blue", "labels _color=blue", "E108", 57),
+    "label-value-unicode": ("labels color=blue", 'labels color="blüe"', "E108", 57),
+    "duration-unit": ("timeout 30s", "timeout 30sec", "E001", 61),
+    "duration-fraction": ("per_try 10s", "per_try 1.5ms", "E006", 62),
+    "percent-above-100": ("mirror v2 12.5%", "mirror v2 112.5%", "E006", 50),
+    "percent-decimals": ("delay 2s 50%", "delay 2s 50.125%", "E006", 63),
+    "split-not-100": ("split { v1 66.67%, v2 33.33% }", "split { v1 66.67%, v2 33.32% }", "E111", 48),
+    "empty-split": ("-> split { blue 50%, green 50% }", "-> split { }", "E001", 69),
+    "unknown-version": ("-> v2\n", "-> v3\n", "E104", 47),
+    "unknown-callee": ("calls catalog2, playback", "calls catalog2, playbak", "E101", 24),
+    "unknown-policy": ("use grpc-defaults", "use grpc-default", "E110", 44),
+    "unknown-lb": ("load_balance least_request", "load_balance least_requests", "E109", 45),
+    "int-too-large": ("max_connections 1000", "max_connections 99999999999", "E006", 27),
+    "bad-regex": ('regex "^(yes|true)$"', 'regex "^(yes|true$"', "E112", 47),
+    "relative-path": ('exact "/healthz"', 'exact "healthz"', "E112", 25),
+    "endpoint-port": ("endpoints 127.0.0.1:21300", "endpoints 127.0.0.1:99999", "E112", 75),
+    "unknown-breaker-setting": ("max_pending 100", "max_pendng 100", "E109", 27),
+    "per-try-not-shorter": ("retry 1 on 503, 504 per_try 10s", "retry 1 on 503, 504 per_try 40s", "E212", 62),
+    "unknown-method": ("methods GET, POST", "methods GET, FETCH", "E109", 91),
+    "unterminated-string": ('"debugging is disabled"', '"debugging is disabled', "E002", 34),
+    "abort-status": ("abort 503 25%", "abort 700 25%", "E112", 64),
+    "redirect-code": ("code 301", "code 299", "E112", 33),
+    "unknown-mtls": ("mtls permissive", "mtls permisive", "E109", 76),
+    "upper-case-name": ("service playback {", "service PlayBack {", "E108", 55),
+    "zero-rate": ("rate_limit 600/m burst 120", "rate_limit 0/m burst 120", "E112", 26),
+    "hash-without-key": ('load_balance consistent_hash header "x-user-id"', "load_balance consistent_hash", "E112", 77),
+    "unknown-authz-target": ("deny * -> playback", "deny * -> playbak", "E101", 95),
+    "authz-unknown-port": ("allow edge-api -> cdn-origin", "allow edge-api -> cdn-origin ports 8443", "E104", 93),
+}
+
+# name -> {file: text}; the first file is the entry point
+BAD_SETS: dict[str, tuple[dict[str, str], str, str, int]] = {
+    "import-missing": ({"a.mesh": 'import "nope.mesh"\nmesh x { }\nservice a { port http 80 }\n'}, "a.mesh", "E106", 1),
+    "import-directory": ({"a.mesh": 'import "."\nmesh x { }\nservice a { port http 80 }\n'}, "a.mesh", "E106", 1),
+    "overlay-missing": ({"a.mesh": "mesh x { }\nservice a { port http 80 }\noverlay service ghost { timeout 1s }\n"},
+                        "a.mesh", "E105", 3),
+    "overlay-bad-mode": ({"a.mesh": 'import "b.mesh"\noverlay mesh { mtls strictest }\n',
+                          "b.mesh": "mesh x { }\nservice a { port http 80 }\n"}, "a.mesh", "E109", 2),
+    "no-mesh-block": ({"a.mesh": "service a { port http 80 }\n"}, "a.mesh", "E107", 1),
+    "two-mesh-blocks": ({"a.mesh": 'import "b.mesh"\nmesh y { }\n', "b.mesh": "mesh x { }\n"}, "a.mesh", "E102", 2),
+}
+
+DIAG = r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): error\[(?P<code>E\d{3})\]: "
+
+
+def check_errors(files: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from meshc.cli import main
+
+    rc = main(["check", "--color", "never", *files])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return rc, err
+
+
+def assert_diagnosed(err: str, file: Path, code: str, line: int) -> None:
+    import re
+
+    errors = [m for m in re.finditer(DIAG, err, re.M)]
+    assert errors, err
+    assert any(m["code"] == code and int(m["line"]) == line and Path(m["file"]).name == file.name
+               for m in errors), err
+    # every error has its help line
+    blocks = re.split(r"\n(?=\S+:\d+:\d+: (?:error|warning)\[)", err)
+    for b in blocks:
+        if re.match(DIAG, b):
+            assert "= help: " in b, b
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_malformed_variant_is_a_located_error_with_help(name: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    old, new, code, line = MUTATIONS[name]
+    text = STREAMING.read_text()
+    assert text.count(old) >= 1
+    bad = tmp_path / f"{name}.mesh"
+    bad.write_text(text.replace(old, new, 1))
+    rc, err = check_errors([str(bad)], capsys)
+    assert rc == 1
+    assert_diagnosed(err, bad, code, line)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SETS))
+def test_malformed_file_set_is_a_located_error_with_help(name: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    files, entry, code, line = BAD_SETS[name]
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    rc, err = check_errors([str(tmp_path / entry)], capsys)
+    assert rc == 1
+    assert_diagnosed(err, tmp_path / entry, code, line)
+
+
+def test_import_cycles_are_read_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`a` imports `b` imports `a`: each file is read once (docs/language.md), no error."""
+    (tmp_path / "a.mesh").write_text('import "b.mesh"\nmesh x { }\nservice a { port http 80 }\n')
+    (tmp_path / "b.mesh").write_text('import "a.mesh"\nservice b { port http 80 }\n')
+    rc, err = check_errors([str(tmp_path / "a.mesh")], capsys)
+    assert rc == 0 and "2 services" in err
