@@ -238,6 +238,11 @@ def sig(node: Node | None) -> str:
     return node.model_dump_json(exclude=_span_free(type(node)))
 
 
+def service_signatures(mesh: Mesh) -> dict[str, str]:
+    """Each service's `sig`: how semantic_diff skips the services a change leaves alone."""
+    return {s.name: sig(s) for s in mesh.services}
+
+
 # --------------------------------------------------------------------------- services
 
 
@@ -1110,15 +1115,19 @@ def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Chang
 # --------------------------------------------------------------------------- the engine
 
 
-def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> Diff:
-    """Compare two resolved meshes by meaning. `targets`: also list changed generated files."""
+def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None,
+                  new_signatures: dict[str, str] | None = None) -> Diff:
+    """Compare two resolved meshes by meaning. `targets`: also list changed generated files.
+    `new_signatures`: `service_signatures(new)`, if already computed (meshc diff computes
+    them while the old side loads)."""
     changes: list[Change] = []
     by_a = {s.name: s for s in old.services}
     by_b = {s.name: s for s in new.services}
     names_a = set(by_a)
+    sig_b = new_signatures.__getitem__ if new_signatures is not None else lambda name: sig(by_b[name])
     # Most services of a large mesh are untouched by a change: skip them cheaply.
     changed = [n for n in sorted(names_a & by_b.keys())
-               if by_a[n] is not by_b[n] and sig(by_a[n]) != sig(by_b[n])]
+               if by_a[n] is not by_b[n] and sig(by_a[n]) != sig_b(n)]
     changes += _diff_services(old, new, changed)
     changes += _diff_mesh_settings(old, new)
     for name in changed:
@@ -1373,6 +1382,9 @@ class OldSideError(Exception):
         self.error = error
 
 
+_New = typing.TypeVar("_New")
+
+
 # Above this much .mesh text the two sides load at once (--jobs 2, the default when a core is
 # idle): the old side in a forked child, its model pickled back (~15% of loading it). At
 # 10,000 services on the 2-core benchmark machine: 17.7-18.3 s against 17.2-22.5 s one side
@@ -1380,8 +1392,8 @@ class OldSideError(Exception):
 PARALLEL_BYTES = 1_000_000
 
 
-def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], Mesh],
-               parallel: bool) -> tuple[Mesh | None, Mesh]:
+def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], _New],
+               parallel: bool) -> tuple[Mesh | None, _New]:
     """(old, new). With `parallel`, the old side loads in a forked child meanwhile.
     Errors of the old side are raised as OldSideError; the new side's as they are."""
     from meshc import parallel as cores
@@ -1441,14 +1453,19 @@ def _run_diff(args: argparse.Namespace) -> int:
     def load_old() -> Mesh | None:
         return load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
 
+    def load_new() -> tuple[Mesh, dict[str, str]]:
+        new = load_paths(new_paths)
+        return new, service_signatures(new)  # while the old side may still be loading
+
     try:
         try:
-            old, new = load_sides(load_old, lambda: load_paths(new_paths), parallel)
+            old, (new, new_signatures) = load_sides(load_old, load_new, parallel)
         except OldSideError as e:
             if isinstance(e.error, MeshcError):
                 return _report(e.error, relabel)
             raise e.error from None
-        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
+        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets,
+                               new_signatures=new_signatures)
         if args.base:
             result = result.relabel(*relabel)
     except UsageError as e:
