@@ -270,8 +270,16 @@ class PrometheusBackend(Backend):
             return [(n, f"{tmpl.replace('{service}', n)}:{port}") for n in names]
         from meshc.backends.native import NativeBackend
 
-        native = NativeBackend({"base_port": self.options.get("base_port", "15000"),
-                                "host": self.options.get("host", "127.0.0.1")}).lower(mesh)
+        class AdminPortsOnly(NativeBackend):
+            # Only the native sidecars' admin ports are read here: a data-plane setting the native
+            # proxy cannot say (E313, e.g. a cookie `ttl`) is the native target's error, not a
+            # reason to refuse the scrape config (the same mesh may run on Envoy sidecars).
+            @staticmethod
+            def value_gaps(mesh: Mesh) -> list[Diagnostic]:
+                return []
+
+        native = AdminPortsOnly({"base_port": self.options.get("base_port", "15000"),
+                                 "host": self.options.get("host", "127.0.0.1")}).lower(mesh)
         errors = [d for d in native.diagnostics if d.severity == "error"]
         if errors:
             bundle.diagnostics += errors

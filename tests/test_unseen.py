@@ -369,3 +369,14 @@ def test_import_cycles_are_read_once(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "b.mesh").write_text('import "a.mesh"\nservice b { port http 80 }\n')
     rc, err = check_errors([str(tmp_path / "a.mesh")], capsys)
     assert rc == 0 and "2 services" in err
+
+
+def test_prometheus_target_is_not_refused_for_a_native_data_plane_gap() -> None:
+    """streaming.mesh hashes on a cookie with a `ttl`, which the native proxy cannot issue (E313
+    on the native target). The prometheus target, which only reads the native admin ports,
+    failed with the same E313."""
+    mesh = load(FIXTURES["streaming"])
+    with pytest.raises(MeshcError):
+        backends.compile_mesh(mesh, "native")
+    bundle = backends.compile_mesh(mesh, "prometheus")
+    assert "prometheus.yml" in bundle.files and not [d for d in bundle.diagnostics if d.code == "E313"]
