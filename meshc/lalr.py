@@ -120,6 +120,25 @@ def _c_alternatives(t: TerminalDef, index: int) -> list[tuple[int, int, str | No
     return None
 
 
+def _c_lexer(accepted: frozenset[str], terminals: dict[str, TerminalDef], term_index: dict[str, int]
+             ) -> tuple[Any, ...] | None:
+    """One state's lexer for meshc/_lalrc.c: (matcher kind, terminal, literal, keywords) in
+    the order `_alternatives` gives, or None if a terminal has no C matcher."""
+    assert _lalrc is not None
+    alternatives, keywords = _alternatives(accepted, terminals)
+    state_lexer: list[tuple[int, int, str | None, dict[str, int] | None]] = []
+    for t in alternatives:
+        matchers = _c_alternatives(t, term_index[t.name])
+        if matchers is None:
+            return None
+        kw = keywords.get(t.name)
+        kw_index = {text: term_index[name] for text, name in kw.items()} if kw else None
+        state_lexer += [(kind, index, literal, kw_index) for kind, index, literal in matchers]
+    if _END in accepted:
+        state_lexer.append((_lalrc.END, term_index[_END], None, None))
+    return tuple(state_lexer)
+
+
 def _c_tables(parser: LeanParser, table: Any, terminals: dict[str, TerminalDef], ignore: frozenset[str]) -> Any:
     """The parser's tables for meshc/_lalrc.c, or None if it is not built or cannot match
     some terminal of this grammar exactly."""
@@ -142,21 +161,16 @@ def _c_tables(parser: LeanParser, table: Any, terminals: dict[str, TerminalDef],
                 go[s * len(nonterms) + nonterm_index[symbol]] = act[0]
             else:
                 return None
+    by_set: dict[frozenset[str], tuple[Any, ...]] = {}  # many states accept the same terminals
     lexers = []
     for s in range(states):
         accepted = parser.lexers.accepted[s]
-        alternatives, keywords = _alternatives(accepted, terminals)
-        state_lexer: list[tuple[int, int, str | None, dict[str, int] | None]] = []
-        for t in alternatives:
-            matchers = _c_alternatives(t, term_index[t.name])
-            if matchers is None:
+        if accepted not in by_set:
+            state_lexer = _c_lexer(accepted, terminals, term_index)
+            if state_lexer is None:
                 return None
-            kw = keywords.get(t.name)
-            kw_index = {text: term_index[name] for text, name in kw.items()} if kw else None
-            state_lexer += [(kind, index, literal, kw_index) for kind, index, literal in matchers]
-        if _END in accepted:
-            state_lexer.append((_lalrc.END, term_index[_END], None, None))
-        lexers.append(tuple(state_lexer))
+            by_set[accepted] = state_lexer
+        lexers.append(by_set[accepted])
     rule_length = array("i", [len(r.expansion) for r in parser.rules])
     rule_origin = array("i", [nonterm_index[r.origin.name] for r in parser.rules])
     return _lalrc.make_tables(states, len(term_names), len(nonterms), len(parser.rules), action, go,
