@@ -63,7 +63,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 def new_ca(trust_domain: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshc"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"meshc local CA for {trust_domain}")])
+                      x509.NameAttribute(NameOID.COMMON_NAME, _common_name(f"meshc local CA for {trust_domain}"))])
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -78,6 +78,12 @@ def new_ca(trust_domain: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return cert, key
 
 
+def _common_name(text: str) -> str:
+    """X.509 caps a common name at 64 characters (RFC 5280 ub-common-name). The name is only
+    a label for people; the identity is the SPIFFE URI SAN, which has no such cap."""
+    return text[:64]
+
+
 def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, spiffe: str,
           common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A leaf for one SPIFFE ID: URI SAN, client and server auth, signed by the CA."""
@@ -85,7 +91,7 @@ def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, spiffe:
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshc"),
-                                     x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                                     x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)

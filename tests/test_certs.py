@@ -88,3 +88,20 @@ def test_cli(tmp_path: Path, capsys: object) -> None:
     args = ap.parse_args(["certs", str(bad), "-o", str(tmp_path / "out2")])
     assert args.func(args) == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_long_identity_and_trust_domain_fit_the_common_name(tmp_path: Path) -> None:
+    """X.509 caps a CN at 64 characters; the identity lives in the SPIFFE URI SAN, uncut."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from meshc.certs import issue, new_ca
+
+    long_name = "s" * 63
+    ca_cert, ca_key = new_ca("t" * 70 + ".example")
+    spiffe = f"spiffe://{'t' * 70}.example/ns/default/sa/{long_name}"
+    cert, _ = issue(ca_cert, ca_key, spiffe, f"{long_name}.default")
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == f"{long_name}.default"[:64]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe]
