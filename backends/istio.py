@@ -44,8 +44,10 @@ Lowering decisions (docs/language.md semantics -> Istio):
   warning W321 asks for `normalization: MERGE_SLASHES` at install time when rules use paths.
 - TCP services: splits become `tcp` routes (TCP ports) or SNI-matched `tls` routes (TLS
   ports, which `tcp` routes do not cover); conditions, timeouts and retries there are E301.
-- Ingress: the gateway's VirtualService carries the service's timeout and retries (Istio's
-  gateway default would otherwise be 2 retries).
+- Ingress: the gateway's VirtualService routes exposed paths to the service's default
+  destination (its `otherwise` rule, subsets and weights), as the Envoy and native gateways
+  do, with the service's timeout and retries (Istio's gateway default would otherwise be 2
+  retries).
 - External services: ServiceEntry (MESH_EXTERNAL, DNS), a VirtualService pinning retries and
   timeouts for HTTP callers, and a DestinationRule for load balancing, pools, outlier
   detection and TLS origination (`SIMPLE`, SNI) — never ISTIO_MUTUAL.
@@ -699,12 +701,16 @@ class IstioBackend(Backend):
             # services exposing every path go last: Istio routes are first-match
             for svc in sorted(svcs, key=lambda s: (not s.expose.paths, s.name)):  # type: ignore[union-attr]
                 assert svc.expose is not None
-                http_port = next((p.number for p in svc.ports if p.protocol in ("http", "http2", "grpc")),
-                                 svc.ports[0].number if svc.ports else 80)
                 route: dict[str, Any] = {}
                 if svc.expose.paths:
                     route["match"] = [{"uri": uri} for p in svc.expose.paths for uri, _ in path_matches(p)]
-                route["route"] = [{"destination": {"host": self.host(svc.name, ns), "port": {"number": http_port}}}]
+                # to the service's default destination (its `otherwise` rule), as the Envoy and
+                # native gateways do: a canary split applies to ingress traffic too
+                default = next((r for r in svc.routes if r.is_default and r.destinations), None)
+                dests = default.destinations if default else (Destination(service=svc.name),)
+                route["route"] = self.route_destinations(dests, ns)
+                for entry, d in zip(route["route"], dests, strict=True):
+                    entry["destination"]["port"] = {"number": _http_port(mesh.service(d.service) or svc)}
                 # the gateway's hop gets the service's own timeout and retries, never Istio's defaults
                 timeout = self.effective_timeout(svc, None)
                 if timeout is not None and timeout.ms is not None:
@@ -716,3 +722,9 @@ class IstioBackend(Backend):
             out.append(k8s.cr(NET, "VirtualService", name, ns,
                               {"hosts": list(hosts), "gateways": [gw_name], "http": http}))
         return out
+
+
+def _http_port(svc: Service) -> int:
+    """The port a gateway sends a service's HTTP traffic to: its first HTTP-family port."""
+    return next((p.number for p in svc.ports if p.protocol in ("http", "http2", "grpc")),
+                svc.ports[0].number if svc.ports else 80)

@@ -271,6 +271,17 @@ def test_ingress_gateway_and_virtual_service() -> None:
         {"route": [{"destination": {"host": "api", "port": {"number": 9090}}}], "retries": {"attempts": 0}}]
 
 
+def test_ingress_goes_to_the_default_destination_as_on_envoy() -> None:
+    """The gateway sends exposed traffic where the service's `otherwise` rule sends it (the
+    Envoy and native gateways do the same): a canary split holds for ingress traffic too."""
+    src = SVC % ("expose ingress\n  route {\n    when header x-canary == \"on\" -> v2\n"
+                 "    otherwise -> split { v1 90%, v2 10% }\n  }")
+    vs = get(objects(src), "VirtualService", "m")["spec"]
+    assert vs["http"][0]["route"] == [
+        {"destination": {"host": "a", "subset": "v1", "port": {"number": 8080}}, "weight": 90},
+        {"destination": {"host": "a", "subset": "v2", "port": {"number": 8080}}, "weight": 10}]
+
+
 # --------------------------------------------------------------------------- E301
 
 
