@@ -341,6 +341,8 @@ _MAX_INT = 2**31 - 1
 
 
 def _unquote(raw: str) -> str:
+    if "\\" not in raw:  # most strings have no escapes
+        return raw[1:-1]
     out, i = [], 1
     while i < len(raw) - 1:
         c = raw[i]
