@@ -238,11 +238,6 @@ def sig(node: Node | None) -> str:
     return node.model_dump_json(exclude=_span_free(type(node)))
 
 
-def service_signatures(mesh: Mesh) -> dict[str, str]:
-    """Each service's `sig`: how semantic_diff skips the services a change leaves alone."""
-    return {s.name: sig(s) for s in mesh.services}
-
-
 # --------------------------------------------------------------------------- services
 
 
@@ -1115,19 +1110,15 @@ def diff_targets(old: Mesh, new: Mesh, targets: Iterable[str]) -> Iterator[Chang
 # --------------------------------------------------------------------------- the engine
 
 
-def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None,
-                  new_signatures: dict[str, str] | None = None) -> Diff:
-    """Compare two resolved meshes by meaning. `targets`: also list changed generated files.
-    `new_signatures`: `service_signatures(new)`, if already computed (meshc diff computes
-    them while the old side loads)."""
+def semantic_diff(old: Mesh, new: Mesh, *, targets: list[str] | None = None) -> Diff:
+    """Compare two resolved meshes by meaning. `targets`: also list changed generated files."""
     changes: list[Change] = []
     by_a = {s.name: s for s in old.services}
     by_b = {s.name: s for s in new.services}
     names_a = set(by_a)
-    sig_b = new_signatures.__getitem__ if new_signatures is not None else lambda name: sig(by_b[name])
     # Most services of a large mesh are untouched by a change: skip them cheaply.
     changed = [n for n in sorted(names_a & by_b.keys())
-               if by_a[n] is not by_b[n] and sig(by_a[n]) != sig_b(n)]
+               if by_a[n] is not by_b[n] and sig(by_a[n]) != sig(by_b[n])]
     changes += _diff_services(old, new, changed)
     changes += _diff_mesh_settings(old, new)
     for name in changed:
@@ -1374,70 +1365,12 @@ def _targets(arg: str | None) -> list[str]:
 no_gc = paused_gc
 
 
-class OldSideError(Exception):
-    """An error loading the old side (reported with the old side's file names)."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
-_New = typing.TypeVar("_New")
-
-
-# Above this much .mesh text the two sides load at once (--jobs 2, the default when a core is
-# idle): the old side in a forked child, its model pickled back (~15% of loading it). At
-# 10,000 services on the 2-core benchmark machine: 17.7-18.3 s against 17.2-22.5 s one side
-# after the other (each then parsing in two parts), interleaved runs.
-PARALLEL_BYTES = 1_000_000
-
-
-def load_sides(load_old: Callable[[], Mesh | None], load_new: Callable[[], _New],
-               parallel: bool) -> tuple[Mesh | None, _New]:
-    """(old, new). With `parallel`, the old side loads in a forked child meanwhile.
-    Errors of the old side are raised as OldSideError; the new side's as they are."""
-    from meshc import parallel as cores
-    from meshc.diagnostics import MeshcError
-
-    if not parallel or not cores.enabled:
-        new = load_new()
-        try:
-            return load_old(), new
-        except (MeshcError, UsageError, OSError) as e:
-            raise OldSideError(e) from e
-    # Each side has a core: neither forks a child of its own (no grandchildren).
-    was_enabled, cores.enabled = cores.enabled, False
-    try:
-        old = cores.Forked(load_old)
-        try:
-            new = load_new()
-        except BaseException:
-            old.close()
-            raise
-        try:
-            return old.result(), new
-        except cores.ChildFailed as e:
-            error = e.__cause__ or e
-            raise OldSideError(error if isinstance(error, (MeshcError, UsageError, OSError))
-                               else OSError(f"{type(error).__name__}: {error}")) from error
-    finally:
-        cores.enabled = was_enabled
-
-
-def _size(paths: Sequence[Path]) -> int:
-    try:
-        return sum(f.stat().st_size for f in expand(paths))
-    except OSError:
-        return 0
-
-
 def run_diff(args: argparse.Namespace) -> int:
     with no_gc():
         return _run_diff(args)
 
 
 def _run_diff(args: argparse.Namespace) -> int:
-    from meshc import parallel as cores
     from meshc.diagnostics import MeshcError
 
     paths = [Path(p) for p in args.paths]
@@ -1446,26 +1379,17 @@ def _run_diff(args: argparse.Namespace) -> int:
         sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
         return 2
     new_paths = (paths or [Path(".")]) if args.base else paths[1:]
-    # (asked in this order: idle_core() takes 50 ms, worth it only for a large mesh)
-    parallel = args.jobs != 1 and _size(new_paths) >= PARALLEL_BYTES and (args.jobs == 2 or cores.idle_core())
     relabel = (str(GIT_ROOT) + "/", f"{args.base}:") if args.base else ("", "")
-
-    def load_old() -> Mesh | None:
-        return load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
-
-    def load_new() -> tuple[Mesh, dict[str, str]]:
-        new = load_paths(new_paths)
-        return new, service_signatures(new)  # while the old side may still be loading
-
+    # One side after the other: loading the old side in a second process and pickling it
+    # back costs as much as loading it (measured at 10,000 services: load 4.2 s, pickle
+    # 2.6 s + 1.6 s), so two cores do not shorten the diff.
     try:
+        new = load_paths(new_paths)
         try:
-            old, (new, new_signatures) = load_sides(load_old, load_new, parallel)
-        except OldSideError as e:
-            if isinstance(e.error, MeshcError):
-                return _report(e.error, relabel)
-            raise e.error from None
-        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets,
-                               new_signatures=new_signatures)
+            old = load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
+        except MeshcError as e:
+            return _report(e, relabel)  # the old side's files, named as the user knows them
+        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
         if args.base:
             result = result.relabel(*relabel)
     except UsageError as e:
@@ -1500,7 +1424,4 @@ def register(subparsers: Any) -> None:
                    help="exit 1 when a change widens access or weakens protection (widen), or on any change")
     p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets ('all': every target)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-    p.add_argument("--jobs", type=int, choices=(1, 2), default=None,
-                   help="2: load the two sides at once (forked) when they are over 1 MB; 1: one "
-                        "after the other (default: 2 when a core is idle)")
     p.set_defaults(func=run_diff)

@@ -60,10 +60,6 @@ class Span(NamedTuple):
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # rebuilt by tuple.__new__ (C) rather than the generated __new__ (a Python call each)
-        return _new_tuple, (Span, tuple(self))
-
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.is_instance_schema(
@@ -73,52 +69,9 @@ class Span(NamedTuple):
 NO_SPAN = Span(file="<builtin>", line=0, column=0)
 
 
-_object_setattr = object.__setattr__
-
-
-_new_tuple = tuple.__new__
-
-
-def _unpickled(cls: type[Node], values: tuple[Any, ...] | dict[str, Any], fields_set: set[str] | None) -> Node:
-    """A node rebuilt from its pickled field values, without validation (it was valid when
-    pickled). `fields_set` None: every field was set."""
-    node = cls.__new__(cls)
-    names = _field_names(cls)
-    _object_setattr(node, "__dict__", dict(zip(names, values, strict=True)) if values.__class__ is tuple else values)
-    _object_setattr(node, "__pydantic_fields_set__", set(names) if fields_set is None else fields_set)
-    _object_setattr(node, "__pydantic_extra__", None)
-    if cls.__private_attributes__:
-        _object_setattr(node, "__pydantic_private__",
-                        {name: attr.get_default() for name, attr in cls.__private_attributes__.items()})
-        node.model_post_init(None)
-    else:
-        _object_setattr(node, "__pydantic_private__", None)
-    return node
-
-
-_FIELD_NAMES: dict[type[Node], tuple[str, ...]] = {}
-
-
-def _field_names(cls: type[Node]) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(cls.model_fields)
-    return names
-
-
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span = NO_SPAN
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pydantic pickles through a Python-level __getstate__/__setstate__ pair per node, with
-        # its field dict and set of set fields. The old side of `meshc diff --jobs 2` crosses
-        # from a child process (about 370,000 nodes at 10,000 services), so a node pickles as
-        # its values in field order (pydantic keeps __dict__ in that order), and its set of
-        # set fields only when some field was left at its default.
-        fields, names, fields_set = self.__dict__, _field_names(self.__class__), self.__pydantic_fields_set__
-        values = tuple(fields.values()) if len(fields) == len(names) else fields
-        return _unpickled, (self.__class__, values, None if len(fields_set) == len(names) else fields_set)
 
 
 # --------------------------------------------------------------------------- matching

@@ -1,9 +1,10 @@
 """Work on the second core: one function run in a forked child, its result pickled back.
 
-Large meshes are the only case where this pays: checking the graph of a 10,000-service mesh
-in two halves, loading both sides of a diff. A forked child sees the
-parent's memory as it was (the parser's tables, the resolved model) without copying it, so
-only the result crosses the pipe. Every caller can do the work itself instead; it does so
+It pays where the child's result is small next to its work: the graph checks of a large
+mesh, half of them in a child, whose result is a list of diagnostics. A forked child sees the
+parent's memory as it was (the resolved model) without copying it, so only the result
+crosses the pipe. (Sending a whole model back costs about as much as building it: meshc
+parses and loads in one process.) Every caller can do the work itself instead; it does so
 when fork is unavailable, when no core is idle, or when the child fails.
 """
 
@@ -19,8 +20,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-# Off where the caller already keeps every core busy (`meshc diff --jobs 2` loads both sides
-# at once) and inside a forked child (no grandchildren).
+# Off inside a forked child (no grandchildren), and where a caller keeps every core busy.
 enabled = (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
 
 
