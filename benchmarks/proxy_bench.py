@@ -139,11 +139,13 @@ def start_native(work: Path, text: str, source: str | None = None) -> tuple[subp
     cfg["observability"]["access_log_path"] = str(work / "native-access.log")
     (out / "api.json").write_text(json.dumps(cfg))
     port = cfg["inbound"][0]["port"]
-    # `source`: another checkout's meshc/ (--baseline) shadows this one, for A/B runs.
+    # `source`: another checkout's meshc/ (--baseline) shadows this one, for A/B runs. It is also
+    # the working directory: `python -m` puts that first on sys.path, before PYTHONPATH.
     env = {**os.environ, "PYTHONPATH": source} if source else None
     proc = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), sys.executable, "-m", "meshc.runtime.commands",
                              "proxy", "--config", str(out / "api.json"), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "native.err", "wb"), env=env)  # noqa: SIM115
+                            stdout=subprocess.DEVNULL, stderr=open(work / "native.err", "wb"), env=env,  # noqa: SIM115
+                            cwd=source)
     wait_port(port)
     return proc, port
 
@@ -335,7 +337,10 @@ def run_micro(requests: int) -> int:
     with tempfile.TemporaryDirectory(prefix="meshc-micro-") as tmp:
         coro = micro(Path(tmp), requests)
         best = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
-    print(f"native Python path: {best:.1f} CPU µs/request (in-process, fake transports, best of 7 x {requests})")
+    from meshc.runtime import COMPILED
+
+    print(f"native request path ({'compiled by mypyc' if COMPILED else 'pure Python'}): {best:.1f} CPU µs/request "
+          f"(in-process, fake transports, best of 7 x {requests})")
     return 0
 
 
@@ -373,8 +378,11 @@ def main() -> int:
         upstream, up_port, kind = start_upstream(work)
         api_port = free_port()
         text = mesh_text(api_port, up_port, free_port())
+        from meshc.runtime import COMPILED
+
         print(f"upstream: {kind}; wrk -t1 -c{args.connections} -d{args.duration}s; proxy on CPU {PROXY_CPU}, "
-              f"load on CPU {LOAD_CPU}; authz + metrics + JSON access log on")
+              f"load on CPU {LOAD_CPU}; authz + metrics + JSON access log on; native request path "
+              f"{'compiled by mypyc' if COMPILED else 'pure Python'}")
         try:
             for _round in range(args.rounds):
                 for name in ("native", "base", "envoy"):

@@ -93,7 +93,8 @@ class Driver:
 
     __slots__ = ("coro", "waiting", "_done", "_must_cancel", "loop", "stream")
 
-    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop, stream: Stream):
+    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop, stream: Any):
+        # stream: a Stream (Any: the tests drive a Driver with a stand-in, and mypyc checks types)
         self.coro = coro
         self.loop = loop
         self.stream = stream
@@ -125,7 +126,7 @@ class Driver:
         self.waiting = yielded
         yielded.add_done_callback(self._wake)
 
-    def _end(self) -> Stream:
+    def _end(self) -> Any:
         """The control flow is over: drop the references back to the request. The stream keeps
         its Driver (`Stream.task`); without this the pair is a reference cycle, and every
         finished request (its stream, header lists and tuples, future, coroutine: about 16
@@ -134,7 +135,7 @@ class Driver:
         connection."""
         self._done = True
         stream = self.stream
-        self.stream = None  # type: ignore[assignment]
+        self.stream = None
         self.coro = None
         return stream
 
@@ -1106,8 +1107,8 @@ async def proxy(stream: Stream, cluster: Cluster, head: bytes, retry: Any,
                 assert stream.resp_head is not None
                 status = stream.resp_head[0]
                 outcome = "response"
-            except Overflow as e:
-                stream.respond(503, f"upstream overflow (circuit breaker: max_{e.threshold})".encode(),
+            except Overflow as overflow:  # one name per exception type: mypyc types `e` by its first use
+                stream.respond(503, f"upstream overflow (circuit breaker: max_{overflow.threshold})".encode(),
                                [(b"x-envoy-overloaded", b"true")])
                 return
             except ConnectFailure as e:

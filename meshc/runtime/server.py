@@ -562,7 +562,8 @@ class Sidecar:
         """Listener name -> bound port (useful when the config asks for port 0)."""
         out = {}
         for slot in self.slots.values():
-            sock = slot.sock or (slot.server.sockets[0] if slot.server and slot.server.sockets else None)
+            server: Any = slot.server  # its .sockets is a list on uvloop (see _start_admin)
+            sock = slot.sock or (server.sockets[0] if server and server.sockets else None)
             if sock is not None:
                 out[slot.runtime.name] = sock.getsockname()[1]
         return out
@@ -595,11 +596,11 @@ class Sidecar:
             contexts = {lst.name: self._server_ssl(lst.cfg) for lst in listeners}
             for c in created:
                 await c.start()
-        except (OSError, ssl.SSLError, ValueError, KeyError) as e:
+        except (OSError, ssl.SSLError, ValueError, KeyError) as build_error:
             self.cfg = prev_cfg
             for c in created:
                 c.close()
-            raise C.ConfigError(f"{self.name}: cannot apply config: {e}") from e
+            raise C.ConfigError(f"{self.name}: cannot apply config: {build_error}") from build_error
         # Commit: bind new ports, swap the rest, close what is gone.
         wanted: dict[tuple[Any, ...], Any] = {}
         for lst in listeners:
@@ -788,8 +789,11 @@ class Sidecar:
         adm = self.cfg.admin
         port = adm.port if self.admin_port_override is None else self.admin_port_override
         loop = asyncio.get_running_loop()
-        self.admin_server = await loop.create_server(lambda: _Admin(self), adm.host, port, reuse_address=True)
-        self.admin_address = self.admin_server.sockets[0].getsockname()[:2]
+        # Any: uvloop's Server.sockets is a list where the stubs say a tuple (compiled by mypyc,
+        # annotations are checked at run time).
+        server: Any = await loop.create_server(lambda: _Admin(self), adm.host, port, reuse_address=True)
+        self.admin_server = server
+        self.admin_address = tuple(server.sockets[0].getsockname()[:2])
 
     def admin_response(self, path: str) -> tuple[int, bytes, bytes]:
         path = path.split("?", 1)[0]
