@@ -96,6 +96,13 @@ def istio_semantics(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 d["spec"]["mtls"]["mode"]
     gateways = sorted((s["port"]["number"], tuple(sorted(s["hosts"])))
                       for d in docs if d.get("kind") == "Gateway" for s in d["spec"]["servers"])
+    # meshc's ingress goes to the service's default destination (as on Envoy); Istio's original
+    # gateway route names the bare host. The two agree when the destination's versions are all
+    # the service's declared subsets (bookinfo's productpage: v1, its only version).
+    for gw in ingress:
+        for t in gw["table"]:
+            t["route"] = sorted({(h, "" if v and set(subsets.get(h) or {}) == {x for y, x in t["route"] if y == h}
+                                  else v) for h, v in t["route"]})
     return {"routes": routes, "ingress": ingress, "subsets": subsets, "client_tls": client_tls, "peer": peer,
             "gateways": gateways}
 
@@ -203,3 +210,46 @@ def test_deterministic_across_hash_seeds() -> None:
                               capture_output=True, text=True, timeout=60, env=env)
         outs.add(proc.stdout)
     assert len(outs) == 1 and next(iter(outs)).startswith("# meshc import:")
+
+
+def test_gateway_to_a_bare_host_is_reported_when_its_default_route_picks_versions(tmp_path: Path) -> None:
+    """meshc's ingress follows the service's default route on every target; an Istio gateway
+    routing to the bare host reaches every pod. The import says so when the two differ."""
+    (tmp_path / "in.yaml").write_text("""\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [shop-gateway]
+  http: [{route: [{destination: {host: web, port: {number: 80}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {selector: {app: web}, ports: [{name: http, port: 80}]}
+""")
+    result = import_files("istio", [tmp_path / "in.yaml"])
+    notes = [e.why for e in result.report if e.resource == "VirtualService default/shop"]
+    assert any("meshc's ingress follows web's default route (versions v1)" in n for n in notes), notes

@@ -813,6 +813,13 @@ class IstioImporter:
             if (own if own is not None and own.attempts else None) != (retry if retry and retry.attempts else None):
                 self.note(vs, f"{at}.retries", f"the gateway's retries ({retry.attempts if retry else 0}) are not "
                           f"expressible; the ingress hop uses {d.name}'s own", f"service:{d.name}")
+            # meshc's ingress follows the service's default route on every target; Istio's
+            # gateway, routing to the bare host, reaches every pod of the service
+            default = next((r for r in d.routes if r.is_default and r.destinations), None)
+            versions = sorted({x.version for x in default.destinations if x.version}) if default else []
+            if versions and set(versions) != set(d.versions):
+                self.note(vs, f"{at}.route", f"the gateway sends to every pod of {d.name}; meshc's ingress follows "
+                          f"{d.name}'s default route (versions {', '.join(versions)})", f"service:{d.name}")
 
     # ----------------------------------------------------------------- mTLS
     def peer_authentications(self) -> None:
