@@ -24,7 +24,7 @@
 
 enum {
     M_LITERAL = 0, M_NAME, M_STRING, M_ENDPOINT, M_DURATION, M_PERCENT, M_RATE,
-    M_STATUS_CLASS, M_INT, M_END, M_COUNT
+    M_STATUS_CLASS, M_INT, M_END, M_SIZE, M_COUNT
 };
 
 typedef struct {
@@ -146,6 +146,14 @@ static Py_ssize_t match(const Alternative *a, int kind, const void *data, Py_ssi
         if ((j = unit(kind, data, i, end, "m")) >= 0) return j;
         if ((j = unit(kind, data, i, end, "h")) >= 0) return j;
         return unit(kind, data, i, end, "d");
+    case M_SIZE:  /* [0-9]+(\.[0-9]+)?(B|KB|KiB|MB|MiB|GB|GiB)(?![A-Za-z0-9_]) */
+        if ((i = decimal(kind, data, pos, end)) < 0) return -1;
+        {
+            static const char *const units[] = {"B", "KB", "KiB", "MB", "MiB", "GB", "GiB"};
+            for (size_t k = 0; k < sizeof units / sizeof units[0]; k++)
+                if ((j = unit(kind, data, i, end, units[k])) >= 0) return j;
+        }
+        return -1;
     case M_PERCENT:  /* [0-9]+(\.[0-9]+)?% */
         if ((i = decimal(kind, data, pos, end)) < 0) return -1;
         return i < end && AT(i) == '%' ? i + 1 : -1;
@@ -576,7 +584,7 @@ PyMODINIT_FUNC PyInit__lalrc(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     static const char *const kinds[] = {"LITERAL", "NAME", "STRING", "ENDPOINT", "DURATION", "PERCENT", "RATE",
-                                        "STATUS_CLASS", "INT", "END"};
+                                        "STATUS_CLASS", "INT", "END", "SIZE"};
     for (int k = 0; k < M_COUNT; k++) {
         if (PyModule_AddIntConstant(m, kinds[k], k) < 0) { Py_DECREF(m); return NULL; }
     }

@@ -14,6 +14,7 @@ RATE: int
 STATUS_CLASS: int
 INT: int
 END: int
+SIZE: int
 # reduction kinds
 CALL: int
 ONLY_CHILD: int

@@ -95,6 +95,7 @@ _C_MATCHERS = {
     "(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+": "ENDPOINT",
     "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)(?![A-Za-z0-9_])": "DURATION",
     "[0-9]+(\\.[0-9]+)?%": "PERCENT",
+    "[0-9]+(\\.[0-9]+)?(B|KB|KiB|MB|MiB|GB|GiB)(?![A-Za-z0-9_])": "SIZE",
     "[0-9]+\\/(s|m|h)(?![A-Za-z0-9_])": "RATE",
     "[1-5]xx(?![A-Za-z0-9_])": "STATUS_CLASS",
     "[0-9]+": "INT",

@@ -44,7 +44,7 @@ def python_loop() -> LeanParser:
 
 # ---------------------------------------------------------------------------------- matchers
 # Strings over the characters the grammar's regexes care about, to hit their edges.
-CHARS = "0123456789.:%/-_[]\"\\\n #\taAbfFmshdxyzé€𝄞"
+CHARS = "0123456789.:%/-_[]\"\\\n #\taAbBfFGiKMmshdxyzé€𝄞"
 texts = st.text(alphabet=CHARS, max_size=14)
 
 
@@ -63,7 +63,7 @@ def test_matcher_equals_its_regex(regex: str, kind: str, text: str, data: st.Dat
     "a", "a-", "a--b-", "_-_", "-a", "9a", '""', '"a\\"b"', '"a\\\nb"', '"a\nb"', '"\\', '"abc',
     "[::1]:80", "[]:80", "[::1]80", "a.b-c:8080", "a:", ":80", "1.5s", "1.s", "1.5", "10ms", "10msx",
     "10m_", "5m5", "3d", "2.25%", "2.%", "100/s", "100/sx", "100/", "5xx", "6xx", "5xxx", "5x", "007",
-    "1.5ms:", "é", "𝄞1",
+    "1.5ms:", "é", "𝄞1", "2B", "10KB", "10Kb", "1.5MiB", "1GiBx", "3GB_", "1.B", "7 MB",
 ])
 def test_matcher_on_edge_cases(regex: str, kind: str, text: str) -> None:
     m = re.compile(regex).match(text)
