@@ -29,7 +29,7 @@ MAX_ERRORS = 50
 _TERMINAL_WORDS = {
     "NAME": "a name", "STRING": "a string in double quotes", "INT": "a number", "DURATION": "a duration like 2s",
     "PERCENT": "a percentage like 20%", "RATE": "a rate like 100/s", "ENDPOINT": "an endpoint like 127.0.0.1:8080",
-    "STATUS_CLASS": "a status class like 5xx", "AUTHZ_ACTION": "'allow'/'deny'", "OTHERWISE": "'otherwise'",
+    "STATUS_CLASS": "a status class like 5xx", "SIZE": "a size like 10MiB", "AUTHZ_ACTION": "'allow'/'deny'", "OTHERWISE": "'otherwise'",
     "NONE": "'none'", "STAR": "'*'", "EQ": "'=='", "$END": "end of file",
 }
 _TOP_LEVEL = re.compile(rb"^(import|mesh|policy|service|external|overlay|allow|deny)\b", re.M)
