@@ -338,6 +338,11 @@ class File:
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _MAX_INT = 2**31 - 1
+_SIZE_BYTES = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
+_SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(B|KB|KiB|MB|MiB|GB|GiB)")
+# Sizes are whole bytes, from 1B to 1GiB: every target takes that range (Envoy's buffer
+# limit is a 32-bit count), and a larger request body is a file transfer, not a request.
+MAX_SIZE = 1024**3
 
 
 def _unquote(raw: str) -> str:
@@ -395,7 +400,7 @@ class Part:
 
 # Terminals that carry meaning; every other token is a keyword or punctuation.
 MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME", "STRING",
-                        "ENDPOINT", "DURATION", "PERCENT", "RATE", "STATUS_CLASS", "INT"})
+                        "ENDPOINT", "DURATION", "PERCENT", "SIZE", "RATE", "STATUS_CLASS", "INT"})
 
 
 def _kids(children: list[Any]) -> list[Any]:
@@ -484,6 +489,8 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 self.sink.error("E006", f"percentage {raw} is above 100%", sp, label="out of range",
                                 help="percentages go from 0% to 100%")
             return Value(hundredths, raw, sp)
+        if kind == "SIZE":
+            return Value(self._b_size(raw, sp), raw, sp)
         if kind == "RATE":
             count, unit = raw.split("/")
             return Value((int(count), unit), raw, sp)
@@ -493,6 +500,26 @@ class Builder(Transformer):  # type: ignore[type-arg]
             host, _, port = raw.rpartition(":")
             return Value((host.strip("[]"), int(port)), raw, sp)
         return Name(raw, sp)
+
+    def _b_size(self, raw: str, sp: Span) -> int:
+        """A size in whole bytes; E006 for fractions of a byte and sizes out of range."""
+        m = _SIZE_RE.fullmatch(raw)
+        assert m is not None
+        whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
+        scale = _SIZE_BYTES[unit]
+        # exact arithmetic: 1.1MB is 1100000 bytes, not 1100000.0000000002
+        numerator = (int(whole) * 10 ** len(frac) + int(frac or "0")) * scale
+        n, rest = divmod(numerator, 10 ** len(frac))
+        if rest:
+            self.sink.error("E006", f"size {raw} is not a whole number of bytes", sp, label="too precise",
+                            help=f"write it in a smaller unit, e.g. {n}B")
+        elif n == 0:
+            self.sink.error("E006", f"size {raw} is zero", sp, label="out of range",
+                            help="sizes go from 1B to 1GiB")
+        elif n > MAX_SIZE:
+            self.sink.error("E006", f"size {raw} is above 1GiB", sp, label="out of range",
+                            help="sizes go from 1B to 1GiB")
+        return n
 
     def _b_lit(self, tok: Token) -> Value:
         v = self._b_literal(tok)
@@ -652,6 +679,12 @@ class Builder(Transformer):  # type: ignore[type-arg]
     def timeout(self, c: list[Any]) -> TimeoutDecl:
         (v,) = _kids(c)
         return TimeoutDecl(None if v.type == "NONE" else self._b_lit(v), self._b_span(c))
+
+    def max_request_body(self, c: list[Any]) -> Setting:
+        """`max_request_body 10MiB`; `none` (a Name) lifts a limit set by a policy."""
+        (v,) = _kids(c)
+        return Setting("max_request_body", self._b_name(v) if v.type == "NONE" else self._b_lit(v), None,
+                       self._b_span(c))
 
     def retry(self, c: list[Any]) -> RetryDecl:
         first, *opts = _kids(c)

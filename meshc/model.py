@@ -8,7 +8,8 @@ Units are fixed so that backends never convert ambiguously:
 - durations are integer milliseconds (`Millis`);
 - percentages are integer hundredths of a percent (`Percent`; 100% == 10_000), so weights
   with two decimals add up exactly;
-- rates are requests per second, minute or hour as written (`RateLimit.unit`).
+- rates are requests per second, minute or hour as written (`RateLimit.unit`);
+- sizes are integer bytes (`10MiB` == 10_485_760).
 
 Semantics pinned here (see docs/language.md for the reference):
 - `Retry.attempts` counts retries: `retry 3` means at most 4 attempts in total.
@@ -160,6 +161,13 @@ class RateLimit(Node):
         return self.requests / {"s": 1, "m": 60, "h": 3600}[self.unit]
 
 
+class BodyLimit(Node):
+    """`max_request_body`: a request whose body is larger is refused with 413 by the callee's
+    sidecar (on its HTTP ports) and never reaches the application."""
+
+    bytes: int  # 1 .. 1GiB
+
+
 class Fault(Node):
     """Applied on the callee's side before routing; delay and abort draw independently."""
 
@@ -180,6 +188,7 @@ class Resilience(Node):
     outlier: Outlier | None = None
     health_check: HealthCheck | None = None
     rate_limit: RateLimit | None = None
+    max_request_body: BodyLimit | None = None
 
 
 # --------------------------------------------------------------------------- routing

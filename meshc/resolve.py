@@ -20,6 +20,7 @@ from meshc.diagnostics import Sink, did_you_mean
 from meshc.model import (
     FULL,
     AuthzRule,
+    BodyLimit,
     CircuitBreaker,
     Destination,
     DirectResponse,
@@ -356,6 +357,15 @@ class Resolver:
         elif host is not None or tls is not None:
             self.err("E112", "`host` and `tls originate` belong to external services", decl.name.span,
                      help=f"declare it as `external {name} {{ ... }}`")
+        body_limit = res.get("max_request_body")
+        if body_limit is not None and (decl.kind == "external" or not any(
+                proto in ("http", "http2", "grpc") for proto, _ in ports.values())):
+            external_svc = decl.kind == "external"
+            self.err("E112", f"external service '{name}' cannot limit request bodies" if external_svc else
+                     f"'{name}' has no HTTP port to limit request bodies on", body_limit.span,
+                     label="nothing to limit",
+                     help="the limit is enforced by the callee's sidecar, and an external service has none"
+                     if external_svc else "max_request_body applies to HTTP ports; remove it or declare the port http")
         wrote_port = any(isinstance(s, A.PortDecl) for b in parts.blocks for s in b.stmts)
         if not wrote_port and decl.kind == "service":
             self.err("E115", f"service '{name}' declares no port", decl.name.span, label="no port",
@@ -464,6 +474,10 @@ class Resolver:
             res["rate_limit"] = RateLimit(requests=s.requests, unit=s.unit,  # type: ignore[arg-type]
                                           burst=s.burst.value if s.burst else None,
                                           span=s.span)
+        elif isinstance(s, A.Setting) and s.key == "max_request_body":
+            # `none` (a Name) lifts a limit that a policy or the base declaration set
+            res["max_request_body"] = BodyLimit(bytes=s.value.value, span=s.span) \
+                if isinstance(s.value, A.Value) else None
         else:
             self.err("E112", "this statement cannot appear here", s.span, help="see docs/language.md for where it belongs")
 
