@@ -345,6 +345,15 @@ _SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(B|KB|KiB|MB|MiB|GB|GiB)")
 MAX_SIZE = 1024**3
 
 
+def size_text(n: int) -> str:
+    """Bytes as .mesh writes them, in the largest unit that is exact (10485760 -> `10MiB`,
+    1500 -> `1500B`): for unparse, diagnostics and diff lines."""
+    for unit in ("GiB", "GB", "MiB", "MB", "KiB", "KB"):
+        if n and n % _SIZE_BYTES[unit] == 0:
+            return f"{n // _SIZE_BYTES[unit]}{unit}"
+    return f"{n}B"
+
+
 def _unquote(raw: str) -> str:
     if "\\" not in raw:  # most strings have no escapes
         return raw[1:-1]

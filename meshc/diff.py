@@ -34,10 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from meshc.ast import size_text
 from meshc.compiler import paused_gc
 from meshc.model import (
     FULL,
     AuthzRule,
+    BodyLimit,
     Destination,
     Match,
     Mesh,
@@ -480,6 +482,17 @@ def _diff_policy(s_name: str, key: str, a: Any, b: Any, where: str) -> Iterator[
                  where, pa, pb)
 
 
+def _diff_body_limit(subject: str, a: BodyLimit | None, b: BodyLimit | None, where: str) -> Iterator[Change]:
+    """A larger or removed limit lets bigger requests through (widens); a smaller one narrows."""
+    oa, ob = (a.bytes if a else None), (b.bytes if b else None)
+    if oa == ob:
+        return
+    op: Op = "added" if a is None else "removed" if b is None else "changed"
+    shown = [size_text(x) if x is not None else "unlimited" for x in (oa, ob)]
+    yield Change("resilience", subject, f"{subject}: max request body {shown[0]} -> {shown[1]}", op,
+                 _cmp(oa, ob), where, oa, ob)
+
+
 def _fmt_rate(r: Any) -> str:
     return f"{r.requests}/{r.unit}" + (f" burst {r.burst}" if r.burst is not None else "")
 
@@ -519,6 +532,8 @@ def _diff_resilience(old: Mesh, new: Mesh, a: Service, b: Service) -> Iterator[C
     for key in ("load_balance", "circuit_breaker", "outlier", "health_check", "rate_limit"):
         nb = getattr(rb, key)
         yield from _diff_policy(name, key, getattr(ra, key), nb, loc(nb.span if nb else b.span))
+    yield from _diff_body_limit(name, ra.max_request_body, rb.max_request_body,
+                                loc(rb.max_request_body.span if rb.max_request_body else b.span))
     yield from _diff_faults(name, name, a.faults, b.faults, where)
     rules_a = {rule_key(r): r for r in a.routes}
     for r in b.routes:

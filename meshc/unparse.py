@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from meshc.ast import quote
+from meshc.ast import quote, size_text
 from meshc.fmt import format_text
 from meshc.model import (
     FULL,
@@ -282,6 +282,8 @@ class Unparser:
         if r.rate_limit is not None:
             rl = r.rate_limit
             self.out(f"rate_limit {rl.requests}/{rl.unit}" + (f" burst {rl.burst}" if rl.burst is not None else ""))
+        if r.max_request_body is not None:
+            self.out(f"max_request_body {size_text(r.max_request_body.bytes)}")
 
     def outlier(self, o: Outlier) -> None:
         self.out(f"outlier consecutive_5xx {o.consecutive_5xx} interval {dur(o.interval_ms)} "
