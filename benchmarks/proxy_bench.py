@@ -16,7 +16,9 @@ listener of `api` (plaintext: wrk cannot present mesh client certificates), whic
 authorization runs. CPU per request is the proxy process's user+system time over the run
 divided by the requests wrk completed. `proxy CPU` is the proxy's CPU use over the run (100%:
 its core is the limit) and `load CPU` that of wrk plus the upstream on the other core (near
-100% while the proxy is below: the load side limits the rate, not the proxy).
+100% while the proxy is below: the load side limits the rate, not the proxy). `proxy waited` is
+the share of the run the proxy was ready to run but waited for its core (other jobs on it): the
+p99 of both proxies follows it, so compare tails only between rounds where it is low.
 """
 
 from __future__ import annotations
@@ -84,6 +86,18 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time a process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat):
+    on a shared machine, other jobs taking the proxy's core."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total / 1e9
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -201,6 +215,7 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     user0, sys0 = cpu_times(proc.pid)
     upstream0 = tree_cpu_seconds(upstream_pid)
+    waited0 = runqueue_wait_seconds(proc.pid)
     t0 = time.monotonic()
     result = wrk(port, args.connections, args.duration)
     wall = time.monotonic() - t0
@@ -213,12 +228,16 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.
     # limits the rate, not the proxy).
     result["proxy_util"] = (user1 + sys1 - user0 - sys0) / wall
     result["load_util"] = (result.pop("wrk_cpu") + tree_cpu_seconds(upstream_pid) - upstream0) / wall
+    # The share of the run the proxy was ready to run but waited for its core (other jobs on it):
+    # the latency tail follows it, for both proxies; rounds with more than a few % say little.
+    result["proxy_waited"] = (runqueue_wait_seconds(proc.pid) - waited0) / wall
     if spy is not None:
         spy.wait(30)
         print_profile(work / "native.folded")
     print(f"{name:7s} {result['rps']:>10.0f} req/s   p50 {result['p50']:6.2f} ms   p99 {result['p99']:6.2f} ms   "
           f"{result['cpu_us']:6.1f} CPU µs/req ({result['sys_us']:.1f} system)   proxy CPU {result['proxy_util']:4.0%}   "
-          f"load CPU {result['load_util']:4.0%}   non-2xx {int(result['non2xx'])} {result['errors']}")
+          f"load CPU {result['load_util']:4.0%}   proxy waited {result['proxy_waited']:4.0%}   "
+          f"non-2xx {int(result['non2xx'])} {result['errors']}")
     return result
 
 
@@ -411,13 +430,13 @@ def main() -> int:
             upstream.terminate()
             upstream.wait(5)
     results = {name: {k: statistics.median(r[k] for r in rs)
-                      for k in ("rps", "p50", "p99", "cpu_us", "proxy_util", "load_util")}
+                      for k in ("rps", "p50", "p99", "cpu_us", "proxy_util", "load_util", "proxy_waited")}
                for name, rs in runs.items()}
     if args.rounds > 1:
         for name, r in results.items():
             print(f"{name:7s} median of {args.rounds}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
                   f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} CPU µs/req, proxy CPU {r['proxy_util']:.0%}, "
-                  f"load CPU {r['load_util']:.0%}")
+                  f"load CPU {r['load_util']:.0%}, proxy waited {r['proxy_waited']:.0%}")
     if "base" in results and "native" in results:
         n, b = results["native"], results["base"]
         print(f"ratio native/base: {n['rps'] / b['rps']:.2f}x req/s, p99 {n['p99'] / b['p99']:.2f}x, "
