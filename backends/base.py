@@ -65,6 +65,7 @@ FEATURES: dict[str, str] = {
     "outlier": "outlier detection",
     "health_check": "active health checks",
     "rate_limit": "local rate limits",
+    "max_request_body": "request body size limits",
     "fault.delay": "fault injection (delay)",
     "fault.abort": "fault injection (abort)",
     "authz.allow": "allow rules",
@@ -118,7 +119,7 @@ def _resilience_features(r: Resilience | RouteRule, span: Span) -> Iterator[tupl
     if isinstance(r, Resilience):
         if r.load_balance is not None:
             yield f"load_balance.{r.load_balance.policy}", r.load_balance.span
-        for key in ("circuit_breaker", "outlier", "health_check", "rate_limit"):
+        for key in ("circuit_breaker", "outlier", "health_check", "rate_limit", "max_request_body"):
             val = getattr(r, key)
             if val is not None:
                 yield key, val.span

@@ -80,6 +80,7 @@ RBAC_HTTP = T + "envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_NET = T + "envoy.extensions.filters.network.rbac.v3.RBAC"
 FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 LOCAL_RL = T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+BUFFER = T + "envoy.extensions.filters.http.buffer.v3.Buffer"
 TLS_INSPECTOR = T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 DOWNSTREAM_TLS = T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS = T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -346,8 +347,8 @@ class EnvoyBackend(Backend):
         "route.mirror", "route.no_default", "timeout", "retry", "retry.per_try", "retry.backoff",
         "retry.budget", "retry.status_codes", "load_balance.round_robin",
         "load_balance.least_request", "load_balance.random", "load_balance.consistent_hash",
-        "circuit_breaker", "outlier", "health_check", "rate_limit", "fault.delay", "fault.abort",
-        "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
+        "circuit_breaker", "outlier", "health_check", "rate_limit", "max_request_body", "fault.delay",
+        "fault.abort", "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers", "ingress", "external",
         "external.tls_originate",
         "path_normalization.off", "access_log.text", "access_log.off", "metrics.off", "trace_sampling",
@@ -514,6 +515,14 @@ class EnvoyBackend(Backend):
                     "E306", f"'{svc.name}' sets different retry budgets; Envoy keeps one per cluster",
                     rt.span, label="another budget", help=f"use one budget for the service (the first is at "
                     f"{budgets[0].span}), or set it once on the service"))
+        body_limit = svc.resilience.max_request_body
+        grpc = next((p for p in svc.ports if p.protocol == "grpc"), None)
+        if body_limit is not None and grpc is not None:
+            self.diags.append(Diagnostic(
+                "E330", f"Envoy limits request bodies by buffering each request whole; the streams of "
+                f"gRPC port {grpc.number} of '{svc.name}' would stall", body_limit.span,
+                label="buffers whole requests",
+                help="declare the limit on a service without gRPC ports, or compile for nginx"))
         if svc.is_http:
             return
         used: list[tuple[str, Any]] = []
@@ -675,6 +684,11 @@ class EnvoyBackend(Backend):
             }))
         if svc.faults:
             filters.append(typed("envoy.filters.http.fault", FAULT, {}))
+        body_limit = svc.resilience.max_request_body
+        if body_limit is not None:
+            # After authorization, rate limit and faults, as on the native proxy (they answer on
+            # the headers); the buffer filter answers 413 once the body passes the limit.
+            filters.append(typed("envoy.filters.http.buffer", BUFFER, {"max_request_bytes": body_limit.bytes}))
         routes = self.inbound_routes(svc, base_cluster, by_version)
         hcm = self.hcm(f"inbound_{port.number}", filters, routes, inbound=True)
         # The version header is between sidecars only; the application never sees it.

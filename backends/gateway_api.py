@@ -70,6 +70,7 @@ GW = "gateway.networking.k8s.io/v1"
 
 # Features with no Gateway API (GAMMA) spelling.
 _NOT_SUPPORTED = {
+    "max_request_body",  # no field for it in the published resources
     "mtls.disabled", "route.match.path.prefix", "route.match.header.absent", "route.respond",
     "retry.budget", "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
     "load_balance.consistent_hash", "circuit_breaker", "outlier", "health_check", "rate_limit",

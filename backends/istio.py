@@ -85,7 +85,8 @@ from meshc.model import (
 NET = "networking.istio.io/v1"
 SEC = "security.istio.io/v1"
 
-_NOT_SUPPORTED = {"health_check", "rate_limit", "slo"}  # slo: neutral, never E301
+# slo: neutral, never E301; max_request_body: no field for it in the published resources
+_NOT_SUPPORTED = {"health_check", "rate_limit", "max_request_body", "slo"}
 
 MTLS_PEER = {"strict": "STRICT", "permissive": "PERMISSIVE", "disabled": "DISABLE"}
 # What clients send: Istio mTLS unless the server has mTLS disabled.

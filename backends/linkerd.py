@@ -69,6 +69,7 @@ RETRY_HTTP = {"5xx": "5xx", "gateway-error": "gateway-error", "retriable-4xx": "
 _KIND_SUFFIX = {"MeshTLSAuthentication": "mtls", "NetworkAuthentication": "net"}
 
 _NOT_SUPPORTED = {
+    "max_request_body",  # no field for it in the published resources
     "mtls.disabled", "route.match.path.prefix", "route.match.header.absent", "route.rewrite",
     "route.rewrite.host", "route.respond", "route.mirror", "retry.backoff", "retry.budget",
     "load_balance.round_robin", "load_balance.least_request", "load_balance.random",

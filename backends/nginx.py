@@ -54,6 +54,8 @@ Lowering decisions, and where nginx cannot say exactly what meshc means:
   connect anywhere gets 503, as on Envoy (nginx's own 502 is rewritten; upstream 502s pass).
 - Rate limits: `limit_req` per sidecar (one zone per service), status 429, `burst` = bucket - 1
   (nginx admits one request beyond the burst), `nodelay`.
+- Request bodies: unlimited (`client_max_body_size 0` in the http block, never nginx's 1m
+  default); `max_request_body` is `client_max_body_size` in the service's inbound servers (413).
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ class NginxBackend(Backend):
         "route.respond", "route.headers.request", "route.headers.response", "route.mirror",
         "route.no_default", "timeout", "retry", "retry.per_try", "retry.status_codes",
         "load_balance.round_robin", "load_balance.least_request", "load_balance.random",
-        "load_balance.consistent_hash", "circuit_breaker", "rate_limit", "ingress",
+        "load_balance.consistent_hash", "circuit_breaker", "rate_limit", "max_request_body", "ingress",
         "external", "external.tls_originate", "protocol.tls",
         "authz.allow", "authz.deny", "authz.identity", "authz.unauthenticated", "authz.methods",
         "authz.paths", "authz.not_paths", "authz.ports", "authz.headers",
@@ -387,6 +389,10 @@ class NginxBackend(Backend):
         else:
             server.append(d("listen", f"{addr}:{port.number}"))
         server.append(d("server_name", Lit(svc.name)))
+        body_limit = svc.resilience.max_request_body
+        if body_limit is not None:
+            # 413 for a larger body (nginx's own answer); the http block lifts nginx's 1m default
+            server.append(d("client_max_body_size", body_limit.bytes))
         if self.mesh.path_normalization == "strict":
             # nginx decodes %2F into `/` in $uri: refuse encoded slashes before anything else
             server.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
