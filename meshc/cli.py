@@ -316,5 +316,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+# Commands that end when their output is written: nothing is left to clean up but the heap.
+_BATCH_COMMANDS = frozenset({"check", "compile", "diff", "why", "graph", "fmt"})
+
+
+def run() -> None:
+    """The `meshc` command. A batch command exits without tearing down the heap: a
+    10,000-service mesh is about a million objects, and freeing them one by one at exit
+    takes ~0.5 s that serves nothing (mypy exits the same way)."""
+    code = main()
+    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) not in _BATCH_COMMANDS:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away (`meshc check | head`): as main() treats it
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
