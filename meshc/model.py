@@ -163,7 +163,7 @@ class RateLimit(Node):
 
 class BodyLimit(Node):
     """`max_request_body`: a request whose body is larger is refused with 413 by the callee's
-    sidecar (on its HTTP ports) and never reaches the application."""
+    sidecar (on its HTTP ports); the application never gets it whole (docs/language.md)."""
 
     bytes: int  # 1 .. 1GiB
 
