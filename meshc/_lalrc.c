@@ -261,15 +261,15 @@ static int read_lexers(Tables *t, PyObject *lexers) {
     return 0;
 }
 
-static int read_token_slots(Tables *t) {
+static int read_token_slots(PyTypeObject *token_type, Py_ssize_t *offsets) {
     for (int k = 0; k < S_COUNT; k++) {
-        PyObject *descr = PyDict_GetItemString(t->token_type->tp_dict, TOKEN_SLOTS[k]);
+        PyObject *descr = PyDict_GetItemString(token_type->tp_dict, TOKEN_SLOTS[k]);
         if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
                 || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
             PyErr_Format(PyExc_TypeError, "token type: '%s' is not a slot", TOKEN_SLOTS[k]);
             return -1;
         }
-        t->slot_offset[k] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        offsets[k] = ((PyMemberDescrObject *)descr)->d_member->offset;
     }
     return 0;
 }
@@ -297,7 +297,7 @@ static PyObject *make_tables(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "token type: a str subclass");
         goto fail;
     }
-    if (read_token_slots(t) < 0) goto fail;
+    if (read_token_slots(t->token_type, t->slot_offset) < 0) goto fail;
     Py_INCREF(inline_type);
     t->inline_type = (PyTypeObject *)inline_type;
     if (!PyType_IsSubtype(t->inline_type, &PyList_Type)) {
@@ -566,6 +566,135 @@ static PyObject *match_one(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(r);
 }
 
+/* ------------------------------------------------------------------ AST helpers
+ * meshc.ast.Builder calls these for nearly every reduction (about a million times for a
+ * 10,000-service file): `kids`, the children that carry meaning, and `span`, a rule's extent
+ * from the tokens at its edges. They do what meshc.ast's Python versions do (tests compare). */
+
+static PyTypeObject *ast_token_type, *ast_part_type, *ast_span_type;
+static PyObject *ast_meaningful, *str_children, *str_span;
+static Py_ssize_t ast_slot[S_COUNT];
+
+static PyObject *set_ast_types(PyObject *self, PyObject *args) {
+    PyObject *token_type, *part_type, *span_type, *meaningful;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!:set_ast_types", &PyType_Type, &token_type, &PyType_Type, &part_type,
+                          &PyType_Type, &span_type, &PyFrozenSet_Type, &meaningful))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)span_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "span type: a tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t offsets[S_COUNT];
+    if (read_token_slots((PyTypeObject *)token_type, offsets) < 0) return NULL;
+    memcpy(ast_slot, offsets, sizeof offsets);
+    Py_INCREF(token_type); Py_XSETREF(ast_token_type, (PyTypeObject *)token_type);
+    Py_INCREF(part_type); Py_XSETREF(ast_part_type, (PyTypeObject *)part_type);
+    Py_INCREF(span_type); Py_XSETREF(ast_span_type, (PyTypeObject *)span_type);
+    Py_INCREF(meaningful); Py_XSETREF(ast_meaningful, meaningful);
+    Py_RETURN_NONE;
+}
+
+static PyObject *token_slot(PyObject *tok, int k) {  /* borrowed; NULL with AttributeError if unset */
+    PyObject *v = *(PyObject **)((char *)tok + ast_slot[k]);
+    if (v == NULL) PyErr_Format(PyExc_AttributeError, "token has no '%s'", TOKEN_SLOTS[k]);
+    return v;
+}
+
+/* kids(children) -> [c for c in children if type(c) is not Token or c.type in MEANINGFUL] */
+static PyObject *kids(PyObject *self, PyObject *children) {
+    if (ast_token_type == NULL || !PyList_Check(children)) {
+        PyErr_SetString(PyExc_TypeError, "kids: a list, after set_ast_types");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(children);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(children, i);
+        if (Py_IS_TYPE(c, ast_token_type)) {
+            PyObject *type = token_slot(c, S_TYPE);
+            int keep = type == NULL ? -1 : PySet_Contains(ast_meaningful, type);
+            if (keep < 0) { Py_DECREF(out); return NULL; }
+            if (!keep) continue;
+        }
+        if (PyList_Append(out, c) < 0) { Py_DECREF(out); return NULL; }
+    }
+    return out;
+}
+
+/* The (line, column) where `node` starts, or (end_line, end_column) where it ends, as new
+ * references with None made 0 (meshc.ast._start/_end, then `or 0`). */
+static int edge(PyObject *node, int at_end, PyObject **line, PyObject **column) {
+    Py_INCREF(node);
+    while (Py_IS_TYPE(node, ast_part_type)) {  /* a Part: its edge child */
+        PyObject *children = PyObject_GetAttr(node, str_children);
+        Py_DECREF(node);
+        if (children == NULL) return -1;
+        if (!PyList_Check(children) || PyList_GET_SIZE(children) == 0) {
+            Py_DECREF(children);
+            PyErr_SetString(PyExc_TypeError, "a Part without children");
+            return -1;
+        }
+        node = PyList_GET_ITEM(children, at_end ? PyList_GET_SIZE(children) - 1 : 0);
+        Py_INCREF(node);
+        Py_DECREF(children);
+    }
+    PyObject *a, *b;
+    if (Py_IS_TYPE(node, ast_token_type)) {
+        a = token_slot(node, at_end ? S_END_LINE : S_LINE);
+        b = a == NULL ? NULL : token_slot(node, at_end ? S_END_COLUMN : S_COLUMN);
+        Py_XINCREF(a);
+        Py_XINCREF(b);
+    } else {  /* an AST node: its span */
+        PyObject *span = PyObject_GetAttr(node, str_span);
+        a = b = NULL;
+        if (span != NULL && PyTuple_Check(span) && PyTuple_GET_SIZE(span) == 5) {
+            a = PyTuple_GET_ITEM(span, at_end ? 3 : 1);
+            b = PyTuple_GET_ITEM(span, at_end ? 4 : 2);
+            Py_INCREF(a);
+            Py_INCREF(b);
+        } else if (span != NULL) {
+            PyErr_SetString(PyExc_TypeError, "a node's span is not a Span");
+        }
+        Py_XDECREF(span);
+    }
+    Py_DECREF(node);
+    if (a == NULL || b == NULL) { Py_XDECREF(a); Py_XDECREF(b); return -1; }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) { Py_DECREF(a); Py_DECREF(b); return -1; }
+    if (!PyObject_IsTrue(a)) { Py_DECREF(a); a = zero; Py_INCREF(zero); }  /* None (or 0) -> 0 */
+    if (!PyObject_IsTrue(b)) { Py_DECREF(b); b = zero; Py_INCREF(zero); }
+    Py_DECREF(zero);
+    *line = a;
+    *column = b;
+    return 0;
+}
+
+/* span(children, path) -> Span(path, line, column, end_line, end_column) of a rule's children */
+static PyObject *span(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (ast_token_type == NULL || nargs != 2 || !PyList_Check(args[0]) || PyList_GET_SIZE(args[0]) == 0) {
+        PyErr_SetString(PyExc_TypeError, "span(children, path): a non-empty list, after set_ast_types");
+        return NULL;
+    }
+    PyObject *children = args[0];
+    PyObject *items[4];
+    if (edge(PyList_GET_ITEM(children, 0), 0, &items[0], &items[1]) < 0) return NULL;
+    if (edge(PyList_GET_ITEM(children, PyList_GET_SIZE(children) - 1), 1, &items[2], &items[3]) < 0) {
+        Py_DECREF(items[0]);
+        Py_DECREF(items[1]);
+        return NULL;
+    }
+    PyObject *out = ast_span_type->tp_alloc(ast_span_type, 5);
+    if (out == NULL) {
+        for (int k = 0; k < 4; k++) Py_DECREF(items[k]);
+        return NULL;
+    }
+    Py_INCREF(args[1]);
+    PyTuple_SET_ITEM(out, 0, args[1]);
+    for (int k = 0; k < 4; k++) PyTuple_SET_ITEM(out, k + 1, items[k]);  /* steals */
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"make_tables", make_tables, METH_VARARGS,
      "make_tables(states, terms, nonterms, rules, action, go, rule_length, rule_origin, start_state, "
@@ -573,6 +702,9 @@ static PyMethodDef methods[] = {
     {"parse", parse, METH_VARARGS,
      "parse(tables, text, callbacks, kinds, start, end) -> value, or None if it does not parse"},
     {"match", match_one, METH_VARARGS, "match(kind, literal, text, pos, end) -> end of the match, or -1"},
+    {"set_ast_types", set_ast_types, METH_VARARGS, "set_ast_types(token_type, part_type, span_type, meaningful)"},
+    {"kids", kids, METH_O, "kids(children) -> the children that are not keyword or punctuation tokens"},
+    {"span", (PyCFunction)(void (*)(void))span, METH_FASTCALL, "span(children, path) -> Span of the children's extent"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -583,6 +715,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__lalrc(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    if ((str_children = PyUnicode_InternFromString("children")) == NULL
+            || (str_span = PyUnicode_InternFromString("span")) == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
     static const char *const kinds[] = {"LITERAL", "NAME", "STRING", "ENDPOINT", "DURATION", "PERCENT", "RATE",
                                         "STATUS_CLASS", "INT", "END", "SIZE"};
     for (int k = 0; k < M_COUNT; k++) {

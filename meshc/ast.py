@@ -18,6 +18,11 @@ from lark import Token, Transformer, Tree
 from meshc.diagnostics import Sink
 from meshc.model import NO_SPAN, Span
 
+try:
+    import meshc._lalrc as _lalrc
+except ImportError:  # installed without a C compiler
+    _lalrc = None  # type: ignore[assignment]
+
 T = TypeVar("T")
 
 # Span(...) without its Python-level __new__: the Builder makes one per node.
@@ -412,7 +417,8 @@ MEANINGFUL = frozenset({"AUTHZ_ACTION", "OTHERWISE", "NONE", "STAR", "EQ", "NAME
                         "ENDPOINT", "DURATION", "PERCENT", "SIZE", "RATE", "STATUS_CLASS", "INT"})
 
 
-def _kids(children: list[Any]) -> list[Any]:
+def _py_kids(children: list[Any]) -> list[Any]:
+    """The children that carry meaning: not keyword or punctuation tokens."""
     return [c for c in children if c.__class__ is not Token or c.type in MEANINGFUL]
 
 
@@ -434,6 +440,24 @@ def _end(node: Any) -> tuple[int | None, int | None]:
     return node.span.end_line, node.span.end_column
 
 
+def _py_span(children: list[Any], path: str) -> Span:
+    """The extent of a rule's children, from the tokens at its edges."""
+    first, last = children[0], children[-1]
+    # most rules start and end with a token (a keyword, a brace): skip the generic walk
+    line, column = (first.line, first.column) if first.__class__ is Token else _start(first)
+    end_line, end_column = (last.end_line, last.end_column) if last.__class__ is Token else _end(last)
+    return _new_span(Span, (path, line or 0, column or 0, end_line or 0, end_column or 0))
+
+
+# The Builder calls these for nearly every reduction: meshc/_lalrc.c has them in C when built
+# (tests/test_lalrc.py holds both versions equal).
+if _lalrc is not None:
+    _lalrc.set_ast_types(Token, Part, Span, MEANINGFUL)
+    _kids, _span = _lalrc.kids, _lalrc.span
+else:
+    _kids, _span = _py_kids, _py_span
+
+
 class Builder(Transformer):  # type: ignore[type-arg]
     """Builds the typed AST of one file bottom-up, one grammar rule at a time: the parser calls
     the method named after each rule it reduces (meshc.lalr), with the rule's children (tokens,
@@ -450,13 +474,6 @@ class Builder(Transformer):  # type: ignore[type-arg]
         self.sink = sink
 
     # ----------------------------------------------------------------- helpers
-    def _b_span(self, children: list[Any]) -> Span:
-        first, last = children[0], children[-1]
-        # most rules start and end with a token (a keyword, a brace): skip the generic walk
-        line, column = (first.line, first.column) if first.__class__ is Token else _start(first)
-        end_line, end_column = (last.end_line, last.end_column) if last.__class__ is Token else _end(last)
-        return _new_span(Span, (self.path, line or 0, column or 0, end_line or 0, end_column or 0))
-
     def _b_tok_span(self, tok: Token) -> Span:
         return _new_span(Span, (self.path, tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0))
 
@@ -545,18 +562,18 @@ class Builder(Transformer):  # type: ignore[type-arg]
 
     def import_decl(self, c: list[Any]) -> ImportDecl:
         (s,) = _kids(c)
-        return ImportDecl(self._b_lit(s), self._b_span(c))
+        return ImportDecl(self._b_lit(s), _span(c, self.path))
 
     def mesh_decl(self, c: list[Any]) -> MeshDecl:
         name, *stmts = _kids(c)
-        return MeshDecl(self._b_name(name), tuple(stmts), self._b_span(c))
+        return MeshDecl(self._b_name(name), tuple(stmts), _span(c, self.path))
 
     def overlay_mesh(self, c: list[Any]) -> MeshDecl:
-        return MeshDecl(None, tuple(_kids(c)), self._b_span(c))
+        return MeshDecl(None, tuple(_kids(c)), _span(c, self.path))
 
     def _b_block(self, kind: str, c: list[Any]) -> BlockDecl:
         name, *stmts = _kids(c)
-        return BlockDecl(kind, self._b_name(name), tuple(stmts), self._b_span(c))
+        return BlockDecl(kind, self._b_name(name), tuple(stmts), _span(c, self.path))
 
     def service_decl(self, c: list[Any]) -> BlockDecl:
         return self._b_block("service", c)
@@ -589,12 +606,12 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 opts["ports"] = tuple(self._b_lit(v) for v in p.kids)
             else:  # paths, except_paths (PathPatterns), headers (StrMatches)
                 opts[p.data] = tuple(p.kids)
-        return AuthzDecl(str(action), tuple(sources), tuple(targets), span=self._b_span(c), **opts)
+        return AuthzDecl(str(action), tuple(sources), tuple(targets), span=_span(c, self.path), **opts)
 
     # ----------------------------------------------------------------- statements
     def _b_setting(self, key: str, c: list[Any]) -> Setting:
         (v,) = _kids(c)
-        return Setting(key, self._b_literal(v), None, self._b_span(c))
+        return Setting(key, self._b_literal(v), None, _span(c, self.path))
 
     def trust_domain(self, c: list[Any]) -> Setting:
         return self._b_setting("trust_domain", c)
@@ -625,45 +642,45 @@ class Builder(Transformer):  # type: ignore[type-arg]
 
     def mtls(self, c: list[Any]) -> Setting:
         k = _kids(c)
-        return Setting("mtls", self._b_name(k[0]), self._b_lit(k[1]) if len(k) > 1 else None, self._b_span(c))
+        return Setting("mtls", self._b_name(k[0]), self._b_lit(k[1]) if len(k) > 1 else None, _span(c, self.path))
 
     def ingress_identity(self, c: list[Any]) -> Setting:
         k = _kids(c)
         return Setting("ingress_identity", self._b_name(k[0]), self._b_name(k[1]) if len(k) > 1 else None,
-                       self._b_span(c))
+                       _span(c, self.path))
 
     def tls_originate(self, c: list[Any]) -> Setting:
         k = _kids(c)
-        sp = self._b_span(c)
+        sp = _span(c, self.path)
         return Setting("tls_originate", self._b_lit(k[0]) if k else Value("", "", sp), None, sp)
 
     def port(self, c: list[Any]) -> PortDecl:
         proto, num = _kids(c)
-        return PortDecl(self._b_name(proto), self._b_lit(num), self._b_span(c))
+        return PortDecl(self._b_name(proto), self._b_lit(num), _span(c, self.path))
 
     def endpoints(self, c: list[Any]) -> Endpoints:
         items = []
         for tok in _kids(c):
             v = self._b_lit(tok)
             items.append(EndpointRef(v.value[0], v.value[1], v.span))
-        return Endpoints(tuple(items), self._b_span(c))
+        return Endpoints(tuple(items), _span(c, self.path))
 
     def version(self, c: list[Any]) -> VersionDecl:
         name, *stmts = _kids(c)
-        return VersionDecl(self._b_name(name), tuple(stmts), self._b_span(c))
+        return VersionDecl(self._b_name(name), tuple(stmts), _span(c, self.path))
 
     def labels(self, c: list[Any]) -> Labels:
         items = []
         for lab in _kids(c):
             k, v = lab.kids
             items.append((self._b_name(k), self._b_literal(v)))
-        return Labels(tuple(items), self._b_span(c))
+        return Labels(tuple(items), _span(c, self.path))
 
     def calls(self, c: list[Any]) -> NameList:
-        return NameList("calls", tuple(self._b_name(n) for n in _kids(c)), self._b_span(c))
+        return NameList("calls", tuple(self._b_name(n) for n in _kids(c)), _span(c, self.path))
 
     def use(self, c: list[Any]) -> NameList:
-        return NameList("use", tuple(self._b_name(n) for n in _kids(c)), self._b_span(c))
+        return NameList("use", tuple(self._b_name(n) for n in _kids(c)), _span(c, self.path))
 
     def expose(self, c: list[Any]) -> Expose:
         port: Value | None = None
@@ -676,29 +693,29 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 hosts = tuple(self._b_lit(h) for h in p.kids)
             else:
                 paths = tuple(p.kids)
-        return Expose(port, hosts, paths, self._b_span(c))
+        return Expose(port, hosts, paths, _span(c, self.path))
 
     def objective(self, c: list[Any]) -> ObjectiveDecl:
         kind, *args = _kids(c)
         window = None
         if args and isinstance(args[-1], Part):
             window = self._b_lit(args.pop().kids[0])
-        return ObjectiveDecl(self._b_name(kind), tuple(self._b_literal(a) for a in args), window, self._b_span(c))
+        return ObjectiveDecl(self._b_name(kind), tuple(self._b_literal(a) for a in args), window, _span(c, self.path))
 
     def timeout(self, c: list[Any]) -> TimeoutDecl:
         (v,) = _kids(c)
-        return TimeoutDecl(None if v.type == "NONE" else self._b_lit(v), self._b_span(c))
+        return TimeoutDecl(None if v.type == "NONE" else self._b_lit(v), _span(c, self.path))
 
     def max_request_body(self, c: list[Any]) -> Setting:
         """`max_request_body 10MiB`; `none` (a Name) lifts a limit set by a policy."""
         (v,) = _kids(c)
         return Setting("max_request_body", self._b_name(v) if v.type == "NONE" else self._b_lit(v), None,
-                       self._b_span(c))
+                       _span(c, self.path))
 
     def retry(self, c: list[Any]) -> RetryDecl:
         first, *opts = _kids(c)
         if first.type == "NONE":
-            return RetryDecl(None, span=self._b_span(c))
+            return RetryDecl(None, span=_span(c, self.path))
         fields: dict[str, Any] = {}
         for o in opts:
             k = o.kids
@@ -712,18 +729,18 @@ class Builder(Transformer):  # type: ignore[type-arg]
                     fields["backoff_max"] = self._b_lit(k[1])
             elif o.data == "budget":
                 fields["budget"] = self._b_lit(k[0])
-        return RetryDecl(self._b_lit(first), span=self._b_span(c), **fields)
+        return RetryDecl(self._b_lit(first), span=_span(c, self.path), **fields)
 
     def load_balance(self, c: list[Any]) -> LoadBalanceDecl:
         policy, *rest = _kids(c)
         if not rest:
-            return LoadBalanceDecl(self._b_name(policy), span=self._b_span(c))
+            return LoadBalanceDecl(self._b_name(policy), span=_span(c, self.path))
         h = rest[0]
         on = {"hash_key": "header", "hash_cookie": "cookie", "hash_query": "query",
               "hash_source_ip": "source_ip"}[h.data]
         k = h.kids
         return LoadBalanceDecl(self._b_name(policy), on, self._b_lit(k[0]) if k else None,
-                               self._b_lit(k[1]) if len(k) > 1 else None, self._b_span(c))
+                               self._b_lit(k[1]) if len(k) > 1 else None, _span(c, self.path))
 
     def _b_settings(self, c: list[Any], key: str) -> SettingsDecl:
         items, proto, path = [], None, None
@@ -735,7 +752,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 proto = self._b_name(x)
             else:
                 path = self._b_lit(x)
-        return SettingsDecl(key, tuple(items), proto, path, self._b_span(c))
+        return SettingsDecl(key, tuple(items), proto, path, _span(c, self.path))
 
     def circuit_breaker(self, c: list[Any]) -> SettingsDecl:
         return self._b_settings(c, "circuit_breaker")
@@ -749,7 +766,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
     def rate_limit(self, c: list[Any]) -> RateLimitDecl:
         rate, *burst = _kids(c)
         v = self._b_lit(rate)
-        return RateLimitDecl(v.value[0], v.value[1], self._b_lit(burst[0]) if burst else None, self._b_span(c))
+        return RateLimitDecl(v.value[0], v.value[1], self._b_lit(burst[0]) if burst else None, _span(c, self.path))
 
     def fault(self, c: list[Any]) -> FaultDecl:
         fields: dict[str, Any] = {}
@@ -761,20 +778,20 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 fields[p.data] = self._b_lit(k[0])
                 if len(k) > 1:
                     fields[f"{p.data}_percent"] = self._b_lit(k[1])
-        return FaultDecl(span=self._b_span(c), **fields)
+        return FaultDecl(span=_span(c, self.path), **fields)
 
     def route(self, c: list[Any]) -> RouteDecl:
-        return RouteDecl(tuple(_kids(c)), self._b_span(c))
+        return RouteDecl(tuple(_kids(c)), _span(c, self.path))
 
     def rewrite(self, c: list[Any]) -> RewriteDecl:
         kind, val = _kids(c)
-        return RewriteDecl(self._b_name(kind), self._b_lit(val), self._b_span(c))
+        return RewriteDecl(self._b_name(kind), self._b_lit(val), _span(c, self.path))
 
     def _b_header_op(self, c: list[Any], direction: str) -> HeaderOp:
         (op,) = _kids(c)
         k = op.kids
         return HeaderOp(direction, self._b_name(k[0]), self._b_name(k[1]), self._b_lit(k[2]) if len(k) > 2 else None,
-                        self._b_span(c))
+                        _span(c, self.path))
 
     def request_headers(self, c: list[Any]) -> HeaderOp:
         return self._b_header_op(c, "request")
@@ -784,7 +801,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
 
     def mirror(self, c: list[Any]) -> MirrorDecl:
         dest, *pct = _kids(c)
-        return MirrorDecl(dest, self._b_lit(pct[0]) if pct else None, self._b_span(c))
+        return MirrorDecl(dest, self._b_lit(pct[0]) if pct else None, _span(c, self.path))
 
     # ----------------------------------------------------------------- routing pieces
     def rule(self, c: list[Any]) -> RuleDecl:
@@ -795,52 +812,52 @@ class Builder(Transformer):  # type: ignore[type-arg]
             sp = action.span
             action = Action("forward", (SplitItem(action, Value(10_000, "100%", sp), sp),), span=sp)
         body: tuple[Any, ...] = tuple(k[2].kids) if len(k) > 2 else ()
-        return RuleDecl(when, action, body, self._b_span(c))
+        return RuleDecl(when, action, body, _span(c, self.path))
 
     def split(self, c: list[Any]) -> Action:
-        return Action("split", tuple(_kids(c)), span=self._b_span(c))
+        return Action("split", tuple(_kids(c)), span=_span(c, self.path))
 
     def split_item(self, c: list[Any]) -> SplitItem:
         d, pct = _kids(c)
-        return SplitItem(d, self._b_lit(pct), self._b_span(c))
+        return SplitItem(d, self._b_lit(pct), _span(c, self.path))
 
     def redirect(self, c: list[Any]) -> Action:
         opts = []
         for o in _kids(c):
             k, v = o.kids
             opts.append((self._b_name(k), self._b_literal(v)))
-        return Action("redirect", options=tuple(opts), span=self._b_span(c))
+        return Action("redirect", options=tuple(opts), span=_span(c, self.path))
 
     def respond(self, c: list[Any]) -> Action:
         k = _kids(c)
         return Action("respond", status=self._b_lit(k[0]), body=self._b_lit(k[1]) if len(k) > 1 else None,
-                      span=self._b_span(c))
+                      span=_span(c, self.path))
 
     def destination(self, c: list[Any]) -> DestRef:
         k = _kids(c)
-        return DestRef(self._b_name(k[0]), self._b_name(k[1]) if len(k) > 1 else None, self._b_span(c))
+        return DestRef(self._b_name(k[0]), self._b_name(k[1]) if len(k) > 1 else None, _span(c, self.path))
 
     def condition(self, c: list[Any]) -> Part:
         """An OR of AND-groups; its `kids` are the Condition (a tuple of tuples of Conds)."""
         return Part("condition", tuple(tuple(conj.kids) for conj in _kids(c)), c, self.path)
 
     def path_cond(self, c: list[Any]) -> Cond:
-        return Cond("path", path=_kids(c)[0], span=self._b_span(c))
+        return Cond("path", path=_kids(c)[0], span=_span(c, self.path))
 
     def method_cond(self, c: list[Any]) -> Cond:
-        return Cond("method", methods=tuple(self._b_name(n) for n in _kids(c)), span=self._b_span(c))
+        return Cond("method", methods=tuple(self._b_name(n) for n in _kids(c)), span=_span(c, self.path))
 
     def header_cond(self, c: list[Any]) -> Cond:
-        return Cond("header", match=_kids(c)[0], span=self._b_span(c))
+        return Cond("header", match=_kids(c)[0], span=_span(c, self.path))
 
     def query_cond(self, c: list[Any]) -> Cond:
-        return Cond("query", match=_kids(c)[0], span=self._b_span(c))
+        return Cond("query", match=_kids(c)[0], span=_span(c, self.path))
 
     def path_pattern(self, c: list[Any]) -> PathPattern:
         kind, val = _kids(c)
-        return PathPattern(self._b_name(kind), self._b_lit(val), self._b_span(c))
+        return PathPattern(self._b_name(kind), self._b_lit(val), _span(c, self.path))
 
     def string_match(self, c: list[Any]) -> StrMatch:
         k = _kids(c)
         return StrMatch(self._b_name(k[0]), Name(str(k[1]), self._b_tok_span(k[1])),
-                        self._b_lit(k[2]) if len(k) > 2 else None, self._b_span(c))
+                        self._b_lit(k[2]) if len(k) > 2 else None, _span(c, self.path))

@@ -134,3 +134,40 @@ def test_callback_errors_propagate() -> None:
 
     with pytest.raises(ValueError, match="from a callback"):
         lean_parser().parse("service a {\n}\n", [boom] * len(lean_parser().rules))
+
+
+@pytest.mark.parametrize("text", [p.read_text() for p in all_mesh_files()] + [generate(40)],
+                         ids=[p.name for p in all_mesh_files()] + ["generated"])
+def test_builder_helpers_in_c_equal_the_python_ones(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """meshc/_lalrc.c's `kids` and `span` (what the Builder calls per reduction) build the
+    same AST, spans included, as meshc.ast's Python versions."""
+    import meshc.ast as A
+
+    def build() -> object:
+        sink = Sink()
+        ast = lean_parser().parse(text, lean_parser().callbacks_for(Builder("x.mesh", sink)))
+        return dump(ast), [(d.code, d.span) for d in sink.items]
+
+    assert A._kids is _lalrc.kids and A._span is _lalrc.span
+    in_c = build()
+    monkeypatch.setattr(A, "_kids", A._py_kids)
+    monkeypatch.setattr(A, "_span", A._py_span)
+    assert build() == in_c
+
+
+def test_span_and_kids_on_edge_shapes() -> None:
+    """Nested Parts, AST nodes with spans and tokens without positions (None becomes 0)."""
+    from lark import Token
+
+    import meshc.ast as A
+
+    tok = Token("NAME", "a", start_pos=0, line=2, column=3, end_line=2, end_column=4)
+    kw = Token("LBRACE", "{", start_pos=0, line=1, column=1, end_line=1, end_column=2)
+    bare = Token("NAME", "b")  # lark leaves positions None
+    name = A.Name("n", A.Span("f", 7, 8, 9, 10))
+    part = A.Part("p", [], [A.Part("q", [], [kw, tok], "f"), name], "f")
+    for children in ([kw, tok], [part], [name, part, tok], [bare], [tok, bare], [part, kw]):
+        assert _lalrc.span(children, "x") == A._py_span(children, "x")
+        assert type(_lalrc.span(children, "x")) is A.Span
+        assert _lalrc.kids(children) == A._py_kids(children)
+
