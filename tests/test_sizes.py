@@ -260,9 +260,9 @@ def check_body_limit(run: Any, streams: bool = False) -> None:
     above it, and the service keeps serving afterwards. (Bodies stay below 16KiB: under the
     test runner, nginx workers run as nobody and cannot write bodies past their 16k memory
     buffer to client_body_temp in the 0700 pytest directory, a 500 with or without a limit.)
-    `streams`: the proxy forwards a body as it arrives (native), so the application may have
-    seen the start of a refused request before the proxy cut it; Envoy and nginx hold the body
-    back, and the application never sees it."""
+    A body declared (Content-Length) over the limit is refused before the application sees any
+    of it, on every proxy. `streams`: the proxy forwards a chunked body as it arrives (native)
+    and cuts it when it passes the limit, so the application may see the start of it."""
     host, port = run.runner.outbound("client", "api")
     api = run.upstreams["api"]
     for size, want in [(0, 200), (1000, 200), (LIMIT, 200), (LIMIT + 1, 413), (8 * LIMIT, 413), (10, 200)]:
@@ -272,8 +272,18 @@ def check_body_limit(run: Any, streams: bool = False) -> None:
         if want == 200:
             assert echo is not None and echo["upstream"] == "api" and api.hits == 1
             assert int(echo["headers"].get("content-length", "0")) == size
-        elif not streams:
-            assert api.hits == 0, f"{size} bytes: the application answered a refused request"
+        else:
+            assert api.started == 0, f"{size} bytes: the application saw a refused request"
+    if streams:  # a chunked body over the limit: 413 too, however far it got
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("POST", "/upload", body=iter([b"x" * LIMIT, b"x" * LIMIT]),
+                         headers={"content-type": "application/octet-stream"}, encode_chunked=True)
+            assert conn.getresponse().status == 413
+        finally:
+            conn.close()
+        api.reset()
+        assert post(host, port, 10)[0] == 200
 
 
 def body_limit_scenario() -> Any:

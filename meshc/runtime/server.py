@@ -181,6 +181,18 @@ class Slot:
             self.sock.close()
 
 
+def _declared_body_too_large(s: Stream) -> bool:
+    """Answer 413 to a request whose Content-Length is over the body limit before the
+    application sees any of it, where Envoy's buffer filter answers (after authorization,
+    rate limit and faults). A chunked body is cut when it passes the limit (Stream.feed_body)."""
+    limit = s.listener.limits.max_request_body_bytes
+    if not limit or s.content_length <= limit:
+        return False
+    s.close_after = True
+    s.respond(413, b"request body too large")
+    return True
+
+
 class HttpListener:
     def __init__(self, sidecar: Sidecar, cfg: C.InboundListenerCfg | C.OutboundListenerCfg,
                  clusters: dict[str, Cluster], app_override: tuple[str, int] | None):
@@ -306,6 +318,8 @@ class HttpListener:
         for f in self.faults:
             if f.match(view):  # a fault that may delay or abort: a coroutine of its own
                 return self._inbound_faulted(s, view, peer)
+        if _declared_body_too_large(s):
+            return None
         return self._inbound_forward(s, view, peer)
 
     async def _inbound_faulted(self, s: Stream, view: RequestView, peer: str | None) -> None:
@@ -314,6 +328,8 @@ class HttpListener:
             if status:
                 s.respond(status, b"fault filter abort")
                 return
+        if _declared_body_too_large(s):
+            return
         await self._inbound_forward(s, view, peer)
 
     def _inbound_forward(self, s: Stream, view: RequestView, peer: str | None) -> Awaitable[None]:

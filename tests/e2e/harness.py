@@ -176,6 +176,7 @@ class Upstream:
         self.name, self.status, self.delay_ms, self.healthy = name, status, delay_ms, healthy
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hits = 0
+        self.started = 0  # requests whose head arrived, whether or not their body then did
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -185,6 +186,7 @@ class Upstream:
     def reset(self) -> None:
         with self.lock:
             self.hits = 0
+            self.started = 0
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         up = self
@@ -198,6 +200,8 @@ class Upstream:
                 pass
 
             def _serve(self) -> None:
+                with up.lock:
+                    up.started += 1
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
