@@ -12,7 +12,8 @@ classed widening (more access, weaker security, more amplification), narrowing o
 
 Scaling: services with equal span-free signatures are skipped, and access is probed only for
 destinations whose rules, service or mesh-wide settings differ, so a one-rule change in a
-10,000-service mesh costs one pass of signatures plus a handful of `decide` calls.
+10,000-service mesh costs one pass of signatures plus a handful of `decide` calls. A large
+mesh's two sides load at once on two cores when one is idle (meshc.diff_sides).
 
 Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots.
 `register(subparsers)` adds `meshc diff` to the CLI; `meshc why` lives in meshc.why.
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from meshc import diff_sides
 from meshc.ast import size_text
 from meshc.compiler import paused_gc
 from meshc.model import (
@@ -748,26 +750,28 @@ def _access_head(mesh: Mesh) -> tuple[str, ...]:
 _RULE_FIELDS = {"span", "action", "sources", "destinations", "methods", "paths", "not_paths", "ports", "headers"}
 
 
-def _rule_keys(mesh: Mesh) -> dict[tuple[Any, ...], AuthzRule]:
-    """Each rule as a span-free tuple, its service sources resolved to their identities (a
-    renamed service account changes the grant). Not order-normalised: a rule rewritten in
+def rule_key_of(mesh: Mesh) -> Callable[[AuthzRule], tuple[Any, ...]]:
+    """A rule of `mesh` as a span-free tuple, its service sources resolved to their identities
+    (a renamed service account changes the grant). Not order-normalised: a rule rewritten in
     another order only costs a probe, which then finds no difference."""
     if set(AuthzRule.model_fields) != _RULE_FIELDS:  # the model grew: fall back to the full form
-        return {(sig(r), tuple(_identity_of(mesh, x.name) for x in r.sources if x.kind == "service")): r
-                for r in mesh.rules}
+        return lambda r: (sig(r), tuple(_identity_of(mesh, x.name) for x in r.sources if x.kind == "service"))
     spiffe = {s.name: s.identity.spiffe for s in mesh.services}
 
     def sm(ms: tuple[StringMatch, ...]) -> tuple[tuple[str, str, str], ...]:
         return tuple((m.name, m.kind, m.value) for m in ms)
 
-    out = {}
-    for r in mesh.rules:
-        key = (r.action, tuple((x.kind, x.name, spiffe.get(x.name, "") if x.kind == "service" else "")
-                               for x in r.sources),
-               r.destinations, r.methods, tuple((p.kind, p.value) for p in r.paths),
-               tuple((p.kind, p.value) for p in r.not_paths), r.ports, sm(r.headers))
-        out[key] = r
-    return out
+    def key(r: AuthzRule) -> tuple[Any, ...]:
+        return (r.action, tuple((x.kind, x.name, spiffe.get(x.name, "") if x.kind == "service" else "")
+                                for x in r.sources),
+                r.destinations, r.methods, tuple((p.kind, p.value) for p in r.paths),
+                tuple((p.kind, p.value) for p in r.not_paths), r.ports, sm(r.headers))
+    return key
+
+
+def _rule_keys(mesh: Mesh) -> dict[tuple[Any, ...], AuthzRule]:
+    key = rule_key_of(mesh)
+    return {key(r): r for r in mesh.rules}
 
 
 def _affected_destinations(old: Mesh, new: Mesh, changed: Iterable[str]) -> list[str]:
@@ -1380,6 +1384,25 @@ def _targets(arg: str | None) -> list[str]:
 no_gc = paused_gc
 
 
+# Above this much .mesh text, with a core idle, the two sides load at once (meshc.diff_sides).
+PARALLEL_BYTES = 1_000_000
+
+
+def _both_at_once(new_paths: Sequence[Path], targets: list[str]) -> bool:
+    """Whether to load the sides on two cores: a large mesh, a core idle, and no generated
+    files to compare (they depend on every span, which the rebuilt old side does not keep).
+    Asked in this order: idle_core() samples the machine for 50 ms."""
+    from meshc import parallel
+
+    if targets or not parallel.enabled:
+        return False
+    try:
+        size = sum(f.stat().st_size for f in expand(new_paths))
+    except (OSError, ValueError):
+        return False
+    return size >= PARALLEL_BYTES and parallel.idle_core()
+
+
 def run_diff(args: argparse.Namespace) -> int:
     with no_gc():
         return _run_diff(args)
@@ -1395,15 +1418,24 @@ def _run_diff(args: argparse.Namespace) -> int:
         return 2
     new_paths = (paths or [Path(".")]) if args.base else paths[1:]
     relabel = (str(GIT_ROOT) + "/", f"{args.base}:") if args.base else ("", "")
-    # One side after the other: loading the old side in a second process and pickling it
-    # back costs as much as loading it (measured at 10,000 services: load 4.2 s, pickle
-    # 2.6 s + 1.6 s), so two cores do not shorten the diff.
+
+    def load_old() -> Mesh | None:
+        return load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
+
     try:
-        new = load_paths(new_paths)
-        try:
-            old = load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
-        except MeshcError as e:
-            return _report(e, relabel)  # the old side's files, named as the user knows them
+        if _both_at_once(new_paths, targets):
+            try:
+                old, new = diff_sides.load_both(load_old, lambda: load_paths(new_paths))
+            except diff_sides.OldSideError as e:
+                if isinstance(e.error, MeshcError):
+                    return _report(e.error, relabel)  # the old side's files, named as the user knows them
+                raise e.error from None
+        else:
+            new = load_paths(new_paths)
+            try:
+                old = load_old()
+            except MeshcError as e:
+                return _report(e, relabel)
         result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
         if args.base:
             result = result.relabel(*relabel)

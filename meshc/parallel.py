@@ -1,11 +1,12 @@
 """Work on the second core: one function run in a forked child, its result pickled back.
 
 It pays where the child's result is small next to its work: the graph checks of a large
-mesh, half of them in a child, whose result is a list of diagnostics. A forked child sees the
-parent's memory as it was (the resolved model) without copying it, so only the result
-crosses the pipe. (Sending a whole model back costs about as much as building it: meshc
-parses and loads in one process.) Every caller can do the work itself instead; it does so
-when fork is unavailable, when no core is idle, or when the child fails.
+mesh, half of them in a child, whose result is a list of diagnostics; the old side of a large
+`meshc diff`, whose child sends a summary and only the objects that differ (meshc.diff_sides).
+A forked child sees the parent's memory as it was without copying it, so only the result
+crosses the pipe. (Sending a whole model back costs about as much as building it.) Every
+caller can do the work itself instead; it does so when fork is unavailable, when no core is
+idle, or when the child fails.
 """
 
 from __future__ import annotations

@@ -69,7 +69,22 @@ def mesh(text: str):
 
 
 def diff(new_text: str, old_text: str = SHOP, **kw) -> Diff:
-    return semantic_diff(mesh(old_text), mesh(new_text), **kw)
+    old, new = mesh(old_text), mesh(new_text)
+    result = semantic_diff(old, new, **kw)
+    if not kw.get("targets"):
+        assert render_json(semantic_diff(rebuilt(old, new), new)) == render_json(result), \
+            "the old side rebuilt from its summary (meshc diff on two cores) must diff the same"
+    return result
+
+
+def rebuilt(old, new):
+    """The old mesh as `meshc diff` rebuilds it when the sides load on two cores: from the
+    old side's summary, the objects that differ, and the new side's for the rest."""
+    from meshc import diff_sides
+
+    def fetch(names, indexes):
+        return [old.service(n) for n in names], [old.rules[i] for i in indexes]
+    return diff_sides.rebuild(diff_sides.summarize(old), new, diff_sides.summarize(new), fetch)
 
 
 def lines(d: Diff) -> list[str]:
