@@ -133,39 +133,42 @@ def test_not_a_repository(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "not in a git repository" in err
 
 
-def test_old_side_errors_name_the_revision(repo, capsys):
+def two_cores(monkeypatch):
+    """Force `meshc diff` to load the sides on two cores (meshc.diff_sides), as it does for a
+    large mesh with a core idle; returns a list that records each use."""
+    import meshc.diff
+    import meshc.diff_sides
+    import meshc.parallel
+
+    monkeypatch.setattr(meshc.diff, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(meshc.parallel, "enabled", True)
+    monkeypatch.setattr(meshc.parallel, "idle_core", lambda: True)
+    used: list[bool] = []
+    real = meshc.diff_sides.load_both
+    monkeypatch.setattr(meshc.diff_sides, "load_both", lambda *a: used.append(True) or real(*a))
+    return used
+
+
+@pytest.mark.parametrize("forked", [False, True], ids=["one process", "two cores"])
+def test_old_side_errors_name_the_revision(repo, capsys, monkeypatch, forked):
+    used = two_cores(monkeypatch) if forked else []
     commit(repo, {"shop.mesh": "service {\n"}, "broken")
     commit(repo, {"shop.mesh": SHOP}, "fixed")
     rc, out, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
     assert rc == 1 and out == "" and "HEAD~1:shop.mesh" in err and "Traceback" not in err
     rc, _, err = run_cli(["diff", "--base", "no-such-ref", "shop.mesh"], capsys)
     assert rc == 2 and "unknown git revision" in err
+    assert bool(used) == forked
 
 
 def test_two_cores_give_the_same_answer(repo, capsys, monkeypatch):
     """A large diff loads the old side in a forked child that sends back only what differs
-    (meshc.diff_sides): forced here on a small mesh, it must print what one process prints,
-    and report the old side's errors the same way."""
-    import meshc.diff
-    import meshc.diff_sides
-    import meshc.parallel
-
+    (meshc.diff_sides): forced here on a small mesh, it must print what one process prints."""
     commit(repo, {"shop.mesh": SHOP}, "initial")
     commit(repo, {"shop.mesh": SHOP.replace("methods GET", "methods GET, DELETE", 1) + "allow * -> ratings\n"},
            "open ratings")
     rc, one, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
     assert rc == 0 and "+ allow ingress -> ratings (widens)" in one, err
-    monkeypatch.setattr(meshc.diff, "PARALLEL_BYTES", 0)
-    monkeypatch.setattr(meshc.parallel, "enabled", True)
-    monkeypatch.setattr(meshc.parallel, "idle_core", lambda: True)
-    used = []
-    real = meshc.diff_sides.load_both
-    monkeypatch.setattr(meshc.diff_sides, "load_both", lambda *a: used.append(True) or real(*a))
+    used = two_cores(monkeypatch)
     rc, two, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
     assert rc == 0 and used and two == one, err
-    commit(repo, {"shop.mesh": "service {\n"}, "broken")
-    commit(repo, {"shop.mesh": SHOP}, "fixed")
-    rc, out, err = run_cli(["diff", "--base", "HEAD~1", "shop.mesh"], capsys)
-    assert rc == 1 and out == "" and "HEAD~1:shop.mesh" in err and "Traceback" not in err
-    rc, _, err = run_cli(["diff", "--base", "no-such-ref", "shop.mesh"], capsys)
-    assert rc == 2 and "unknown git revision" in err
