@@ -131,26 +131,6 @@ class NativeBackend(Backend):
                     label="grpc health check", help="use `health_check tcp ...`, or compile for envoy"))
         return out
 
-    def body_limit_gaps(self, mesh: Mesh) -> list[Diagnostic]:
-        """E313: the runtime's body limit (`limits.max_request_body_bytes`) holds for every HTTP
-        listener of a sidecar, its outbound ones too: a service with a limit that also calls an
-        HTTP service would have its own requests capped, which the `.mesh` does not say."""
-        out = []
-        for svc in mesh.services:
-            limit = svc.resilience.max_request_body
-            if limit is None:
-                continue
-            http_callees = [c.name for c in self._callees(svc)
-                            if any(_LISTENER_PROTOCOL.get(p.protocol) == "http" for p in c.ports)]
-            if http_callees:
-                out.append(Diagnostic(
-                    "E313", f"the native proxy limits request bodies per sidecar, and '{svc.name}' also calls "
-                    f"{', '.join(repr(n) for n in http_callees)} over HTTP: its own requests would be capped too",
-                    limit.span, label="sidecar-wide limit",
-                    help="compile for envoy or nginx, which limit the inbound listener only, or put the "
-                         "limit on a service that calls no HTTP service"))
-        return out
-
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
         try:
@@ -173,7 +153,7 @@ class NativeBackend(Backend):
                 f"({self._next_port - self.base_port} ports needed)",
                 help="pass a lower --option base_port=..."))
             return bundle
-        bundle.diagnostics += self.l4_warnings(mesh) + self.value_gaps(mesh) + self.body_limit_gaps(mesh)
+        bundle.diagnostics += self.l4_warnings(mesh) + self.value_gaps(mesh)
         if any(d.severity == "error" for d in bundle.diagnostics):
             return bundle
         uses_tls = False
@@ -308,7 +288,6 @@ class NativeBackend(Backend):
         mesh = self.mesh
         obs = C.ObservabilityCfg(access_log=mesh.observability.access_log, metrics=mesh.observability.metrics,
                                  trace_sampling_percent=_pct(mesh.observability.trace_sampling))
-        body_limit = None
         if name == INGRESS:
             ident = mesh.ingress_identity
             outbound = self.lower_ingress()
@@ -319,18 +298,16 @@ class NativeBackend(Backend):
             ident = svc.identity
             inbound = self.lower_inbound(svc)
             body_limit = svc.resilience.max_request_body
+            if body_limit is not None:  # on the service's own HTTP listeners, not its outbound ones
+                inbound = [lst.model_copy(update={"max_request_body_bytes": body_limit.bytes})
+                           if lst.protocol == "http" else lst for lst in inbound]
             outbound = [self.lower_outbound(svc, callee, p)
                         for callee in self._callees(svc) for p in callee.ports]
         clusters = self.lower_clusters(ident, outbound)
-        extra: dict[str, Any] = {}
-        if body_limit is not None:
-            # Sidecar-wide in the runtime; body_limit_gaps made sure no outbound HTTP listener
-            # shares it. The runtime answers 413 as soon as the body passes the limit.
-            extra["limits"] = C.LimitsCfg(max_request_body_bytes=body_limit.bytes)
         return C.SidecarConfig(mesh=mesh.name, service=name, identity=ident.spiffe,
                                admin=C.AdminCfg(host=self.host, port=self._admin[name]),
                                inbound=tuple(inbound), outbound=tuple(outbound), clusters=tuple(clusters),
-                               observability=obs, **extra)
+                               observability=obs)
 
     def _cert_paths(self, ident: Identity) -> dict[str, str]:
         """The layout `meshc certs` writes (meshc/certs.py)."""

@@ -162,21 +162,28 @@ def compile_for(target: str, text: str = SIMPLE, **options: str) -> Any:
     return backends.compile_mesh(load_text(text, "m.mesh"), target, options=options or None)
 
 
-def test_native_sets_the_callees_sidecar_limit_only() -> None:
+def test_native_sets_the_limit_on_the_callees_inbound_listeners_only() -> None:
     import json
 
     files = compile_for("native").files
-    assert json.loads(files["api.json"])["limits"]["max_request_body_bytes"] == LIMIT
-    assert json.loads(files["client.json"])["limits"]["max_request_body_bytes"] == 0
+    (inbound,) = json.loads(files["api.json"])["inbound"]
+    assert inbound["max_request_body_bytes"] == LIMIT
+    assert json.loads(files["api.json"])["limits"]["max_request_body_bytes"] == 0  # the sidecar's own calls
+    client = json.loads(files["client.json"])
+    assert [x.get("max_request_body_bytes") for x in client["inbound"]] == [None]
 
 
-def test_native_refuses_a_limit_its_outbound_listeners_would_share() -> None:
+def test_native_limit_leaves_the_services_own_calls_alone() -> None:
+    """A service with a limit that also calls an HTTP service: only its inbound listeners
+    get the limit (the runtime applies it per listener)."""
+    import json
+
     text = SIMPLE.replace("service client { port http 8000 endpoints 127.0.0.1:9000 calls api }",
                           "service client { port http 8000 endpoints 127.0.0.1:9000 calls api\n"
                           "  max_request_body 1MiB }")
-    with pytest.raises(MeshcError) as e:
-        compile_for("native", text)
-    assert [(d.code, d.span.line) for d in e.value.diagnostics if d.severity == "error"] == [("E313", 4)]
+    client = json.loads(compile_for("native", text).files["client.json"])
+    assert [x["max_request_body_bytes"] for x in client["inbound"]] == [1024**2]
+    assert client["limits"]["max_request_body_bytes"] == 0 and client["outbound"]
 
 
 def test_envoy_buffer_filter_on_the_inbound_hcm() -> None:

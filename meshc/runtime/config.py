@@ -316,6 +316,9 @@ class InboundListenerCfg(_Cfg):
     # sidecar (`x-meshc-health-check`) from a proven mesh peer skips authorization, rate limit
     # and faults, as health checks on the Envoy target never pass the callee's RBAC.
     health_check_path: str | None = None
+    # Requests whose body is larger get 413 (`max_request_body`); None: the sidecar's
+    # limits.max_request_body_bytes. Per listener, so the sidecar's own calls are not capped.
+    max_request_body_bytes: int | None = Field(default=None, ge=0)
 
 
 class OutboundListenerCfg(_Cfg):

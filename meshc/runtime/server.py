@@ -200,6 +200,8 @@ class HttpListener:
         self.cfg = cfg
         self.name = cfg.name
         self.limits = sidecar.cfg.limits
+        if isinstance(cfg, C.InboundListenerCfg) and cfg.max_request_body_bytes is not None:
+            self.limits = self.limits.model_copy(update={"max_request_body_bytes": cfg.max_request_body_bytes})
         self.inbound = isinstance(cfg, C.InboundListenerCfg)
         self.strict_paths = cfg.path_normalization == "strict"
         m = sidecar.metrics
