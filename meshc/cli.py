@@ -288,9 +288,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word of a `meshc` command line (its first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = _command(argv)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -325,7 +330,7 @@ def run() -> None:
     10,000-service mesh is about a million objects, and freeing them one by one at exit
     takes ~0.5 s that serves nothing (mypy exits the same way)."""
     code = main()
-    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) not in _BATCH_COMMANDS:
+    if _command(sys.argv[1:]) not in _BATCH_COMMANDS:
         sys.exit(code)
     try:
         sys.stdout.flush()

@@ -140,7 +140,7 @@ def _c_lexer(accepted: frozenset[str], terminals: dict[str, TerminalDef], term_i
     return tuple(state_lexer)
 
 
-def _c_tables(parser: LeanParser, table: Any, terminals: dict[str, TerminalDef], ignore: frozenset[str]) -> Any:
+def _c_tables(parser: LeanParser, terminals: dict[str, TerminalDef], ignore: frozenset[str]) -> Any:
     """The parser's tables for meshc/_lalrc.c, or None if it is not built or cannot match
     some terminal of this grammar exactly."""
     if _lalrc is None or {terminals[n].pattern.to_regexp() for n in ignore} != _C_IGNORED:
@@ -284,7 +284,7 @@ class LeanParser:
         self.tree_callbacks = [inner.callbacks[r] for r in self.rules]
         self.lexers = _Lexers(terminals, ignore, {s: frozenset(k for k in acts if k in terminals or k == _END)
                                                   for s, acts in table.states.items()})
-        self.c_tables = _c_tables(self, table, terminals, ignore)
+        self.c_tables = _c_tables(self, terminals, ignore)
 
     def callbacks_for(self, transformer: Any) -> list[Callable[[list[Any]], Any]]:
         """Reduction callbacks that call `transformer`'s method named after each rule (alias
