@@ -3,8 +3,10 @@
 Custom resources are checked against the CRD schemas the meshes publish, read from a directory
 holding either CRD manifests (apiextensions.k8s.io/v1 CustomResourceDefinition YAML, as shipped
 by Istio, Linkerd and the Gateway API: `spec.versions[].schema.openAPIV3Schema`) or extracted
-openAPIV3Schema JSON files named `<group>_<version>_<Kind>.json` (the layout of
-`../shared/schemas/`, see its SOURCES.md). Core kinds (Service, ServiceAccount, Namespace, ...)
+openAPIV3Schema JSON files named `<group>_<version>_<Kind>.json`. meshc ships the published
+schemas of every Kubernetes target in that layout as package data (`meshc/schemas/`, with
+SOURCES.md and LICENSES.md; `scripts/extract_schemas.py` re-extracts them from the upstream CRD
+manifests for a version bump); `--schemas DIR` or `MESHC_SCHEMAS` use another folder. Core kinds (Service, ServiceAccount, Namespace, ...)
 are checked by a round trip through the `kubernetes` client's models, the way kubeconform
 checks them against the built-in OpenAPI document.
 
@@ -43,7 +45,7 @@ import yaml
 from jsonschema import Draft4Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-# target name -> sub-folders of a schema directory laid out like ../shared/schemas
+# target name -> sub-folders of a schema directory laid out like the bundled one (meshc/schemas)
 TARGET_DIRS: dict[str, tuple[str, ...]] = {
     "istio": ("istio",),
     "linkerd": ("linkerd",),
@@ -57,11 +59,14 @@ TARGET_DIRS: dict[str, tuple[str, ...]] = {
 # (the mesh-wide mTLS and access-control settings, given at install)
 NOT_MANIFESTS = frozenset({"helm-values.yaml"})
 
-SCHEMAS_HELP = ("CRD schemas come from the meshes' published CRD manifests (e.g. Istio's "
+# The published CRD schemas meshc ships (package data; see SOURCES.md there).
+BUNDLED_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+SCHEMAS_HELP = ("meshc ships the published CRD schemas of every target (meshc/schemas, see its "
+                "SOURCES.md); to use others, pass a folder of CRD manifests (e.g. Istio's "
                 "manifests/charts/base/files/crd-all.gen.yaml, Linkerd's charts/linkerd-crds, the "
-                "Gateway API release's standard-install.yaml) or the extracted openAPIV3Schema JSON "
-                "files in ../shared/schemas/ (see its SOURCES.md); pass the folder with --schemas DIR "
-                "or set MESHC_SCHEMAS")
+                "Gateway API release's standard-install.yaml) or of extracted openAPIV3Schema JSON "
+                "files with --schemas DIR or MESHC_SCHEMAS")
 
 
 @dataclass(frozen=True)
@@ -356,7 +361,7 @@ def _schema_files(root: Path, target: str | None, experimental: bool) -> list[Pa
 
 def load_schemas(schema_dir: Path | str, target: str | None = None, experimental: bool = False) -> SchemaStore:
     """Every CRD schema under `schema_dir` (restricted to the target's sub-folder when the
-    directory is laid out like ../shared/schemas), cached. Raises FileNotFoundError if absent."""
+    directory is laid out like meshc/schemas), cached. Raises FileNotFoundError if absent."""
     return _load_schemas(Path(schema_dir).resolve(), target, bool(experimental))
 
 
@@ -388,13 +393,10 @@ def _load_schemas(root: Path, target: str | None, experimental: bool) -> SchemaS
     return store
 
 
-def default_schema_dir() -> Path | None:
-    """$MESHC_SCHEMAS, else ../shared/schemas next to the working directory or the checkout."""
+def default_schema_dir() -> Path:
+    """$MESHC_SCHEMAS when set, else the schemas meshc ships."""
     env = os.environ.get("MESHC_SCHEMAS")
-    candidates = [Path(env)] if env else []
-    candidates += [Path.cwd().parent / "shared" / "schemas",
-                   Path(__file__).resolve().parents[1].parent / "shared" / "schemas"]
-    return next((c for c in candidates if c.is_dir()), None)
+    return Path(env) if env else BUNDLED_SCHEMAS
 
 
 # --------------------------------------------------------------------------- core kinds
@@ -618,10 +620,8 @@ def validate_compiled(bundle: Any, target: str, options: Mapping[str, str] | Non
                       schema_dir: Path | str | None = None) -> list[Problem]:
     """For `meshc compile --validate`: the bundle's problems against the target's schemas
     (default folder as for `meshc validate`; the experimental channel when the bundle was
-    compiled with the `experimental` option). Raises FileNotFoundError without schemas."""
+    compiled with the `experimental` option). Raises FileNotFoundError if the folder is absent."""
     folder = schema_dir or default_schema_dir()
-    if folder is None:
-        raise FileNotFoundError(f"no schema directory; {SCHEMAS_HELP}")
     experimental = str((options or {}).get("experimental", "false")).lower() in ("1", "true", "yes", "on", "")
     return validate_bundle(bundle, folder, target=target, experimental=experimental)
 
@@ -638,7 +638,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("files", nargs="+", type=Path, help="YAML files, folders of them, or .mesh files")
     p.add_argument("--target", "-t", help="the target whose schemas apply (and which .mesh files compile to)")
     p.add_argument("--schemas", type=Path, default=None,
-                   help="CRD schema folder (default: $MESHC_SCHEMAS or ../shared/schemas if present)")
+                   help="CRD schema folder (default: $MESHC_SCHEMAS, else the schemas meshc ships)")
     p.add_argument("--experimental", action="store_true",
                    help="prefer experimental-channel schemas (Gateway API) where both exist")
     p.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
@@ -676,8 +676,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from meshc.diagnostics import MeshcError
 
     schema_dir = args.schemas or default_schema_dir()
-    if schema_dir is None or not Path(schema_dir).is_dir():
-        print(f"meshc validate: no schema directory; {SCHEMAS_HELP}", file=sys.stderr)
+    if not Path(schema_dir).is_dir():
+        print(f"meshc validate: schema directory {schema_dir} does not exist; {SCHEMAS_HELP}", file=sys.stderr)
         return 2
     options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in args.option)
     try:

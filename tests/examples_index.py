@@ -11,7 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "examples"
-SHARED = ROOT.parent / "shared"
 
 
 def example_roots() -> dict[str, Path]:

@@ -39,9 +39,10 @@ from meshc.model import (
     Timeout,
     Version,
 )
+from meshc.validate import BUNDLED_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+SCHEMAS = BUNDLED_SCHEMAS
 
 
 def ident(name: str) -> Identity:

@@ -15,11 +15,10 @@ from meshc.backends.k8s import Gaps
 from meshc.compiler import load, load_text
 from meshc.diagnostics import MeshcError
 from meshc.model import Match, PathMatch, StringMatch
-from meshc.validate import SCHEMAS_HELP, validate_bundle
+from meshc.validate import BUNDLED_SCHEMAS, validate_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
-needs_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"{SCHEMAS} is absent: {SCHEMAS_HELP}")
+SCHEMAS = BUNDLED_SCHEMAS
 sys.path.insert(0, str(Path(__file__).parent))
 from examples_index import example_roots  # noqa: E402
 
@@ -35,9 +34,8 @@ SVC = """service a {
 
 def objects(src: str, **options: str) -> list[dict[str, Any]]:
     bundle = compile_mesh(load_text(MESH + src), "gateway-api", options=options)
-    if SCHEMAS.is_dir():
-        probs = validate_bundle(bundle, SCHEMAS, target="gateway-api", experimental="experimental" in options)
-        assert [str(p) for p in probs] == []
+    probs = validate_bundle(bundle, SCHEMAS, target="gateway-api", experimental="experimental" in options)
+    assert [str(p) for p in probs] == []
     return [d for f in sorted(bundle.files) for d in yaml.safe_load_all(bundle.files[f]) if d]
 
 
@@ -55,7 +53,6 @@ def errors(src: str, **options: str) -> list[str]:
     return [d.message for d in e.value.diagnostics]
 
 
-@needs_schemas
 @pytest.mark.parametrize("channel", ["standard", "experimental"])
 @pytest.mark.parametrize("example", sorted(example_roots()))
 def test_every_example_validates_strictly(example: str, channel: str) -> None:

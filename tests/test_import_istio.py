@@ -1,4 +1,4 @@
-"""`meshc import --from istio` on real configuration (Istio's bookinfo samples in ../shared) and
+"""`meshc import --from istio` on real configuration (Istio's bookinfo samples in tests/fixtures/realworld) and
 on inputs modelled on Istio's documentation (tests/import_inputs/istio/)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from meshc.compiler import load_text
 from meshc.importers import import_files
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOKINFO = ROOT.parent / "shared" / "realworld" / "istio-bookinfo"
+BOOKINFO = ROOT / "tests" / "fixtures" / "realworld" / "istio-bookinfo"
 INPUTS = ROOT / "tests" / "import_inputs" / "istio"
 BASE = ["bookinfo.yaml", "destination-rule-all-mtls.yaml", "bookinfo-gateway.yaml"]
 # Files defining the same VirtualService are alternative scenarios: one at a time.
@@ -25,7 +25,6 @@ SCENARIOS = ["virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yam
              "virtual-service-reviews-50-v3.yaml", "virtual-service-reviews-v2-v3.yaml",
              "virtual-service-ratings-test-abort.yaml", "virtual-service-ratings-test-delay.yaml"]
 
-needs_bookinfo = pytest.mark.skipif(not BOOKINFO.is_dir(), reason=f"{BOOKINFO} is absent (../shared not checked out)")
 
 
 def bookinfo(scenario: str, base: list[str] = BASE) -> list[Path]:
@@ -114,7 +113,6 @@ def _docs(paths: list[Path]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- tests
 
 
-@needs_bookinfo
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_bookinfo_recompiles_to_istio_equivalently(scenario: str) -> None:
     paths = bookinfo(scenario)
@@ -126,7 +124,6 @@ def test_bookinfo_recompiles_to_istio_equivalently(scenario: str) -> None:
     assert got == want
 
 
-@needs_bookinfo
 @pytest.mark.parametrize("target", ["linkerd", "consul", "native"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_bookinfo_recompiles_to_other_targets(scenario: str, target: str) -> None:
@@ -136,7 +133,6 @@ def test_bookinfo_recompiles_to_other_targets(scenario: str, target: str) -> Non
     assert not [d for d in bundle.diagnostics if d.severity == "error"]
 
 
-@needs_bookinfo
 def test_bookinfo_import_content() -> None:
     result = import_files("istio", bookinfo("virtual-service-reviews-test-v2.yaml"))
     m = result.mesh

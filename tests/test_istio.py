@@ -13,11 +13,10 @@ from meshc.backends.istio import IstioBackend, istio_weights
 
 from meshc.compiler import load, load_text
 from meshc.diagnostics import MeshcError
-from meshc.validate import SCHEMAS_HELP, check_core, validate_bundle
+from meshc.validate import BUNDLED_SCHEMAS, check_core, validate_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
-needs_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"{SCHEMAS} is absent: {SCHEMAS_HELP}")
+SCHEMAS = BUNDLED_SCHEMAS
 sys.path.insert(0, str(Path(__file__).parent))
 from examples_index import example_roots  # noqa: E402
 
@@ -26,8 +25,7 @@ MESH = "mesh m { authz deny_by_default }\n"
 
 def objects(src: str, **options: str) -> list[dict[str, Any]]:
     bundle = compile_mesh(load_text(MESH + src), "istio", options=options)
-    if SCHEMAS.is_dir():
-        assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="istio")] == []
+    assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="istio")] == []
     return [d for f in sorted(bundle.files) for d in yaml.safe_load_all(bundle.files[f]) if d]
 
 
@@ -60,7 +58,6 @@ SVC = """service a {
 # --------------------------------------------------------------------------- examples
 
 
-@needs_schemas
 @pytest.mark.parametrize("example", sorted(example_roots()))
 def test_every_example_validates_strictly(example: str) -> None:
     bundle = compile_mesh(load([example_roots()[example]]), "istio", unsupported="warn")
@@ -141,8 +138,7 @@ def test_timeouts_none_is_omitted_and_precedence_holds() -> None:
 
 def _objects_raw(src: str) -> list[dict[str, Any]]:
     bundle = compile_mesh(load_text(src), "istio")
-    if SCHEMAS.is_dir():
-        assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="istio")] == []
+    assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="istio")] == []
     return [d for f in sorted(bundle.files) for d in yaml.safe_load_all(bundle.files[f]) if d]
 
 

@@ -1,5 +1,5 @@
 """The bookinfo example's Istio output is semantically equivalent to Istio's own bookinfo
-samples (../shared/realworld/istio-bookinfo/): same hosts, subsets, matches, weights, faults and
+samples (tests/fixtures/realworld/istio-bookinfo/): same hosts, subsets, matches, weights, faults and
 mTLS settings after normalising both sides.
 
 Files that define the same VirtualService name are alternative scenarios; the main example
@@ -17,16 +17,13 @@ import yaml
 from meshc.backends import compile_mesh
 
 from meshc.compiler import load_text
-from meshc.validate import parse_go_duration, validate_bundle
+from meshc.validate import BUNDLED_SCHEMAS, parse_go_duration, validate_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-REALWORLD = SHARED / "realworld" / "istio-bookinfo"
-SCHEMAS = SHARED / "schemas"
+REALWORLD = ROOT / "tests" / "fixtures" / "realworld" / "istio-bookinfo"
+SCHEMAS = BUNDLED_SCHEMAS
 BOOKINFO = (ROOT / "examples" / "bookinfo" / "bookinfo.mesh").read_text()
 
-pytestmark = pytest.mark.skipif(not REALWORLD.is_dir(), reason=f"{REALWORLD} is absent (Istio's samples/bookinfo; "
-                                                                  f"see its SOURCES.md)")
 
 # scenario name -> overlay applied to the bookinfo example (empty: the example as written)
 SCENARIOS: dict[str, str] = {
@@ -68,8 +65,7 @@ EXPECTED: dict[str, str] = {
 def istio_objects(scenario: str) -> list[dict[str, Any]]:
     mesh = load_text(BOOKINFO + "\n" + SCENARIOS[scenario], filename="bookinfo.mesh")
     bundle = compile_mesh(mesh, "istio")
-    if SCHEMAS.is_dir():
-        assert validate_bundle(bundle, SCHEMAS, target="istio") == []
+    assert validate_bundle(bundle, SCHEMAS, target="istio") == []
     return [d for f in sorted(bundle.files) for d in yaml.safe_load_all(bundle.files[f]) if d]
 
 

@@ -13,11 +13,10 @@ from meshc.backends.linkerd import LinkerdBackend
 
 from meshc.compiler import load, load_text
 from meshc.diagnostics import MeshcError
-from meshc.validate import SCHEMAS_HELP, validate_bundle
+from meshc.validate import BUNDLED_SCHEMAS, validate_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
-needs_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"{SCHEMAS} is absent: {SCHEMAS_HELP}")
+SCHEMAS = BUNDLED_SCHEMAS
 sys.path.insert(0, str(Path(__file__).parent))
 from examples_index import example_roots  # noqa: E402
 
@@ -34,8 +33,7 @@ OPTION_SETS = [{}, {"gateway_api_routes": "true"}, {"legacy_service_profile": "t
 
 def objects(src: str, mesh: str = MESH, **options: str) -> list[dict[str, Any]]:
     bundle = compile_mesh(load_text(mesh + src), "linkerd", options=options)
-    if SCHEMAS.is_dir():
-        assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="linkerd")] == []
+    assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target="linkerd")] == []
     return [d for f in sorted(bundle.files) for d in yaml.safe_load_all(bundle.files[f]) if d]
 
 
@@ -55,7 +53,6 @@ def errors(src: str, **options: str) -> list[str]:
     return [d.message for d in e.value.diagnostics]
 
 
-@needs_schemas
 @pytest.mark.parametrize("options", OPTION_SETS, ids=["policy", "gateway", "legacy"])
 @pytest.mark.parametrize("example", sorted(example_roots()))
 def test_every_example_validates_strictly(example: str, options: dict[str, str]) -> None:
@@ -244,8 +241,7 @@ def test_match_limit_is_reported() -> None:
     assert any("more than 8 matches" in m for m in errs)
     bundle = compile_mesh(load_text(MESH + SVC % f"route {{\n when {conds} -> v2\n otherwise -> v1 }}"), "linkerd",
                           unsupported="warn")
-    if SCHEMAS.is_dir():
-        assert validate_bundle(bundle, SCHEMAS, target="linkerd") == []
+    assert validate_bundle(bundle, SCHEMAS, target="linkerd") == []
 
 
 def test_authorization_route_matches_are_chunked() -> None:

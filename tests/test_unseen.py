@@ -33,11 +33,11 @@ from meshc import backends  # noqa: E402
 from meshc.certs import write_certs  # noqa: E402
 from meshc.compiler import load, load_text  # noqa: E402
 from meshc.diagnostics import MeshcError  # noqa: E402
-from meshc.validate import check_core, validate_bundle  # noqa: E402
+from meshc.validate import BUNDLED_SCHEMAS, check_core, validate_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSEEN = Path(__file__).parent / "unseen"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+SCHEMAS = BUNDLED_SCHEMAS
 NATIVE_SCHEMA = ROOT / "docs" / "native-config.schema.json"
 
 # fixture name -> its entry files
@@ -113,8 +113,6 @@ def validate_with_consumer(target: str, bundle: Any, mesh: Any, tmp: Path) -> No
             r = subprocess.run([PROMTOOL, "check", "rules", *rules], capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stdout + r.stderr
     else:
-        if not SCHEMAS.is_dir():
-            pytest.skip(f"{SCHEMAS} is absent")
         problems = [str(p) for p in validate_bundle(bundle, SCHEMAS, target=target)]
         assert problems == []
         for rel, data in bundle.files.items():
@@ -153,8 +151,6 @@ def test_compile_validate_checks_only_kubernetes_output(tmp_path: Path, capsys: 
     Mesh Helm values file as a Kubernetes object 'missing apiVersion or kind' (exit 1)."""
     from meshc.cli import main
 
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"{SCHEMAS} is absent")
     src = str(FIXTURES["egress-only"][0])
     for target in ("envoy", "prometheus", "nginx-mesh", "istio"):
         rc = main(["compile", src, "-t", target, "--validate", "--unsupported=warn", "--schemas", str(SCHEMAS),
@@ -180,8 +176,7 @@ def test_long_per_version_service_names_are_reported_and_never_written() -> None
         bundle = backends.compile_mesh(mesh, target, unsupported="warn")
         assert any(d.code == "W301" and d.span.line == 4 for d in bundle.diagnostics)
         assert f"{LONG}-v2".encode() not in b"".join(bundle.files.values())
-        if SCHEMAS.is_dir():
-            assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target=target)] == []
+        assert [str(p) for p in validate_bundle(bundle, SCHEMAS, target=target)] == []
 
 
 def test_appmesh_plaintext_error_names_the_ports_own_mtls_mode() -> None:

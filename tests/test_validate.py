@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meshc.cli import main
 from meshc.validate import (
-    SCHEMAS_HELP,
+    BUNDLED_SCHEMAS,
     check_core,
     load_schemas,
     parse_go_duration,
@@ -20,9 +21,8 @@ from meshc.validate import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
-REALWORLD = ROOT.parent / "shared" / "realworld" / "istio-bookinfo"
-needs_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"{SCHEMAS} is absent: {SCHEMAS_HELP}")
+SCHEMAS = BUNDLED_SCHEMAS
+REALWORLD = ROOT / "tests" / "fixtures" / "realworld" / "istio-bookinfo"
 
 
 def vs(http: list[dict]) -> dict:
@@ -43,14 +43,12 @@ def test_go_durations() -> None:
         assert parse_go_duration(bad) is None, bad
 
 
-@needs_schemas
 def test_realworld_istio_files_are_valid() -> None:
     for f in sorted(REALWORLD.glob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
         assert messages(docs) == [], f.name
 
 
-@needs_schemas
 def test_unknown_fields_rejected_at_every_level() -> None:
     obj = vs([{"route": [{"destination": {"host": "r", "subsett": "v1"}}], "retrys": {}}])
     obj["spec"]["hostz"] = []
@@ -62,7 +60,6 @@ def test_unknown_fields_rejected_at_every_level() -> None:
     assert any("extra" in m for m in msgs)
 
 
-@needs_schemas
 def test_preserve_unknown_fields_is_respected() -> None:
     # Linkerd's Server podSelector.matchLabels is x-kubernetes-preserve-unknown-fields
     server = {"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
@@ -71,7 +68,6 @@ def test_preserve_unknown_fields_is_respected() -> None:
     assert messages([server], "linkerd") == []
 
 
-@needs_schemas
 def test_int_or_string_and_int32() -> None:
     base = {"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server", "metadata": {"name": "s"}}
     ok = [dict(base, spec={"port": 8080, "podSelector": {}}), dict(base, spec={"port": "http", "podSelector": {}})]
@@ -82,7 +78,6 @@ def test_int_or_string_and_int32() -> None:
     assert any("weight" in m for m in messages([big]))
 
 
-@needs_schemas
 def test_durations_checked_through_the_istio_cel_rule_and_gateway_pattern() -> None:
     assert messages([vs([{"route": [{"destination": {"host": "r"}}], "timeout": "1m30s"}])]) == []
     for bad in ("0s", "10", "abc", "1d"):
@@ -93,7 +88,6 @@ def test_durations_checked_through_the_istio_cel_rule_and_gateway_pattern() -> N
     assert any("timeouts.request" in m for m in messages([route], "gateway-api"))
 
 
-@needs_schemas
 def test_skipped_cel_rules_are_counted_and_said() -> None:
     store = load_schemas(SCHEMAS.resolve(), "gateway-api")
     route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
@@ -104,14 +98,12 @@ def test_skipped_cel_rules_are_counted_and_said() -> None:
     assert "skipped" in store.skipped_note()
 
 
-@needs_schemas
 def test_gateway_backend_ref_needs_a_port_cel_rule_is_evaluated() -> None:
     route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
              "spec": {"rules": [{"backendRefs": [{"name": "svc"}]}]}}
     assert any("port" in m for m in messages([route], "gateway-api"))
 
 
-@needs_schemas
 def test_target_selects_schema_folder_and_experimental_channel() -> None:
     retry_route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
                    "spec": {"rules": [{"retry": {"attempts": 2}}]}}
@@ -177,7 +169,6 @@ def _run(argv: list[str]) -> int:
     return args.func(args)  # type: ignore[no-any-return]
 
 
-@needs_schemas
 def test_cli_on_yaml_and_mesh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["validate", str(REALWORLD / "virtual-service-all-v1.yaml"), "--target", "istio",
                  "--schemas", str(SCHEMAS)]) == 0
@@ -188,10 +179,68 @@ def test_cli_on_yaml_and_mesh(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert _run(["validate", str(ROOT / "examples" / "bookinfo" / "bookinfo.mesh"), "--target", "istio",
                  "--schemas", str(SCHEMAS)]) == 0
     assert _run(["validate", str(bad), "--schemas", str(tmp_path / "nope")]) == 2
-    assert "CRD schemas come from" in capsys.readouterr().err
+    assert f"schema directory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
 
 
-@needs_schemas
+def test_validate_uses_the_schemas_meshc_ships(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # An installed meshc has no schema folder beside it: `meshc validate out/ --target istio` must work.
+    monkeypatch.delenv("MESHC_SCHEMAS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compile", str(ROOT / "examples" / "bookinfo"), "-t", "istio", "-o", str(out)]) == 0
+    assert _run(["validate", str(out), "--target", "istio"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(vs([{"route": [{"destination": {"host": "r"}}], "timeout": "soon"}])))
+    assert _run(["validate", str(bad), "--target", "istio"]) == 1
+    assert "timeout" in capsys.readouterr().err
+    # MESHC_SCHEMAS overrides the bundled folder.
+    monkeypatch.setenv("MESHC_SCHEMAS", str(tmp_path / "nope"))
+    assert _run(["validate", str(bad), "--target", "istio"]) == 2
+    assert f"schema directory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_the_bundled_schemas_are_package_data_with_their_sources() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["meshc.schemas"]
+    shipped = {p for pattern in patterns for p in BUNDLED_SCHEMAS.glob(pattern)}
+    on_disk = {p for p in BUNDLED_SCHEMAS.rglob("*") if p.is_file() and p.suffix in (".json", ".md")}
+    assert shipped == on_disk and len(on_disk) > 40
+    assert {"SOURCES.md", "LICENSES.md"} <= {p.name for p in shipped}
+    for system in ("istio", "linkerd", "gateway-api", "consul", "smi", "nginx-service-mesh", "appmesh"):
+        assert f"`{system}/`" in (BUNDLED_SCHEMAS / "LICENSES.md").read_text()
+        assert any((BUNDLED_SCHEMAS / system).glob("*.json"))
+
+
+def test_extract_schemas_script_reproduces_the_bundled_files(tmp_path: Path) -> None:
+    # A CRD manifest wrapping a bundled schema (as a Helm template, with directives) extracts to
+    # the same bytes, so a version bump only changes what upstream changed.
+    import subprocess
+    import sys
+
+    bundled = BUNDLED_SCHEMAS / "istio" / "networking.istio.io_v1_Sidecar.json"
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "sidecars.networking.istio.io"},
+           "spec": {"group": "networking.istio.io", "names": {"kind": "Sidecar"},
+                    "versions": [{"name": "v1", "schema": {"openAPIV3Schema": json.loads(bundled.read_text())}},
+                                 {"name": "v1beta1", "schema": {"openAPIV3Schema": {"type": "object"}}}]}}
+    manifest = tmp_path / "crds.yaml"
+    manifest.write_text("{{- if .Values.enabled }}\n" + yaml.safe_dump(crd) + "{{- end }}\n")
+    out = tmp_path / "istio"
+    out.mkdir()
+    (out / bundled.name).write_text("{}\n")
+    script = ROOT / "scripts" / "extract_schemas.py"
+    r = subprocess.run([sys.executable, str(script), str(manifest), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (out / bundled.name).read_text() == bundled.read_text()
+    assert not (out / "networking.istio.io_v1beta1_Sidecar.json").exists()  # only the files present
+    r = subprocess.run([sys.executable, str(script), str(manifest), "-o", str(out), "--all"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and (out / "networking.istio.io_v1beta1_Sidecar.json").exists()
+
+
 def test_gateway_filter_union_rules_are_evaluated() -> None:
     route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
              "spec": {"rules": [{"filters": [{"type": "URLRewrite",
@@ -241,7 +290,6 @@ spec:
     assert [p.path for p in validate_objects([bad], tmp_path)] == ["spec.port"]
 
 
-@needs_schemas
 def test_bare_string_durations_are_checked() -> None:
     sp = {"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile", "metadata": {"name": "a.default.svc.cluster.local"},
           "spec": {"routes": [{"name": "r", "condition": {"pathRegex": ".*"}, "timeout": "1s"},
@@ -250,7 +298,6 @@ def test_bare_string_durations_are_checked() -> None:
         ("spec.routes[1].timeout", True)]
 
 
-@needs_schemas
 def test_validate_compiled_hook_for_compile_validate() -> None:
     from meshc.backends import compile_mesh
 
