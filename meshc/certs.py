@@ -11,13 +11,23 @@ Layout of the output directory (what `cert_file_names` returns, relative to it):
 Namespaces and service accounts are DNS-1123 labels, so the `.` keeps names unambiguous.
 Private keys are written with mode 0600. Identities: every service's, plus the mesh's ingress
 gateway identity.
+
+Subjects: `CN=<sa>.<namespace>,O=meshc`, unique per identity, because the nginx target reads the
+caller from the verified subject (stock nginx has no variable for the URI SAN). X.509 caps a CN
+at 64 characters (RFC 5280 ub-common-name); a name that does not fit, or whose parts are not
+DNS-1123 labels, gets `CN=<first characters of sa.namespace>_<32 hex digits of SHA-256 of the
+SPIFFE ID>` instead: still unique (128 bits of the whole identity, trust domain included), and
+never of the `label.label` shape, so it cannot be read as some other service account's name.
+Every leaf carries exactly one URI SAN (the SPIFFE ID) and no DNS SAN.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +41,29 @@ from meshc.model import Identity, Mesh
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 VALIDITY = dt.timedelta(days=365)
+CN_MAX = 64  # RFC 5280 ub-common-name
+CN_HASH_HEX = 32  # hex digits of SHA-256(SPIFFE ID) in a shortened CN: 128 bits
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def subject_cn(ident: Identity) -> str:
+    """The leaf's common name: `<sa>.<namespace>` when both are DNS-1123 labels and it fits in
+    64 characters; otherwise a readable prefix, `_` (never in a label, so the two forms cannot
+    meet) and a hash of the full SPIFFE ID. One function, used by `meshc certs` and by the nginx
+    target (which maps subjects to identities and verifies callees by this name)."""
+    plain = f"{ident.name}.{ident.namespace}"
+    if len(plain) <= CN_MAX and _LABEL.match(ident.name) and _LABEL.match(ident.namespace):
+        return plain
+    digest = hashlib.sha256(ident.spiffe.encode()).hexdigest()[:CN_HASH_HEX]
+    # the prefix is for people only: DNS characters, so the subject string is predictable
+    prefix = re.sub(r"[^a-z0-9.-]", "-", plain.lower())[:CN_MAX - 1 - CN_HASH_HEX]
+    return f"{prefix}_{digest}"
+
+
+def subject_dn(ident: Identity) -> str:
+    """The leaf subject as nginx's `$ssl_client_s_dn` writes it (RFC 2253 order; the CN holds
+    no character that RFC 2253 escapes)."""
+    return f"CN={subject_cn(ident)},O=meshc"
 
 
 def cert_file_names(ident: Identity) -> tuple[str, str]:
@@ -79,19 +112,22 @@ def new_ca(trust_domain: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
 
 
 def _common_name(text: str) -> str:
-    """X.509 caps a common name at 64 characters (RFC 5280 ub-common-name). The name is only
-    a label for people; the identity is the SPIFFE URI SAN, which has no such cap."""
-    return text[:64]
+    """The CA's common name, a label for people only, cut to X.509's 64 characters. Leaf names
+    are never cut here: they come from `subject_cn`, which keeps them unique."""
+    return text[:CN_MAX]
 
 
 def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, spiffe: str,
           common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A leaf for one SPIFFE ID: URI SAN, client and server auth, signed by the CA."""
+    """A leaf for one SPIFFE ID: URI SAN, client and server auth, signed by the CA. The common
+    name is written as given (at most 64 characters: `subject_cn` makes identity names fit)."""
+    if len(common_name) > CN_MAX:
+        raise ValueError(f"common name over {CN_MAX} characters: {common_name!r} (use subject_cn)")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshc"),
-                                     x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))]))
+                                     x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
@@ -129,7 +165,7 @@ def write_certs(mesh: Mesh, out_dir: Path) -> list[Path]:
     ca_cert, ca_key = load_or_create_ca(out_dir, mesh.trust_domain)
     written = [out_dir / CA_CERT, out_dir / CA_KEY]
     for ident in identities(mesh):
-        cert, key = issue(ca_cert, ca_key, ident.spiffe, f"{ident.name}.{ident.namespace}")
+        cert, key = issue(ca_cert, ca_key, ident.spiffe, subject_cn(ident))
         cert_name, key_name = cert_file_names(ident)
         _write_cert(out_dir / cert_name, cert)
         _write_key(out_dir / key_name, key)
