@@ -253,7 +253,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--list-targets", action="store_true", help="list the targets and exit")
     c.add_argument("--validate", action="store_true",
                    help="check Kubernetes output offline against the CRD schemas (see `meshc validate`)")
-    c.add_argument("--schemas", default=None, help="CRD schema folder for --validate (default: ../shared/schemas)")
+    c.add_argument("--schemas", default=None, help="CRD schema folder for --validate (default: $MESHC_SCHEMAS, else the schemas meshc ships)")
     add_format(c)
     c.set_defaults(func=cmd_compile)
 

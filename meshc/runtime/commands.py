@@ -47,18 +47,22 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def _new_loop() -> tuple[asyncio.AbstractEventLoop, str]:
     try:
         import uvloop
-
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
-    except ImportError:
-        return asyncio.new_event_loop()
+    except ImportError:  # a platform uvloop does not support (it is a dependency elsewhere)
+        return asyncio.new_event_loop(), "asyncio (uvloop is not installed)"
+    return uvloop.new_event_loop(), "uvloop"
 
 
 def run(main: Any) -> int:
-    """Run a coroutine on uvloop when installed (asyncio otherwise)."""
-    loop = _new_loop()
+    """Run a coroutine on uvloop when installed (asyncio otherwise), saying which request
+    path (compiled or pure Python) and which event loop run: a user who reports a problem or
+    a figure needs to know."""
+    from meshc.runtime import PATH_NOTE
+
+    loop, loop_note = _new_loop()
+    print(f"meshc: request path {PATH_NOTE}; event loop {loop_note}", file=sys.stderr)
     asyncio.set_event_loop(loop)
     try:
         return int(loop.run_until_complete(main) or 0)

@@ -17,12 +17,18 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _RequestStats(Collector):
+# The two collectors below do not subclass prometheus_client's `Collector`: it is a
+# typing.Protocol (a Python class with a managed __dict__), and a mypyc native class deriving
+# from it inherited a negative __dictoffset__ for a dict mypyc never allocates, so attribute
+# lookups on a compiled instance read past the object (SystemError or a segfault, depending on
+# the build). The registry calls collect() (and describe() where a collector has one): duck
+# typing is all it needs.
+# tests/test_runtime_compiled.py checks every compiled class for this.
+class _RequestStats:
     """Requests and latency per (listener, route, upstream): plain counters on the hot path,
     turned into Prometheus families only when /metrics is scraped (prometheus-client's own
     Counter/Histogram take a lock and several calls per observation)."""
@@ -59,7 +65,7 @@ class _RequestStats(Collector):
         yield h
 
 
-class _BreakerState(Collector):
+class _BreakerState:
     """`meshc_circuit_breaker_open`: 1 while a cluster is at a circuit-breaker threshold, and the
     counts the thresholds apply to, read from the live clusters at scrape time."""
 
