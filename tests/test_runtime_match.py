@@ -16,7 +16,8 @@ from meshc import authz
 from meshc.compiler import load
 from meshc.paths import normalize
 from meshc.runtime import config as C
-from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, path_pred, split_target
+from meshc.runtime.match import (Authorizer, CompiledMatch, RequestView, normalize_request_path, path_pred,
+                                 split_target)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +47,42 @@ def test_normalization_cases(raw: str, want: str | None) -> None:
 
 
 def test_split_target() -> None:
-    assert split_target("/a?b=1#frag") == ("/a", "b=1")
+    assert split_target("/a?b=1") == ("/a", "b=1")
     assert split_target("http://host:80/x?y") == ("/x", "y")
-    assert split_target("*") is None
+    assert split_target("HTTPS://host") == ("/", "")
+    # refused (400) as Envoy refuses them: asterisk-form, no path, any fragment
+    for target in ("*", "x", "", "/a#frag", "/a?b=1#frag", "#", "http://host/a#b"):
+        assert split_target(target) is None, target
+
+
+request_chars = st.sampled_from(list("/.%a;\\=") + ["%2e", "%2E", "%00", "%2F", "%5C", "%3B", "..;", ".;", "//", "/../"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(request_chars, max_size=14).map(lambda xs: "/" + "".join(xs)))
+def test_request_normalization_leaves_no_dot_segment_behind(path: str) -> None:
+    """What the native proxy authorizes under `strict`: no backslash (a slash), no NUL, no
+    segment that an application could resolve as `.`/`..` (with or without `;` parameters),
+    and stable, so the upstream resolves nothing the authorizer did not see."""
+    norm = normalize_request_path(path)
+    if norm is None:
+        assert "%00" in path.replace("\\", "/") or normalize(path.replace("\\", "/")) is None or ";" in path
+        return
+    assert "\\" not in norm and "%00" not in norm and "//" not in norm
+    assert not any(seg.split(";", 1)[0].lower() in (".", "..", "%2e", "%2e%2e", ".%2e", "%2e.")
+                   for seg in norm.split("/"))
+    assert normalize_request_path(norm) == norm
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("/public\\..\\admin", "/admin"), ("/a\\b", "/a/b"), ("/a/\\/b", "/a/b"), ("/a/%5C", None),
+    ("/public/..;/admin", "/admin"), ("/..;/admin", "/admin"), ("/a/%2E%2e;x/b", "/b"), ("/a/x/..;", "/a/"),
+    ("/a/x/.;p=1/y", "/a/x/y"), ("/a/...;/b", "/a/...;/b"), ("/a;b", "/a;b"), ("/a/..%3B/b", "/a/..%3B/b"),
+    ("/admin%00", None), ("/a%00b/..", None), ("/a%0A", "/a%0A"),
+])
+def test_request_normalization_cases(raw: str, want: str | None) -> None:
+    """The rows of tests/scenarios/normalization.yaml that Envoy answered, as unit cases."""
+    assert normalize_request_path(raw) == want
 
 
 @pytest.mark.parametrize("kind,value,yes,no", [

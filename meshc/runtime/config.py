@@ -21,10 +21,11 @@ relative to the directory of the config file that names them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
 SCHEMA_VERSION: Final = 1
@@ -34,6 +35,48 @@ Millis = int
 
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- wire-safe strings
+# Every string the proxy writes into a request or response head is checked here, when the
+# config loads, so that the request path never writes a byte it did not validate: a config
+# written by hand or by another tool cannot split a header or a request line (CR/LF), end a
+# C string (NUL) or smuggle a header through a name that is no token. The compiler refuses
+# such values at the model boundary too; this is the proxy's own line of defence.
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 5.6.2 tchar
+# RFC 9110 5.5 field-value: no CTL except HTAB (obs-text, bytes >= 0x80, stays allowed).
+_FIELD_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")  # request-target, Host, Location pieces
+
+
+def _header_name(v: str) -> str:
+    if _TOKEN.fullmatch(v) is None:
+        raise ValueError(f"header name {v!r} is not an RFC 9110 token (letters, digits and !#$%&'*+-.^_`|~)")
+    return v
+
+
+def _header_value(v: str) -> str:
+    bad = _FIELD_BAD.search(v)
+    if bad is not None:
+        raise ValueError(f"header value {v!r} contains the control character {bad.group()!r} at {bad.start()} "
+                         "(CR, LF, NUL and other control characters would split or end the header line)")
+    return v
+
+
+def _wire_ascii(v: str) -> str:
+    """A path, host or identity written into a request line, Host or Location: visible ASCII
+    only (non-ASCII must be percent-encoded or punycode; a space would end the request target)."""
+    if _VISIBLE_ASCII.fullmatch(v) is None:
+        bad = next(c for c in v if not 0x21 <= ord(c) <= 0x7E)
+        raise ValueError(f"{v!r} contains {bad!r} at {v.index(bad)}: only visible ASCII characters can be "
+                         "written into a request line or header (percent-encode paths, punycode hosts)")
+    return v
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+WireText = Annotated[str, AfterValidator(_wire_ascii)]
 
 
 # --------------------------------------------------------------------------- matching
@@ -67,14 +110,14 @@ class MatchCfg(_Cfg):
 
 
 class HeaderKV(_Cfg):
-    name: str
-    value: str
+    name: HeaderName
+    value: HeaderValue
 
 
 class HeaderOpsCfg(_Cfg):
     set: tuple[HeaderKV, ...] = ()
     add: tuple[HeaderKV, ...] = ()
-    remove: tuple[str, ...] = ()
+    remove: tuple[HeaderName, ...] = ()
 
 
 class RetryCfg(_Cfg):
@@ -99,14 +142,14 @@ class WeightedCluster(_Cfg):
 
 
 class RewriteCfg(_Cfg):
-    prefix: str | None = None  # replaces the matched path prefix
-    path: str | None = None  # replaces the whole path
-    host: str | None = None
+    prefix: WireText | None = None  # replaces the matched path prefix
+    path: WireText | None = None  # replaces the whole path
+    host: WireText | None = None
 
 
 class RedirectCfg(_Cfg):
-    path: str | None = None
-    host: str | None = None
+    path: WireText | None = None
+    host: WireText | None = None
     scheme: Literal["http", "https"] | None = None
     port: int | None = None
     code: int = 301
@@ -165,7 +208,7 @@ class RouteCfg(_Cfg):
 
 
 class EndpointCfg(_Cfg):
-    host: str  # IP address or DNS name (re-resolved every `dns_refresh_ms`)
+    host: WireText  # IP address or DNS name (re-resolved every `dns_refresh_ms`)
     port: int = Field(ge=1, le=65535)
 
 
@@ -194,7 +237,7 @@ class OutlierCfg(_Cfg):
 
 class HealthCheckCfg(_Cfg):
     protocol: Literal["http", "tcp"] = "http"
-    path: str = "/"
+    path: WireText = "/"
     interval_ms: Millis = 10_000
     timeout_ms: Millis = 1_000
     unhealthy_threshold: int = 3
@@ -227,7 +270,7 @@ class ClusterCfg(_Cfg):
     outlier: OutlierCfg | None = None
     health_check: HealthCheckCfg | None = None
     tls: UpstreamTlsCfg | None = None
-    host_header: str | None = None  # Host sent upstream (external services)
+    host_header: WireText | None = None  # Host sent upstream (external services)
 
 
 # --------------------------------------------------------------------------- authorization
@@ -326,7 +369,7 @@ class OutboundListenerCfg(_Cfg):
     protocol: Literal["http", "tcp"] = "http"
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
-    callee: str
+    callee: WireText  # also the Host of a request that has none
     callee_port: int
     path_normalization: Literal["strict", "off"] = "strict"
     routes: tuple[RouteCfg, ...] = ()  # http: no route matches -> 404
@@ -363,8 +406,8 @@ class AdminCfg(_Cfg):
 class SidecarConfig(_Cfg):
     schema_version: Literal[1] = 1
     mesh: str
-    service: str
-    identity: str  # our SPIFFE id
+    service: WireText  # also the Host of an inbound request that has none
+    identity: WireText  # our SPIFFE id (x-forwarded-client-cert names it)
     admin: AdminCfg = AdminCfg()
     inbound: tuple[InboundListenerCfg, ...] = ()
     outbound: tuple[OutboundListenerCfg, ...] = ()

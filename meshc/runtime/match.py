@@ -2,8 +2,14 @@
 authorization evaluator. Pure functions over the config models, compiled once per config.
 
 Semantics (the same as the Envoy target and meshc.authz):
-- normalization (`strict`): percent-decode unreserved characters, reject `%2F`/`%5C` and
-  malformed escapes (400), resolve `.`/`..`, merge repeated slashes;
+- the request target (`split_target`, every listener): origin-form or absolute-form (reduced to
+  its path), no fragment; anything else is refused (400), as Envoy does;
+- normalization (`strict`, `normalize_request_path`): a raw `\\` is a `/`; `%00` is refused
+  (400); a segment that is `.` or `..` before a `;` is that dot segment (its parameters go
+  with it); then meshc.paths.normalize: percent-decode unreserved characters, reject
+  `%2F`/`%5C` and malformed escapes (400), resolve `.`/`..`, merge repeated slashes.
+  docs/language.md ("Path normalization") is the rule; tests/scenarios/normalization.yaml
+  holds Envoy's measured answers, which the native proxy must give too;
 - `prefix` = byte prefix, `under` = segment prefix, `regex` = full match; header names are
   case-insensitive, values case-sensitive;
 - authorization: deny before allow (the config is already ordered), default posture last.
@@ -16,11 +22,16 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
+from meshc.paths import normalize
 from meshc.runtime import config as C
 
 
 def split_target(target: str) -> tuple[str, str] | None:
-    """(path, query) of a request target; absolute-form is reduced to its path. None: invalid."""
+    """(path, query) of a request target; absolute-form is reduced to its path. None: refused
+    with 400 (asterisk-form, a target that is no path, a fragment: Envoy refuses fragments
+    whether or not it normalizes; a client never sends one, RFC 9112 3.2)."""
+    if "#" in target:
+        return None
     if not target.startswith("/"):
         low = target[:8].lower()
         if low.startswith("http://") or low.startswith("https://"):
@@ -29,10 +40,34 @@ def split_target(target: str) -> tuple[str, str] | None:
             target = rest[slash:] if slash >= 0 else "/"
         else:
             return None
-    if "#" in target:
-        target = target.split("#", 1)[0]
     path, sep, query = target.partition("?")
     return path, query
+
+
+# The spellings of `.` and `..` that meshc.paths.normalize resolves, lower-cased.
+_DOTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
+
+
+def normalize_request_path(path: str) -> str | None:
+    """The path as `path_normalization strict` authorizes and forwards it, or None (400).
+
+    Envoy's canonicalization as meshc configures it, beyond meshc.paths.normalize: a raw
+    backslash is a slash (`/a\\..\\admin` is `/admin`, not a file name an application might
+    split on backslashes), an encoded NUL is refused, and a dot segment keeps being one when a
+    `;` path parameter follows it (`/..;/admin` is `/admin`, the spelling Tomcat-style servers
+    resolve). Each check is one scan, skipped when its character is absent."""
+    if "\\" in path:
+        path = path.replace("\\", "/")
+    if "%00" in path:
+        return None
+    if ";" in path:
+        segments = path.split("/")
+        for i, seg in enumerate(segments):
+            semi = seg.find(";")
+            if semi >= 0 and seg[:semi].lower() in _DOTS:
+                segments[i] = seg[:semi]
+        path = "/".join(segments)
+    return normalize(path)
 
 
 @lru_cache(maxsize=1024)

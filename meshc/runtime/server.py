@@ -28,12 +28,12 @@ from typing import Any
 import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshc.paths import normalize
 from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, connection_tokens, mirror, new_request_id, proxy
-from meshc.runtime.match import Authorizer, CompiledMatch, RequestView, any_match, split_target
+from meshc.runtime.match import (Authorizer, CompiledMatch, RequestView, any_match, normalize_request_path,
+                                 split_target)
 from meshc.runtime.observability import AccessLog, Metrics, json_string, millis, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
 
@@ -239,14 +239,14 @@ class HttpListener:
         parts = split_target(s.url)
         if parts is None:
             s.close_after = True
-            s.respond(400, b"invalid request target")
+            s.respond(400, b"invalid request target (not origin-form or absolute-form, or a fragment)")
             return None
         path, query = parts
         if self.strict_paths:
-            norm = normalize(path)
+            norm = normalize_request_path(path)
             if norm is None:
                 s.close_after = True
-                s.respond(400, b"invalid path (encoded slash or malformed escape)")
+                s.respond(400, b"invalid path (encoded slash, backslash or NUL, or a malformed escape)")
                 return None
             path = norm
         view = RequestView(s.method, path, query, s.hdict)
