@@ -16,7 +16,7 @@ from typing import Any, TypeVar, dataclass_transform
 from lark import Token, Transformer, Tree
 
 from meshc.diagnostics import Sink
-from meshc.model import NO_SPAN, Span
+from meshc.model import MAX_DURATION_MS, MAX_INT, NO_SPAN, Span, text_problem
 
 try:
     import meshc._lalrc as _lalrc
@@ -341,8 +341,13 @@ class File:
 # --------------------------------------------------------------------------- literals
 
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
-_MAX_INT = 2**31 - 1
+_DURATION_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ms|s|m|h|d)")
+_MAX_INT = MAX_INT
+# Digits are counted on the token before any int() (Python refuses to convert more than 4300
+# digits, and a float would lose precision or overflow): a number with more significant digits
+# than these is out of range whatever its unit, and more fraction digits cannot be exact.
+_MAX_DIGITS = 12
+_MAX_FRACTION = 12
 _SIZE_BYTES = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
 _SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(B|KB|KiB|MB|MiB|GB|GiB)")
 # Sizes are whole bytes, from 1B to 1GiB: every target takes that range (Envoy's buffer
@@ -373,6 +378,25 @@ def _unquote(raw: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+def _unknown_escape(raw: str) -> str | None:
+    """The first escape in a string literal that `_unquote` does not know (`\\r`, `\\.`): it
+    would silently stand for the character itself (`\\r` for `r`), so it is refused."""
+    i = 1
+    while i < len(raw) - 1:
+        if raw[i] == "\\":
+            if raw[i + 1] not in '"\\nt':
+                return raw[i + 1]
+            i += 2
+        else:
+            i += 1
+    return None
+
+
+def _short(raw: str) -> str:
+    """A literal as a message shows it: a 5,000-digit number is cut, not printed whole."""
+    return raw if len(raw) <= 40 else f"{raw[:20]}...{raw[-10:]} ({len(raw)} characters)"
 
 
 def quote(s: str) -> str:
@@ -489,27 +513,31 @@ class Builder(Transformer):  # type: ignore[type-arg]
         if kind == "NAME":
             return Name(raw, sp)
         if kind == "STRING":
-            return Value(_unquote(raw), raw, sp)
+            text = _unquote(raw)
+            problem = text_problem("string", text)
+            bad = _unknown_escape(raw) if "\\" in raw else None
+            if bad is not None and problem is None:
+                self.sink.error("E009", f"unknown escape '\\{bad}' in a string", sp, label="not an escape",
+                                help='strings know \\" \\\\ \\n and \\t; write \\\\ for a backslash '
+                                     '(a regex\'s \\. is "\\\\." in .mesh)')
+            if problem is not None:
+                code, message, help = problem
+                self.sink.error(code, message, sp, label="not allowed in a string", help=help)
+            return Value(text, raw, sp)
         if kind == "INT":
-            n = int(raw)
-            if n > _MAX_INT:
-                self.sink.error("E006", f"integer {raw} is too large", sp, label="out of range",
-                                help=f"integers are at most {_MAX_INT}")
-            return Value(n, raw, sp)
+            return Value(self._b_int(raw, raw, sp), raw, sp)
         if kind == "DURATION":
-            m = _DURATION_RE.fullmatch(raw)
-            assert m is not None
-            ms = float(m.group(1)) * _DURATION_MS[m.group(2)]
-            if ms != int(ms):
-                self.sink.error("E006", f"duration {raw} is not a whole number of milliseconds", sp,
-                                label="too precise", help="durations have millisecond resolution, e.g. 1500ms")
-            return Value(int(ms), raw, sp)
+            return Value(self._b_duration(raw, sp), raw, sp)
         if kind == "PERCENT":
             num = raw[:-1]
             whole, _, frac = num.partition(".")
             if len(frac) > 2:
-                self.sink.error("E006", f"percentage {raw} has more than two decimals", sp,
+                self.sink.error("E006", f"percentage {_short(raw)} has more than two decimals", sp,
                                 label="too precise", help="write at most two decimals, e.g. 12.5% or 33.33%")
+            if len(whole.lstrip("0")) > 3:
+                self.sink.error("E006", f"percentage {_short(raw)} is above 100%", sp, label="out of range",
+                                help="percentages go from 0% to 100%")
+                return Value(10_000, raw, sp)
             hundredths = int(whole) * 100 + int((frac + "00")[:2])
             if hundredths > 10_000:
                 self.sink.error("E006", f"percentage {raw} is above 100%", sp, label="out of range",
@@ -519,19 +547,60 @@ class Builder(Transformer):  # type: ignore[type-arg]
             return Value(self._b_size(raw, sp), raw, sp)
         if kind == "RATE":
             count, unit = raw.split("/")
-            return Value((int(count), unit), raw, sp)
+            return Value((self._b_int(count, raw, sp), unit), raw, sp)
         if kind == "STATUS_CLASS":
             return Value(raw, raw, sp)
         if kind == "ENDPOINT":
             host, _, port = raw.rpartition(":")
-            return Value((host.strip("[]"), int(port)), raw, sp)
+            return Value((host.strip("[]"), self._b_int(port, raw, sp)), raw, sp)
         return Name(raw, sp)
+
+    def _b_int(self, digits: str, raw: str, sp: Span) -> int:
+        """An integer of at most MAX_INT, its digits counted before conversion; E006 above."""
+        if len(digits.lstrip("0")) > _MAX_DIGITS or int(digits) > _MAX_INT:
+            self.sink.error("E006", f"integer {_short(raw)} is too large", sp, label="out of range",
+                            help=f"integers are at most {_MAX_INT}")
+            return _MAX_INT
+        return int(digits)
+
+    def _b_duration(self, raw: str, sp: Span) -> int:
+        """A duration in whole milliseconds, computed exactly (no float: `99999999999999999999d`
+        must not round); E006 for fractions of a millisecond and durations above 365d."""
+        m = _DURATION_RE.fullmatch(raw)
+        assert m is not None
+        whole, frac, unit = m.group(1), (m.group(2) or "").rstrip("0"), m.group(3)
+        too_long = f"duration {_short(raw)} is above {MAX_DURATION_MS // 86_400_000}d"
+        if len(whole.lstrip("0")) > _MAX_DIGITS:
+            self.sink.error("E006", too_long, sp, label="out of range",
+                            help=f"durations go up to {MAX_DURATION_MS // 86_400_000}d, which every target accepts")
+            return MAX_DURATION_MS
+        if len(frac) > _MAX_FRACTION:
+            self.sink.error("E006", f"duration {_short(raw)} is not a whole number of milliseconds", sp,
+                            label="too precise", help="durations have millisecond resolution, e.g. 1500ms")
+            return 0
+        ms, rest = divmod((int(whole) * 10 ** len(frac) + int(frac or "0")) * _DURATION_MS[unit], 10 ** len(frac))
+        if rest:
+            self.sink.error("E006", f"duration {_short(raw)} is not a whole number of milliseconds", sp,
+                            label="too precise", help="durations have millisecond resolution, e.g. 1500ms")
+        elif ms > MAX_DURATION_MS:
+            self.sink.error("E006", too_long, sp, label="out of range",
+                            help=f"durations go up to {MAX_DURATION_MS // 86_400_000}d, which every target accepts")
+            return MAX_DURATION_MS
+        return ms
 
     def _b_size(self, raw: str, sp: Span) -> int:
         """A size in whole bytes; E006 for fractions of a byte and sizes out of range."""
         m = _SIZE_RE.fullmatch(raw)
         assert m is not None
-        whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
+        whole, frac, unit = m.group(1), (m.group(2) or "").rstrip("0"), m.group(3)
+        if len(whole.lstrip("0")) > _MAX_DIGITS:
+            self.sink.error("E006", f"size {_short(raw)} is above 1GiB", sp, label="out of range",
+                            help="sizes go from 1B to 1GiB")
+            return MAX_SIZE
+        if len(frac) > _MAX_FRACTION:
+            self.sink.error("E006", f"size {_short(raw)} is not a whole number of bytes", sp, label="too precise",
+                            help="write it in a smaller unit")
+            return 1
         scale = _SIZE_BYTES[unit]
         # exact arithmetic: 1.1MB is 1100000 bytes, not 1100000.0000000002
         numerator = (int(whole) * 10 ** len(frac) + int(frac or "0")) * scale

@@ -88,35 +88,65 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
+def escape(s: str) -> str:
+    """Text as a diagnostic may show it: every character that is not printable (ESC, CR, LF,
+    NUL, DEL, C1 controls, bidirectional overrides, ...) as a `\\x1b`/`\\u202e` escape, so that
+    no string from a .mesh file or a file name can move the cursor, colour or rewrite the
+    terminal, or fake another diagnostic line, in any output format."""
+    if s.isprintable():  # nearly always
+        return s
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                                              if ord(c) < 0x10000 else f"\\U{ord(c):08x}") for c in s)
+
+
+def _escaped(d: Diagnostic) -> Diagnostic:
+    """The diagnostic with every text field escaped (the span keeps its file for the source
+    lookup; each format escapes the file name where it prints it)."""
+    return Diagnostic(d.code, escape(d.message), d.span, escape(d.label), escape(d.help),
+                      tuple(escape(n) for n in d.notes))
+
+
 @functools.lru_cache(maxsize=16)
 def _lines(text: str) -> list[str]:
     """A file's lines, split once for all of its diagnostics (a large mesh can have
-    thousands of warnings; splitting a 6 MB file for each took minutes)."""
-    return text.splitlines()
+    thousands of warnings; splitting a 6 MB file for each took minutes). Split at LF only, as
+    the parser counts lines (a CR, form feed or U+2028 inside a line is shown escaped)."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines[-1] == "" else lines  # no line after the last line break
 
 
 def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
     """`file:line:col: error[E104]: message`, then the source line, a caret and help."""
     sev = d.severity
+    source_file = d.span.file
+    d = _escaped(d)
+    where = escape(str(d.span))
     if color:
         tint = "\x1b[1;31m" if sev == "error" else "\x1b[1;33m"
-        head = f"\x1b[1m{d.span}\x1b[0m: {tint}{sev}[{d.code}]\x1b[0m: \x1b[1m{d.message}\x1b[0m"
+        head = f"\x1b[1m{where}\x1b[0m: {tint}{sev}[{d.code}]\x1b[0m: \x1b[1m{d.message}\x1b[0m"
     else:
-        head = f"{d.span}: {sev}[{d.code}]: {d.message}"
+        head = f"{where}: {sev}[{d.code}]: {d.message}"
     lines = [head]
-    text = sources.get(d.span.file)
+    text = sources.get(source_file)
     if text is not None and d.span.line > 0:
         src_lines = _lines(text)
         if d.span.line <= len(src_lines):
-            # control characters would garble the terminal; one placeholder each keeps the caret aligned
-            src = "".join(c if c.isprintable() else "\ufffd" for c in src_lines[d.span.line - 1].expandtabs(4))
+            # control characters would garble the terminal: shown escaped (`\\x1b`), and the
+            # caret moved by the width of what each character is shown as
+            pieces, width, col_at = [], 0, [0]
+            for c in src_lines[d.span.line - 1]:
+                piece = " " * (4 - width % 4) if c == "\t" else escape(c)
+                pieces.append(piece)
+                width += len(piece)
+                col_at.append(width)
+            src = "".join(pieces)
             if len(src) > 200:
                 src = src[:200] + " ..."
             width = len(str(d.span.line))
             pad = " " * width
-            start = max(d.span.column - 1, 0)
+            start = col_at[min(max(d.span.column - 1, 0), len(col_at) - 1)]
             if d.span.end_line == d.span.line and d.span.end_column > d.span.column:
-                length = d.span.end_column - d.span.column
+                length = col_at[min(d.span.end_column - 1, len(col_at) - 1)] - start
             else:
                 length = max(len(src.rstrip()) - start, 1)
             length = max(1, min(length, max(len(src) - start, 1), 200))
@@ -148,7 +178,8 @@ def render(diags: Iterable[Diagnostic], fmt: str, sources: Mapping[str, str], co
 
 
 def _as_json(d: Diagnostic) -> dict[str, object]:
-    return {"code": d.code, "severity": d.severity, "message": d.message, "file": d.span.file,
+    d = _escaped(d)
+    return {"code": d.code, "severity": d.severity, "message": d.message, "file": escape(d.span.file),
             "line": d.span.line, "column": d.span.column, "end_line": d.span.end_line,
             "end_column": d.span.end_column, "label": d.label, "help": d.help, "notes": list(d.notes)}
 
@@ -161,7 +192,8 @@ def _gh_escape(s: str, prop: bool = False) -> str:
 def _as_github(d: Diagnostic) -> str:
     """A GitHub Actions workflow command: shows as an annotation on the pull request."""
     kind = "error" if d.severity == "error" else "warning"
-    props = [f"file={_gh_escape(d.span.file, True)}", f"line={d.span.line}", f"col={d.span.column}"]
+    d = _escaped(d)
+    props = [f"file={_gh_escape(escape(d.span.file), True)}", f"line={d.span.line}", f"col={d.span.column}"]
     if d.span.end_line:
         props += [f"endLine={d.span.end_line}", f"endColumn={d.span.end_column}"]
     props.append(f"title={_gh_escape(d.code, True)}")
@@ -174,7 +206,7 @@ def _as_sarif(diags: list[Diagnostic]) -> dict[str, object]:
 
     rules = sorted({d.code for d in diags})
     results = []
-    for d in diags:
+    for d in map(_escaped, diags):
         region: dict[str, int] = {"startLine": max(d.span.line, 1), "startColumn": max(d.span.column, 1)}
         if d.span.end_line:
             region |= {"endLine": d.span.end_line, "endColumn": max(d.span.end_column, 1)}
@@ -182,7 +214,7 @@ def _as_sarif(diags: list[Diagnostic]) -> dict[str, object]:
             "ruleId": d.code,
             "level": "error" if d.severity == "error" else "warning",
             "message": {"text": d.message + (f" ({d.help})" if d.help else "")},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": d.span.file},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": escape(d.span.file)},
                                                 "region": region}}],
         })
     return {

@@ -22,6 +22,8 @@ Semantics pinned here (see docs/language.md for the reference):
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, PrivateAttr
@@ -73,6 +75,143 @@ NO_SPAN = Span(file="<builtin>", line=0, column=0)
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span = NO_SPAN
+
+
+# --------------------------------------------------------------------------- strings and limits
+#
+# The one place that decides which text each kind of string may hold and how long it may be.
+# The parser applies the `string` kind to every string literal (so no literal, whatever field it
+# lands in, carries CR, LF, NUL or ESC), the resolver applies the field's own kind; both report
+# the problem at the literal. Backends then only quote for their format. The limits are ones
+# every target's consumer accepts (docs/language.md, "Strings and limits"): nginx refuses a
+# config token of 4096 bytes or more and its quoting may double a value, Envoy's direct
+# responses are at most 4096 bytes, DNS names 253, Kubernetes label values 63.
+
+
+class TextKind(NamedTuple):
+    what: str  # "a header value": for messages
+    max_bytes: int  # UTF-8 bytes
+    allowed: str  # the help line: what the kind may hold
+    pattern: re.Pattern[str] | None = None  # the whole value must match (charset and shape)
+    tab: bool = False  # HTAB allowed (header values, RFC 9110 field-value)
+    empty: bool = False  # "" allowed
+    ascii: bool = True  # only printable ASCII (and tab if `tab`); else any non-control character
+    trim: bool = False  # no space or tab at either end (a recipient would strip them)
+    shape_code: str = "E009"  # the code when the pattern does not match
+
+
+_DNS = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
+_IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token: header names, cookie names
+# RFC 3986 path-absolute; non-ASCII letters as written (`/café`), as the targets compare bytes
+_PATH = r"/([-A-Za-z0-9._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2}|[^\x00-\x7f])*"
+_LABEL = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"  # Kubernetes label value
+_DNS_HELP = "lower-case letters, digits, '-' and '.'; labels of at most 63 characters"
+
+TEXT_KINDS: dict[str, TextKind] = {
+    # every string literal, whatever it is for: the resolver narrows it per field
+    "string": TextKind("a string", 4096, "printable text and tab; write no control characters",
+                       tab=True, empty=True, ascii=False),
+    "trust_domain": TextKind(
+        "a trust domain", 253, "lower-case letters, digits, '.', '-' and '_', beginning and ending with a "
+        "letter or digit, at most 253 characters (it becomes part of every SPIFFE ID)",
+        re.compile(r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?")),
+    "host_pattern": TextKind(
+        "a host name", 253, f"a DNS name ({_DNS_HELP}), an IPv4 address, '*.' and a DNS name, or '*'",
+        re.compile(rf"\*|(\*\.)?{_DNS}|{_IPV4}")),
+    "host": TextKind("a host name", 253, f"a DNS name ({_DNS_HELP}) or an IPv4 address",
+                     re.compile(rf"{_DNS}|{_IPV4}")),
+    "sni": TextKind("an SNI server name", 253, f"a DNS name ({_DNS_HELP})", re.compile(_DNS)),
+    "endpoint_host": TextKind("an endpoint host", 253, "a DNS name or an IP address"),
+    "header_name": TextKind("a header name", 256, "an HTTP token: letters, digits and !#$%&'*+-.^_`|~, "
+                            "at most 256 characters", re.compile(_TOKEN), shape_code="E108"),
+    "cookie_name": TextKind("a cookie name", 256, "an HTTP token: letters, digits and !#$%&'*+-.^_`|~, "
+                            "at most 256 characters", re.compile(_TOKEN)),
+    "query_name": TextKind("a query parameter name", 256, "ASCII letters, digits and -._~, at most 256 characters",
+                           re.compile(r"[-A-Za-z0-9._~]+")),
+    "header_value": TextKind(
+        "a header value", 1024, "printable text, spaces and tabs (not at either end), at most 1024 bytes",
+        tab=True, ascii=False, trim=True),
+    "query_value": TextKind("a query parameter value", 1024, "printable text and spaces (not at either end), "
+                            "at most 1024 bytes", ascii=False, trim=True),
+    "path": TextKind(
+        "a path", 1024, "'/' and then letters, digits, -._~!$&'()*+,;=:@/ and %XX escapes, at most "
+        "1024 bytes (no spaces, no query '?' and no fragment '#')", re.compile(_PATH), ascii=False),
+    "regex": TextKind("a regular expression", 1024, "printable text (\\t, \\n, \\x1b in RE2 syntax for "
+                      "control characters), at most 1024 characters", ascii=False),
+    "label_key": TextKind("a label key", 63, "at most 63 ASCII letters, digits, '-', '_' and '.', beginning "
+                          "and ending with a letter or digit", re.compile(_LABEL), shape_code="E108"),
+    "label_value": TextKind("a label value", 63, "at most 63 ASCII letters, digits, '-', '_' and '.', "
+                            "beginning and ending with a letter or digit", re.compile(_LABEL), empty=True,
+                            shape_code="E108"),
+    "body": TextKind("a response body", 1024, "text without control characters but tab, at most 1024 bytes",
+                     tab=True,
+                     empty=True, ascii=False),
+}
+
+# Characters no string may hold: C0 controls but tab, DEL, C1 controls (a terminal or a config
+# parser may act on them), the line and paragraph separators (line breaks in YAML 1.1 and
+# JavaScript) and the bidirectional overrides (text that reads differently than it is).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029\ufeff")
+
+
+def control_char(s: str, tab: bool = False) -> str | None:
+    """The first character of `s` that is a control character (tab only if not `tab`)."""
+    for c in s:
+        if (c < " " and not (tab and c == "\t")) or "\x7f" <= c <= "\x9f" or c in _BIDI:
+            return c
+    return None
+
+
+def char_name(c: str) -> str:
+    """`U+000D (CR)`: how a message names a character without printing it."""
+    short = {"\r": "CR", "\n": "LF", "\t": "TAB", "\0": "NUL", "\x1b": "ESC", "\x7f": "DEL", " ": "space"}
+    name = short.get(c) or unicodedata.name(c, "")
+    return f"U+{ord(c):04X}" + (f" ({name})" if name else "") if not c.isprintable() or c == " " else repr(c)
+
+
+def text_problem(kind: str, s: str) -> tuple[str, str, str] | None:
+    """(code, message, help) if `s` may not be a string of this kind, else None: E007 a control
+    character, E008 too long, E009 (or the kind's code) a character or shape the kind does not
+    allow. Control characters are checked first: they are the dangerous case."""
+    k = TEXT_KINDS[kind]
+    c = control_char(s, k.tab)
+    if c is not None:
+        where = f" at character {s.index(c) + 1}" if len(s) > 1 else ""
+        return ("E007", f"{k.what} may not contain the control character {char_name(c)}{where}",
+                f"{k.what} holds {k.allowed}")
+    n = len(s.encode())
+    if n > k.max_bytes:
+        return ("E008", f"{k.what} of {n} bytes is longer than the {k.max_bytes} allowed", f"{k.what} holds {k.allowed}")
+    if not s:
+        return None if k.empty else (k.shape_code, f"{k.what} may not be empty", f"{k.what} holds {k.allowed}")
+    if k.ascii:
+        bad = next((ch for ch in s if not " " <= ch <= "~" and ch != "\t"), None)
+        if bad is not None:
+            return (k.shape_code, f"{k.what} may not contain {char_name(bad)}", f"{k.what} holds {k.allowed}")
+    if k.trim and s != s.strip(" \t"):
+        # a recipient strips them (RFC 9110 5.5): the value would silently mean another one
+        return (k.shape_code, f"{k.what} may not begin or end with a space or tab", f"{k.what} holds {k.allowed}")
+    if k.pattern is not None and not k.pattern.fullmatch(s):
+        bad = _first_bad(k.pattern, s)
+        detail = f" may not contain {char_name(bad)}" if bad else " is not well-formed"
+        return (k.shape_code, f"{k.what}{detail}", f"{k.what} holds {k.allowed}")
+    return None
+
+
+def _first_bad(pattern: re.Pattern[str], s: str) -> str | None:
+    """A character that no string of the pattern's kind contains, if there is one in `s` (for a
+    precise message); None when every character is fine and only the shape is wrong."""
+    for ch in dict.fromkeys(s):
+        if not any(pattern.fullmatch(t) for t in (ch, f"a{ch}a", f"/{ch}", f"/{ch}a", f"/{ch}41", f"a{ch}0", f"*.a{ch}a")):
+            return ch
+    return None
+
+
+# Durations are whole milliseconds up to 365 days: every target takes that (Envoy's protobuf
+# Duration, Go durations in Kubernetes, Consul and Linkerd, the Gateway API's 99999h, App Mesh).
+MAX_DURATION_MS = 365 * 86_400_000
+MAX_INT = 2**31 - 1  # integers (counts, ports, status codes) before their own range checks
 
 
 # --------------------------------------------------------------------------- matching

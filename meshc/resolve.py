@@ -52,12 +52,11 @@ from meshc.model import (
     StringMatch,
     Timeout,
     Version,
+    text_problem,
 )
 from meshc.units import pct
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 RESERVED_SOURCES = {"ingress", "authenticated", "unauthenticated"}
 
 MTLS_MODES = ("strict", "permissive", "disabled")
@@ -103,6 +102,24 @@ class Resolver:
                  f"{'did you mean ' + repr(m) + '? ' if (m := _close(name.text, allowed)) else ''}"
                  f"allowed: {', '.join(allowed)}")
         return None
+
+    def text(self, v: A.Value | A.Name, kind: str) -> str:
+        """The string of a literal (or name) as a `kind` string (meshc.model.TEXT_KINDS decides
+        what each kind may hold); E007/E008/E009/E108 at the literal if it may not."""
+        s: str = v.text if isinstance(v, A.Name) else v.value
+        problem = text_problem(kind, s)
+        if problem is not None:
+            code, message, help = problem
+            self.err(code, message, v.span, label="not allowed here", help=help)
+        return s
+
+    def url_path(self, v: A.Value, what: str) -> str:
+        """A path that a request or a response carries: it starts with '/' (E112), then the
+        `path` kind's characters."""
+        if not v.value.startswith("/"):
+            self.err("E112", f"{what} '{v.value}' does not start with '/'", v.span, help=f'write "/{v.value}"')
+            return str(v.value)
+        return self.text(v, "path")
 
     def dns(self, name: A.Name, what: str) -> None:
         if len(name.text) > 63 or not DNS_LABEL.match(name.text):
@@ -202,7 +219,7 @@ class Resolver:
                     continue
                 v = s.value
                 if key == "trust_domain":
-                    out["trust_domain"] = v.value
+                    out["trust_domain"] = self.text(v, "trust_domain")
                 elif key == "namespace":
                     self.dns(v, "namespace")
                     out["namespace"] = v.text
@@ -224,6 +241,8 @@ class Resolver:
                     obs["trace_sampling"] = v.value
                 elif key == "ingress_identity":
                     self.dns(v, "identity")
+                    if isinstance(s.extra, A.Name):
+                        self.dns(s.extra, "namespace")
                     ingress = (v.text, s.extra.text if isinstance(s.extra, A.Name) else None)
                 else:
                     self.err("E112", f"'{key}' is not a mesh setting", s.span,
@@ -300,7 +319,7 @@ class Resolver:
                         single["identity"] = s.name.text
                         single["identity_span"] = s.span
                     elif s.key == "host":
-                        host = s.literal.value
+                        host = self.text(s.literal, "host")
                     else:  # tls_originate
                         tls = s
                 elif isinstance(s, A.Endpoints):
@@ -351,8 +370,9 @@ class Resolver:
             if host is None:
                 self.err("E114", f"external service '{name}' has no host", decl.name.span,
                          help='add e.g. `host "api.example.com"`')
-            external = External(host=host or "", tls_originate=tls is not None,
-                                sni=(tls.literal.value or None) if tls is not None else None,
+            # `tls originate` alone has an empty Value with no text: no SNI; `sni ""` is refused
+            sni = self.text(tls.literal, "sni") if tls is not None and tls.literal.raw else None
+            external = External(host=host or "", tls_originate=tls is not None, sni=sni,
                                 span=(tls.span if tls is not None else decl.span))
         elif host is not None or tls is not None:
             self.err("E112", "`host` and `tls originate` belong to external services", decl.name.span,
@@ -399,6 +419,9 @@ class Resolver:
                 self.err("E112", f"endpoint port {e.port} is out of range", e.span, label="not 1-65535",
                          help="write endpoints as host:port with a port from 1 to 65535")
                 continue
+            problem = text_problem("endpoint_host", e.host)
+            if problem is not None:
+                self.err(problem[0], problem[1], e.span, label="not allowed here", help=problem[2])
             out.append(Endpoint(host=e.host, port=e.port, span=e.span))
         return tuple(out)
 
@@ -410,17 +433,12 @@ class Resolver:
             if isinstance(st, A.Labels):
                 for k, v in st.items:
                     # a label key becomes a pod selector: the same syntax as a value, never empty
-                    if not k.text or not LABEL_VALUE.match(k.text) or len(k.text) > 63:
-                        self.err("E108", f"label key '{k.text}' is not a valid Kubernetes label key", k.span,
-                                 help="begin and end with a letter or digit (e.g. 'track', not '_track')")
+                    self.text(k, "label_key")
                     if k.text in labels:
                         self.err("E103", f"label '{k.text}' is set twice in version '{s.name.text}'", k.span,
                                  label="again", help="keep one: a pod carries one value per label")
-                    val = v.text if isinstance(v, A.Name) else str(v.value)
-                    if not LABEL_VALUE.match(val) or len(val) > 63:
-                        self.err("E108", f"label value '{val}' is not a valid Kubernetes label value", v.span,
-                                 help="at most 63 ASCII letters, digits, '-', '_' and '.', beginning and ending "
-                                      "with a letter or digit")
+                    val = self.text(A.Value(str(v.value), v.raw, v.span) if isinstance(v, A.Value) else v,
+                                    "label_value")
                     labels[k.text] = val
             else:
                 eps = self.endpoints(st)
@@ -433,7 +451,7 @@ class Resolver:
         if not 1 <= port <= 65535:
             self.err("E112", f"port {port} is out of range", s.span, help="a port is a number from 1 to 65535")
         return Ingress(paths=tuple(p for x in s.paths if (p := self.path(x)) is not None),
-                       hosts=tuple(h.value for h in s.hosts) or ("*",), port=port, span=s.span)
+                       hosts=tuple(self.text(h, "host_pattern") for h in s.hosts) or ("*",), port=port, span=s.span)
 
     def objective(self, s: A.ObjectiveDecl) -> Slo | None:
         kind = self.enum(s.kind, ("availability", "latency"), "objective kind")
@@ -520,9 +538,10 @@ class Resolver:
         if policy != "consistent_hash" and s.hash_on is not None:
             self.err("E112", f"a hash key only applies to consistent_hash, not {policy}", s.span,
                      help="remove the key, or write `load_balance consistent_hash` with it")
+        key = self.text(s.hash_key, {"header": "header_name", "cookie": "cookie_name"}.get(s.hash_on or "", "query_name")) \
+            if s.hash_key else ""
         return LoadBalance(policy=policy, hash_on=s.hash_on if policy == "consistent_hash" else None,  # type: ignore[arg-type]
-                           hash_key=(s.hash_key.value.lower() if s.hash_on == "header" else s.hash_key.value)
-                           if s.hash_key else "",
+                           hash_key=key.lower() if s.hash_on == "header" else key,
                            cookie_ttl_ms=s.ttl.value if s.ttl else None, span=s.span)
 
     def _kv(self, s: A.SettingsDecl, keys: dict[str, str]) -> dict[str, Any]:
@@ -555,7 +574,7 @@ class Resolver:
         proto = self.enum(s.protocol, ("http", "tcp", "grpc"), "health-check protocol") if s.protocol else "http"
         kv = self._kv(s, HC_KEYS)
         renamed = {{"interval": "interval_ms", "probe_timeout": "timeout_ms"}.get(k, k): v for k, v in kv.items()}
-        path = s.path.value if s.path else "/"
+        path = self.url_path(s.path, "health-check path") if s.path else "/"
         if proto == "tcp" and s.path:
             self.err("E112", "a tcp health check has no path", s.path.span,
                      help="remove the path, or use `health_check http \"/healthz\" ...`")
@@ -579,13 +598,11 @@ class Resolver:
             return None
         v = p.value.value
         if kind == "regex":
-            try:
-                re.compile(v)
-            except re.error as e:
-                self.err("E112", f"invalid regular expression: {e.msg}", p.value.span,
-                         help="regexes use RE2 syntax and must compile")
+            self.regex(p.value)
         elif not v.startswith("/"):
             self.err("E112", f"path '{v}' does not start with '/'", p.value.span, help=f'write "/{v}"')
+        elif text_problem("path", v) is not None:
+            self.text(p.value, "path")
         elif kind == "under" and v != "/" and v.endswith("/"):
             self.err("E112", "an `under` path names a segment and must not end with '/'", p.value.span,
                      help=f'write "{v.rstrip("/")}" (it matches that path and everything below it)')
@@ -600,17 +617,26 @@ class Resolver:
             self.err("E112", f"`{op}` takes no value", m.value.span, help=f"write `{what} {m.name.text} {op}`")
         if kind not in ("present", "absent") and m.value is None:
             self.err("E112", f"`{op}` needs a value", m.span, help=f'e.g. `{what} {m.name.text} {op} "v"`')
-        if what == "header" and not HEADER_NAME.match(m.name.text):
-            self.err("E108", f"'{m.name.text}' is not a valid header name", m.name.span,
-                     help="header names are letters, digits and '-' (an HTTP token)")
+        self.text(m.name, "header_name" if what == "header" else "query_name")
         if kind == "regex" and m.value is not None:
-            try:
-                re.compile(m.value.value)
-            except re.error as e:
-                self.err("E112", f"invalid regular expression: {e.msg}", m.value.span,
-                         help="regexes use RE2 syntax and must compile")
+            self.regex(m.value)
+        elif kind == "prefix" and m.value is not None and m.value.value == "":
+            # Envoy refuses an empty prefix; `present` says what it would mean on every target
+            self.err("E009", f"an empty {what} prefix matches every value", m.value.span, label="empty",
+                     help=f"write `{what} {m.name.text} present` to match any value")
+        elif m.value is not None:
+            self.text(m.value, "header_value" if what == "header" else "query_value")
         name = m.name.text.lower() if what == "header" else m.name.text
         return StringMatch(name=name, kind=kind, value=m.value.value if m.value else "", span=m.span)  # type: ignore[arg-type]
+
+    def regex(self, v: A.Value) -> None:
+        """A regular expression: the `regex` kind's characters, and it compiles."""
+        if self.text(v, "regex") and text_problem("regex", v.value) is None:
+            try:
+                re.compile(v.value)
+            except re.error as e:
+                self.err("E112", f"invalid regular expression: {e.msg}", v.span,
+                         help="regexes use RE2 syntax and must compile")
 
     def methods(self, names: Iterable[A.Name]) -> tuple[str, ...]:
         out = []
@@ -711,7 +737,8 @@ class Resolver:
             if not 200 <= status <= 599:
                 self.err("E112", f"{status} is not a status code to respond with", a.span,
                          help="respond with a status from 200 to 599")
-            fields["respond"] = DirectResponse(status=status, body=a.body.value if a.body else "", span=a.span)
+            fields["respond"] = DirectResponse(status=status, body=self.text(a.body, "body") if a.body else "",
+                                               span=a.span)
         if r.body:  # most rules have none
             self.rule_body(r, service, fields)
         if fields.get("redirect") or fields.get("respond"):
@@ -736,13 +763,13 @@ class Resolver:
                 op = self.enum(s.op, ("set", "add", "remove"), "header operation")
                 if op is None:
                     continue
-                if not HEADER_NAME.match(s.name.text):
-                    self.err("E108", f"'{s.name.text}' is not a valid header name", s.name.span,
-                             help="header names are letters, digits and '-' (an HTTP token)")
+                self.text(s.name, "header_name")
                 if (op == "remove") != (s.value is None):
                     self.err("E112", f"`{op}` {'takes no value' if op == 'remove' else 'needs a value'}", s.span,
                              help=f"e.g. `request_headers {op} x-name" + ("`" if op == "remove" else ' "value"`'))
                     continue
+                if s.value is not None:
+                    self.text(s.value, "header_value")
                 table = req if s.direction == "request" else resp
                 table[op].append(s.name.text.lower() if s.value is None else (s.name.text.lower(), s.value.value))
                 fields[f"{s.direction}_headers_span"] = s.span
@@ -751,7 +778,8 @@ class Resolver:
                 if kind:
                     if kind in rewrite:
                         self.err("E103", f"'rewrite {kind}' is set twice in this rule", s.span, help="keep one")
-                    rewrite[kind] = s.value.value
+                    rewrite[kind] = self.text(s.value, "host") if kind == "host" else \
+                        self.url_path(s.value, f"rewrite {kind}")
                     rewrite.setdefault("span", s.span)
             elif isinstance(s, A.MirrorDecl):
                 d = self.dest(s.dest, service)
@@ -796,6 +824,10 @@ class Resolver:
                 self.err("E112", f"redirect {key} has the wrong kind of value", v.span,
                          help='e.g. `redirect path "/new" code 301`, `host "a.example"`, `port 8443`')
                 continue
+            if key == "host":
+                val = self.text(v, "host")
+            elif key == "path":
+                val = self.url_path(v, "redirect path")  # type: ignore[arg-type]
             kw[key] = val
         return Redirect(span=a.span, **kw)
 
