@@ -380,7 +380,11 @@ class Cluster:
         proto.cluster = self
         proto.endpoint = ep
         if self.expected:
-            peer = tls.peer_spiffe(transport.get_extra_info("ssl_object"))
+            try:
+                peer = tls.peer_spiffe(transport.get_extra_info("ssl_object"))
+            except tls.IdentityRefused as e:
+                proto.close()
+                raise ConnectFailure(f"{ep.label}: {e}") from None
             if peer not in self.expected:
                 proto.close()
                 raise ConnectFailure(f"{ep.label}: peer identity {peer!r} is not {sorted(self.expected)}")
@@ -454,7 +458,10 @@ class Cluster:
                 kw = {"ssl": self.ssl, "server_hostname": self.sni or (ep.host if not _is_ip(ep.host) else "")}
             reader, writer = await asyncio.open_connection(ep.addr, ep.port, **kw)
             try:
-                if self.expected and tls.peer_spiffe(writer.get_extra_info("ssl_object")) not in self.expected:
+                try:
+                    if self.expected and tls.peer_spiffe(writer.get_extra_info("ssl_object")) not in self.expected:
+                        return False
+                except tls.IdentityRefused:
                     return False
                 if hc.protocol == "tcp":
                     return True

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster, ConnectFailure, Endpoint, Overflow
 
 if TYPE_CHECKING:
@@ -202,11 +203,19 @@ class Downstream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         peername = transport.get_extra_info("peername")
         self.client_ip = peername[0] if peername else ""
+        refused = ""
         if self.peer_identity is not None:
-            self.peer = self.peer_identity(transport)
+            try:
+                self.peer = self.peer_identity(transport)
+            except tls.IdentityRefused as e:  # no identity to authorize with: refuse the connection
+                refused = str(e) or type(e).__name__
         self.sidecar.connections.add(self)
         self.gauge = self.listener.conn_gauge
         self.gauge.inc()
+        if refused:
+            log.warning("%s: connection from %s refused: %s", self.listener.name, self.client_ip, refused)
+            self.abort()
+            return
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster, ConnectFailure, Overflow
 
 if TYPE_CHECKING:
@@ -84,7 +85,13 @@ class TcpDownstream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         self.sidecar.connections.add(self)
-        identity = self.peer_identity(transport) if self.peer_identity else None
+        try:
+            identity = self.peer_identity(transport) if self.peer_identity else None
+        except tls.IdentityRefused as e:
+            log.warning("%s: connection refused: %s", self.listener.name, e)
+            self.status = 403
+            self.close()
+            return
         if not self.listener.authorize(identity):
             self.status = 403
             self.close()
