@@ -16,16 +16,33 @@ Topology (the same as the Envoy backend's, so tests and tools read one `index.js
   as a caller would, with the ingress identity's certificate; every other path answers 404.
 
 Lowering decisions, and where nginx cannot say exactly what meshc means:
-- Identity. nginx exposes no subject-alternative-name variable (only njs could parse the URI
-  SAN), and matching the SPIFFE URI inside `$ssl_client_raw_cert` (base64 DER) is unsound. The
-  sidecar therefore verifies the client certificate against the mesh CA (`ssl_verify_client on`,
-  depth 1) and reads the identity from the verified certificate's subject DN, which `meshc
-  certs` binds to the SPIFFE ID (`CN=<sa>.<namespace>,O=meshc`, URI SAN
-  `spiffe://<td>/ns/<namespace>/sa/<sa>`). This is sound only for a CA that never issues that
-  subject to anyone else (true of `meshc certs`; not of SPIRE, whose subjects carry no identity);
-  with another CA, use a per-workload CA or the Envoy target. Outbound, the callee is verified
-  the same way (`proxy_ssl_name <sa>.<namespace>`: meshc leaves carry no DNS SAN, so OpenSSL
-  checks the subject CN).
+- Identity. nginx exposes no subject-alternative-name variable (only njs, not in this target,
+  could parse the URI SAN), and matching the SPIFFE URI inside `$ssl_client_raw_cert` (base64
+  DER) is unsound. The sidecar therefore verifies the client certificate against the mesh CA
+  (`ssl_verify_client on`, depth 1) and reads the identity from the verified certificate's
+  subject DN, which `meshc certs` binds to the SPIFFE ID one to one (`meshc.certs.subject_cn`):
+  `CN=<sa>.<namespace>,O=meshc` when it fits X.509's 64 characters (read back by a regex), else
+  a prefix, `_` and 128 bits of SHA-256 of the SPIFFE ID (listed in the map for every identity
+  the mesh knows: its services, the ingress, and `namespace/account` names in rules). Two known
+  identities with one subject are refused (E332). A verified subject of neither form is an
+  authenticated caller of no known identity (`spiffe://<td>/meshc/unrecognized-subject`:
+  `authenticated` and `*` match it, no identity does). This is sound only for a CA that never
+  issues one subject to two identities (true of `meshc certs`; not of SPIRE, whose subjects
+  carry no identity); with another CA, use a per-workload CA or the Envoy target. For the same
+  reason nginx cannot see, let alone refuse, a certificate with several URI SANs: `meshc certs`
+  issues exactly one. Outbound, the callee is verified the same way (`proxy_ssl_name` is the
+  callee's `subject_cn`: meshc leaves carry no DNS SAN, so OpenSSL checks the subject CN).
+- Quoting (one helper, `ngx_arg`; nothing from a `.mesh` file is concatenated into the config).
+  Every string is written quoted, with `\\`, `"`, CR, LF and tab escaped, so no value can end a
+  string, a directive or a block. nginx has no escape for `$`: where it expands variables
+  (`Lit`, and the literal parts of `expr(...)`) each `$` is `${meshc_dollar}`, a `geo` variable
+  whose value is `$`; where it expands nothing (`Plain`: location URIs, server names, header
+  names, split_clients values) `$` is written as is; regexes (`Rx`) keep `$` as an anchor. Map
+  keys (`Key`) that nginx would read as a regex or keyword get its `\\` prefix. Comments go through
+  `ngx_comment` (no line break). Values that quoting cannot save are refused with E331: hosts
+  that are not literal server names (`~.*`), hash keys that are no variable name, regexes with
+  named groups (nginx makes them variables), header names that are not HTTP tokens, header
+  values with control characters, rewrite and redirect paths that do not begin with `/`.
 - Strict mTLS: nginx verifies the client certificate after the handshake; a request without
   one, with a foreign one, or in plaintext gets no answer (the connection is closed, 444).
 - Permissive mTLS is E301: nginx cannot serve TLS and plaintext on one port (no stream module).
@@ -34,8 +51,10 @@ Lowering decisions, and where nginx cannot say exactly what meshc means:
   `$http_<name>`, so a header sent with an empty value counts as absent.
 - Paths: nginx decodes percent-escapes, resolves `.`/`..` and (with `merge_slashes on`) merges
   slashes before `$uri` is matched; because it also decodes `%2F` into `/`, every request whose
-  raw path contains `%2F` or `%5C` is answered 400 first (`path_normalization strict`). nginx
-  answers 400 to a `..` above the root, where meshc would stop at the root.
+  raw path contains `%2F` or `%5C` is answered 400 first (`path_normalization strict`), and so
+  is one with a raw `\\`, a `.`/`..` segment with a `;` parameter (`/..;/`) or a `#` fragment,
+  which nginx would otherwise forward as sent (`path_guard`). nginx answers 400 to `%00` and to
+  a `..` above the root, where meshc would stop at the root.
 - Routing: nginx picks `location` blocks by kind (exact, then longest prefix, then regex), not by
   order, and cannot combine path with header conditions; so the ordered route table is one regex
   `map` (first match wins) whose value names a named location (`try_files` dispatch), one per
@@ -69,6 +88,8 @@ from typing import Any, ClassVar
 import jinja2
 from meshc.backends.base import Backend, Bundle
 
+from meshc.certs import identities as cert_identities
+from meshc.certs import subject_cn, subject_dn
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
     FULL,
@@ -90,6 +111,9 @@ from meshc.model import (
 )
 
 E330 = "E330"
+E331 = "E331"  # a value nginx cannot carry with its meaning (see _Ctx.value checks)
+E332 = "E332"  # two identities, one certificate subject
+UNRECOGNIZED = "meshc/unrecognized-subject"  # path of the peer of a verified, unknown subject
 VERSION_HEADER = "x-meshc-version"
 NO_TIMEOUT = "365d"
 NO_ROUTE = "meshc_404"
@@ -104,7 +128,7 @@ RETRY_ON: dict[str, tuple[str, ...]] = {
 RETRY_STATUS = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504", 403: "http_403",
                 404: "http_404", 429: "http_429"}
 LB = {"least_request": "least_conn", "random": "random"}
-HASH_KEY = {"header": "$http_{}", "cookie": "$cookie_{}", "query": "$arg_{}", "source_ip": "$remote_addr"}
+HASH_KEY = {"header": "http_{}", "cookie": "cookie_{}", "query": "arg_{}", "source_ip": "remote_addr"}
 RATE_UNIT = {"s": "r/s", "m": "r/m"}
 _VAR_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _HEADER_NAME = re.compile(r"^[a-z0-9-]+$")
@@ -114,23 +138,43 @@ _HEADER_NAME = re.compile(r"^[a-z0-9-]+$")
 
 
 class Arg(str):
-    """A directive argument; the subclass says how it is written (see `ngx_arg`)."""
+    """A directive argument; the subclass says how `ngx_arg` writes it. Every string that comes
+    from a `.mesh` file (or an option) is a `Lit`, `Plain`, `Key` or `Rx`, or a literal part of an
+    `expr(...)`: never a `Raw`, and never concatenated into config text another way."""
 
 
 class Raw(Arg):
-    """Written as is: keywords, numbers, sizes, variables alone, location modifiers."""
+    """Written as is: keywords, numbers, sizes, meshc's own variable and location names. Checked
+    against `_RAW` when written, so that a value from a `.mesh` file cannot slip in unquoted."""
 
 
 class Lit(Arg):
-    """A literal string: quoted, and `$` written through the `$meshc_dollar` variable."""
+    """A literal string where nginx expands variables (a complex value: `return`, `set`, `add_header`
+    and `proxy_set_header` values, map values, `if` operands, `root`, `proxy_ssl_name`, certificate
+    paths): quoted, each `$` written as `${meshc_dollar}`."""
+
+
+class Plain(Arg):
+    """A literal string where nginx expands nothing (location URIs, server names, header names,
+    split_clients values, `mirror`, trusted-CA paths): quoted, `$` as is."""
+
+
+class Key(Arg):
+    """A literal `map` key: quoted, and with a leading backslash (which nginx's map strips) when
+    nginx would otherwise read it as a regex (`~...`) or a keyword (`_MAP_WORDS`)."""
 
 
 class Expr(Arg):
-    """A quoted string whose `$name` are variables (composite keys, values built from captures)."""
+    """A quoted complex value mixing variables and literal text; build it with `expr`, which
+    escapes the literal parts."""
 
 
 class Rx(Arg):
-    """A regular expression: quoted; `$` is an anchor, not a variable."""
+    """A regular expression: quoted; nginx expands no variables in one (`$` is an anchor)."""
+
+
+class Var(str):
+    """A variable name (without `$`) inside `expr(...)`."""
 
 
 @dataclass
@@ -155,20 +199,57 @@ def block(name: str, *args: Any, children: Iterable[D] = ()) -> D:
 
 
 _NGX_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# meshc's own unquoted tokens: no space, quote, `;`, brace, `#` or backslash can end or open one
+_RAW = re.compile(r"^[A-Za-z0-9_.:/=@$~^*%()!,+\[\]-]+$")
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
+DOLLAR = "${meshc_dollar}"
+_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})  # ngx_http_map's parameters
 
 
 def ngx_quote(s: str) -> str:
+    """nginx string quoting: inside `"..."` its parser unescapes exactly `\\\\ \\" \\' \\n \\r \\t`, so
+    nothing in the value can end the string or the directive."""
     return '"' + "".join(_NGX_ESC.get(c, c) for c in s) + '"'
 
 
-def ngx_arg(a: Arg) -> str:
-    """How nginx reads each kind back: quoted strings unescape `\\\\ \\" \\n \\r \\t`; only a
-    variable can produce a literal `$` (nginx has no escape for it)."""
+def literal_text(s: str) -> str:
+    """Text for a place where nginx expands variables, meaning exactly `s`: nginx has no escape
+    for `$`, so each one is the `$meshc_dollar` variable (a `geo` whose value is `$`)."""
+    return s.replace("$", DOLLAR)
+
+
+def expr(*parts: str) -> Expr:
+    """A complex value: `Var` parts are variables, every other part is literal text."""
+    out: list[str] = []
+    for i, p in enumerate(parts):
+        if isinstance(p, Var):
+            assert re.fullmatch(r"[A-Za-z0-9_]+", p), p
+            nxt = next((q for q in parts[i + 1:] if q), "")
+            # `${name}` when a name character follows, so the name cannot run on
+            brace = not isinstance(nxt, Var) and _NAME_CHAR.match(nxt[:1])
+            out.append(f"${{{p}}}" if brace else f"${p}")
+        else:
+            out.append(literal_text(p))
+    return Expr("".join(out))
+
+
+def ngx_arg(a: str) -> str:
+    """Every argument, and every directive name, as nginx must read it back."""
     if isinstance(a, Lit):
-        return ngx_quote(a).replace("$", "${meshc_dollar}")
-    if isinstance(a, Expr | Rx):
+        return ngx_quote(literal_text(a))
+    if isinstance(a, Key):
+        return ngx_quote("\\" + a if a.startswith(("~", "\\")) or a in _MAP_WORDS else a)
+    if isinstance(a, Plain | Expr | Rx):
         return ngx_quote(a)
+    if not _RAW.match(a):
+        raise ValueError(f"meshc bug: unquoted nginx token {a!r}")
     return str(a)
+
+
+def ngx_comment(s: str) -> str:
+    """Text for a `#` comment: nginx ends a comment at a line break, so no control or
+    line-separating character is written as is (`\\xNN` instead)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
 
 
 def regex_escape(s: str) -> str:
@@ -182,6 +263,7 @@ def _env() -> jinja2.Environment:
                              autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["ngx_arg"] = ngx_arg
+    env.filters["ngx_comment"] = ngx_comment
     return env
 
 
@@ -222,14 +304,16 @@ def value_regex(m: StringMatch) -> str:
 
 
 ANY_FIELD = "[^\\n]*"
+# the raw request target (before `?`, except `#`) of a request `path_guard` refuses
+PATH_REFUSED = r"^[^?]*(%(2[fF]|5[cC])|\\|/(\.|%2[eE]){1,2};)|#"
 # nginx answers 502 itself when no upstream connection is possible (refused, or every server at
 # max_conns); Envoy and meshc's other targets say 503. Upstream 502 responses pass unchanged
 # (proxy_intercept_errors is off).
 UNAVAILABLE_503 = [D("error_page", (Raw("502"), Raw("@meshc_unavailable")))]
 UNAVAILABLE_LOCATION = D("location", (Raw("@meshc_unavailable"),), [D("return", (Raw("503"),))])
-ACCESS_LOG_JSON = (("time", "$time_iso8601"), ("method", "$request_method"), ("path", "$request_uri"),
-                   ("status", "$status"), ("duration_ms", "$request_time"), ("upstream", "$upstream_addr"),
-                   ("peer", "$meshc_peer"), ("request_id", "$request_id"))
+ACCESS_LOG_JSON = (("time", "time_iso8601"), ("method", "request_method"), ("path", "request_uri"),
+                   ("status", "status"), ("duration_ms", "request_time"), ("upstream", "upstream_addr"),
+                   ("peer", "meshc_peer"), ("request_id", "request_id"))
 
 
 # --------------------------------------------------------------------------- sidecar model
@@ -252,8 +336,8 @@ class Sidecar:
 class _Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
 
-    def error(self, message: str, span: Span, help: str = "") -> None:
-        d = Diagnostic(E330, message, span, label="not expressible on nginx", help=help)
+    def error(self, message: str, span: Span, help: str = "", code: str = E330) -> None:
+        d = Diagnostic(code, message, span, label="not expressible on nginx", help=help)
         if d not in self.diags:  # a callee's setting is seen once per caller
             self.diags.append(d)
 
@@ -300,7 +384,8 @@ class NginxBackend(Backend):
 
     def lower(self, mesh: Mesh) -> Bundle:
         self.mesh = mesh
-        ctx = _Ctx()
+        ctx = self.ctx = _Ctx()
+        self.check_values(mesh, ctx)
         self.ext_retry_spans: list[Span] = []
         for svc in mesh.services:
             for p in svc.ports:
@@ -345,24 +430,138 @@ class NginxBackend(Backend):
             return [d("access_log", "off")]
         if fmt == "text":
             return [d("access_log", "/dev/stdout", "combined")]
-        fields = ", ".join(f'"{k}":"{v}"' for k, v in ACCESS_LOG_JSON)
-        return [d("log_format", "meshc_json", "escape=json", Expr("{" + fields + "}")),
+        parts: list[str] = ["{"]
+        for i, (k, v) in enumerate(ACCESS_LOG_JSON):
+            parts += [("," if i else "") + f'"{k}":"', Var(v), '"']
+        return [d("log_format", "meshc_json", "escape=json", expr(*parts, "}")),
                 d("access_log", "/dev/stdout", "meshc_json")]
 
     def lower_common(self, svc: Service | None) -> list[D]:
         out = [
             *self.access_log(),
             # nginx has no escape for `$`: literal dollars are written through this variable
-            block("geo", "$meshc_dollar", children=[d("default", Rx("$"))]),
-            # The verified client certificate's subject -> its SPIFFE ID (see the module docstring).
-            block("map", "$ssl_client_s_dn", "$meshc_peer", children=[
-                d("default", Lit("")),
-                d(Rx(r"~^CN=(?<meshc_sa>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?<meshc_ns>[a-z0-9]([-a-z0-9]*"
-                     r"[a-z0-9])?),O=meshc$"),
-                  Expr(f"spiffe://{self.mesh.trust_domain}/ns/$meshc_ns/sa/$meshc_sa")),
-            ]),
+            # (geo values are never expanded: this one is a literal `$`)
+            block("geo", "$meshc_dollar", children=[d("default", Plain("$"))]),
+            self.peer_map(),
         ]
         return out
+
+    def known_identities(self) -> list[Identity]:
+        """Identities whose certificates this mesh can meet: every one `meshc certs` issues for
+        it, and every `namespace/account` an authorization rule names."""
+        found = {i.spiffe: i for i in cert_identities(self.mesh)}
+        for r in self.mesh.rules:
+            for src in r.sources:
+                if src.kind == "identity" and "/" in src.name:
+                    ns, sa = src.name.split("/", 1)
+                    i = Identity(name=sa, namespace=ns, trust_domain=self.mesh.trust_domain, span=src.span)
+                    found.setdefault(i.spiffe, i)
+        return [found[k] for k in sorted(found)]
+
+    def peer_map(self) -> D:
+        """The verified client certificate's subject -> its SPIFFE ID (see the module docstring).
+        A subject `<sa>.<ns>` is read by the regex; a shortened one (`meshc.certs.subject_cn`) is
+        listed for every identity the mesh knows; any other verified subject is an authenticated
+        caller of no known identity; no certificate (plaintext) is the empty peer."""
+        td = self.mesh.trust_domain
+        entries = [d("default", Lit(f"spiffe://{td}/{UNRECOGNIZED}")), d(Key(""), Lit(""))]
+        seen: dict[str, Identity] = {}
+        for ident in self.known_identities():
+            dn = subject_dn(ident)
+            other = seen.setdefault(dn, ident)
+            if other.spiffe != ident.spiffe:
+                self.ctx.error(f"'{ident.spiffe}' and '{other.spiffe}' would have one certificate subject "
+                               f"({dn}), and nginx tells callers apart by the subject", ident.span or other.span,
+                               code=E332, help="rename one service account or namespace, or use the envoy target")
+            elif subject_cn(ident) != f"{ident.name}.{ident.namespace}":
+                entries.append(d(Key(dn), Lit(ident.spiffe)))
+        entries.append(d(Rx(r"~^CN=(?<meshc_sa>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?<meshc_ns>[a-z0-9]([-a-z0-9]*"
+                            r"[a-z0-9])?),O=meshc$"),
+                         expr(f"spiffe://{td}/ns/", Var("meshc_ns"), "/sa/", Var("meshc_sa"))))
+        return block("map", "$ssl_client_s_dn", "$meshc_peer", children=entries)
+
+    def path_guard(self) -> list[D]:
+        """`path_normalization strict` on every server, before routing and authorization: 400 for
+        what nginx would otherwise decode or pass on differently from Envoy's safe handling -
+        encoded slashes and backslashes (`%2F`, `%5C`: nginx decodes them into `$uri`), a raw
+        backslash, a `.`/`..` segment with a `;` parameter (`/..;/`, which Java servers resolve),
+        and a `#` fragment (never part of a request target; nginx would forward it). `%00` and
+        `..` above the root are 400 from nginx's own parser."""
+        if self.mesh.path_normalization != "strict":
+            return []
+        return [block("if", Raw("($request_uri"), Raw("~"), Rx(PATH_REFUSED), Raw(")"), children=[d("return", 400)])]
+
+    def check_values(self, mesh: Mesh, ctx: _Ctx) -> None:
+        """E331 for values nginx cannot carry with their meaning. The quoting (ngx_arg) keeps any
+        value from changing the config's structure; these are values that, quoted, would still
+        mean something else to nginx (or to the peer it talks to)."""
+        def bad(what: str, value: str, span: Span, why: str, help: str = _NGX_VALUE_HELP) -> None:
+            ctx.error(f"nginx cannot carry {what} {value!r}: {why}", span, help=help, code=E331)
+
+        def regex(value: str, span: Span) -> None:
+            if named_group(value):
+                bad("the regular expression", value, span, "its named groups would become nginx variables",
+                    help="use unnamed groups `(...)` or `(?:...)`")
+
+        def path(p: PathMatch | None) -> None:
+            if p is not None and p.kind == "regex":
+                regex(p.value, p.span)
+
+        def strings(ms: Iterable[StringMatch]) -> None:
+            for m in ms:
+                if m.kind == "regex":
+                    regex(m.value, m.span)
+
+        for r in mesh.rules:
+            for p in (*r.paths, *r.not_paths):
+                path(p)
+            strings(r.headers)
+        for svc in mesh.services:
+            if svc.external is not None:
+                for what, host in (("the external host", svc.external.host), ("the SNI name", svc.external.sni)):
+                    if host is not None and not _ADDRESS.match(host):
+                        bad(what, host, svc.external.span, "it is not a DNS name or an IP address")
+            for ep in svc.all_endpoints():
+                if not _ADDRESS.match(ep.host):
+                    bad("the endpoint host", ep.host, ep.span, "it is not a DNS name or an IP address")
+            lb = svc.resilience.load_balance
+            if lb is not None and lb.policy == "consistent_hash" and lb.hash_on != "source_ip":
+                ok = (_HEADER_NAME.match(lb.hash_key.lower()) if lb.hash_on in (None, "header")
+                      else _VAR_NAME.match(lb.hash_key))
+                if not ok:
+                    bad(f"the hash key ({lb.hash_on or 'header'})", lb.hash_key, lb.span,
+                        "nginx reads it through a variable ($http_, $cookie_, $arg_), whose name holds only "
+                        "letters, digits and '_' (and '-' for headers)")
+            if svc.expose is not None:
+                for host in svc.expose.hosts:
+                    if not _SERVER_NAME.match(host):
+                        bad("the host", host, svc.expose.span, "nginx would not read it as a literal server name",
+                            help="write a host name, `*.` and a host name, or `*`")
+                for p in svc.expose.paths:
+                    path(p)
+            for rule in svc.routes:
+                for m in rule.matches:
+                    path(m.path)
+                    strings((*m.headers, *m.query))
+                for ops in (rule.request_headers, rule.response_headers):
+                    if ops is None:
+                        continue
+                    for name in (*[n for n, _ in (*ops.set, *ops.add)], *ops.remove):
+                        if not _TOKEN.match(name):
+                            bad("the header name", name, ops.span, "it is not an HTTP token")
+                    for _, value in (*ops.set, *ops.add):
+                        if _HEADER_VALUE_BAD.search(value):
+                            bad("the header value", value, ops.span, "nginx would send its control characters "
+                                "(a line break starts another header)")
+                rw, rd = rule.rewrite, rule.redirect
+                for what, value, span in (("the rewrite path", rw and rw.path, rw and rw.span),
+                                          ("the rewrite prefix", rw and rw.prefix, rw and rw.span),
+                                          ("the redirect path", rd and rd.path, rd and rd.span)):
+                    if value is not None and span is not None and not value.startswith("/"):
+                        bad(what, value, span, "nginx reads a rewrite to anything but a path as a redirect",
+                            help="write a path that begins with '/'")
+                if rd is not None and rd.host is not None and not _ADDRESS.match(rd.host):
+                    bad("the redirect host", rd.host, rd.span, "it is not a DNS name or an IP address")
 
     # ------------------------------------------------------------------ inbound
 
@@ -375,28 +574,25 @@ class NginxBackend(Backend):
         # the version the caller's sidecar picked -> the endpoints of that version
         sc.http.append(block("map", Raw("$http_x_meshc_version"), Raw(app_var),
                              children=[d("default", Lit(f"app_{port.number}"))]
-                             + [d(Lit(v.name), Lit(f"app_{port.number}_{v.name}")) for v in svc.versions]))
+                             + [d(Key(v.name), Lit(f"app_{port.number}_{v.name}")) for v in svc.versions]))
         sc.http.append(self.authz_map(svc, port, authz_var, ctx))
         server: list[D] = []
         if port.mtls == "strict":
-            server += [d("listen", f"{addr}:{port.number}", "ssl"),
+            server += [d("listen", Plain(f"{addr}:{port.number}"), "ssl"),
                        d("ssl_certificate", Lit(cert)), d("ssl_certificate_key", Lit(key)),
-                       d("ssl_client_certificate", Lit(ca)), d("ssl_verify_client", "on"),
+                       d("ssl_client_certificate", Plain(ca)), d("ssl_verify_client", "on"),
                        d("ssl_verify_depth", 1), d("ssl_protocols", "TLSv1.2", "TLSv1.3"),
                        # nginx checks the client certificate after the handshake: a missing or
                        # foreign one (495/496), or plaintext (497), closes the connection unanswered
                        d("error_page", 495, 496, 497, "@meshc_refuse")]
         else:
-            server.append(d("listen", f"{addr}:{port.number}"))
-        server.append(d("server_name", Lit(svc.name)))
+            server.append(d("listen", Plain(f"{addr}:{port.number}")))
+        server.append(d("server_name", Plain(svc.name)))
         body_limit = svc.resilience.max_request_body
         if body_limit is not None:
             # 413 for a larger body (nginx's own answer); the http block lifts nginx's 1m default
             server.append(d("client_max_body_size", body_limit.bytes))
-        if self.mesh.path_normalization == "strict":
-            # nginx decodes %2F into `/` in $uri: refuse encoded slashes before anything else
-            server.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
-                                children=[d("return", 400)]))
+        server += self.path_guard()
         server.append(block("if", Raw(f"({authz_var}"), Raw("="), Lit("deny"), Raw(")"),
                             children=[d("return", 403)]))
         rl = svc.resilience.rate_limit
@@ -409,7 +605,7 @@ class NginxBackend(Backend):
             bucket = rl.burst if rl.burst is not None else rl.requests
             loc += [d("limit_req", f"zone={zone}", f"burst={max(bucket - 1, 0)}", "nodelay"),
                     d("limit_req_status", 429)]
-        loc += [d("proxy_pass", Expr(f"http://{app_var}")),
+        loc += [d("proxy_pass", expr("http://", Var(app_var[1:]))),
                 d("proxy_http_version", "1.1"),
                 d("proxy_set_header", "Host", "$host"),
                 d("proxy_set_header", "Connection", Lit("")),
@@ -436,18 +632,18 @@ class NginxBackend(Backend):
             if lb is not None and lb.policy in LB:
                 body.append(d(LB[lb.policy]))
             elif lb is not None and lb.policy == "consistent_hash":
-                key = HASH_KEY[lb.hash_on or "header"].format(var_name(lb.hash_key))
+                key = hash_key(lb)
                 if lb.cookie_ttl_ms is not None:
                     # Envoy sets the affinity cookie when it is missing; nginx only reads it
                     ctx.error("nginx hashes on an existing cookie; it cannot issue one (ttl)", lb.span,
                               help="drop `ttl` if the application sets the cookie itself")
-                body.append(d("hash", Expr(key), "consistent"))
+                body.append(d("hash", expr(Var(key)), "consistent"))
             uniq = sorted({(e.host, self.app_port(svc, port, e.port)) for e in eps})
             if not uniq:
                 # no endpoint for this group: nginx needs a server; one that refuses (502)
                 body.append(d("server", "127.0.0.1:1", "down"))
             for host, p in uniq:
-                body.append(d("server", f"{host}:{p}", "max_fails=0"))
+                body.append(d("server", Plain(host_port(host, p)), "max_fails=0"))
             body.append(d("keepalive", 16))
             out.append(block("upstream", name, children=body))
         return out
@@ -472,7 +668,8 @@ class NginxBackend(Backend):
         headers = sorted({h.name for r in rules for h in r.headers})
         for h in headers:
             check_header(h, next(x.span for r in rules for x in r.headers if x.name == h), ctx)
-        key = SEP.join([peer or "$meshc_peer", "$request_method", *[f"$http_{var_name(h)}" for h in headers], "$uri"])
+        key = composite(peer if peer is not None else Var("meshc_peer"), Var("request_method"),
+                        *[Var(f"http_{var_name(h)}") for h in headers], Var("uri"))
         default = "deny" if self.mesh.authz == "deny_by_default" else "allow"
         lines = [d("default", Lit(default))]
         for action in ("deny", "allow"):
@@ -480,7 +677,7 @@ class NginxBackend(Backend):
                 if r.action == action:
                     for rx in self.rule_regexes(r, headers, port, proven=peer is not None):
                         lines.append(d(Rx("~" + rx), Lit(action)))
-        return block("map", Expr(key), Raw(var), children=lines)
+        return block("map", key, Raw(var), children=lines)
 
     def rule_regexes(self, r: AuthzRule, headers: list[str], port: Port, proven: bool = False) -> list[str]:
         peers = "|".join(self.source_regex(s) for s in r.sources)
@@ -545,8 +742,8 @@ class NginxBackend(Backend):
             sc.http.append(self.authz_map(callee, port, var, ctx, peer=caller.identity.spiffe))
             guard = [block("if", Raw(f"({var}"), Raw("="), Lit("deny"), Raw(")"), children=[d("return", 403)])]
         sc.servers.append(block("server", children=[
-            d("listen", f"127.0.0.1:{listen}"), d("server_name", Lit(f"{callee.name}.outbound")),
-            d("root", Lit("/nonexistent/meshc")), *UNAVAILABLE_503, *guard,
+            d("listen", f"127.0.0.1:{listen}"), d("server_name", Plain(f"{callee.name}.outbound")),
+            d("root", Lit("/nonexistent/meshc")), *UNAVAILABLE_503, *self.path_guard(), *guard,
             block("location", "/", children=[dispatch(route_var)]), *named, UNAVAILABLE_LOCATION]))
         sc.index["outbound"].setdefault(callee.name, {})[port.name] = listen
 
@@ -569,8 +766,8 @@ class NginxBackend(Backend):
                     if not _VAR_NAME.match(q.name):
                         ctx.error(f"nginx reads query parameters through variables; '{q.name}' is not a "
                                   "valid variable name", q.span)
-        key = SEP.join(["$request_method", *[f"$http_{var_name(h)}" for h in headers],
-                        *[f"$arg_{q}" for q in query], "$uri"])
+        key = composite(Var("request_method"), *[Var(f"http_{var_name(h)}") for h in headers],
+                        *[Var(f"arg_{q}") for q in query], Var("uri"))
         route_var = f"$meshc_route_{tag}"
         lines = [d("default", Lit(NO_ROUTE))]
         locations: list[D] = []
@@ -585,7 +782,7 @@ class NginxBackend(Backend):
             if rule.is_default:
                 break  # nothing after `otherwise` can match
         locations.append(block("location", f"@{NO_ROUTE}", children=[d("return", 404)]))
-        sc.http.append(block("map", Expr(key), Raw(route_var), children=lines))
+        sc.http.append(block("map", key, Raw(route_var), children=lines))
         sc.route_tables[tag] = (route_var, locations)
         return sc.route_tables[tag]
 
@@ -614,12 +811,10 @@ class NginxBackend(Backend):
         for listen in sorted({p for p, _ in groups}):
             hosts = sorted(h for p, h in groups if p == listen)
             for host in hosts:
-                body: list[D] = [d("listen", f"{addr}:{listen}", *(["default_server"] if host == "*" else [])),
-                                 d("server_name", Lit("_" if host == "*" else host)),
+                body: list[D] = [d("listen", Plain(f"{addr}:{listen}"), *(["default_server"] if host == "*" else [])),
+                                 d("server_name", Plain("_" if host == "*" else host)),
                                  d("root", Lit("/nonexistent/meshc")), *UNAVAILABLE_503, UNAVAILABLE_LOCATION]
-                if self.mesh.path_normalization == "strict":
-                    body.append(block("if", Raw("($request_uri"), Raw("~"), Rx("^[^?]*%(2[fF]|5[cC])"), Raw(")"),
-                                      children=[d("return", 400)]))
+                body += self.path_guard()
                 named: list[D] = []
                 whole = False
                 taken: dict[tuple[Arg, ...], str] = {}
@@ -642,7 +837,7 @@ class NginxBackend(Backend):
                 sc.servers.append(block("server", children=body))
             if "*" not in hosts:
                 sc.servers.append(block("server", children=[
-                    d("listen", f"{addr}:{listen}", "default_server"), d("server_name", Lit("_")),
+                    d("listen", Plain(f"{addr}:{listen}"), "default_server"), d("server_name", Plain("_")),
                     block("location", "/", children=[d("return", 404)])]))
         sc.http += self.lower_upstreams(sc, ctx)
         return sc
@@ -680,8 +875,8 @@ class NginxBackend(Backend):
             for j, x in enumerate(dests):
                 pick = f"{self.upstream_for(sc, x, port, tries)}/{x.version or ''}"
                 pct = "*" if j == len(dests) - 1 else f"{x.weight // 100}.{x.weight % 100:02d}%"
-                entries.append(d(pct, Lit(pick)))
-            sc.http.append(block("split_clients", Expr("$request_id"), Raw(var), children=entries))
+                entries.append(d(pct, Plain(pick)))  # split_clients values are not expanded
+            sc.http.append(block("split_clients", expr(Var("request_id")), Raw(var), children=entries))
             out.append(d("set", "$meshc_pick", Raw(var)))
         else:
             x = dests[0] if dests else Destination(service=callee.name)
@@ -689,7 +884,7 @@ class NginxBackend(Backend):
         out += self.rewrite(rule, ctx)
         out += self.proxy(sc, callee, rule, retry, ctx)
         if rule.mirror is not None:
-            out += [d("mirror", Lit(f"/.meshc-mirror/{loc_name}")), d("mirror_request_body", "on")]
+            out += [d("mirror", Plain(f"/.meshc-mirror/{loc_name}")), d("mirror_request_body", "on")]
         return out
 
     def rewrite(self, rule: RouteRule, ctx: _Ctx) -> list[D]:
@@ -708,17 +903,16 @@ class NginxBackend(Backend):
         if p.kind == "under":
             base = p.value.rstrip("/")
             return [d("rewrite", Rx("^" + regex_escape(base) + "$"), Lit(new), "break"),
-                    d("rewrite", Rx("^" + regex_escape(base) + "/(.*)$"),
-                      Expr(new.rstrip("/").replace("$", "${meshc_dollar}") + "/$1"), "break")]
+                    d("rewrite", Rx("^" + regex_escape(base) + "/(.*)$"), expr(new.rstrip("/") + "/", Var("1")),
+                      "break")]
         if p.kind == "exact":
             return [d("rewrite", Rx("^"), Lit(new), "break")]
-        return [d("rewrite", Rx("^" + regex_escape(p.value) + "(.*)$"),
-                  Expr(new.replace("$", "${meshc_dollar}") + "$1"), "break")]
+        return [d("rewrite", Rx("^" + regex_escape(p.value) + "(.*)$"), expr(new, Var("1")), "break")]
 
     def proxy(self, sc: Sidecar, callee: Service, rule: RouteRule, retry: Retry | None, ctx: _Ctx) -> list[D]:
         ca, cert, key = self.cert_paths(sc.identity)
         host = rule.rewrite.host if rule.rewrite is not None and rule.rewrite.host else None
-        out = [d("proxy_pass", Expr("$meshc_scheme://$meshc_up")),
+        out = [d("proxy_pass", expr(Var("meshc_scheme"), "://", Var("meshc_up"))),
                d("proxy_http_version", "1.1"),
                d("proxy_set_header", "Host", Lit(host) if host else Raw("$host")),
                d("proxy_set_header", "Connection", Lit("")),
@@ -726,29 +920,29 @@ class NginxBackend(Backend):
         req = rule.request_headers
         if req is not None:
             for name, value in req.set:
-                out.append(d("proxy_set_header", Lit(name), Lit(value)))
+                out.append(d("proxy_set_header", Plain(name), Lit(value)))
             for name in req.remove:
-                out.append(d("proxy_set_header", Lit(name), Lit("")))
+                out.append(d("proxy_set_header", Plain(name), Lit("")))
             if req.add:
                 ctx.error("nginx replaces request headers; it cannot add a second value", req.span,
                           help="use `request_headers set`")
         resp = rule.response_headers
         if resp is not None:
             for name, value in resp.set:
-                out += [d("proxy_hide_header", Lit(name)), d("add_header", Lit(name), Lit(value), "always")]
+                out += [d("proxy_hide_header", Plain(name)), d("add_header", Plain(name), Lit(value), "always")]
             for name, value in resp.add:
-                out.append(d("add_header", Lit(name), Lit(value), "always"))
+                out.append(d("add_header", Plain(name), Lit(value), "always"))
             for name in resp.remove:
-                out.append(d("proxy_hide_header", Lit(name)))
+                out.append(d("proxy_hide_header", Plain(name)))
         if callee.external is not None:
             if not host:  # the external API expects its own name, not the mesh service's
                 out[2] = d("proxy_set_header", "Host", Lit(callee.external.host))
             out += [d("proxy_ssl_server_name", "on"), d("proxy_ssl_name", Raw("$meshc_peer_name")),
-                    d("proxy_ssl_trusted_certificate", Lit(self.opt("system_ca", "/etc/ssl/certs/ca-certificates.crt"))),
+                    d("proxy_ssl_trusted_certificate", Plain(self.opt("system_ca", "/etc/ssl/certs/ca-certificates.crt"))),
                     d("proxy_ssl_verify", "on"), d("proxy_ssl_verify_depth", 5)]
         else:
             out += [d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
-                    d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
+                    d("proxy_ssl_trusted_certificate", Plain(ca)), d("proxy_ssl_verify", "on"),
                     d("proxy_ssl_verify_depth", 1), d("proxy_ssl_name", Raw("$meshc_peer_name")),
                     d("proxy_ssl_session_reuse", "on")]
         out += self.timeouts(rule.timeout or callee.resilience.timeout or self.mesh.timeout, retry)
@@ -791,8 +985,8 @@ class NginxBackend(Backend):
         body: list[D] = [d("internal")]
         if m.percent < FULL:
             var = f"$meshc_mirror_{loc_name}"
-            sc.http.append(block("split_clients", Expr("$request_id"), Raw(var), children=[
-                d(f"{m.percent // 100}.{m.percent % 100:02d}%", Lit("1")), d("*", Lit(""))]))
+            sc.http.append(block("split_clients", expr(Var("request_id")), Raw(var), children=[
+                d(f"{m.percent // 100}.{m.percent % 100:02d}%", Plain("1")), d("*", Plain(""))]))
             body.append(block("if", Raw(f"({var}"), Raw("="), Lit(""), Raw(")"), children=[d("return", 204)]))
         # A mirror subrequest shares the main request's variables, so it names everything
         # statically instead of going through $meshc_pick and its maps.
@@ -800,16 +994,17 @@ class NginxBackend(Backend):
         target, target_port = sc.upstream_meta[up]
         scheme = "https" if target_port.mtls != "disabled" else "http"
         ca, cert, key = self.cert_paths(sc.identity)
-        body += [d("proxy_pass", Expr(f"{scheme}://{up}$request_uri")),
+        body += [d("proxy_pass", expr(f"{scheme}://{up}", Var("request_uri"))),
                  d("proxy_http_version", "1.1"),
                  d("proxy_set_header", "Host", "$host"), d("proxy_set_header", "Connection", Lit("")),
                  d("proxy_set_header", VERSION_HEADER, Lit(m.destination.version or "")),
                  d("proxy_ssl_certificate", Lit(cert)), d("proxy_ssl_certificate_key", Lit(key)),
-                 d("proxy_ssl_trusted_certificate", Lit(ca)), d("proxy_ssl_verify", "on"),
+                 d("proxy_ssl_trusted_certificate", Plain(ca)), d("proxy_ssl_verify", "on"),
                  d("proxy_ssl_verify_depth", 1),
-                 d("proxy_ssl_name", Lit(f"{target.identity.name}.{target.identity.namespace}")),
+                 # the callee's certificate names it in its CN (no DNS SAN): the one meshc certs wrote
+                 d("proxy_ssl_name", Lit(subject_cn(target.identity))),
                  d("proxy_next_upstream", "off")]
-        return block("location", "=", Lit(f"/.meshc-mirror/{loc_name}"), children=body)
+        return block("location", "=", Plain(f"/.meshc-mirror/{loc_name}"), children=body)
 
     @staticmethod
     def connection_limit(cb: Any, ctx: _Ctx) -> int | None:
@@ -845,18 +1040,21 @@ class NginxBackend(Backend):
             # one server per allowed attempt: nginx retries on the *next* server only
             for lim in limits:
                 extra = [f"max_conns={max(lim, 1)}"] if limit is not None else []
-                body.append(d("server", f"{peer}:{port.number}", "max_fails=0", *extra))
+                body.append(d("server", Plain(host_port(peer, port.number)), "max_fails=0", *extra))
             body.append(d("keepalive", 16))
             out.append(block("upstream", name, children=body))
-            scheme.append(d(Lit(name), Lit("https" if port.mtls != "disabled" else "http")))
-            names.append(d(Lit(name), Lit(f"{svc.identity.name}.{svc.identity.namespace}")))
+            scheme.append(d(Key(name), Lit("https" if port.mtls != "disabled" else "http")))
+            # verified against the callee certificate's CN: the name meshc certs gave it, which a
+            # long identity no longer shares with its first 64 characters (that was a 503)
+            names.append(d(Key(name), Lit(subject_cn(svc.identity))))
         for name in sorted(sc.externals):
             ext = sc.externals[name].external
             assert ext is not None
-            scheme.append(d(Lit(name), Lit("https" if ext.tls_originate else "http")))
-            names.append(d(Lit(name), Lit(ext.sni or ext.host)))
+            scheme.append(d(Key(name), Lit("https" if ext.tls_originate else "http")))
+            names.append(d(Key(name), Lit(ext.sni or ext.host)))
         if sc.externals:
-            out += [d("resolver", self.opt("resolver", "127.0.0.53"), "valid=30s"), d("resolver_timeout", "5s")]
+            out += [d("resolver", Plain(self.opt("resolver", "127.0.0.53")), "valid=30s"),
+                    d("resolver_timeout", "5s")]
         if not out:
             return []  # no outbound server: the maps below would name an unset variable
         return [
@@ -872,20 +1070,21 @@ class NginxBackend(Backend):
 
 def dispatch(route_var: str) -> D:
     """Jump to the named location the route map chose, keeping the URI (try_files with no file)."""
-    return d("try_files", Lit("/.meshc-no-such-file"), Expr(f"@{route_var}"))
+    return d("try_files", Lit("/.meshc-no-such-file"), expr("@", Var(route_var.removeprefix("$"))))
 
 
 def ingress_locations(paths: tuple[PathMatch, ...]) -> list[tuple[Arg, ...]]:
     """nginx location modifiers for exposed paths (`^~` is a byte prefix that stops regex search)."""
     out: list[tuple[Arg, ...]] = []
     for p in paths or (PathMatch(kind="prefix", value="/"),):
+        # location URIs are matched as written: `$` is literal there (Plain, not Lit)
         if p.kind == "exact":
-            out.append((Raw("="), Lit(p.value)))
+            out.append((Raw("="), Plain(p.value)))
         elif p.kind == "prefix":
-            out.append((Raw("/"),) if p.value == "/" else (Raw("^~"), Lit(p.value)))
+            out.append((Raw("/"),) if p.value == "/" else (Raw("^~"), Plain(p.value)))
         elif p.kind == "under":
             base = p.value.rstrip("/")
-            out += [(Raw("/"),)] if not base else [(Raw("="), Lit(base)), (Raw("^~"), Lit(base + "/"))]
+            out += [(Raw("/"),)] if not base else [(Raw("="), Plain(base)), (Raw("^~"), Plain(base + "/"))]
         else:
             body = p.value.removeprefix("^").removesuffix("$")
             out.append((Raw("~"), Rx(f"^(?:{body})$")))
@@ -930,12 +1129,46 @@ def route_regex(m: Match, headers: list[str], query: list[str]) -> str:
     return "(?s)^" + "\\n".join(fields) + "\\n" + path
 
 
-def redirect_target(r: Any) -> Lit | Expr:
+def redirect_target(r: Any) -> Expr:
     """`return 30x URL`: unset parts keep the request's."""
-    scheme = r.scheme or "$scheme"
-    host = (r.host or "$host") + (f":{r.port}" if r.port else "")
+    parts: list[str] = [r.scheme or Var("scheme"), "://", r.host or Var("host"), f":{r.port}" if r.port else ""]
     # a new path keeps the query string (as Envoy's path_redirect does); no path keeps the URI
-    path = r.path.replace("$", "${meshc_dollar}") + "$is_args$args" if r.path is not None else "$request_uri"
-    if r.host:
-        host = r.host.replace("$", "${meshc_dollar}") + (f":{r.port}" if r.port else "")
-    return Expr(f"{scheme}://{host}{path}")
+    parts += [r.path, Var("is_args"), Var("args")] if r.path is not None else [Var("request_uri")]
+    return expr(*parts)
+
+
+def composite(*fields: str) -> Expr:
+    """A composite map source: fields (variables, or a literal such as a fixed peer) separated
+    by SEP, which none of them contains."""
+    parts: list[str] = []
+    for i, f in enumerate(fields):
+        parts += [SEP, f] if i else [f]
+    return expr(*parts)
+
+
+def hash_key(lb: Any) -> str:
+    """The variable a consistent hash reads (checked by `check_values`)."""
+    key = lb.hash_key.lower().replace("-", "_") if lb.hash_on == "header" or lb.hash_on is None else lb.hash_key
+    return HASH_KEY[lb.hash_on or "header"].format(key)
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- values nginx can carry
+
+# what nginx reads as a literal server name: `*` (meshc's any host), a name with an optional `*.`
+# (nginx's wildcard, as meshc's), or an IPv4 address; anything else could be a regex (`~...`)
+_SERVER_NAME = re.compile(r"^(\*|(\*\.)?[a-z0-9]([-a-z0-9_]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9_]*[a-z0-9])?)*)$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: header names
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL...: header injection
+_ADDRESS = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.:]*[A-Za-z0-9])?$")  # a DNS name or an IP address
+_NAMED_GROUP = re.compile(r"\(\?(P?<[A-Za-z_]|'[A-Za-z_])")
+_NGX_VALUE_HELP = "write it without that text, or use the envoy target"
+
+
+def named_group(rx: str) -> bool:
+    """Does a regex define a named group? In nginx each becomes a variable, which could overwrite
+    the ones meshc's maps use (`(?<meshc_peer>...)`) or make `nginx -t` fail."""
+    return bool(_NAMED_GROUP.search(rx))

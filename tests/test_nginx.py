@@ -153,7 +153,7 @@ def test_retry_n_is_n_plus_one_tries_over_repeated_servers() -> None:
     assert "proxy_next_upstream_tries 3;" in api
     assert "proxy_next_upstream http_502 http_503 http_504 non_idempotent;" in api
     upstream = re.search(r"upstream out_reviews_9080 \{(.*?)\}", text, re.S)
-    assert upstream and upstream[1].count("server 127.0.0.1:9080") == 4  # one server per attempt
+    assert upstream and upstream[1].count('server "127.0.0.1:9080"') == 4  # one server per attempt
 
 
 def test_max_connections_is_spread_exactly_over_the_repeated_servers() -> None:
@@ -526,7 +526,7 @@ allow app -> stripe methods POST
     assert not bundle.diagnostics
     assert check_all(bundle, tmp_path) == 1
     text = conf(bundle, "app")
-    assert "resolver 10.0.0.10 valid=30s;" in text
+    assert 'resolver "10.0.0.10" valid=30s;' in text
     assert 'set $meshc_pick "api.stripe.com:443/";' in text and 'set $meshc_pick "example.org:80/";' in text
     assert '"api.stripe.com:443" "https";' in text and '"example.org:80" "http";' in text
     assert 'proxy_set_header Host "api.stripe.com";' in text
