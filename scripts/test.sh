@@ -15,4 +15,11 @@ if ! command -v nginx >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1 || ! c
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
-exec python3 -m pytest "$@"
+python3 -m pytest "$@"
+
+# The native proxy's request path runs compiled (mypyc) where the install could build it, else as
+# plain Python (meshc/runtime/__init__.py). The suite above ran the path this install chose; the
+# proxy's own tests run once more on the pure-Python path, so both are proven.
+MESHC_PURE_PYTHON=1 python3 -m pytest "$@" tests/test_runtime_compiled.py tests/test_runtime_match.py \
+  tests/test_runtime_outlier.py tests/test_proxy.py tests/test_proxy_driver.py tests/test_proxy_accesslog.py \
+  tests/test_native_scenarios.py tests/test_native_up.py
