@@ -192,3 +192,74 @@ def test_circuit_breaker_without_a_queue(tmp_path: Path) -> None:
     assert not unexpressible(scenario)
     with Run(scenario, NginxRunner(), tmp_path) as run:
         run.run()
+
+
+# --------------------------------------------------------------------------- security (issue 16)
+
+LONG_SA = "payments-ledger-reconciliation-batch-worker-service-acct-x1"  # `<sa>.prod` is 64 characters
+SECURITY = [
+    Scenario(
+        name="identity-subjects",
+        description="one service account in prod and prod2 (the 64-character CN used to be cut to one "
+                    "subject, and nginx took prod2 for prod); a callee whose CN has to be shortened "
+                    "(its sidecar was unreachable: 503)",
+        requires=["mtls", "authz"],
+        mesh=f"""
+mesh ids {{ mtls strict  authz deny_by_default }}
+service good {{ port http {{{{port.good}}}} namespace prod identity {LONG_SA}
+               endpoints 127.0.0.1:{{{{upstream.good}}}} calls api }}
+service bad {{ port http {{{{port.bad}}}} namespace prod2 identity {LONG_SA}
+              endpoints 127.0.0.1:{{{{upstream.bad}}}} calls api }}
+service api {{ port http {{{{port.api}}}} namespace reconciliation-prod identity {LONG_SA}-api
+              endpoints 127.0.0.1:{{{{upstream.api}}}} }}
+allow good -> api
+""",
+        upstreams={"good": {}, "bad": {}, "api": {}},
+        steps=[
+            {"name": "the allowed caller, through its sidecar, to a long-named callee",
+             "request": {"from": "good", "to": "api", "path": "/x"}, "expect": {"status": 200, "upstream": "api"}},
+            {"name": "the same account in another namespace is not the allowed caller",
+             "request": {"from": "bad", "to": "api", "path": "/x"}, "expect": {"status": 403, "hits": {"api": 0}}},
+            {"name": "straight to the callee with prod2's certificate",
+             "request": {"direct": "api", "identity": "bad", "path": "/x"},
+             "expect": {"status": 403, "hits": {"api": 0}}},
+            {"name": "straight to the callee with prod's certificate",
+             "request": {"direct": "api", "identity": "good", "path": "/x"}, "expect": {"status": 200}},
+        ]),
+    Scenario(
+        name="path-normalization",
+        description="what nginx would otherwise forward as sent (a raw backslash, `/..;/`, a fragment) "
+                    "is refused with 400, as %00 is; encoded dots and doubled slashes are normalized "
+                    "before authorization",
+        requires=["mtls", "authz"],
+        mesh="""
+mesh norm { mtls strict  authz deny_by_default }
+service web { port http {{port.web}} endpoints 127.0.0.1:{{upstream.web}} calls api }
+service api { port http {{port.api}} endpoints 127.0.0.1:{{upstream.api}} }
+allow web -> api paths prefix "/public"
+""",
+        upstreams={"web": {}, "api": {}},
+        steps=[
+            {"name": "allowed path", "request": {"from": "web", "to": "api", "path": "/public/x"},
+             "expect": {"status": 200, "upstream_path": "/public/x"}},
+            *[{"name": f"{path} through the caller", "request": {"from": "web", "to": "api", "path": path},
+               "expect": {"status": status, "hits": {"api": 0}}}
+              for path, status in (("/admin\\x", 400), ("/public\\..\\admin", 400), ("/public/..;/admin", 400),
+                                   ("/public/.;/x", 400), ("/admin%00", 400), ("/public/x%00", 400),
+                                   ("/public/x#frag", 400), ("/admin#x", 400), ("/public/%2e%2e/admin", 403),
+                                   ("//admin", 403), ("/public/%2F..%2Fadmin", 400))],
+            *[{"name": f"{path} straight to the callee", "request": {"direct": "api", "identity": "web", "path": path},
+               "expect": {"status": status, "hits": {"api": 0}}}
+              for path, status in (("/public\\..\\admin", 400), ("/public/..;/admin", 400), ("/public/x#f", 400),
+                                   ("/public/%2e%2e/admin", 403))],
+        ]),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install -y nginx)")
+@pytest.mark.parametrize("scenario", SECURITY, ids=[s.name for s in SECURITY])
+def test_security_scenario_through_nginx(scenario: Scenario, tmp_path: Path) -> None:
+    assert not unexpressible(scenario)
+    with Run(scenario, NginxRunner(), tmp_path) as run:
+        run.run()
