@@ -346,10 +346,7 @@ BACKEND_GAPS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("source", sorted(TARGETS))
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_round_trip(example: str, source: str) -> None:
-    if source not in importers_available():
-        pytest.skip(f"no {source} importer yet")
-    if TARGETS[source] not in targets_available():
-        pytest.skip(f"no {TARGETS[source]} backend")
+    assert source in importers_available() and TARGETS[source] in targets_available()
     try:
         x, y, feats, text = round_trip(example, source)
         unhandled = {f for f in feats - HANDLED if not any(g.match(f) for g in GAPS)} - \
