@@ -285,3 +285,20 @@ def test_spiffe_of_der_refuses_ambiguous_and_malformed_ids(tmp_path: Path) -> No
             tls.spiffe_of_der(der(uris, "c"))
     with pytest.raises(tls.IdentityRefused, match="visible ASCII"):
         tls.spiffe_of_der(der(["spiffe://td/ns/a/sa/b\x01"], "d"))
+
+
+@pytest.mark.parametrize("field,value", [("service", "api\r\nx-injected: 1"), ("versions", ["v1\nx: 1"])])
+def test_index_names_the_demo_application_writes_are_checked(tmp_path: Path, field: str, value: Any) -> None:
+    entry: dict[str, Any] = {"service": "api", "config": "api.json", "identity": "spiffe://td/ns/d/sa/api",
+                             "admin_port": 0, "inbound": [{"name": "in", "port": 1, "versions": ["v1"]}]}
+    if field == "service":
+        entry["service"] = value
+    else:
+        entry["inbound"][0]["versions"] = value
+    p = tmp_path / "mesh.json"
+    p.write_text(json.dumps({"mesh": "m", "base_port": 1, "sidecars": [entry]}))
+    with pytest.raises(C.ConfigError, match="only visible ASCII"):
+        C.load_index(p)
+    entry["service"], entry["inbound"][0]["versions"] = "api", ["v1"]
+    p.write_text(json.dumps({"mesh": "m", "base_port": 1, "sidecars": [entry]}))
+    assert C.load_index(p).sidecars[0].service == "api"

@@ -450,12 +450,12 @@ class IndexListener(_Cfg):
     protocol: Literal["http", "tcp"] = "http"
     service_port: int | None = None  # inbound: the declared service port
     callee: str | None = None  # outbound: the service it reaches
-    versions: tuple[str, ...] = ()
+    versions: tuple[WireText, ...] = ()  # the demo application writes them into a header
     app: EndpointCfg | None = None
 
 
 class IndexEntry(_Cfg):
-    service: str
+    service: WireText  # the demo application writes it into a header
     config: str  # file name, relative to mesh.json
     identity: str
     admin_port: int
