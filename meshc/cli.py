@@ -326,10 +326,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     else:
         modules = list(dict.fromkeys(PLUGIN_COMMANDS.values()))
     for mod in modules:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
+        # No fallback: a command module that cannot be imported is a broken install, said at once
+        # (main() reports it), never a command that silently disappears from the parser.
+        m = importlib.import_module(mod)
         reg = getattr(m, "register", None)
         if reg is None or reg in registered:
             continue
@@ -349,7 +348,14 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
-    parser = build_parser(command)
+    try:
+        parser = build_parser(command)
+    except Exception as e:  # noqa: BLE001 - a command module failed to import: a broken install
+        if os.environ.get("MESHC_DEBUG"):
+            raise
+        print(f"meshc: internal error: a command module cannot be loaded: {type(e).__name__}: {e} "
+              "(set MESHC_DEBUG=1 for a traceback; reinstall meshc or report it)", file=sys.stderr)
+        return 3
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)

@@ -160,3 +160,18 @@ def test_compile_all_writes_what_compiles_and_fails_for_the_rest(tmp_path) -> No
     assert "nginx-mesh, nginx: not written" in err and "error[E330]" in err
     written = {p.name for p in tmp_path.iterdir()}
     assert {"envoy", "istio", "native", "linkerd"} <= written and "nginx" not in written
+
+
+@pytest.mark.parametrize("argv", [["why", "a", "b"], ["--help"]])
+def test_a_command_module_that_cannot_import_fails_loudly(tmp_path, argv) -> None:
+    # A broken meshc/why.py used to make `meshc why` an "invalid choice" (the module was skipped).
+    broken = tmp_path / "meshc_broken_command.py"
+    broken.write_text("raise ImportError('simulated broken module')\n")
+    code = ("import sys; from meshc import cli; cli.PLUGIN_COMMANDS['why'] = 'meshc_broken_command'; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("MESHC_DEBUG", None)
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "a command module cannot be loaded: ImportError: simulated broken module" in r.stderr
+    assert "invalid choice" not in r.stderr and "Traceback" not in r.stderr
