@@ -223,7 +223,9 @@ def expr(*parts: str) -> Expr:
     out: list[str] = []
     for i, p in enumerate(parts):
         if isinstance(p, Var):
-            assert re.fullmatch(r"[A-Za-z0-9_]+", p), p
+            # a name nginx could not read was refused already (E330/E331: the bundle is not
+            # written); keep lowering the rest of the mesh, to report every problem at once
+            p = Var(re.sub(r"[^A-Za-z0-9_]", "_", p))
             nxt = next((q for q in parts[i + 1:] if q), "")
             # `${name}` when a name character follows, so the name cannot run on
             brace = not isinstance(nxt, Var) and _NAME_CHAR.match(nxt[:1])
