@@ -16,8 +16,14 @@ from meshc import authz
 from meshc.compiler import load
 from meshc.paths import normalize
 from meshc.runtime import config as C
-from meshc.runtime.match import (Authorizer, CompiledMatch, RequestView, normalize_request_path, path_pred,
-                                 split_target)
+from meshc.runtime.match import (
+    Authorizer,
+    CompiledMatch,
+    RequestView,
+    normalize_request_path,
+    path_pred,
+    split_target,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

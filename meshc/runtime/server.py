@@ -32,8 +32,14 @@ from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
 from meshc.runtime.http import Downstream, Stream, connection_tokens, mirror, new_request_id, proxy
-from meshc.runtime.match import (Authorizer, CompiledMatch, RequestView, any_match, normalize_request_path,
-                                 split_target)
+from meshc.runtime.match import (
+    Authorizer,
+    CompiledMatch,
+    RequestView,
+    any_match,
+    normalize_request_path,
+    split_target,
+)
 from meshc.runtime.observability import AccessLog, Metrics, json_string, millis, now_iso, traceparent
 from meshc.runtime.tcp import TcpDownstream
 
