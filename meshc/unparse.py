@@ -14,6 +14,18 @@ an identity in another namespace than its service) is never dropped silently: it
 `notes` lets a caller (the importers) put its own comments at a place: keys are `""` (top of
 the file), `"mesh"`, `"service:<name>"`, `"route:<name>"` (above the service's route table) and
 `"authz"` (above the allow/deny rules); values are comment texts without the leading `#`.
+
+The text is built from the model's values, which an importer copied from its input, so every
+value is written in a form that cannot change the structure around it:
+- strings are quoted (`meshc.ast.quote`);
+- a word written bare (a name, a keyword value) must be a NAME token, else it is not spliced:
+  a service, version, namespace or identity name that is not one refuses the whole text
+  (`Unspeakable`: what it names could not be kept apart from other principals), and a name in
+  a rule (a header, a method, a rule's source) loses the item, never making the mesh looser:
+  an allow rule loses the source or the method (or is left out), a deny rule is widened (a
+  source it cannot write becomes `*`, a method or header condition it cannot write is dropped);
+- comments are one line each, with every character that is not printable escaped (`shown`),
+  so no comment text can end its comment or hide a line from a reviewer's terminal.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from meshc.ast import quote, size_text
 from meshc.fmt import format_text
@@ -37,6 +50,7 @@ from meshc.model import (
     PathMatch,
     Resilience,
     Retry,
+    RetryOn,
     RouteRule,
     Service,
     Slo,
@@ -46,7 +60,11 @@ from meshc.model import (
 from meshc.units import dur, pct
 
 NAME_RE = re.compile(r"^[A-Za-z_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
+# The host part of an ENDPOINT token (grammar/mesh.lark): a name or IPv4 address, or IPv6.
+ENDPOINT_HOST_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]*|[0-9A-Fa-f:.]+)$")
+SHOWN_MAX = 200  # characters of a value quoted in a comment or the report
 DEFAULT_RETRY_ON = Retry.model_fields["on"].default
+RETRY_CONDITIONS = frozenset(get_args(RetryOn))
 DEFAULT_WINDOW = Slo.model_fields["window_ms"].default
 @dataclass(frozen=True)
 class Lost:
@@ -60,11 +78,28 @@ class Lost:
         return f"meshc import: {self.where} {self.field}: {self.why}"
 
 
+class Unspeakable(ValueError):
+    """A name the model holds that the .mesh language cannot write, where leaving it out would
+    change who is who (a service, namespace, version or identity name)."""
+
+
 # --------------------------------------------------------------------------- lexical forms
 
 
 def is_name(text: str) -> bool:
-    return bool(NAME_RE.match(text))
+    return isinstance(text, str) and NAME_RE.fullmatch(text) is not None
+
+
+def shown(text: object, limit: int = SHOWN_MAX) -> str:
+    """`text` on one line, safe in a comment, a report or a terminal: every character that is not
+    printable (newlines, CR, tabs, ESC, bidi controls, line separators) as its escape, and at
+    most `limit` characters of it."""
+    s = str(text)
+    cut = len(s) - limit if limit and len(s) > limit else 0
+    if cut:
+        s = s[:limit]
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return f"{out}...({cut} more characters)" if cut else out
 
 
 def endpoint(host: str, port: int) -> str:
@@ -87,19 +122,26 @@ class Unparser:
 
     def comments(self, key: str) -> None:
         for text in self.notes.get(key, ()):
-            for part in text.splitlines() or [""]:
-                self.out(f"# {part}".rstrip())
+            self.out(f"# {shown(text, 0)}".rstrip())
 
     def lose(self, where: str, field: str, why: str) -> None:
-        lost = Lost(where, field, why)
+        lost = Lost(shown(where), shown(field), shown(why, 0))
         self.lost.append(lost)
-        self.out(f"# {lost.comment()}")
+        self.out(f"# {shown(lost.comment(), 0)}")
 
     def name(self, text: str, where: str, field: str) -> str | None:
         if is_name(text):
             return text
-        self.lose(where, field, f"'{text}' is not a name the .mesh language accepts")
+        self.lose(where, field, f"'{shown(text)}' is not a name the .mesh language accepts")
         return None
+
+    def word(self, text: object, what: str, allowed: frozenset[str] = frozenset()) -> str:
+        """A word written bare where nothing can be left out instead: a NAME (or one of
+        `allowed`, the words of a fixed set that are other tokens), or Unspeakable."""
+        if isinstance(text, str) and (is_name(text) or text in allowed):
+            return text
+        raise Unspeakable(f"{what} '{shown(text)}' is not a name the .mesh language accepts "
+                          "(letters, digits, '-' and '_', starting with a letter or '_')")
 
     # ----------------------------------------------------------------- mesh
     def run(self) -> str:
@@ -122,23 +164,24 @@ class Unparser:
     def mesh_block(self) -> None:
         m = self.mesh
         self.comments("mesh")
-        self.out(f"mesh {m.name} {{")
+        w = self.word
+        self.out(f"mesh {w(m.name, 'mesh name')} {{")
         self.out(f"trust_domain {quote(m.trust_domain)}")
-        self.out(f"namespace {m.namespace}")
-        self.out(f"mtls {m.mtls}")
-        self.out(f"authz {m.authz}")
+        self.out(f"namespace {w(m.namespace, 'namespace')}")
+        self.out(f"mtls {w(m.mtls, 'mTLS mode')}")
+        self.out(f"authz {w(m.authz, 'authz default')}")
         if m.path_normalization != "strict":
-            self.out(f"path_normalization {m.path_normalization}")
+            self.out(f"path_normalization {w(m.path_normalization, 'path normalization')}")
         if m.timeout is not None:
             self.out(f"timeout {self.timeout_value(m.timeout)}")
         obs = m.observability
-        self.out(f"access_log {obs.access_log}")
+        self.out(f"access_log {w(obs.access_log, 'access log format')}")
         if not obs.metrics:
             self.out("metrics off")
         self.out(f"trace_sampling {pct(obs.trace_sampling)}")
         ing = m.ingress_identity
         if (ing.name, ing.namespace) != ("ingress-gateway", m.namespace):
-            self.out(f"ingress_identity {ing.name} in {ing.namespace}")
+            self.out(f"ingress_identity {w(ing.name, 'identity')} in {w(ing.namespace, 'namespace')}")
         if ing.trust_domain != m.trust_domain:
             self.lose("mesh", "ingress_identity", f"trust domain {ing.trust_domain!r} differs from the mesh's")
         self.out("}")
@@ -146,9 +189,10 @@ class Unparser:
     # ----------------------------------------------------------------- services
     def service(self, svc: Service) -> None:
         m = self.mesh
-        where = f"{'external' if svc.external else 'service'} {svc.name}"
+        w = self.word
+        where = f"{'external' if svc.external else 'service'} {w(svc.name, 'service name')}"
         self.out("")
-        self.out(f"{'external' if svc.external else 'service'} {svc.name} {{")
+        self.out(f"{where} {{")
         self.comments(f"service:{svc.name}")
         if svc.external is not None:
             ext = svc.external
@@ -163,31 +207,33 @@ class Unparser:
                     self.lose(where, attr, f"external services take the mesh's ({default}), not {val}")
         else:
             if svc.namespace != m.namespace:
-                self.out(f"namespace {svc.namespace}")
+                self.out(f"namespace {w(svc.namespace, 'namespace')}")
             if svc.mtls != m.mtls:
-                self.out(f"mtls {svc.mtls}")
+                self.out(f"mtls {w(svc.mtls, 'mTLS mode')}")
             if svc.identity.name != svc.name:
-                self.out(f"identity {svc.identity.name}")
+                self.out(f"identity {w(svc.identity.name, 'identity')}")
         ident = svc.identity
         if ident.namespace != svc.namespace or ident.trust_domain != m.trust_domain:
             self.lose(where, "identity", f"{ident.spiffe} is outside the service's namespace or trust domain")
         for p in svc.ports:
-            self.out(f"port {p.protocol} {p.number}")
+            self.out(f"port {w(p.protocol, 'protocol')} {int(p.number)}")
         for p in svc.ports:
             if p.mtls != svc.mtls:
                 if svc.external is not None:
                     self.lose(where, f"port {p.number} mtls", "external services take the mesh's mTLS mode")
                 else:
-                    self.out(f"mtls {p.mtls} on port {p.number}")
+                    self.out(f"mtls {w(p.mtls, 'mTLS mode')} on port {int(p.number)}")
         if svc.endpoints:
             if svc.external is not None:
                 self.lose(where, "endpoints", "external services are reached by host name")
             else:
-                self.out("endpoints " + ", ".join(endpoint(e.host, e.port) for e in svc.endpoints))
+                eps = self.endpoints(svc.endpoints, where, "endpoints")
+                if eps:
+                    self.out("endpoints " + eps)
         for v in svc.versions:
             self.version(svc, v, where)
         if svc.calls:
-            self.out("calls " + ", ".join(svc.calls))
+            self.out("calls " + ", ".join(w(c, "service name") for c in svc.calls))
         if svc.expose is not None:
             self.expose(svc, where)
         for slo in svc.objectives:
@@ -208,20 +254,33 @@ class Unparser:
         if svc.external is not None:
             self.lose(where, f"version {v.name}", "external services have no versions")
             return
+        vname = self.word(v.name, "version name")
         labels = []
         for k, val in v.labels:
             if not is_name(k):
-                self.lose(where, f"version {v.name} label {k}", "label keys must be plain names in .mesh")
+                self.lose(where, f"version {vname} label {k}", "label keys must be plain names in .mesh")
                 continue
-            labels.append(f"{k}={val if is_name(val) else quote(val)}")
+            labels.append(f"{k}={val if is_name(val) else quote(str(val))}")
         if not labels and v.labels:
             labels = [f"version={v.name}"]  # keeps the block valid; the lost labels are noted above
         body = []
         if labels:
             body.append("labels " + " ".join(labels))
-        if v.endpoints:
-            body.append("endpoints " + ", ".join(endpoint(e.host, e.port) for e in v.endpoints))
-        self.out(f"version {v.name} {{ {' '.join(body)} }}" if body else f"version {v.name} {{}}")
+        eps = self.endpoints(v.endpoints, where, f"version {vname} endpoints") if v.endpoints else ""
+        if eps:
+            body.append("endpoints " + eps)
+        self.out(f"version {vname} {{ {' '.join(body)} }}" if body else f"version {vname} {{}}")
+
+    def endpoints(self, eps, where: str, field: str) -> str:  # type: ignore[no-untyped-def]
+        """The endpoints an ENDPOINT token can spell; the others are lost (an endpoint is where
+        the native proxy connects, never who may call)."""
+        out = []
+        for e in eps:
+            if ENDPOINT_HOST_RE.fullmatch(str(e.host)) and isinstance(e.port, int):
+                out.append(endpoint(e.host, e.port))
+            else:
+                self.lose(where, field, f"endpoint host '{shown(e.host)}' cannot be written as an endpoint")
+        return ", ".join(out)
 
     def expose(self, svc: Service, where: str) -> None:
         ing = svc.expose
@@ -259,7 +318,7 @@ class Unparser:
             self.retry(r.retry, where)
         if r.load_balance is not None:
             lb = r.load_balance
-            line = f"load_balance {lb.policy}"
+            line = f"load_balance {self.word(lb.policy, 'load-balancing policy')}"
             if lb.policy == "consistent_hash":
                 line += {"header": f" header {quote(lb.hash_key)}", "cookie": f" cookie {quote(lb.hash_key)}",
                          "query": f" query {quote(lb.hash_key)}", "source_ip": " source_ip",
@@ -281,7 +340,8 @@ class Unparser:
             self.health_check(r.health_check, where)
         if r.rate_limit is not None:
             rl = r.rate_limit
-            self.out(f"rate_limit {rl.requests}/{rl.unit}" + (f" burst {rl.burst}" if rl.burst is not None else ""))
+            self.out(f"rate_limit {int(rl.requests)}/{self.word(rl.unit, 'rate unit')}" +
+                     (f" burst {int(rl.burst)}" if rl.burst is not None else ""))
         if r.max_request_body is not None:
             self.out(f"max_request_body {size_text(r.max_request_body.bytes)}")
 
@@ -290,7 +350,7 @@ class Unparser:
                  f"eject {dur(o.eject_ms)} max_percent {pct(o.max_percent)}")
 
     def health_check(self, hc: HealthCheck, where: str) -> None:
-        line = f"health_check {hc.protocol}"
+        line = f"health_check {self.word(hc.protocol, 'health check protocol')}"
         if hc.protocol != "tcp":
             line += f" {quote(hc.path)}"
         elif hc.path != "/":
@@ -304,7 +364,8 @@ class Unparser:
             return
         line = f"retry {rt.attempts}"
         if tuple(rt.on) != tuple(DEFAULT_RETRY_ON) or rt.status_codes:
-            conds = [*rt.on, *map(str, rt.status_codes)]
+            conds = [*(self.word(c, "retry condition", RETRY_CONDITIONS) for c in rt.on),
+                     *(str(int(c)) for c in rt.status_codes)]
             if conds:
                 line += " on " + ", ".join(conds)
             else:
@@ -339,14 +400,16 @@ class Unparser:
 
     # ----------------------------------------------------------------- matching
     def path(self, p: PathMatch) -> str:
-        return f"{p.kind} {quote(p.value)}"
+        return f"{self.word(p.kind, 'path match kind')} {quote(p.value)}"
 
     def string_match(self, word: str, m: StringMatch, where: str) -> str | None:
         if not is_name(m.name):
-            self.lose(where, f"{word} {m.name}", f"'{m.name}' is not a {word} name the .mesh language accepts")
+            self.lose(where, f"{word} {shown(m.name)}",
+                      f"'{shown(m.name)}' is not a {word} name the .mesh language accepts")
             return None
         op = {"exact": "==", "prefix": "prefix", "regex": "regex"}.get(m.kind)
-        return f"{word} {m.name} {op} {quote(m.value)}" if op else f"{word} {m.name} {m.kind}"
+        return f"{word} {m.name} {op} {quote(m.value)}" if op else \
+            f"{word} {m.name} {self.word(m.kind, 'match kind')}"
 
     def match(self, m: Match, where: str) -> str | None:
         parts = []
@@ -363,7 +426,10 @@ class Unparser:
                 return None
             parts.append(s)
         if m.methods:
-            parts.append("method " + ", ".join(m.methods))
+            methods = [x for x in m.methods if self.name(x, where, "method")]
+            if len(methods) != len(m.methods):
+                return None
+            parts.append("method " + ", ".join(methods))
         if not parts:
             self.lose(where, "match", "an empty condition (it matches everything: use `otherwise`)")
             return None
@@ -377,6 +443,9 @@ class Unparser:
 
     # ----------------------------------------------------------------- routing
     def dest(self, svc: Service, d: Destination, where: str) -> str | None:
+        self.word(d.service, "service name")
+        if d.version is not None:
+            self.word(d.version, "version name")
         if d.service == svc.name:
             if d.version is None:
                 if svc.version(svc.name) is not None:
@@ -404,11 +473,11 @@ class Unparser:
             rd = r.redirect
             opts = [f"path {quote(rd.path)}" if rd.path is not None else "",
                     f"host {quote(rd.host)}" if rd.host is not None else "",
-                    f"scheme {rd.scheme}" if rd.scheme is not None else "",
-                    f"port {rd.port}" if rd.port is not None else "", f"code {rd.code}"]
+                    f"scheme {self.word(rd.scheme, 'scheme')}" if rd.scheme is not None else "",
+                    f"port {int(rd.port)}" if rd.port is not None else "", f"code {int(rd.code)}"]
             action = "redirect " + " ".join(o for o in opts if o)
         elif r.respond is not None:
-            action = f"respond {r.respond.status}" + (f" {quote(r.respond.body)}" if r.respond.body else "")
+            action = f"respond {int(r.respond.status)}" + (f" {quote(r.respond.body)}" if r.respond.body else "")
         else:
             dests = [self.dest(svc, d, w) for d in r.destinations]
             if not dests or any(d is None for d in dests):
@@ -432,7 +501,7 @@ class Unparser:
         saved, self.lines = self.lines, []
         try:
             if r.rewrite is not None:
-                for k in ("prefix", "path", "host"):
+                for k in ("prefix", "path", "host"):  # the keywords, not values
                     v = getattr(r.rewrite, k)
                     if v is not None:
                         self.out(f"rewrite {k} {quote(v)}")
@@ -465,36 +534,66 @@ class Unparser:
 
     # ----------------------------------------------------------------- authorization
     def authz(self, rule: AuthzRule) -> None:
-        where = f"{rule.action} rule"
+        """One allow/deny line. What cannot be written never widens what is allowed: an allow
+        rule keeps only the sources, methods and headers it can write (and is left out when a
+        whole part is gone, or a header is), a deny rule is widened instead (an unwritable source
+        makes it apply to `*`, an unwritable method or header condition is dropped)."""
+        deny = rule.action == "deny"
+        where = f"{self.word(rule.action, 'rule action')} rule"
         sources = []
+        widen_sources = False
         for s in rule.sources:
-            if s.kind == "service":
-                if self.mesh.service(s.name) is None:
-                    sources.append(f"identity {s.name}")  # same principal: the service account name
-                else:
+            if s.kind in ("service", "identity"):
+                if not is_name(s.name):
+                    widen_sources |= deny
+                    self.lose(where, "source", f"'{shown(s.name)}' is not a name the .mesh language accepts; " +
+                              ("the rule applies to every caller (`*`) instead" if deny else
+                               "this source is left out"))
+                    continue
+                if s.kind == "service" and self.mesh.service(s.name) is not None:
                     sources.append(s.name)
-            elif s.kind == "identity":
-                sources.append(f"identity {s.name}")
+                else:  # same principal: the service account name
+                    sources.append(f"identity {s.name}")
             else:
                 sources.append(str(s))
-        if not sources or not rule.destinations:
+        if widen_sources:
+            sources = ["*"]
+        dests = [self.word(d, "service name") if d != "*" else d for d in rule.destinations]
+        if not sources or not dests:
             self.lose(where, "sources" if not sources else "destinations", "a rule needs both sides")
             return
-        line = f"{rule.action} {', '.join(sources)} -> {', '.join(rule.destinations)}"
+        line = f"{rule.action} {', '.join(sources)} -> {', '.join(dests)}"
         if rule.methods:
-            line += " methods " + ", ".join(rule.methods)
+            methods = [m for m in rule.methods if is_name(m)]
+            if len(methods) != len(rule.methods):
+                bad = ", ".join(f"'{shown(m)}'" for m in rule.methods if not is_name(m))
+                if deny:
+                    methods = []
+                    self.lose(where, "methods", f"{bad} cannot be written; the rule denies every method instead")
+                elif not methods:
+                    self.lose(where, "methods", f"{bad} cannot be written; the whole rule is left out")
+                    return
+                else:
+                    self.lose(where, "methods", f"{bad} cannot be written and is left out")
+            if methods:
+                line += " methods " + ", ".join(methods)
         if rule.paths:
             line += " paths " + ", ".join(self.path(p) for p in rule.paths)
         if rule.not_paths:
             line += " except paths " + ", ".join(self.path(p) for p in rule.not_paths)
         if rule.ports:
-            line += " ports " + ", ".join(map(str, rule.ports))
+            line += " ports " + ", ".join(str(int(p)) for p in rule.ports)
         if rule.headers:
             hs = [self.string_match("header", h, where) for h in rule.headers]
             if any(h is None for h in hs):
-                self.lose(where, "headers", "the whole rule is left out because a header cannot be written")
-                return
-            line += " headers " + ", ".join(h.removeprefix("header ") for h in hs if h)
+                if not deny:
+                    self.lose(where, "headers", "the whole rule is left out because a header cannot be written")
+                    return
+                self.lose(where, "headers", "a header condition that cannot be written is dropped: the rule "
+                                            "denies more")
+            hs = [h for h in hs if h]
+            if hs:
+                line += " headers " + ", ".join(h.removeprefix("header ") for h in hs)
         self.out(line)
 
 
@@ -509,4 +608,4 @@ def to_mesh_text(mesh: Mesh, notes: Mapping[str, Sequence[str]] | None = None) -
     return unparse(mesh, notes)[0]
 
 
-__all__ = ["Lost", "dur", "pct", "to_mesh_text", "unparse"]
+__all__ = ["Lost", "Unspeakable", "dur", "pct", "shown", "to_mesh_text", "unparse"]

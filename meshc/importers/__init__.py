@@ -51,7 +51,9 @@ def import_files(source: str, paths: list[Path], mesh_name: str | None = None) -
 
 def run_import(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
-    missing = [p for p in paths if not p.is_file()]
+    # Only what does not exist is "no such file": a FIFO, a device or a symlink loop reaches the
+    # bounded reader, which says what it is (and never blocks on it).
+    missing = [p for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         print(f"meshc import: no such file: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2

@@ -29,8 +29,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshc.importers.common import (
     Draft,
     ImportError_,
@@ -42,7 +40,9 @@ from meshc.importers.common import (
     dns_name,
     finish,
     lift_routes,
+    load_yaml,
     merge_under,
+    read_input,
     version_name,
     weights_to_percent,
 )
@@ -121,10 +121,7 @@ def read_objects(paths: list[Path]) -> list[dict[str, Any]]:
     """Objects as {kind, name, mesh, router, gateway, namespace, spec} in API spelling."""
     out: list[dict[str, Any]] = []
     for p in paths:
-        try:
-            docs = [d for d in yaml.safe_load_all(p.read_text(encoding="utf-8")) if d is not None]
-        except yaml.YAMLError as e:
-            raise ImportError_(f"{p}: not YAML or JSON: {e}") from None
+        docs = [d for d in load_yaml(p, read_input(p)) if d is not None]
         for d in docs:
             out += objects_of(d)
     return out

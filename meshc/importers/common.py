@@ -5,6 +5,13 @@ An importer reads documents into `Draft`s, then `finish()` builds the `Mesh`, pr
 `meshc.unparse`, and loads the text back with the real front end, so the `.mesh` it writes is
 exactly what `meshc compile` will see (and an importer bug cannot produce a file that does not
 compile: it becomes an error naming the importer, never a silently wrong file).
+
+Input is bounded before an importer sees it: files are read with `meshc.compiler.read_bounded`
+(regular files, at most MAX_INPUT_BYTES), YAML and JSON are loaded by `load_yaml` (nesting at most
+MAX_DEPTH levels, at most MAX_NODES nodes with every alias counted as the nodes it stands for,
+so a billion-laughs document is refused while it is composed), and HCL is checked for its
+nesting depth before it is parsed. The importers' own walks over documents recurse, so this
+depth bound is what keeps them below Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.resolver import Resolver
 
 from meshc.diagnostics import MeshcError
 from meshc.model import (
@@ -38,7 +50,7 @@ from meshc.model import (
     Timeout,
     Version,
 )
-from meshc.unparse import unparse
+from meshc.unparse import Unspeakable, shown, unparse
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
@@ -70,7 +82,10 @@ class Report:
     entries: list[tuple[str, Entry]] = field(default_factory=list)
 
     def add(self, resource: str, fld: str, why: str, place: str = "") -> None:
-        e = (place, Entry(resource, fld, why))
+        # Each part holds text from the input (names, header names): one line each, every
+        # unprintable character escaped, so no entry can end its comment in the .mesh, add a
+        # column or line to the report, or rewrite the reviewer's terminal.
+        e = (place, Entry(shown(resource), shown(fld), shown(why, 0)))
         if e not in self.entries:
             self.entries.append(e)
 
@@ -94,16 +109,125 @@ class Report:
 # --------------------------------------------------------------------------- reading
 
 
+MAX_DEPTH = 100  # nesting levels of one YAML/JSON/HCL document (Kubernetes objects use ~12)
+MAX_NODES = 1_000_000  # nodes of one YAML/JSON file once its aliases are expanded
+# One input file: about 10,000 Kubernetes resources. The importers and the unparser take about
+# 2 ms per service, so this bounds an import's time as the node budget bounds its memory.
+MAX_INPUT_BYTES = 4 * 2**20
+
+
+class _InputBound(yaml.YAMLError):
+    def __init__(self, what: str, mark: Any) -> None:
+        super().__init__(what)
+        self.what, self.mark = what, mark
+
+
+class _BoundedComposer(Composer):
+    """PyYAML's composer, counting as it goes: the nesting depth of the node being composed, and
+    each node's size with aliases expanded (an alias weighs what its anchor's node weighs). The
+    document is refused at the first node above a bound, before anything is constructed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+        self._total = 0  # nodes of the documents composed before this one
+
+    def compose_document(self) -> Node | None:
+        mark = self.peek_event().start_mark
+        try:
+            node = super().compose_document()
+            self._total += self._sizes.get(id(node), 1)
+        finally:
+            self._sizes = {}
+        if self._total > MAX_NODES:
+            raise _InputBound(f"more than {MAX_NODES:,} nodes once its aliases are expanded", mark)
+        return node  # type: ignore[no-any-return]
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        if self.check_event(AliasEvent):
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _InputBound(f"nested deeper than {MAX_DEPTH} levels", mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, SequenceNode):
+            size += sum(self._sizes.get(id(c), 1) for c in node.value)
+        elif isinstance(node, MappingNode):
+            size += sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+        if self._total + size > MAX_NODES:
+            raise _InputBound(f"more than {MAX_NODES:,} nodes once its aliases are expanded", mark)
+        self._sizes[id(node)] = size
+        return node  # type: ignore[no-any-return]
+
+
+# libyaml's parser (C, fast) feeds the Python composer its events when it is available.
+try:
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _Parser = None
+if _Parser is not None:
+    class _BoundedLoader(_BoundedComposer, _Parser, SafeConstructor, Resolver):  # type: ignore[misc]
+        def __init__(self, stream: str) -> None:
+            _Parser.__init__(self, stream)
+            _BoundedComposer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+else:  # pragma: no cover - PyYAML without libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _BoundedLoader(Reader, Scanner, Parser, _BoundedComposer, SafeConstructor, Resolver):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+            _BoundedComposer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+
+def read_input(path: Path) -> str:
+    """The text of one input file: a regular file of at most MAX_INPUT_BYTES, UTF-8 (ImportError_
+    else)."""
+    from meshc.compiler import UnreadableInput, read_bounded
+
+    try:
+        data = read_bounded(path, MAX_INPUT_BYTES)
+    except UnreadableInput as e:
+        raise ImportError_(f"{path}: error[{e.code}]: cannot read it: {e.reason} ({e.help})") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise ImportError_(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def load_yaml(path: Path | str, text: str) -> list[Any]:
+    """Every document of a YAML (or JSON) text, loaded within MAX_DEPTH and MAX_NODES."""
+    try:
+        return list(yaml.load_all(text, Loader=_BoundedLoader))  # noqa: S506 - a SafeConstructor loader
+    except _InputBound as e:
+        line = f":{e.mark.line + 1}" if e.mark is not None else ""
+        raise ImportError_(f"{path}{line}: error[E124]: the document is {e.what}; refused "
+                           "(a bound on every input keeps meshc's time and memory bounded)") from None
+    except yaml.YAMLError as e:
+        raise ImportError_(f"{path}: not YAML or JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more digits than Python converts
+        raise ImportError_(f"{path}: not YAML or JSON: {type(e).__name__}: {e}") from None
+
+
 def read_documents(paths: Iterable[Path]) -> list[tuple[str, Any]]:
     """(file name, document) for every YAML or JSON document in the files, in order. Kubernetes
     `List` objects are flattened; empty documents are skipped."""
     out: list[tuple[str, Any]] = []
     for p in paths:
-        text = Path(p).read_text(encoding="utf-8")
-        try:
-            docs = list(yaml.safe_load_all(text))  # JSON is YAML
-        except yaml.YAMLError as e:
-            raise ImportError_(f"{p}: not YAML or JSON: {e}") from None
+        docs = load_yaml(p, read_input(Path(p)))  # JSON is YAML
         for d in docs:
             if d is None:
                 continue
@@ -296,6 +420,8 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
 
     try:
         text, lost = unparse(mesh, report.notes())
+    except Unspeakable as e:
+        raise ImportError_(f"the {source} input cannot be written as .mesh: {e}") from None
     except MeshcError as e:
         raise ImportError_(f"the {source} importer produced a model that cannot be printed:\n{e}") from None
     for x in lost:

@@ -27,8 +27,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshc.importers.common import (
     Draft,
     ImportError_,
@@ -39,10 +37,13 @@ from meshc.importers.common import (
     canonical_matches,
     dns_name,
     duration_ms,
+    MAX_DEPTH,
     finish,
     lift_routes,
+    load_yaml,
     merge_under,
     percent,
+    read_input,
     version_name,
 )
 from meshc.model import (
@@ -111,12 +112,21 @@ def _one_block(v: Any) -> Any:
 _HCL_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
+class _TooDeep(ValueError):
+    def __init__(self, line: int) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels at line {line}")
+        self.line = line
+
+
 def hcl1_blocks(text: str) -> str:
     """Consul reads config entries with HCL1, which allows a block inside an object literal
     (`Routes = [{ Match { HTTP { ... } } }]`, as Consul's documentation writes them); HCL2 does not.
-    Such a nested `X {` is rewritten `X = {`, the same map; strings and comments are left alone."""
+    Such a nested `X {` is rewritten `X = {`, the same map; strings and comments are left alone.
+    Nesting of braces, brackets and parentheses deeper than MAX_DEPTH raises _TooDeep (python-hcl2
+    and the walks over its result recurse once per level)."""
     out: list[str] = []
     stack: list[str] = []  # "block" (a body of attributes and blocks), "object" or "list"
+    parens = 0
     i, n = 0, len(text)
     last = ""  # the last significant character written
     while i < n:
@@ -162,6 +172,8 @@ def hcl1_blocks(text: str) -> str:
                 out.append(text[i:brace.end()])
                 stack.append("block")
                 i, last = brace.end(), "{"
+                if len(stack) + parens > MAX_DEPTH:
+                    raise _TooDeep(text.count("\n", 0, i) + 1)
             continue
         if c == "{":
             stack.append("object")
@@ -169,6 +181,12 @@ def hcl1_blocks(text: str) -> str:
             stack.append("list")
         elif c in "}]" and stack:
             stack.pop()
+        elif c == "(":
+            parens += 1
+        elif c == ")" and parens:
+            parens -= 1
+        if len(stack) + parens > MAX_DEPTH:
+            raise _TooDeep(text.count("\n", 0, i) + 1)
         out.append(c)
         if not c.isspace():
             last = c
@@ -201,7 +219,7 @@ def read_entries(paths: list[Path]) -> list[dict[str, Any]]:
     """Config entries (Kind, Name, ...) and service definitions (Kind "service-definition")."""
     out: list[dict[str, Any]] = []
     for p in paths:
-        text = p.read_text(encoding="utf-8")
+        text = read_input(p)
         docs: list[Any]
         if p.suffix == ".hcl":
             try:
@@ -209,14 +227,17 @@ def read_entries(paths: list[Path]) -> list[dict[str, Any]]:
             except ImportError:  # pragma: no cover - dev extra
                 raise ImportError_("reading HCL needs python-hcl2 (pip install 'meshc[dev]')") from None
             try:
-                docs = [_clean(hcl2.loads(hcl1_blocks(text)))]
-            except Exception as e:  # python-hcl2 raises lark errors of several kinds
-                raise ImportError_(f"{p}: not HCL: {str(e).splitlines()[0]}") from None
-        else:
+                text = hcl1_blocks(text)
+            except _TooDeep as e:
+                raise ImportError_(f"{p}:{e.line}: error[E124]: the document is nested deeper than {MAX_DEPTH} "
+                                   "levels; refused (a bound on every input keeps meshc's time and memory "
+                                   "bounded)") from None
             try:
-                docs = [d for d in yaml.safe_load_all(text) if d is not None]
-            except yaml.YAMLError as e:
-                raise ImportError_(f"{p}: not YAML or JSON: {e}") from None
+                docs = [_clean(hcl2.loads(text))]
+            except Exception as e:  # python-hcl2 raises lark errors of several kinds
+                raise ImportError_(f"{p}: not HCL: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        else:
+            docs = [d for d in load_yaml(p, text) if d is not None]
         for d in docs:
             out += _entries_of(d)
     return out
