@@ -112,7 +112,8 @@ class NginxMeshBackend(Backend):
         modes = {p.mtls for s in mesh.services for p in s.ports} | {mesh.mtls}
         if len(modes) > 1:
             svc = next(s for s in mesh.services if any(p.mtls != mesh.mtls for p in s.ports))
-            ctx.error("NGINX Service Mesh sets one mTLS mode for the whole mesh (at install)", svc.span)
+            ctx.error("NGINX Service Mesh sets one mTLS mode for the whole mesh (at install)", svc.span,
+                      help="set mtls in the mesh block only, or choose another target")
         for svc in mesh.services:
             if svc.external is not None or not svc.ports:
                 continue
@@ -164,7 +165,8 @@ class NginxMeshBackend(Backend):
         conditional = [r for r in svc.routes if r.matches]
         if len(conditional) > 1:
             ctx.error("SMI TrafficSplits have no order: NGINX Service Mesh can route on at most one condition "
-                      "per service besides `otherwise`", conditional[1].span)
+                      "per service besides `otherwise`", conditional[1].span,
+                      help="keep one conditional rule besides `otherwise`, or choose another target")
         out = []
         for i, rule in enumerate(svc.routes):
             name = f"{svc.name}-default" if rule.is_default else f"{svc.name}-r{i}"
@@ -175,7 +177,8 @@ class NginxMeshBackend(Backend):
                 continue  # redirects and direct responses: E301 (not capabilities)
             if rule.matches:
                 if not http:
-                    ctx.error("SMI traffic splits match HTTP requests only", rule.span)
+                    ctx.error("SMI traffic splits match HTTP requests only", rule.span,
+                              help="route TCP services with `otherwise` only, or choose another target")
                     continue
                 group = f"{svc.name}-r{i}"
                 out.append(self.obj(SPECS, "HTTPRouteGroup", group, svc.namespace,
@@ -189,12 +192,14 @@ class NginxMeshBackend(Backend):
         out: dict[str, Any] = {"name": name, "pathRegex": anchored(m.path) if m.path else ".*",
                                "methods": list(m.methods) or ["*"]}
         if m.query:
-            ctx.error("SMI HTTP route groups cannot match query parameters", m.query[0].span)
+            ctx.error("SMI HTTP route groups cannot match query parameters", m.query[0].span,
+                      help="match on a path or header instead, or choose another target")
         headers = {}
         for h in m.headers:
             rx = header_regex(h)
             if rx is None:
-                ctx.error("SMI HTTP route groups cannot match an absent header", h.span)
+                ctx.error("SMI HTTP route groups cannot match an absent header", h.span,
+                          help="match on a header that is present, or choose another target")
                 continue
             headers[h.name] = rx
         if headers:
@@ -212,7 +217,7 @@ class NginxMeshBackend(Backend):
         else:
             if rl.requests % 60:
                 ctx.error("NGINX Service Mesh rates are per second or minute; this hourly rate is not a whole "
-                          "number per minute", rl.span)
+                          "number per minute", rl.span, help="write the rate per second or minute (e.g. 60/h as 1/m)")
             rate = f"{max(rl.requests // 60, 1)}r/m"
         bucket = rl.burst if rl.burst is not None else rl.requests
         spec = {"name": f"{svc.name}-rate-limit", "destination": {"kind": "Service", "name": svc.name,
@@ -226,7 +231,7 @@ class NginxMeshBackend(Backend):
             return []
         if ol.interval_ms != ol.eject_ms or ol.eject_ms % 1000:
             ctx.error("NGINX Service Mesh ejects for the same whole number of seconds it counts errors in "
-                      "(interval must equal eject)", ol.span)
+                      "(interval must equal eject)", ol.span, help="set `eject` equal to `interval` in the outlier")
         spec = {"destination": {"kind": "Service", "name": svc.name, "namespace": svc.namespace},
                 "errors": ol.consecutive_5xx, "timeoutSeconds": max(ol.eject_ms // 1000, 1)}
         return [self.obj(f"{NGINX_SPECS}/v1alpha1", "CircuitBreaker", f"{svc.name}-circuit-breaker",
@@ -255,7 +260,8 @@ class NginxMeshBackend(Backend):
                 ns, _, sa = s.name.rpartition("/")
                 out.add((ns or self.mesh.namespace, sa))
             else:
-                ctx.error("SMI access control has no unauthenticated sources", r.span)
+                ctx.error("SMI access control has no unauthenticated sources", r.span,
+                          help="name authenticated callers (services or identities), or choose another target")
         return sorted(out)
 
     def lower_access(self, svc: Service, ctx: _Ctx) -> list[dict[str, Any]]:
@@ -272,7 +278,8 @@ class NginxMeshBackend(Backend):
                     for h in r.headers:
                         rx = header_regex(h)
                         if rx is None:
-                            ctx.error("SMI HTTP route groups cannot match an absent header", h.span)
+                            ctx.error("SMI HTTP route groups cannot match an absent header", h.span,
+                                      help="match on a header that is present, or choose another target")
                         else:
                             headers[h.name] = rx
                     matches = []

@@ -394,6 +394,12 @@ def _unknown_escape(raw: str) -> str | None:
     return None
 
 
+def _int(digits: str) -> int:
+    """A digit string whose significant digits were counted: leading zeros (any number of
+    them) are dropped before int(), which refuses more than 4300 digits."""
+    return int(digits.lstrip("0") or "0")
+
+
 def _short(raw: str) -> str:
     """A literal as a message shows it: a 5,000-digit number is cut, not printed whole."""
     return raw if len(raw) <= 40 else f"{raw[:20]}...{raw[-10:]} ({len(raw)} characters)"
@@ -538,7 +544,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
                 self.sink.error("E006", f"percentage {_short(raw)} is above 100%", sp, label="out of range",
                                 help="percentages go from 0% to 100%")
                 return Value(10_000, raw, sp)
-            hundredths = int(whole) * 100 + int((frac + "00")[:2])
+            hundredths = _int(whole) * 100 + int((frac + "00")[:2])
             if hundredths > 10_000:
                 self.sink.error("E006", f"percentage {raw} is above 100%", sp, label="out of range",
                                 help="percentages go from 0% to 100%")
@@ -557,11 +563,11 @@ class Builder(Transformer):  # type: ignore[type-arg]
 
     def _b_int(self, digits: str, raw: str, sp: Span) -> int:
         """An integer of at most MAX_INT, its digits counted before conversion; E006 above."""
-        if len(digits.lstrip("0")) > _MAX_DIGITS or int(digits) > _MAX_INT:
+        if len(digits.lstrip("0")) > _MAX_DIGITS or _int(digits) > _MAX_INT:
             self.sink.error("E006", f"integer {_short(raw)} is too large", sp, label="out of range",
                             help=f"integers are at most {_MAX_INT}")
             return _MAX_INT
-        return int(digits)
+        return _int(digits)
 
     def _b_duration(self, raw: str, sp: Span) -> int:
         """A duration in whole milliseconds, computed exactly (no float: `99999999999999999999d`
@@ -578,7 +584,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
             self.sink.error("E006", f"duration {_short(raw)} is not a whole number of milliseconds", sp,
                             label="too precise", help="durations have millisecond resolution, e.g. 1500ms")
             return 0
-        ms, rest = divmod((int(whole) * 10 ** len(frac) + int(frac or "0")) * _DURATION_MS[unit], 10 ** len(frac))
+        ms, rest = divmod((_int(whole) * 10 ** len(frac) + _int(frac)) * _DURATION_MS[unit], 10 ** len(frac))
         if rest:
             self.sink.error("E006", f"duration {_short(raw)} is not a whole number of milliseconds", sp,
                             label="too precise", help="durations have millisecond resolution, e.g. 1500ms")
@@ -603,7 +609,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
             return 1
         scale = _SIZE_BYTES[unit]
         # exact arithmetic: 1.1MB is 1100000 bytes, not 1100000.0000000002
-        numerator = (int(whole) * 10 ** len(frac) + int(frac or "0")) * scale
+        numerator = (_int(whole) * 10 ** len(frac) + _int(frac)) * scale
         n, rest = divmod(numerator, 10 ** len(frac))
         if rest:
             self.sink.error("E006", f"size {raw} is not a whole number of bytes", sp, label="too precise",

@@ -137,6 +137,13 @@ TEXT_KINDS: dict[str, TextKind] = {
     "path": TextKind(
         "a path", 1024, "'/' and then letters, digits, -._~!$&'()*+,;=:@/ and %XX escapes, at most "
         "1024 bytes (no spaces, no query '?' and no fragment '#')", re.compile(_PATH), ascii=False),
+    # a path meshc writes into a request or a response (health checks, rewrites, redirects): what
+    # goes on the wire is visible ASCII, non-ASCII is percent-encoded (the native proxy's loader
+    # refuses anything else too)
+    "wire_path": TextKind(
+        "a path", 1024, "'/' and then ASCII letters, digits, -._~!$&'()*+,;=:@/ and %XX escapes, at most "
+        "1024 characters (no spaces, no non-ASCII letters: percent-encode them, no query '?' and no "
+        "fragment '#')", re.compile(_PATH)),
     "regex": TextKind("a regular expression", 1024, "printable text (\\t, \\n, \\x1b in RE2 syntax for "
                       "control characters), at most 1024 characters", ascii=False),
     "label_key": TextKind("a label key", 63, "at most 63 ASCII letters, digits, '-', '_' and '.', beginning "

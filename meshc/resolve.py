@@ -114,12 +114,12 @@ class Resolver:
         return s
 
     def url_path(self, v: A.Value, what: str) -> str:
-        """A path that a request or a response carries: it starts with '/' (E112), then the
-        `path` kind's characters."""
+        """A path meshc writes into a request or a response: it starts with '/' (E112), then the
+        `wire_path` kind's characters."""
         if not v.value.startswith("/"):
             self.err("E112", f"{what} '{v.value}' does not start with '/'", v.span, help=f'write "/{v.value}"')
             return str(v.value)
-        return self.text(v, "path")
+        return self.text(v, "wire_path")
 
     def dns(self, name: A.Name, what: str) -> None:
         if len(name.text) > 63 or not DNS_LABEL.match(name.text):
