@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from meshgen import generate  # noqa: E402
 
-from meshc.diff import load_paths, no_gc, register, render_text, semantic_diff  # noqa: E402
+from meshc.commands.diff import load_paths, register  # noqa: E402
+from meshc.diff import render_text, semantic_diff  # noqa: E402
+from meshc.gc_pause import paused_gc as no_gc  # noqa: E402
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:

@@ -15,29 +15,22 @@ destinations whose rules, service or mesh-wide settings differ, so a one-rule ch
 10,000-service mesh costs one pass of signatures plus a handful of `decide` calls. A large
 mesh's two sides load at once on two cores when one is idle (meshc.diff_sides).
 
-Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots.
-`register(subparsers)` adds `meshc diff` to the CLI; `meshc why` lives in meshc.why.
+Renderers: terminal text (colour on a tty), markdown for a PR comment, JSON for bots. The
+command is meshc.commands.diff; the old side at a git revision is read by meshc.gitrev.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import os
 import re
-import subprocess
-import sys
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from meshc import diff_sides
 from meshc.ast import size_text
-from meshc.compiler import paused_gc
 from meshc.model import (
     FULL,
     AuthzRule,
@@ -313,17 +306,17 @@ def _list(items: Sequence[str]) -> str:
 
 
 @dataclass(frozen=True)
-class _Rule:
+class RouteRow:
     key: str
     split: dict[str, int]  # destination label -> effective percentage (hundredths)
     action: dict[str, Any]  # redirect / respond / rewrite / headers / mirror, plain data
     span: Span
 
 
-def _route_table(s: Service) -> list[_Rule]:
+def route_table(s: Service) -> list[RouteRow]:
     if not s.routes:
         # No route table: every request goes to the service's endpoints.
-        return [_Rule("otherwise", {f"{s.name} (all versions)": FULL}, {}, s.span)]
+        return [RouteRow("otherwise", {f"{s.name} (all versions)": FULL}, {}, s.span)]
     out = []
     for r in s.routes:
         split: dict[str, int] = defaultdict(int)
@@ -332,7 +325,7 @@ def _route_table(s: Service) -> list[_Rule]:
         action = {k: plain(getattr(r, k)) for k in
                   ("redirect", "respond", "rewrite", "request_headers", "response_headers", "mirror")
                   if getattr(r, k) is not None}
-        out.append(_Rule(rule_key(r), dict(split), action, r.span))
+        out.append(RouteRow(rule_key(r), dict(split), action, r.span))
     return out
 
 
@@ -344,7 +337,7 @@ def _fmt_split(split: dict[str, int]) -> str:
     return "split { " + ", ".join(f"{k} {pct(v)}" for k, v in sorted(split.items())) + " }"
 
 
-def _fmt_action(rule: _Rule) -> str:
+def fmt_action(rule: RouteRow) -> str:
     if "redirect" in rule.action:
         return "redirect " + _kv(rule.action["redirect"])
     if "respond" in rule.action:
@@ -358,15 +351,15 @@ def _kv(d: dict[str, Any]) -> str:
 
 def _diff_routes(a: Service, b: Service) -> Iterator[Change]:
     name = b.name
-    ta, tb = _route_table(a), _route_table(b)
+    ta, tb = route_table(a), route_table(b)
     ia = {r.key: r for r in ta}
     ib = {r.key: r for r in tb}
     for key in [r.key for r in tb if r.key not in ia]:
         r = ib[key]
-        yield Change("routing", name, f"{name}: route {key} -> {_fmt_action(r)}", "added", where=loc(r.span))
+        yield Change("routing", name, f"{name}: route {key} -> {fmt_action(r)}", "added", where=loc(r.span))
     for key in [r.key for r in ta if r.key not in ib]:
         r = ia[key]
-        yield Change("routing", name, f"{name}: route {key} -> {_fmt_action(r)}", "removed",
+        yield Change("routing", name, f"{name}: route {key} -> {fmt_action(r)}", "removed",
                      where=loc(r.span))
     for r in tb:
         if r.key not in ia:
@@ -1226,249 +1219,3 @@ RENDERERS: dict[str, Callable[[Diff], str]] = {
     "markdown": render_markdown,
     "json": render_json,
 }
-
-
-# --------------------------------------------------------------------------- inputs
-
-_IMPORT = re.compile(r'^\s*import\s+"([^"]+)"', re.MULTILINE)
-# The old side of `--base` is read from git under this virtual root; locations under it are
-# shown as `REF:path` (relative to the repository root).
-GIT_ROOT = Path("/__meshc_base__")
-
-
-def _roots(files: list[Path], read: Callable[[Path], bytes]) -> list[Path]:
-    """Files no other file in the list imports."""
-    imported: set[str] = set()
-    for f in files:
-        for m in _IMPORT.finditer(read(f).decode("utf-8", errors="replace")):
-            imported.add(os.path.normpath(f.parent / m.group(1)))
-    return [f for f in files if os.path.normpath(f) not in imported]
-
-
-def root_files(directory: Path) -> list[Path]:
-    """The root .mesh files of a directory: those no other file in it imports."""
-    return _roots(sorted(p for p in directory.glob("*.mesh") if p.is_file()), Path.read_bytes)
-
-
-def expand(paths: Iterable[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += root_files(p) if p.is_dir() else [p]
-    return out
-
-
-def _no_files(paths: Sequence[Path]) -> Exception:
-    from meshc.diagnostics import Diagnostic, MeshcError
-
-    return MeshcError([Diagnostic("E106", f"no .mesh files in {', '.join(map(str, paths))}")])
-
-
-def load_paths(paths: Sequence[Path]) -> Mesh:
-    from meshc.compiler import load
-
-    files = expand(paths)
-    if not files:
-        raise _no_files(paths)
-    # Graph checks are `meshc check`'s business: the diff compares meaning, even of a mesh
-    # with findings (parse and resolution errors still stop it).
-    return load(files, checks=False)
-
-
-class UsageError(Exception):
-    pass
-
-
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
-
-
-@dataclass
-class GitTree:
-    """Read-only view of the repository around `cwd` at a revision, for `meshc.compiler.load`'s
-    `read` hook: files are named GIT_ROOT/<path in the repository>."""
-
-    ref: str
-    cwd: Path
-    root: Path = field(init=False)
-    commit: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        top = _git(["rev-parse", "--show-toplevel"], self.cwd)
-        if top.returncode != 0:
-            raise UsageError(f"not in a git repository: {self.cwd}")
-        self.root = Path(top.stdout.decode().strip()).resolve()
-        rev = _git(["rev-parse", "--verify", "--quiet", f"{self.ref}^{{commit}}"], self.root)
-        if rev.returncode != 0:
-            raise UsageError(f"unknown git revision '{self.ref}'")
-        self.commit = rev.stdout.decode().strip()
-
-    def virtual(self, path: Path) -> Path:
-        """The name, at the revision, of a path given on the command line (relative to cwd)."""
-        rel = (self.cwd / path).resolve().relative_to(self.root)
-        return GIT_ROOT / rel
-
-    def _rel(self, path: Path) -> str:
-        rel = os.path.normpath(path).replace(os.sep, "/")
-        prefix = str(GIT_ROOT) + "/"
-        if not rel.startswith(prefix):
-            raise FileNotFoundError(2, "outside the repository", str(path))
-        return rel[len(prefix):]
-
-    def read(self, path: Path) -> bytes:
-        out = _git(["show", f"{self.commit}:{self._rel(path)}"], self.root)
-        if out.returncode != 0:
-            raise FileNotFoundError(2, f"not in {self.ref}", str(path))
-        return out.stdout
-
-    def kind(self, path: Path) -> str | None:
-        """'blob', 'tree' or None (absent at the revision)."""
-        rel = self._rel(path) if path != GIT_ROOT else ""
-        out = _git(["cat-file", "-t", f"{self.commit}:{rel}"], self.root)
-        return out.stdout.decode().strip() if out.returncode == 0 else None
-
-    def mesh_files(self, directory: Path) -> list[Path]:
-        rel = self._rel(directory) if directory != GIT_ROOT else ""
-        out = _git(["ls-tree", "--name-only", self.commit, *([rel + "/"] if rel else [])], self.root)
-        names = sorted(n for n in out.stdout.decode().splitlines() if n.endswith(".mesh"))
-        return [GIT_ROOT / n for n in names]
-
-
-def load_at_ref(ref: str, paths: Sequence[Path], cwd: Path | None = None) -> Mesh | None:
-    """Load the same paths as they were at `ref`, imports resolved at `ref` too.
-    None when none of them existed then."""
-    from meshc.compiler import load
-
-    tree = GitTree(ref, cwd or Path.cwd())
-    files: list[Path] = []
-    for p in paths:
-        v = tree.virtual(p)
-        kind = tree.kind(v)
-        if kind == "tree":
-            files += _roots([f for f in tree.mesh_files(v) if tree.kind(f) == "blob"], tree.read)
-        elif kind == "blob":
-            files.append(v)
-    if not files:
-        return None
-    return load(files, read=tree.read, checks=False)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _report(err: Exception, relabel: tuple[str, str] = ("", "")) -> int:
-    """Print load errors on stderr (exit 1); anything else is a usage problem (exit 2)."""
-    from meshc.diagnostics import MeshcError, render
-
-    if isinstance(err, MeshcError):
-        sources: dict[str, str] = {}
-        for d in err.diagnostics:
-            f = d.span.file
-            if f not in sources and os.path.isfile(f):
-                sources[f] = Path(f).read_text(encoding="utf-8", errors="replace")
-        text = render(err.diagnostics, "text", sources, color=sys.stderr.isatty())
-        sys.stderr.write(text.replace(*relabel) if relabel[0] else text)
-        return 1
-    sys.stderr.write(f"meshc diff: {err}\n")
-    return 2
-
-
-def _targets(arg: str | None) -> list[str]:
-    if arg == "all":
-        from meshc.backends import available
-
-        return available()
-    return [t.strip() for t in arg.split(",") if t.strip()] if arg else []
-
-
-# The diff pauses the collector while it loads and compares, as the compiler does.
-no_gc = paused_gc
-
-
-# Above this much .mesh text, with a core idle, the two sides load at once (meshc.diff_sides).
-PARALLEL_BYTES = 1_000_000
-
-
-def _both_at_once(new_paths: Sequence[Path], targets: list[str]) -> bool:
-    """Whether to load the sides on two cores: a large mesh, a core idle, and no generated
-    files to compare (they depend on every span, which the rebuilt old side does not keep).
-    Asked in this order: idle_core() samples the machine for 50 ms."""
-    from meshc import parallel
-
-    if targets or not parallel.enabled:
-        return False
-    try:
-        size = sum(f.stat().st_size for f in expand(new_paths))
-    except (OSError, ValueError):
-        return False
-    return size >= PARALLEL_BYTES and parallel.idle_core()
-
-
-def run_diff(args: argparse.Namespace) -> int:
-    with no_gc():
-        return _run_diff(args)
-
-
-def _run_diff(args: argparse.Namespace) -> int:
-    from meshc.diagnostics import MeshcError
-
-    paths = [Path(p) for p in args.paths]
-    targets = _targets(args.target)
-    if not args.base and len(paths) != 2:
-        sys.stderr.write("meshc diff: give OLD and NEW, or --base REF [PATHS]\n")
-        return 2
-    new_paths = (paths or [Path(".")]) if args.base else paths[1:]
-    relabel = (str(GIT_ROOT) + "/", f"{args.base}:") if args.base else ("", "")
-
-    def load_old() -> Mesh | None:
-        return load_at_ref(args.base, new_paths) if args.base else load_paths(paths[:1])
-
-    try:
-        if _both_at_once(new_paths, targets):
-            try:
-                old, new = diff_sides.load_both(load_old, lambda: load_paths(new_paths))
-            except diff_sides.OldSideError as e:
-                if isinstance(e.error, MeshcError):
-                    return _report(e.error, relabel)  # the old side's files, named as the user knows them
-                raise e.error from None
-        else:
-            new = load_paths(new_paths)
-            try:
-                old = load_old()
-            except MeshcError as e:
-                return _report(e, relabel)
-        result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
-        if args.base:
-            result = result.relabel(*relabel)
-    except UsageError as e:
-        sys.stderr.write(f"meshc diff: {e}\n")
-        return 2
-    except (MeshcError, OSError) as e:
-        return _report(e)
-    if args.format == "text":
-        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
-                                           and "NO_COLOR" not in os.environ)
-        sys.stdout.write(render_text(result, color=color))
-    else:
-        sys.stdout.write(RENDERERS[args.format](result))
-    if args.fail_on == "widen" and result.widens:
-        return 1
-    if args.fail_on == "any" and not result.empty:
-        return 1
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add `meshc diff` to the CLI (`meshc why` is registered by meshc.why)."""
-    p = subparsers.add_parser(
-        "diff", help="semantic diff of two versions of a mesh (access, routing, resilience, posture)",
-        description="Compare two versions of a mesh by meaning: OLD NEW (files or directories of "
-                    ".mesh files; a directory means its files no other file imports), or --base REF "
-                    "[PATHS] to compare the working tree with git revision REF.")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="OLD NEW, or with --base the new side (default .)")
-    p.add_argument("--base", metavar="REF", help="read the old side from git at REF (imports resolved at REF)")
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
-    p.add_argument("--fail-on", choices=("widen", "any", "never"), default="never",
-                   help="exit 1 when a change widens access or weakens protection (widen), or on any change")
-    p.add_argument("--target", metavar="T[,T]", help="also list generated files that change for these targets ('all': every target)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-    p.set_defaults(func=run_diff)

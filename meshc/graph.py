@@ -23,24 +23,21 @@ of meshc.authz (per destination and caller identity), amplification is a longest
 over the condensation of the traffic graph, and route shadowing compares rules within one
 service's table only. tests/test_graph.py counts the work to keep it that way.
 
-Also here: `call_graph`, `amplification`, `to_dot` / `to_mermaid` and the `meshc graph` command.
+Also here: `call_graph`, `amplification` and `to_dot` / `to_mermaid` (the `meshc graph` command is meshc.commands.graph).
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import re
-import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshc import authz, parallel
-from meshc.compiler import paused_gc
 from meshc.diagnostics import Diagnostic
+from meshc.gc_pause import paused_gc
 from meshc.model import (
     FULL,
     AuthzRule,
@@ -1201,60 +1198,7 @@ def to_mermaid(mesh: Mesh) -> str:
     return "\n".join(lines + link_styles) + "\n"
 
 
-# --------------------------------------------------------------------------- CLI
-
+# The text formats `meshc graph` writes (svg and png are drawn from dot by meshc.graph_image).
 FORMATS: dict[str, Callable[[Mesh], str]] = {"dot": to_dot, "mermaid": to_mermaid}
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `meshc graph FILES --format dot|mermaid|svg|png`."""
-    p = subparsers.add_parser("graph", help="print the call/route/authorization graph (dot, mermaid, svg, png)")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILES")
-    p.add_argument("--format", choices=sorted([*FORMATS, "svg", "png"]), default="dot",
-                   help="svg and png are drawn by Graphviz's `dot` (Debian package graphviz)")
-    p.add_argument("-o", "--output", type=Path, default=None, help="write the drawing here (default: stdout)")
-    p.add_argument("--live", action="store_true",
-                   help="colour edges by live success rate, read from the mesh `meshc up` runs")
-    p.add_argument("--base-port", type=int, default=None, help="with --live: the base port given to `meshc up`")
-    p.add_argument("--admin", action="append", metavar="[NAME=]HOST:PORT",
-                   help="with live colours: a sidecar admin address to read metrics from (repeatable)")
-    p.set_defaults(func=_run_graph)
-
-
-def _run_graph(args: argparse.Namespace) -> int:
-    from meshc.compiler import load
-
-    mesh = load(list(args.files))  # diagnostics propagate to the CLI, which prints them
-    text = to_dot(mesh) if args.format in ("dot", "svg", "png") else FORMATS[args.format](mesh)
-    if args.format != "mermaid" and (args.live or args.admin):
-        from meshc.graph_image import with_live_success
-        from meshc.observe import live_edge_success, parse_admin, targets_from_mesh
-
-        targets = targets_from_mesh(list(args.files), args.base_port, "127.0.0.1")[1] \
-            if args.live else []
-        targets += [parse_admin(a) for a in args.admin or ()]
-        text = with_live_success(text, live_edge_success(targets))
-    if args.format not in ("svg", "png"):
-        if args.output:
-            args.output.write_text(text)
-        else:
-            sys.stdout.write(text)
-        return 0
-    from meshc.graph_image import GraphvizMissing, render_image
-
-    try:
-        data = render_image(text, args.format)
-    except GraphvizMissing as e:
-        sys.stderr.write(f"meshc graph: {e}\n")
-        return 2
-    except RuntimeError as e:
-        sys.stderr.write(f"meshc graph: {e}\n")
-        return 1
-    if args.output:
-        args.output.write_bytes(data)
-    else:
-        sys.stdout.buffer.write(data)
-    return 0
-
-
-__all__ = ["amplification", "call_graph", "check", "register", "to_dot", "to_mermaid"]
+__all__ = ["FORMATS", "amplification", "call_graph", "check", "to_dot", "to_mermaid"]

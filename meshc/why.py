@@ -8,10 +8,7 @@ its split percentages). Exit code: 0 allowed, 1 refused, 2 usage error (e.g. unk
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +239,7 @@ def _mtls(mesh: Mesh, svc: Service, port: int | None, src: str | None, sources: 
 
 def _route(mesh: Mesh, svc: Service, method: str | None, path: str | None, headers: dict[str, str],
            sources: Sources) -> dict[str, Any]:
-    from meshc.diff import _fmt_action, _route_table, pct
+    from meshc.diff import fmt_action, pct, route_table
 
     if svc.external is not None:
         return {"kind": "egress", "text": f"egress to {svc.external.host}", "where": ""}
@@ -256,10 +253,10 @@ def _route(mesh: Mesh, svc: Service, method: str | None, path: str | None, heade
         query = dict(parse_qsl(qs, keep_blank_values=True))
         norm = authz.normalize_path(raw) if mesh.path_normalization == "strict" else raw
         norm = norm if norm is not None else raw
-    table = _route_table(svc)
+    table = route_table(svc)
     if path is None and method is None:
         return {"kind": "table", "where": "", "text": "route table (first match wins)",
-                "rules": [{**sources.cite(r.span).as_json(), "rule": f"{t.key} -> {_fmt_action(t)}"}
+                "rules": [{**sources.cite(r.span).as_json(), "rule": f"{t.key} -> {fmt_action(t)}"}
                           for r, t in zip(svc.routes, table, strict=True)]}
     ans = route_for(svc, method, norm, headers, query)
     conditional = [{**sources.cite(r.span).as_json(), "rule": f"{table[svc.routes.index(r)].key}"}
@@ -267,7 +264,7 @@ def _route(mesh: Mesh, svc: Service, method: str | None, path: str | None, heade
     if ans.rule is None:
         return {"kind": "none", "text": "no route rule matches: 404", "where": "", "conditional": conditional}
     t = table[ans.index]
-    return {"kind": "rule", **sources.cite(ans.rule.span).as_json(), "rule": f"{t.key} -> {_fmt_action(t)}",
+    return {"kind": "rule", **sources.cite(ans.rule.span).as_json(), "rule": f"{t.key} -> {fmt_action(t)}",
             "split": {k: pct(v) for k, v in sorted(t.split.items())}, "conditional": conditional}
 
 
@@ -326,57 +323,3 @@ def render_text(a: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _headers(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep:
-            k, sep, v = item.partition(":")
-        out[k.strip().lower()] = v.strip()
-    return out
-
-
-def run_why(args: argparse.Namespace) -> int:
-    from meshc.diagnostics import MeshcError
-    from meshc.diff import _report, load_paths, no_gc
-
-    rest = args.request or []
-    if len(rest) not in (0, 2):
-        sys.stderr.write("meshc why: give SOURCE DEST, or SOURCE DEST METHOD PATH\n")
-        return 2
-    method, path = (rest[0].upper(), rest[1]) if rest else (None, None)
-    try:
-        with no_gc():
-            mesh = load_paths([Path(p) for p in (args.mesh or ["."])])
-    except (MeshcError, OSError) as e:
-        return _report(e)
-    try:
-        answer = explain(mesh, args.source, args.dest, method, path, args.port, _headers(args.header or []))
-    except ValueError as e:
-        sys.stderr.write(f"meshc why: {e}\n")
-        return 2
-    if args.format == "json":
-        sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(render_text(answer))
-    allowed = answer["allowed"] if answer["concrete"] else answer["access"] != "none"
-    return 0 if allowed else 1
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "why", help="is a call allowed, and where does it go? (cites the deciding .mesh lines)",
-        description="Explain a call: the deciding allow/deny rule, the default posture, mTLS, and the "
-                    "route rule that carries it. SOURCE is a service, 'ingress' or 'unauthenticated'. "
-                    "Exit 0 when allowed, 1 when refused.")
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("dest", metavar="DEST")
-    p.add_argument("request", nargs="*", metavar="METHOD PATH", help="a concrete request, e.g. GET /ratings/1")
-    p.add_argument("-m", "--mesh", action="append", metavar="PATH",
-                   help=".mesh file or directory (repeatable; default: the current directory)")
-    p.add_argument("--port", type=int, help="destination port (default: the service's only port)")
-    p.add_argument("-H", "--header", action="append", metavar="NAME=VALUE", help="request header (repeatable)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=run_why)

@@ -14,7 +14,7 @@ EXAMPLES_DIR = ROOT / "examples"
 
 
 def example_roots() -> dict[str, Path]:
-    from meshc.cli import mesh_files
+    from meshc.commands.common import mesh_files
 
     out: dict[str, Path] = {}
     for d in sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_dir() and any(p.glob("*.mesh"))):

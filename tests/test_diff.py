@@ -10,8 +10,9 @@ import argparse
 import json
 import re
 
+from meshc.commands.diff import register
 from meshc.compiler import load_text
-from meshc.diff import Diff, register, render_json, render_markdown, render_text, semantic_diff
+from meshc.diff import Diff, render_json, render_markdown, render_text, semantic_diff
 
 SHOP = """\
 mesh shop {

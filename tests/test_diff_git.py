@@ -136,11 +136,11 @@ def test_not_a_repository(tmp_path, monkeypatch, capsys):
 def two_cores(monkeypatch):
     """Force `meshc diff` to load the sides on two cores (meshc.diff_sides), as it does for a
     large mesh with a core idle; returns a list that records each use."""
-    import meshc.diff
+    import meshc.commands.diff
     import meshc.diff_sides
     import meshc.parallel
 
-    monkeypatch.setattr(meshc.diff, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(meshc.commands.diff, "PARALLEL_BYTES", 0)
     monkeypatch.setattr(meshc.parallel, "enabled", True)
     monkeypatch.setattr(meshc.parallel, "idle_core", lambda: True)
     used: list[bool] = []

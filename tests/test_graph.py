@@ -278,8 +278,10 @@ def test_dot_and_mermaid_styles() -> None:
 
 
 def test_register_graph_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshc.commands import graph as graph_command
+
     parser = argparse.ArgumentParser(prog="meshc")
-    graph.register(parser.add_subparsers(dest="command"))
+    graph_command.register(parser.add_subparsers(dest="command"))
     f = tmp_path / "m.mesh"
     f.write_text(HEAD + WEB % "")
     args = parser.parse_args(["graph", str(f), "--format", "mermaid"])

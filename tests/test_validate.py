@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from meshc.cli import main
+from meshc.commands.validate import register
 from meshc.validate import (
     BUNDLED_SCHEMAS,
     check_core,
     load_schemas,
     parse_go_duration,
-    register,
     validate_files,
     validate_objects,
 )

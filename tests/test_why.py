@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from meshc import authz
-from meshc.compiler import load, load_text
-from meshc.diff import root_files
-from meshc.why import explain, register, render_text
+from meshc.commands.why import register
+from meshc.compiler import expand_paths, load, load_text
+from meshc.why import explain, render_text
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir() and root_files(p))
+EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir() and any(p.glob("*.mesh")))
 
 
 def run_why(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -51,7 +51,7 @@ def _requests(mesh, dest: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_why_agrees_with_the_matrix_for_every_pair(example, monkeypatch):
     monkeypatch.chdir(ROOT)
-    mesh = load([f.relative_to(ROOT) for f in root_files(example)])
+    mesh = load([f.relative_to(ROOT) for f in expand_paths([example])])
     matrix = authz.matrix(mesh)
     checked = 0
     for src in _callers(mesh):
@@ -86,7 +86,7 @@ def test_why_agrees_with_the_matrix_for_every_pair(example, monkeypatch):
 def test_cli_exit_codes_follow_the_matrix_on_bookinfo(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     ex = Path("examples/bookinfo")
-    mesh = load(root_files(ex))
+    mesh = load(expand_paths([ex]))
     matrix = authz.matrix(mesh)
     for src in _callers(mesh):
         for dst in (s.name for s in mesh.services):

@@ -1,0 +1,85 @@
+"""`meshc check FILES [--each] [--strict] [--format ...]`: parse, resolve and run the graph checks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from meshc.commands import UsageError
+from meshc.commands.common import add_format, load, report, sources_of
+from meshc.compiler import expand_paths, load_all
+from meshc.diagnostics import Diagnostic, MeshcError, render
+
+
+def register(subparsers: Any) -> None:
+    c = subparsers.add_parser("check", help="parse, resolve and run the graph checks")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    c.add_argument("--each", action="store_true",
+                   help="check every entry point on its own: the root .mesh files of each folder holding a "
+                        "given file (or under a given directory); for pre-commit hooks")
+    add_format(c)
+    c.set_defaults(func=run)
+
+
+def entry_points(paths: Sequence[str]) -> list[Path]:
+    """`check --each`: the root .mesh files (those no file beside them imports) of every folder
+    that holds a given file, or of every folder under a given directory (hidden ones skipped)."""
+    folders: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            folders |= {f.parent for f in p.rglob("*.mesh")
+                        if not any(part.startswith(".") and part not in (".", "..") for part in f.parts)}
+        else:
+            folders.add(p.parent)
+    roots: list[Path] = []
+    for folder in sorted(folders):
+        try:
+            roots += expand_paths([folder])
+        except ValueError as e:  # every file there is imported by another: a cycle
+            raise UsageError(str(e)) from None
+    if not roots:
+        raise UsageError("no .mesh files in " + ", ".join(paths))
+    return roots
+
+
+def _check_each(args: argparse.Namespace) -> int:
+    """Each entry point on its own (a pre-commit hook passes whichever files changed)."""
+    found: list[Diagnostic] = []
+    failed = False
+    for root in entry_points(args.files):
+        try:
+            loaded = load_all([root])
+        except MeshcError as e:
+            found += e.diagnostics
+            failed = True
+            continue
+        found += loaded.warnings
+        if args.format == "text":
+            report(loaded.warnings, args, loaded.sources)
+            print(f"{', '.join(loaded.mesh.files)}: ok ({len(loaded.mesh.services)} services, "
+                  f"{len(loaded.mesh.rules)} rules, {len(loaded.warnings)} warnings)", file=sys.stderr)
+    if args.format == "text":
+        report([d for d in found if d.severity == "error"], args)
+    else:
+        sys.stdout.write(render(found, args.format, sources_of(found)) or ("[]\n" if args.format == "json" else ""))
+    return 1 if failed or (args.strict and found) else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.each:
+        return _check_each(args)
+    loaded = load(args)
+    report(loaded.warnings, args, loaded.sources)
+    if args.format == "sarif" and not loaded.warnings:
+        sys.stdout.write(render([], "sarif", {}))
+    elif args.format == "json" and not loaded.warnings:
+        sys.stdout.write("[]\n")
+    if args.format == "text":
+        s = loaded.mesh
+        print(f"{', '.join(s.files)}: ok ({len(s.services)} services, {len(s.rules)} rules, "
+              f"{len(loaded.warnings)} warnings)", file=sys.stderr)
+    return 1 if args.strict and loaded.warnings else 0

@@ -1,0 +1,63 @@
+"""What the commands share: diagnostics output (text on stderr, machine formats on stdout for
+`check`), colour, and the .mesh files a command line names."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshc.commands import UsageError
+from meshc.compiler import Loaded, expand_paths, load_all
+from meshc.diagnostics import Diagnostic, render
+
+
+def add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text",
+                   help="how to print diagnostics (github: workflow annotations; sarif: code scanning)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+
+def want_color(args: argparse.Namespace) -> bool:
+    if getattr(args, "color", "auto") == "always":
+        return True
+    if getattr(args, "color", "auto") == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return sys.stderr.isatty()
+
+
+def report(diags: Sequence[Diagnostic], args: argparse.Namespace, sources: dict[str, str] | None = None) -> None:
+    """Print diagnostics on stderr (text) or stdout (machine formats are the payload of `check`)."""
+    fmt = getattr(args, "format", "text")
+    if fmt not in ("text", "json", "github", "sarif"):
+        fmt = "text"
+    out = render(diags, fmt, sources or sources_of(diags), color=want_color(args) and fmt == "text")
+    if not out:
+        return
+    stream = sys.stdout if fmt != "text" and args.command == "check" else sys.stderr
+    stream.write(out)
+
+
+def sources_of(diags: Sequence[Diagnostic]) -> dict[str, str]:
+    out = {}
+    for d in diags:
+        f = d.span.file
+        if f and f not in out and os.path.isfile(f):
+            try:
+                out[f] = Path(f).read_text(errors="replace")
+            except OSError:
+                pass
+    return out
+
+
+def mesh_files(paths: Sequence[str]) -> list[Path]:
+    try:
+        return expand_paths([Path(p) for p in paths])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def load(args: argparse.Namespace) -> Loaded:
+    return load_all(mesh_files(args.files))

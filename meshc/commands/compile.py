@@ -1,0 +1,107 @@
+"""`meshc compile FILES --target T[,T|all] [-o DIR] [--unsupported error|warn] [-X option] [--validate]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from meshc import backends
+from meshc.backends.base import Bundle
+from meshc.commands import UsageError
+from meshc.commands.common import add_format, load, report
+from meshc.diagnostics import Diagnostic, MeshcError
+
+
+def register(subparsers: Any) -> None:
+    c = subparsers.add_parser("compile", help="compile to one or more targets")
+    c.add_argument("files", nargs="*", metavar="FILE")
+    c.add_argument("--target", "-t", help="target name, a comma-separated list, 'model' or 'all'")
+    c.add_argument("-o", "--output", help="output directory (default: print to stdout)")
+    c.add_argument("--unsupported", choices=("error", "warn"), default="error",
+                   help="what to do with features the target cannot express")
+    c.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a backend option, e.g. -X dynamic (see docs/capabilities.md)")
+    c.add_argument("--list-targets", action="store_true", help="list the targets and exit")
+    c.add_argument("--validate", action="store_true",
+                   help="check Kubernetes output offline against the CRD schemas (see `meshc validate`)")
+    c.add_argument("--schemas", default=None, help="CRD schema folder for --validate (default: $MESHC_SCHEMAS, else the schemas meshc ships)")
+    add_format(c)
+    c.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_targets:
+        for name in backends.available():
+            cls = backends.get(name)
+            print(f"{name:12} {cls.description}")
+        return 0
+    if not args.files:
+        raise UsageError("compile needs .mesh files")
+    if not args.target:
+        raise UsageError("compile needs --target (one of: " + ", ".join(["model", *backends.available()]) + ", all)")
+    loaded = load(args)
+    report(loaded.warnings, args, loaded.sources)
+    targets = backends.available() if args.target == "all" else [t.strip() for t in args.target.split(",") if t]
+    options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in args.option)
+    bundles = {}
+    errors: list[Diagnostic] = []
+    for t in targets:
+        if t == "model":
+            b = Bundle()
+            b.add_yaml("model.yaml", loaded.mesh.dump())
+            bundles[t] = b
+            continue
+        try:
+            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=args.unsupported, options=options)
+        except MeshcError as e:
+            errors += e.diagnostics
+    for b in bundles.values():
+        report(b.diagnostics, args, loaded.sources)
+    # With several targets, the ones that compiled are still written (to a directory); the
+    # run fails all the same, naming what the others cannot express.
+    if errors and (args.output is None or not bundles):
+        raise MeshcError(errors)
+    if args.validate and _validate(bundles, options, args.schemas):
+        return 1
+    if args.output is None:
+        for t, b in bundles.items():
+            for rel in sorted(b.files):
+                name = f"{t}/{rel}" if len(bundles) > 1 else rel
+                sys.stdout.write(f"# --- {name}\n")
+                sys.stdout.write(b.files[rel].decode(errors="replace"))
+                if not b.files[rel].endswith(b"\n"):
+                    sys.stdout.write("\n")
+        return 0
+    out = Path(args.output)
+    n = 0
+    for t, b in bundles.items():
+        n += len(b.write(out, t if len(bundles) > 1 or args.target == "all" else ""))
+    print(f"wrote {n} files to {out} ({', '.join(bundles)})", file=sys.stderr)
+    if errors:
+        failed = [t for t in targets if t not in bundles]
+        report(errors, args, loaded.sources)
+        print(f"meshc: {', '.join(failed)}: not written (errors above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bool:
+    """`compile --validate`: check Kubernetes output against the CRD schemas; True if any fails."""
+    from meshc.validate import TARGET_DIRS, validate_compiled
+
+    failed = False
+    for t, b in bundles.items():
+        # only the Kubernetes targets have schemas; Envoy bootstraps and Prometheus configs are
+        # YAML too, but not Kubernetes objects
+        if t not in TARGET_DIRS:
+            continue
+        try:
+            problems = validate_compiled(b, t, options, schemas)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        for p in problems:
+            print(f"{t}: {p}", file=sys.stderr)
+        failed |= bool(problems)
+    return failed
