@@ -1117,9 +1117,15 @@ def version_header_ops(d: Destination) -> dict[str, Any]:
     return {"request_headers_to_remove": [VERSION_HEADER]}
 
 
+def literal_value(v: str) -> str:
+    """A header value Envoy adds as written: in `*_headers_to_add` a `%...%` is a command
+    (`%DOWNSTREAM_REMOTE_ADDRESS%` would be expanded, `%zz` refused), and `%%` is a literal `%`."""
+    return v.replace("%", "%%")
+
+
 def header_ops(ops: HeaderOps, direction: str) -> dict[str, Any]:
-    add = [{"header": {"key": k, "value": v}, "append_action": OVERWRITE} for k, v in ops.set]
-    add += [{"header": {"key": k, "value": v}, "append_action": APPEND} for k, v in ops.add]
+    add = [{"header": {"key": k, "value": literal_value(v)}, "append_action": OVERWRITE} for k, v in ops.set]
+    add += [{"header": {"key": k, "value": literal_value(v)}, "append_action": APPEND} for k, v in ops.add]
     out: dict[str, Any] = {}
     if add:
         out[f"{direction}_headers_to_add"] = add

@@ -132,6 +132,12 @@ TEXT_KINDS: dict[str, TextKind] = {
     "header_value": TextKind(
         "a header value", 1024, "printable text, spaces and tabs (not at either end), at most 1024 bytes",
         tab=True, ascii=False, trim=True),
+    # set/add values: Envoy reads `%...%` there as a command (Istio, Consul and Gateway API
+    # implementations on Envoy pass the value through), so a `%` has no one meaning across targets
+    "added_header_value": TextKind(
+        "an added header value", 1024, "printable text, spaces and tabs (not at either end) but '%' (Envoy-based "
+        "meshes expand %...% in added headers), at most 1024 bytes", re.compile(r"[^%]*"),
+        tab=True, ascii=False, trim=True),
     "query_value": TextKind("a query parameter value", 1024, "printable text and spaces (not at either end), "
                             "at most 1024 bytes", ascii=False, trim=True),
     "path": TextKind(

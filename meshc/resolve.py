@@ -769,7 +769,7 @@ class Resolver:
                              help=f"e.g. `request_headers {op} x-name" + ("`" if op == "remove" else ' "value"`'))
                     continue
                 if s.value is not None:
-                    self.text(s.value, "header_value")
+                    self.text(s.value, "added_header_value")
                 table = req if s.direction == "request" else resp
                 table[op].append(s.name.text.lower() if s.value is None else (s.name.text.lower(), s.value.value))
                 fields[f"{s.direction}_headers_span"] = s.span

@@ -305,8 +305,8 @@ def check_target(target: str, slot: str, value: str) -> None:
 
 def forms_of(value: str) -> set[str]:
     """How a value may stand in an output string: as is, regex-escaped (a prefix or a segment
-    as a regex) or lower-cased (header names)."""
-    return {value, re.escape(value), value.lower()}
+    as a regex), lower-cased (header names) or with `%` doubled (Envoy's added header values)."""
+    return {value, re.escape(value), value.lower(), value.replace("%", "%%")}
 
 
 @functools.cache
@@ -358,6 +358,8 @@ REGRESSIONS = [
     ("redirect_host", "evil.example\r\n"),
     ("body", "a\x1b[2Jb"),
     ("ingress_path", "/a$host"),
+    ("header_set", "v%zz"),  # found: Envoy reads `%...%` in added headers as a command
+    ("header_add", "%DOWNSTREAM_REMOTE_ADDRESS%"),
     ("regex", "~.*"),
 ]
 
@@ -386,6 +388,7 @@ ISSUE_CASES = [  # (slot, value, code)
     ("header_add", "v\r\nset-cookie: injected=1", "E007"),
     ("header_exact", "x" * 70_000, "E008"),
     ("header_set", "x" * 2000, "E008"),
+    ("header_add", "%DOWNSTREAM_REMOTE_ADDRESS%", "E009"),  # Envoy would expand it
     ("header_prefix", "", "E009"),
     ("int", "9" * 4301, "E006"),
     ("int", "0" * 5000 + "3", None),  # leading zeros: 3, accepted
