@@ -7,11 +7,10 @@ module only when its target is asked for, so a broken or slow backend never cost
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import replace
 
-from meshc.backends.base import Backend, Bundle
+from meshc.backends.base import Backend, Bundle, OptionError, declared_options
 
 from meshc.diagnostics import Diagnostic, MeshcError, did_you_mean
 from meshc.model import Mesh
@@ -32,21 +31,32 @@ _REGISTRY: dict[str, str] = {
 
 
 def available() -> list[str]:
-    """Targets whose module is present in this installation, in registry order."""
-    out = []
-    for name, ref in _REGISTRY.items():
-        module = ref.split(":")[0]
-        if importlib.util.find_spec(f"meshc.backends.{module}") is not None:
-            out.append(name)
-    return out
+    """Every target, in registry order (a module that fails to import is an error, not a
+    target that silently disappears)."""
+    return list(_REGISTRY)
 
 
 def get(name: str) -> type[Backend]:
-    if name not in available():
+    if name not in _REGISTRY:
         raise MeshcError([Diagnostic("E300", f"unknown target '{name}'",
                                      help=did_you_mean(name, available()))])
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(f"meshc.backends.{module}"), cls)  # type: ignore[no-any-return]
+
+
+def options_for(targets: list[str], options: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Each target's share of the `-X` options given for several targets at once: an option
+    goes to every target that declares it; one that none of them declares is an OptionError
+    (with a did-you-mean over their options). Values are checked by each backend."""
+    declared = {t: declared_options(get(t)) for t in targets}
+    for name in options:
+        if not any(name in d for d in declared.values()):
+            every = sorted({n for d in declared.values() for n in d})
+            hint = did_you_mean(name, every)
+            raise OptionError(f"unknown option '{name}' for {', '.join(targets)}"
+                              + (f" ({hint})" if hint.startswith("did") else "")
+                              + f"; their options: {', '.join(every) or 'none'}")
+    return {t: {k: v for k, v in options.items() if k in declared[t]} for t in targets}
 
 
 def compile_mesh(mesh: Mesh, target: str, *, unsupported: str = "error",
@@ -67,4 +77,4 @@ def compile_mesh(mesh: Mesh, target: str, *, unsupported: str = "error",
     return bundle
 
 
-__all__ = ["Backend", "Bundle", "available", "compile_mesh", "get"]
+__all__ = ["Backend", "Bundle", "OptionError", "available", "compile_mesh", "get", "options_for"]

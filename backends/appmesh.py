@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any, ClassVar
 
-from meshc.backends.base import Backend, Bundle
+from meshc.backends.base import Backend, Bundle, Option, dns_name, file_path
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -132,11 +132,11 @@ class AppMeshBackend(Backend):
         "authz.allow", "authz.deny", "authz.identity", "authz.ports", "ingress",
         "external", "external.tls_originate", "access_log.text", "access_log.off",
     })
-    OPTIONS: ClassVar[Mapping[str, str]] = {
-        "system_ca": "CA bundle the callers' Envoy trusts for TLS origination to external services "
-                     "(default /etc/ssl/certs/ca-certificates.crt)",
-        "cloudmap_namespace": "discover versions through this AWS Cloud Map namespace (instances "
-                              "filtered by the version labels) instead of per-version DNS names",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "system_ca": Option("CA bundle the callers' Envoy trusts for TLS origination to external services "
+                     "(default /etc/ssl/certs/ca-certificates.crt)", file_path),
+        "cloudmap_namespace": Option("discover versions through this AWS Cloud Map namespace (instances "
+                              "filtered by the version labels) instead of per-version DNS names", dns_name),
     }
 
     # ------------------------------------------------------------------ names

@@ -9,15 +9,17 @@ backend's `lower` runs, so no backend ever drops a construct silently.
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from meshc.diagnostics import Diagnostic
+from meshc.diagnostics import Diagnostic, did_you_mean
 from meshc.model import FULL, Mesh, Observability, Resilience, RouteRule, Span
 
 # Every feature a mesh can use, with the words used in diagnostics and docs/capabilities.md.
@@ -274,17 +276,133 @@ def dump_yaml(data: Any) -> str:
                      width=120)
 
 
+class OptionError(ValueError):
+    """An unknown backend option, or a value its option cannot take (a usage error: exit 2)."""
+
+
+def text(value: str) -> str:
+    """any text without control characters"""
+    if any(not c.isprintable() for c in value):
+        raise ValueError("expected text without control characters")
+    return value
+
+
+def boolean(value: str) -> bool:
+    """true or false"""
+    # `-X NAME` alone gives "" (true); 1/yes/on and 0/no/off are accepted too
+    v = value.strip().lower()
+    if v in ("", "1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        v = value.strip()
+        if not v.isdigit() or len(v) > 10 or not lo <= int(v) <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}")
+        return int(v)
+
+    parse.__doc__ = f"a whole number from {lo} to {hi}"
+    return parse
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in values:
+            raise ValueError("expected one of " + ", ".join(values))
+        return value
+
+    parse.__doc__ = "one of " + ", ".join(values)
+    return parse
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+
+
+def dns_name(value: str) -> str:
+    """a lower-case DNS name"""
+    if not _DNS_NAME.fullmatch(value):
+        raise ValueError("expected a lower-case DNS name")
+    return value
+
+
+def host_address(value: str) -> str:
+    """an IP address or a lower-case DNS name"""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _DNS_NAME.fullmatch(value):
+            raise ValueError("expected an IP address or a lower-case DNS name") from None
+    return value
+
+
+def file_path(value: str) -> str:
+    """a path"""
+    # it is written into configs as is: visible characters only, none that any format quotes
+    if not value or len(value) > 1024 or any(not c.isprintable() or c in " \"'\\$;{}#" for c in value):
+        raise ValueError("expected a path of visible characters without spaces, quotes, backslashes, $, ;, {, } or #")
+    return value
+
+
+def label(value: str) -> str:
+    """a Kubernetes label `key=value`"""
+    key, sep, val = value.partition("=")
+    ok = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+    if not sep or not ok.fullmatch(key.rsplit("/", 1)[-1]) or (val and not ok.fullmatch(val)):
+        raise ValueError("expected a label key=value")
+    return value
+
+
+def prometheus_duration(value: str) -> str:
+    """a Prometheus duration such as 15s, 2m or 1h"""
+    if not re.fullmatch(r"[1-9][0-9]{0,5}(ms|s|m|h|d|w|y)", value):
+        raise ValueError("expected a Prometheus duration such as 15s, 2m or 1h")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """A backend option, given as `-X NAME[=VALUE]`: its help, and how its value is read (a
+    function that returns the typed value or raises ValueError saying what it expected).
+    A plain string in a backend's OPTIONS is an Option of that help taking any text."""
+
+    help: str
+    parse: Callable[[str], Any] = text
+
+
+def declared_options(backend: type[Backend]) -> dict[str, Option]:
+    return {name: o if isinstance(o, Option) else Option(o) for name, o in backend.OPTIONS.items()}
+
+
 class Backend:
     """Base class: subclasses set `name`, `CAPABILITIES` and implement `lower`."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset()
-    # Backend options accepted as `--option NAME[=VALUE]`, with their help text.
-    OPTIONS: ClassVar[Mapping[str, str]] = {}
+    # Backend options accepted as `-X NAME[=VALUE]`: an Option, or its help text (any text).
+    OPTIONS: ClassVar[Mapping[str, Option | str]] = {}
 
     def __init__(self, options: Mapping[str, str] | None = None):
+        """Every option is checked here, once: an unknown name or a value its Option cannot
+        read raises OptionError (with a did-you-mean), never a silent default."""
+        declared = declared_options(type(self))
         self.options = dict(options or {})
+        self.values: dict[str, Any] = {}
+        for name, value in self.options.items():
+            option = declared.get(name)
+            if option is None:
+                known = ", ".join(sorted(declared)) or "none"
+                hint = did_you_mean(name, declared)
+                raise OptionError(f"unknown option '{name}' for target {self.name}"
+                                  + (f" ({hint})" if hint.startswith("did") else "") + f"; its options: {known}")
+            try:
+                self.values[name] = option.parse(value)
+            except ValueError as e:
+                raise OptionError(f"option {name}={value!r} for target {self.name}: {e}") from None
 
     def flag(self, name: str) -> bool:
         return self.options.get(name, "false").lower() in ("1", "true", "yes", "on", "")

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar
 
 import jinja2
-from meshc.backends.base import Backend, Bundle
+from meshc.backends.base import Backend, Bundle, Option, boolean, dns_name, file_path
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -225,12 +226,12 @@ def crd(entry: Entry) -> dict[str, Any]:
 class ConsulBackend(Backend):
     name: ClassVar[str] = "consul"
     description: ClassVar[str] = "Consul config entries (HCL for `consul config write`) and consul-k8s CRDs"
-    OPTIONS: ClassVar[dict[str, str]] = {
-        "enterprise": "the cluster runs Consul Enterprise: allow Enterprise-only features (rate limits)",
-        "terminating_gateway": "name of the terminating gateway that reaches external services "
-                               "(default terminating-gateway)",
-        "system_ca": "CA file the terminating gateway trusts for TLS origination "
-                     "(default /etc/ssl/certs/ca-certificates.crt)"}
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "enterprise": Option("the cluster runs Consul Enterprise: allow Enterprise-only features (rate limits)", boolean),
+        "terminating_gateway": Option("name of the terminating gateway that reaches external services "
+                               "(default terminating-gateway)", dns_name),
+        "system_ca": Option("CA file the terminating gateway trusts for TLS origination "
+                     "(default /etc/ssl/certs/ca-certificates.crt)", file_path)}
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset({
         # Consul discovers endpoints itself: static endpoints serve the local targets only.
         "endpoints.static",

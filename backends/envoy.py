@@ -45,7 +45,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import yaml
-from meshc.backends.base import Backend, Bundle, dump_yaml
+from meshc.backends.base import (
+    Backend,
+    Bundle,
+    Option,
+    boolean,
+    choice,
+    dump_yaml,
+    file_path,
+    host_address,
+    integer,
+)
 
 from meshc.certs import cert_file_names
 from meshc.diagnostics import Diagnostic
@@ -353,18 +363,18 @@ class EnvoyBackend(Backend):
         "external.tls_originate",
         "path_normalization.off", "access_log.text", "access_log.off", "metrics.off", "trace_sampling",
     })
-    OPTIONS: ClassVar[Mapping[str, str]] = {
-        "dynamic": "write listeners and clusters as file-based xDS (S/lds.yaml, S/cds.yaml)",
-        "certs_dir": "where the `meshc certs` files are at run time (default: certs)",
-        "config_dir": "where this bundle is at run time, for --dynamic xDS paths (default: .)",
-        "admin_port": "admin port on 127.0.0.1 (default 15000; 0 picks a free port)",
-        "inbound_address": "address the inbound and Prometheus listeners bind (default 0.0.0.0)",
-        "prometheus_port": "port serving /stats/prometheus (default 15090; 0: none)",
-        "outbound_base": "first outbound loopback port of every sidecar (default 15100)",
-        "peer_host": "host where callee sidecars are reached (default 127.0.0.1)",
-        "format": "yaml (default) or json: compact JSON is ~40x faster to write for very large meshes",
-        "system_ca": "CA bundle for TLS origination to external services "
-                     "(default /etc/ssl/certs/ca-certificates.crt)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "dynamic": Option("write listeners and clusters as file-based xDS (S/lds.yaml, S/cds.yaml)", boolean),
+        "certs_dir": Option("where the `meshc certs` files are at run time (default: certs)", file_path),
+        "config_dir": Option("where this bundle is at run time, for --dynamic xDS paths (default: .)", file_path),
+        "admin_port": Option("admin port on 127.0.0.1 (default 15000; 0 picks a free port)", integer(0, 65535)),
+        "inbound_address": Option("address the inbound and Prometheus listeners bind (default 0.0.0.0)", host_address),
+        "prometheus_port": Option("port serving /stats/prometheus (default 15090; 0: none)", integer(0, 65535)),
+        "outbound_base": Option("first outbound loopback port of every sidecar (default 15100)", integer(1, 65535)),
+        "peer_host": Option("host where callee sidecars are reached (default 127.0.0.1)", host_address),
+        "format": Option("yaml (default) or json: compact JSON is ~40x faster to write for very large meshes", choice("yaml", "json")),
+        "system_ca": Option("CA bundle for TLS origination to external services "
+                     "(default /etc/ssl/certs/ca-certificates.crt)", file_path),
     }
 
     # ------------------------------------------------------------------ options

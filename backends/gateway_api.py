@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Backend, Bundle
+from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Backend, Bundle, Option, boolean, dns_name
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -198,10 +198,10 @@ class GatewayApiBackend(Backend):
     description: ClassVar[str] = "Gateway API v1.6 GAMMA mesh routes (gateway.networking.k8s.io/v1) + core objects"
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - _RETRY_FEATURES - \
         MESH_SETTING_FEATURES
-    OPTIONS: ClassVar[dict[str, str]] = {
-        "experimental": "use experimental-channel fields (HTTPRoute retry)",
-        "gateway_class": "gatewayClassName of the ingress Gateway (default istio)",
-        "cluster_domain": "Kubernetes cluster DNS domain (default cluster.local)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "experimental": Option("use experimental-channel fields (HTTPRoute retry)", boolean),
+        "gateway_class": Option("gatewayClassName of the ingress Gateway (default istio)", dns_name),
+        "cluster_domain": Option("Kubernetes cluster DNS domain (default cluster.local)", dns_name),
     }
     # HTTPRoute dialect; subclasses (Linkerd) narrow it.
     ROUTE_API: ClassVar[str] = GW

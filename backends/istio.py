@@ -58,11 +58,20 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Backend, Bundle
+from meshc.backends.base import (
+    FEATURES,
+    MESH_SETTING_FEATURES,
+    Backend,
+    Bundle,
+    Option,
+    boolean,
+    dns_name,
+    label,
+)
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import (
@@ -186,11 +195,11 @@ class IstioBackend(Backend):
     description: ClassVar[str] = "Istio 1.30 CRDs (networking.istio.io/v1, security.istio.io/v1) + core objects"
     # Static endpoints are for local targets: on Kubernetes the Service selector finds the pods.
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
-    OPTIONS: ClassVar[dict[str, str]] = {
-        "root_namespace": "Istio root namespace for the mesh-wide PeerAuthentication (default istio-system)",
-        "cluster_domain": "Kubernetes cluster DNS domain (default cluster.local)",
-        "ingress_selector": "label selector of the ingress gateway pods, key=value (default istio=ingressgateway)",
-        "sidecar_scope": "write Sidecar resources scoping egress to declared calls (default true)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "root_namespace": Option("Istio root namespace for the mesh-wide PeerAuthentication (default istio-system)", dns_name),
+        "cluster_domain": Option("Kubernetes cluster DNS domain (default cluster.local)", dns_name),
+        "ingress_selector": Option("label selector of the ingress gateway pods, key=value (default istio=ingressgateway)", label),
+        "sidecar_scope": Option("write Sidecar resources scoping egress to declared calls (default true)", boolean),
     }
 
     # ----------------------------------------------------------------- entry points

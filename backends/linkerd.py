@@ -50,10 +50,11 @@ condition is left out whole, never widened.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from meshc.backends import k8s
-from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES
+from meshc.backends.base import FEATURES, MESH_SETTING_FEATURES, Option, boolean, dns_name
 from meshc.backends.gateway_api import GW, GatewayApiBackend, rank
 
 from meshc.model import Match, Mesh, Outlier, Port, Retry, RouteRule, Service, Source
@@ -86,10 +87,10 @@ class LinkerdBackend(GatewayApiBackend):
     name: ClassVar[str] = "linkerd"
     description: ClassVar[str] = "Linkerd edge (policy.linkerd.io v1beta3/v1alpha1 CRDs, annotations) + core objects"
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
-    OPTIONS: ClassVar[dict[str, str]] = {
-        "gateway_api_routes": "write gateway.networking.k8s.io/v1 HTTPRoutes instead of policy.linkerd.io/v1beta3",
-        "legacy_service_profile": "write ServiceProfiles (linkerd.io/v1alpha2) instead of HTTPRoutes for routing",
-        "cluster_domain": "Kubernetes cluster DNS domain (default cluster.local)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "gateway_api_routes": Option("write gateway.networking.k8s.io/v1 HTTPRoutes instead of policy.linkerd.io/v1beta3", boolean),
+        "legacy_service_profile": Option("write ServiceProfiles (linkerd.io/v1alpha2) instead of HTTPRoutes for routing", boolean),
+        "cluster_domain": Option("Kubernetes cluster DNS domain (default cluster.local)", dns_name),
     }
     ROUTE_API: ClassVar[str] = V1BETA3
     RULE_FILTERS: ClassVar[frozenset[str]] = frozenset({"RequestHeaderModifier", "RequestRedirect"})

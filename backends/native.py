@@ -22,12 +22,12 @@ and "no timeout" is written explicitly (`timeout_ms: null`); `prefix` is a byte 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, ClassVar, Literal
 
-from meshc.backends.base import FEATURES, Backend, Bundle
+from meshc.backends.base import FEATURES, Backend, Bundle, Option, file_path, host_address, integer
 
 from meshc.certs import cert_file_names
 from meshc.diagnostics import Diagnostic
@@ -104,10 +104,10 @@ def cluster_name(service: str, port: int, version: str | None) -> str:
 class NativeBackend(Backend):
     name: ClassVar[str] = "native"
     description: ClassVar[str] = "meshc's own asyncio sidecar proxy (meshc proxy / meshc up)"
-    OPTIONS: ClassVar[dict[str, str]] = {
-        "base_port": f"first port of the deterministic allocation (default {DEFAULT_BASE_PORT})",
-        "certs_dir": "certificate directory relative to mesh.json (default: certs)",
-        "host": "address every listener binds (default 127.0.0.1)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "base_port": Option(f"first port of the deterministic allocation (default {DEFAULT_BASE_PORT})", integer(1024, 65000)),
+        "certs_dir": Option("certificate directory relative to mesh.json (default: certs)", file_path),
+        "host": Option("address every listener binds (default 127.0.0.1)", host_address),
     }
     # Everything but SLOs (the runtime exports the metrics; it does not evaluate objectives).
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(f for f in FEATURES if f != "slo")
@@ -133,15 +133,7 @@ class NativeBackend(Backend):
 
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
-        try:
-            self.base_port = int(self.options.get("base_port", DEFAULT_BASE_PORT))
-        except ValueError:
-            self.base_port = -1
-        if not 1024 <= self.base_port <= 65000:
-            bundle.diagnostics.append(Diagnostic(
-                "E310", f"invalid native option base_port={self.options.get('base_port')!r}",
-                help="give a port number between 1024 and 65000"))
-            return bundle
+        self.base_port = self.values.get("base_port", DEFAULT_BASE_PORT)  # 1024..65000, checked as an option
         self.host = self.options.get("host", "127.0.0.1")
         self.certs = self.options.get("certs_dir", "certs").rstrip("/")
         self.mesh = mesh

@@ -86,7 +86,7 @@ from functools import cache
 from typing import Any, ClassVar
 
 import jinja2
-from meshc.backends.base import Backend, Bundle
+from meshc.backends.base import Backend, Bundle, Option, file_path, host_address, integer
 
 from meshc.certs import identities as cert_identities
 from meshc.certs import subject_cn, subject_dn
@@ -363,15 +363,15 @@ class NginxBackend(Backend):
         # nginx sidecars export no metrics, so `metrics off` holds as written
         "access_log.text", "access_log.off", "metrics.off",
     })
-    OPTIONS: ClassVar[Mapping[str, str]] = {
-        "certs_dir": "where the `meshc certs` files are at run time; relative paths are relative to "
-                     "the directory of nginx.conf (default: certs)",
-        "inbound_address": "address the inbound servers listen on (default 0.0.0.0)",
-        "outbound_base": "first outbound loopback port of every sidecar (default 15100)",
-        "peer_host": "host where callee sidecars are reached (default 127.0.0.1)",
-        "resolver": "DNS server nginx asks for external hosts at request time (default 127.0.0.53)",
-        "system_ca": "CA bundle trusted for TLS origination to external services "
-                     "(default /etc/ssl/certs/ca-certificates.crt)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "certs_dir": Option("where the `meshc certs` files are at run time; relative paths are relative to "
+                     "the directory of nginx.conf (default: certs)", file_path),
+        "inbound_address": Option("address the inbound servers listen on (default 0.0.0.0)", host_address),
+        "outbound_base": Option("first outbound loopback port of every sidecar (default 15100)", integer(1, 65535)),
+        "peer_host": Option("host where callee sidecars are reached (default 127.0.0.1)", host_address),
+        "resolver": Option("DNS server nginx asks for external hosts at request time (default 127.0.0.53)", host_address),
+        "system_ca": Option("CA bundle trusted for TLS origination to external services "
+                     "(default /etc/ssl/certs/ca-certificates.crt)", file_path),
     }
 
     def opt(self, key: str, default: str) -> str:

@@ -49,12 +49,21 @@ Objectives are per service: the language has no per-route objectives yet.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from meshc.backends.base import FEATURES, Backend, Bundle
+from meshc.backends.base import (
+    FEATURES,
+    Backend,
+    Bundle,
+    Option,
+    choice,
+    host_address,
+    integer,
+    prometheus_duration,
+    text,
+)
 from prometheus_client.utils import floatToGoString
 
 from meshc.diagnostics import Diagnostic
@@ -136,7 +145,6 @@ SOURCES: dict[str, Source] = {
 }
 
 INF = 'le="+Inf"'
-_DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d)$")
 
 
 def _go_duration(ms: int) -> str:
@@ -180,48 +188,31 @@ class PrometheusBackend(Backend):
     # It reads only objectives and observability settings: every construct is "supported"
     # because nothing the mesh says is dropped (another target compiles the traffic config).
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES)
-    OPTIONS: ClassVar[Mapping[str, str]] = {
-        "sidecars": "native (default) or envoy: whose admin endpoints to scrape",
-        "base_port": "native: the base_port the mesh was compiled with (default 15000)",
-        "host": "native: address of the sidecars' admin ports (default 127.0.0.1)",
-        "admin_port": "envoy: the sidecars' admin port (default 15000)",
-        "envoy_host": "envoy: host of each sidecar, `{service}` is its name (default {service})",
-        "scrape_interval": "Prometheus scrape interval (default 15s)",
-        "evaluation_interval": "rule evaluation interval (default 30s; tests use 1s)",
-        "page_for": "`for` of the page alerts (default 2m)",
-        "ticket_for": "`for` of the ticket alerts (default 15m)",
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "sidecars": Option("native (default) or envoy: whose admin endpoints to scrape", choice("native", "envoy")),
+        "base_port": Option("native: the base_port the mesh was compiled with (default 15000)", integer(1024, 65000)),
+        "host": Option("native: address of the sidecars' admin ports (default 127.0.0.1)", host_address),
+        "admin_port": Option("envoy: the sidecars' admin port (default 15000)", integer(1, 65535)),
+        "envoy_host": Option("envoy: host of each sidecar, `{service}` is its name (default {service})", text),
+        "scrape_interval": Option("Prometheus scrape interval (default 15s)", prometheus_duration),
+        "evaluation_interval": Option("rule evaluation interval (default 30s; tests use 1s)", prometheus_duration),
+        "page_for": Option("`for` of the page alerts (default 2m)", prometheus_duration),
+        "ticket_for": Option("`for` of the ticket alerts (default 15m)", prometheus_duration),
     }
 
     # ------------------------------------------------------------------ options
 
-    def _options(self) -> list[Diagnostic]:
-        diags = []
+    def _options(self) -> None:
+        """The option values (their types are checked in Backend.__init__)."""
         self.kind = self.options.get("sidecars", "native")
-        if self.kind not in SOURCES:
-            diags.append(Diagnostic("E340", f"invalid prometheus option sidecars={self.kind!r}",
-                                    help="use sidecars=native or sidecars=envoy"))
-        self.durations: dict[str, str] = {}
-        for key, default in (("scrape_interval", "15s"), ("evaluation_interval", "30s"),
-                             ("page_for", "2m"), ("ticket_for", "15m")):
-            val = self.options.get(key, default)
-            if not _DURATION.match(val):
-                diags.append(Diagnostic("E340", f"invalid prometheus option {key}={val!r}",
-                                        help="give a Prometheus duration such as 15s, 2m or 1h"))
-            self.durations[key] = val
-        for key in ("base_port", "admin_port"):
-            val = self.options.get(key, "15000")
-            if not val.isdigit() or not 0 < int(val) < 65536:
-                diags.append(Diagnostic("E340", f"invalid prometheus option {key}={val!r}",
-                                        help="give a port number"))
-        return diags
+        self.durations: dict[str, str] = {key: self.options.get(key, default) for key, default in (
+            ("scrape_interval", "15s"), ("evaluation_interval", "30s"), ("page_for", "2m"), ("ticket_for", "15m"))}
 
     # ------------------------------------------------------------------ entry point
 
     def lower(self, mesh: Mesh) -> Bundle:
         bundle = Bundle()
-        bundle.diagnostics += self._options()
-        if bundle.diagnostics:
-            return bundle
+        self._options()
         self.mesh = mesh
         self.src = SOURCES[self.kind]
         if not mesh.observability.metrics:

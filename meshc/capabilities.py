@@ -7,7 +7,7 @@ Regenerate:  python -m meshc.capabilities > docs/capabilities.md   (a test keeps
 from __future__ import annotations
 
 from meshc import backends
-from meshc.backends.base import FEATURES, NEUTRAL_FEATURES
+from meshc.backends.base import FEATURES, NEUTRAL_FEATURES, declared_options
 
 
 def render() -> str:
@@ -29,12 +29,13 @@ def render() -> str:
         row = ["yes" if key in classes[n].CAPABILITIES else "n/a" if key in NEUTRAL_FEATURES else "-"
                for n in names]
         lines.append(f"| {desc} (`{key}`) | " + " | ".join(row) + " |")
-    lines += ["", "## Target options", "", "Pass with `meshc compile -X NAME[=VALUE]`.", ""]
+    lines += ["", "## Target options", "",
+              "Pass with `meshc compile -X NAME[=VALUE]` (`-X NAME` alone means true). An unknown name or a "
+              "value of the wrong type is a usage error (exit 2) before any work.", ""]
     for n in names:
-        opts = classes[n].OPTIONS
         lines.append(f"- **{n}**: {classes[n].description or ''}")
-        for opt, help in sorted(opts.items()):
-            lines.append(f"  - `{opt}`: {help}")
+        for opt, option in sorted(declared_options(classes[n]).items()):
+            lines.append(f"  - `{opt}` ({option.parse.__doc__ or 'text'}): {option.help}")
     return "\n".join(lines) + "\n"
 
 

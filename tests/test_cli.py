@@ -62,7 +62,7 @@ def test_errors_exit_one_and_machine_formats_on_stdout(tmp_path) -> None:
 
 def test_unknown_target_did_you_mean() -> None:
     r = meshc("compile", BOOKINFO, "--target", "envoi")
-    assert r.returncode == 1
+    assert r.returncode == 2  # a usage error, found before the mesh is loaded
     assert b"unknown target 'envoi'" in r.stderr and b"did you mean 'envoy'" in r.stderr
 
 
@@ -175,3 +175,26 @@ def test_a_command_module_that_cannot_import_fails_loudly(tmp_path, argv) -> Non
     assert r.returncode == 3, r.stderr
     assert "a command module cannot be loaded: ImportError: simulated broken module" in r.stderr
     assert "invalid choice" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["-t", "envoy", "-X", "dynamc"], "unknown option 'dynamc' for envoy (did you mean 'dynamic'?)"),
+    (["-t", "envoy", "-X", "outbound_base=abc"], "option outbound_base='abc' for target envoy: expected a whole number"),
+    (["-t", "nginx", "-X", "outbound_base=abc"], "option outbound_base='abc' for target nginx: expected a whole number"),
+    (["-t", "native", "-X", "base_port=80"], "expected a whole number from 1024 to 65000"),
+    (["-t", "envoy", "-X", "format=xml"], "expected one of yaml, json"),
+    (["-t", "envoy", "-X", "peer_host=a b"], "expected an IP address or a lower-case DNS name"),
+    (["-t", "istoi"], "unknown target 'istoi' (did you mean 'istio'?)"),
+])
+def test_usage_errors_exit_two_before_any_work(argv, said, tmp_path) -> None:
+    # The .mesh file does not exist: a usage error must be found before anything is loaded.
+    r = meshc("compile", str(tmp_path / "not-there.mesh"), *argv)
+    assert r.returncode == 2, r.stderr
+    assert said.encode() in r.stderr and b"E106" not in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_an_option_goes_to_the_targets_that_declare_it(tmp_path) -> None:
+    out = tmp_path / "out"
+    r = meshc("compile", str(ROOT / "examples" / "bookinfo"), "-t", "envoy,istio", "-X", "dynamic", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert any(out.glob("envoy/*/lds.yaml")) and any(out.glob("istio/*.yaml"))

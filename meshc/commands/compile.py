@@ -11,7 +11,7 @@ from meshc import backends
 from meshc.backends.base import Bundle
 from meshc.commands import UsageError
 from meshc.commands.common import add_format, load, report
-from meshc.diagnostics import Diagnostic, MeshcError
+from meshc.diagnostics import Diagnostic, MeshcError, did_you_mean
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +31,17 @@ def register(subparsers: Any) -> None:
     c.set_defaults(func=run)
 
 
+def parse_options(given: list[str]) -> dict[str, str]:
+    """`-X NAME[=VALUE]` as a dict (`-X NAME` alone is `NAME=true`); a name given twice is a usage error."""
+    out: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if name in out:
+            raise UsageError(f"option '{name}' is given twice")
+        out[name.strip()] = value if sep else "true"
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_targets:
         for name in backends.available():
@@ -41,10 +52,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("compile needs .mesh files")
     if not args.target:
         raise UsageError("compile needs --target (one of: " + ", ".join(["model", *backends.available()]) + ", all)")
+    # The command line is checked before any work: targets, then options (names and values).
+    targets = backends.available() if args.target == "all" else [t.strip() for t in args.target.split(",") if t]
+    for t in targets:
+        if t != "model" and t not in backends.available():
+            raise UsageError(f"unknown target '{t}' ({did_you_mean(t, ['model', *backends.available()])})")
+    options = parse_options(args.option)
+    try:
+        per_target = backends.options_for([t for t in targets if t != "model"], options)
+        for t, opts in per_target.items():
+            backends.get(t)(opts)  # checks the values
+    except backends.OptionError as e:
+        raise UsageError(str(e)) from None
     loaded = load(args)
     report(loaded.warnings, args, loaded.sources)
-    targets = backends.available() if args.target == "all" else [t.strip() for t in args.target.split(",") if t]
-    options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in args.option)
     bundles = {}
     errors: list[Diagnostic] = []
     for t in targets:
@@ -54,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             bundles[t] = b
             continue
         try:
-            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=args.unsupported, options=options)
+            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=args.unsupported, options=per_target[t])
         except MeshcError as e:
             errors += e.diagnostics
     for b in bundles.values():
