@@ -428,7 +428,9 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
         report.add(x.where, x.field, x.why)
     header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried over " \
              "(see the comments below)" if len(report) else f"meshc import: generated from {source} configuration"
-    text, _ = unparse(mesh, {"": [header], **report.notes()})
+    notes = report.notes()
+    notes[""] = [header, *notes.get("", [])]  # entries without a place follow the header
+    text, _ = unparse(mesh, notes)
     try:
         model = load_text(text, "imported.mesh", checks=False)
     except MeshcError as e:
