@@ -307,7 +307,13 @@ def value_regex(m: StringMatch) -> str:
 
 ANY_FIELD = "[^\\n]*"
 # the raw request target (before `?`, except `#`) of a request `path_guard` refuses
-PATH_REFUSED = r"^[^?]*(%(2[fF]|5[cC])|\\|/(\.|%2[eE]){1,2};)|#"
+PATH_REFUSED = r"^[^?]*(%(2[fF]|5[cC])|\\|/(\.|%2[eE]){1,2}(;|%3[bB]))|#"
+# The path as authorized is the path forwarded: a rewrite of the URI to itself makes nginx
+# send `$uri` (decoded, dot segments resolved, slashes merged), escaped again, instead of the
+# request target as the client spelled it (measured: `/public/./x` -> `/public/x`, `%C3%A9`
+# and `%0A` stay escaped; an encoded `;` after a dot segment is refused by path_guard first,
+# since decoding it would hand `..;` to the application).
+FORWARD_NORMALIZED = [D("rewrite", (Raw("^"), Raw("$uri"), Raw("break")))]
 # nginx answers 502 itself when no upstream connection is possible (refused, or every server at
 # max_conns); Envoy and meshc's other targets say 503. Upstream 502 responses pass unchanged
 # (proxy_intercept_errors is off).
@@ -493,6 +499,10 @@ class NginxBackend(Backend):
             return []
         return [block("if", Raw("($request_uri"), Raw("~"), Rx(PATH_REFUSED), Raw(")"), children=[d("return", 400)])]
 
+    def forward_normalized(self) -> list[D]:
+        """Under `path_normalization strict`, the path authorized is the path forwarded."""
+        return FORWARD_NORMALIZED if self.mesh.path_normalization == "strict" else []
+
     def check_values(self, mesh: Mesh, ctx: _Ctx) -> None:
         """E331 for values nginx cannot carry with their meaning. The quoting (ngx_arg) keeps any
         value from changing the config's structure; these are values that, quoted, would still
@@ -607,7 +617,7 @@ class NginxBackend(Backend):
             bucket = rl.burst if rl.burst is not None else rl.requests
             loc += [d("limit_req", f"zone={zone}", f"burst={max(bucket - 1, 0)}", "nodelay"),
                     d("limit_req_status", 429)]
-        loc += [d("proxy_pass", expr("http://", Var(app_var[1:]))),
+        loc += [*self.forward_normalized(), d("proxy_pass", expr("http://", Var(app_var[1:]))),
                 d("proxy_http_version", "1.1"),
                 d("proxy_set_header", "Host", "$host"),
                 d("proxy_set_header", "Connection", Lit("")),
@@ -892,7 +902,7 @@ class NginxBackend(Backend):
     def rewrite(self, rule: RouteRule, ctx: _Ctx) -> list[D]:
         rw = rule.rewrite
         if rw is None or (rw.prefix is None and rw.path is None):
-            return []
+            return self.forward_normalized()
         if rw.path is not None:
             return [d("rewrite", Rx("^"), Lit(rw.path), "break")]
         assert rw.prefix is not None

@@ -55,6 +55,10 @@ Scenario schema (YAML):
           body_contains: text           # in every response body
           location_path: /new           # the path of the redirect's Location (host: runner's)
         settle_s: 0.5                   # wait before checking (asynchronous effects: mirroring)
+        refused_on: [nginx]             # these data planes refuse the request instead (400, no
+                                        # upstream reached): the one divergence a scenario may
+                                        # allow, never a looser outcome (docs/language.md,
+                                        # "Path normalization")
 """
 
 from __future__ import annotations
@@ -514,7 +518,10 @@ class Run:
                 responses = self.send(step["request"], int(step.get("count", 1)), int(step.get("concurrency", 1)))
             if "settle_s" in step and "update" not in step:
                 time.sleep(float(step["settle_s"]))
-            for problem in check(step.get("expect", {}), responses, self.upstreams):
+            expect = step.get("expect", {})
+            if self.runner.name in step.get("refused_on", ()):
+                expect = {"status": 400, "hits": dict.fromkeys(self.upstreams, 0)}
+            for problem in check(expect, responses, self.upstreams):
                 self.failures.append(f"{label}: {problem}")
         if self.failures:
             raise ScenarioFailure(f"scenario {self.scenario.name} on {self.runner.name}:\n  "
