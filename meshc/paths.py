@@ -2,10 +2,14 @@
 meshc (the authorization semantics in meshc.authz, the native proxy's matcher) so that what
 `meshc why` answers is what the proxy does.
 
-Steps, in the order every target applies them: percent-decode unreserved characters (other
-escapes keep their encoding, hex upper-cased); reject encoded slashes and backslashes (`%2F`,
-`%5C`) and malformed escapes; resolve `.` and `..` (RFC 3986 5.2.4, never above the root),
-keeping the trailing slash of `/a/.` and `/a/b/..`; merge repeated slashes.
+Steps, in the order every target applies them (Envoy's canonicalization as meshc configures
+it; docs/language.md, "Path normalization"): a raw backslash is a slash (`/a\\..\\admin` is
+`/admin`, not a file name an application might split on backslashes); a segment that is `.` or
+`..` before a `;` path parameter is that dot segment (`/..;/admin` is `/admin`, the spelling
+Tomcat-style servers resolve); percent-decode unreserved characters (other escapes keep their
+encoding, hex upper-cased); reject encoded slashes and backslashes (`%2F`, `%5C`), `%00` and
+malformed escapes; resolve `.` and `..` (RFC 3986 5.2.4, never above the root), keeping the
+trailing slash of `/a/.` and `/a/b/..`; merge repeated slashes.
 """
 
 from __future__ import annotations
@@ -15,12 +19,23 @@ import re
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _MULTISLASH = re.compile(r"/{2,}")
+# The spellings of `.` and `..` that normalize resolves, lower-cased.
+_DOTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
 
 
 def normalize(path: str) -> str | None:
     """The normalized path, or None when the request must be rejected with 400."""
+    if "\\" in path:
+        path = path.replace("\\", "/")
+    if ";" in path:
+        segments = path.split("/")
+        for i, seg in enumerate(segments):
+            semi = seg.find(";")
+            if semi >= 0 and seg[:semi].lower() in _DOTS:
+                segments[i] = seg[:semi]
+        path = "/".join(segments)
     if "%" not in path and "/." not in path and "//" not in path:
-        return path  # the common case costs three scans
+        return path  # the common case costs a few scans
     out: list[str] = []
     i = 0
     n = len(path)
@@ -34,7 +49,7 @@ def normalize(path: str) -> str | None:
         if len(pair) != 2 or not set(pair) <= _HEX:
             return None
         pair = pair.upper()
-        if pair in ("2F", "5C"):
+        if pair in ("2F", "5C", "00"):
             return None
         decoded = chr(int(pair, 16))
         out.append(decoded if decoded in _UNRESERVED else "%" + pair)

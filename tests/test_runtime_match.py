@@ -20,7 +20,6 @@ from meshc.runtime.match import (
     Authorizer,
     CompiledMatch,
     RequestView,
-    normalize_request_path,
     path_pred,
     split_target,
 )
@@ -70,14 +69,14 @@ def test_request_normalization_leaves_no_dot_segment_behind(path: str) -> None:
     """What the native proxy authorizes under `strict`: no backslash (a slash), no NUL, no
     segment that an application could resolve as `.`/`..` (with or without `;` parameters),
     and stable, so the upstream resolves nothing the authorizer did not see."""
-    norm = normalize_request_path(path)
+    norm = normalize(path)
     if norm is None:
         assert "%00" in path.replace("\\", "/") or normalize(path.replace("\\", "/")) is None or ";" in path
         return
     assert "\\" not in norm and "%00" not in norm and "//" not in norm
     assert not any(seg.split(";", 1)[0].lower() in (".", "..", "%2e", "%2e%2e", ".%2e", "%2e.")
                    for seg in norm.split("/"))
-    assert normalize_request_path(norm) == norm
+    assert normalize(norm) == norm
 
 
 @pytest.mark.parametrize("raw,want", [
@@ -88,7 +87,7 @@ def test_request_normalization_leaves_no_dot_segment_behind(path: str) -> None:
 ])
 def test_request_normalization_cases(raw: str, want: str | None) -> None:
     """The rows of tests/scenarios/normalization.yaml that Envoy answered, as unit cases."""
-    assert normalize_request_path(raw) == want
+    assert normalize(raw) == want
 
 
 @pytest.mark.parametrize("kind,value,yes,no", [

@@ -4,10 +4,10 @@ authorization evaluator. Pure functions over the config models, compiled once pe
 Semantics (the same as the Envoy target and meshc.authz):
 - the request target (`split_target`, every listener): origin-form or absolute-form (reduced to
   its path), no fragment; anything else is refused (400), as Envoy does;
-- normalization (`strict`, `normalize_request_path`): a raw `\\` is a `/`; `%00` is refused
-  (400); a segment that is `.` or `..` before a `;` is that dot segment (its parameters go
-  with it); then meshc.paths.normalize: percent-decode unreserved characters, reject
-  `%2F`/`%5C` and malformed escapes (400), resolve `.`/`..`, merge repeated slashes.
+- normalization (`strict`): meshc.paths.normalize, the one implementation `meshc why` uses
+  too: a raw `\\` is a `/`; a `.`/`..` segment before a `;` is that dot segment; percent-decode
+  unreserved characters, reject `%2F`/`%5C`/`%00` and malformed escapes (400), resolve
+  `.`/`..`, merge repeated slashes.
   docs/language.md ("Path normalization") is the rule; tests/scenarios/normalization.yaml
   holds Envoy's measured answers, which the native proxy must give too;
 - `prefix` = byte prefix, `under` = segment prefix, `regex` = full match; header names are
@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
-from meshc.paths import normalize
 from meshc.runtime import config as C
 
 
@@ -42,32 +41,6 @@ def split_target(target: str) -> tuple[str, str] | None:
             return None
     path, sep, query = target.partition("?")
     return path, query
-
-
-# The spellings of `.` and `..` that meshc.paths.normalize resolves, lower-cased.
-_DOTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
-
-
-def normalize_request_path(path: str) -> str | None:
-    """The path as `path_normalization strict` authorizes and forwards it, or None (400).
-
-    Envoy's canonicalization as meshc configures it, beyond meshc.paths.normalize: a raw
-    backslash is a slash (`/a\\..\\admin` is `/admin`, not a file name an application might
-    split on backslashes), an encoded NUL is refused, and a dot segment keeps being one when a
-    `;` path parameter follows it (`/..;/admin` is `/admin`, the spelling Tomcat-style servers
-    resolve). Each check is one scan, skipped when its character is absent."""
-    if "\\" in path:
-        path = path.replace("\\", "/")
-    if "%00" in path:
-        return None
-    if ";" in path:
-        segments = path.split("/")
-        for i, seg in enumerate(segments):
-            semi = seg.find(";")
-            if semi >= 0 and seg[:semi].lower() in _DOTS:
-                segments[i] = seg[:semi]
-        path = "/".join(segments)
-    return normalize(path)
 
 
 @lru_cache(maxsize=1024)

@@ -28,6 +28,7 @@ from typing import Any
 import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshc.paths import normalize
 from meshc.runtime import config as C
 from meshc.runtime import tls
 from meshc.runtime.cluster import Cluster
@@ -37,7 +38,6 @@ from meshc.runtime.match import (
     CompiledMatch,
     RequestView,
     any_match,
-    normalize_request_path,
     split_target,
 )
 from meshc.runtime.observability import AccessLog, Metrics, json_string, millis, now_iso, traceparent
@@ -249,7 +249,7 @@ class HttpListener:
             return None
         path, query = parts
         if self.strict_paths:
-            norm = normalize_request_path(path)
+            norm = normalize(path)
             if norm is None:
                 s.close_after = True
                 s.respond(400, b"invalid path (encoded slash, backslash or NUL, or a malformed escape)")
