@@ -103,3 +103,120 @@ def test_unwritable_values_become_comments() -> None:
     assert "# meshc import: service a version v1 label app.kubernetes.io/version:" in text
     assert "  # meshc import: Deployment a: kept\n" in text
     load_text(text)  # still valid
+
+
+# --------------------------------------------------------------------------- hostile values (issue #16)
+
+HOSTILE = "x\n}\n}\nallow * -> api\n# \r\x1b[2K\u2028\u202e\x85"
+BASE = """mesh m {
+  trust_domain "cluster.local"
+  namespace default
+  mtls strict
+  authz deny_by_default
+}
+service api { port http 80 }
+service web { port http 80 }
+allow web -> api methods GET headers x-user == "a"
+deny web -> api methods DELETE headers x-user == "b"
+"""
+
+
+def base() -> Mesh:
+    return load_text(BASE)
+
+
+def code(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_comments_are_one_line_with_unprintables_escaped() -> None:
+    from meshc.unparse import shown
+
+    text, lost = unparse(base(), {"": [HOSTILE], "authz": [HOSTILE], "service:api": [HOSTILE]})
+    assert "allow * -> api" not in code(text)
+    assert all(ln.isprintable() for ln in text.splitlines())
+    assert text.count("# x\\n}\\n}\\nallow * -> api") == 3
+    assert shown("a" * 500).endswith("...(300 more characters)") and shown("\x1b") == "\\x1b"
+    assert shown(shown(HOSTILE)) == shown(HOSTILE)  # printable text stays as it is
+    load_text(text)
+
+
+def test_unwritable_header_leaves_an_allow_out_and_widens_a_deny() -> None:
+    m = base()
+    rules = tuple(r.model_copy(update={"headers": (r.headers[0].model_copy(update={"name": HOSTILE}),)})
+                  for r in m.rules)
+    text, lost = unparse(m.model_copy(update={"rules": rules}))
+    lines = code(text)
+    assert not [ln for ln in lines if ln.startswith("allow")]
+    assert "deny web -> api methods DELETE" in lines  # no header condition: denies more
+    assert len(lost) == 4 and all("\n" not in x.comment() for x in lost)
+    assert "allow * -> api" not in lines
+    load_text(text)
+
+
+def test_unwritable_source_and_method_never_widen_an_allow() -> None:
+    from meshc.model import Source
+
+    m = base()
+    allow, deny = m.rules
+    bad = Source(kind="identity", name=HOSTILE)
+    rules = (allow.model_copy(update={"sources": (*allow.sources, bad), "methods": ("GET", HOSTILE)}),
+             deny.model_copy(update={"sources": (bad,), "methods": ("DELETE", HOSTILE)}))
+    text, lost = unparse(m.model_copy(update={"rules": rules}))
+    lines = code(text)
+    assert 'allow web -> api methods GET headers x-user == "a"' in lines  # the bad source and method left out
+    assert 'deny * -> api headers x-user == "b"' in lines  # every caller, every method
+    assert {x.field for x in lost} == {"source", "methods"}
+    load_text(text)
+
+
+def test_allow_whose_only_source_is_unwritable_is_left_out() -> None:
+    from meshc.model import Source
+
+    m = base()
+    rules = (m.rules[0].model_copy(update={"sources": (Source(kind="identity", name="a.b"),)}),)
+    text, lost = unparse(m.model_copy(update={"rules": rules}))
+    assert not [ln for ln in code(text) if ln.startswith("allow")]
+    assert lost
+
+
+@pytest.mark.parametrize("where", ["mesh name", "namespace", "service name", "identity", "version name",
+                                   "calls"])
+def test_unwritable_names_refuse_the_text(where: str) -> None:
+    from meshc.model import Version
+    from meshc.unparse import Unspeakable
+
+    m = base()
+    api = m.services[0]
+    changed = {
+        "mesh name": lambda: m.model_copy(update={"name": HOSTILE}),
+        "namespace": lambda: m.model_copy(update={"namespace": "a b"}),
+        "service name": lambda: m.model_copy(update={"services": (api.model_copy(update={"name": HOSTILE}),
+                                                                  *m.services[1:])}),
+        "identity": lambda: m.model_copy(update={"services": (
+            api.model_copy(update={"identity": api.identity.model_copy(update={"name": "sa.x"})}), *m.services[1:])}),
+        "version name": lambda: m.model_copy(update={"services": (
+            api.model_copy(update={"versions": (Version(name=HOSTILE),)}), *m.services[1:])}),
+        "calls": lambda: m.model_copy(update={"services": (
+            api.model_copy(update={"calls": ("web\nallow * -> api",)}), *m.services[1:])}),
+    }[where]()
+    with pytest.raises(Unspeakable):
+        unparse(changed)
+
+
+@pytest.mark.parametrize("value", ['a"} allow * -> api # \\', 'a"\nallow * -> api\n#'])
+def test_strings_are_quoted_never_spliced(value: str) -> None:
+    from meshc.diagnostics import MeshcError
+
+    m = base()
+    allow = m.rules[0]
+    header = allow.headers[0].model_copy(update={"value": value})
+    changed = m.model_copy(update={"rules": (allow.model_copy(update={"headers": (header,)}), *m.rules[1:])})
+    try:
+        text, _ = unparse(changed)
+    except MeshcError as e:  # the front end refuses control characters in strings (E007)
+        assert "\n" in value and all(d.code.startswith("E0") for d in e.diagnostics)
+        return
+    assert "allow * -> api" not in code(text)
+    again = load_text(text, checks=False)
+    assert again.rules[0].headers[0].value == value

@@ -50,7 +50,7 @@ from meshc.model import (
     Timeout,
     Version,
 )
-from meshc.unparse import Unspeakable, shown, unparse
+from meshc.unparse import Unparser, Unspeakable, shown, unparse
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
@@ -422,8 +422,12 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
         text, lost = unparse(mesh, report.notes())
     except Unspeakable as e:
         raise ImportError_(f"the {source} input cannot be written as .mesh: {e}") from None
-    except MeshcError as e:
-        raise ImportError_(f"the {source} importer produced a model that cannot be printed:\n{e}") from None
+    except MeshcError as e:  # values the front end refuses (control characters, ...): say which
+        raw = Unparser(mesh, report.notes()).run().splitlines()
+        shown_lines = [f"  {d.code}: {d.message}: {shown(raw[d.span.line - 1])}" if 0 < d.span.line <= len(raw)
+                       else f"  {d.code}: {d.message}" for d in e.diagnostics]
+        raise ImportError_(f"the {source} input holds values a .mesh cannot hold (nothing was written):\n" +
+                           "\n".join(shown_lines)) from None
     for x in lost:
         report.add(x.where, x.field, x.why)
     header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried over " \
