@@ -200,3 +200,24 @@ def test_ten_megabyte_yaml_is_refused_quickly(tmp_path: Path) -> None:
     assert run_import(args) == 2
     assert time.monotonic() - start < 5
     assert MAX_INPUT_BYTES < 10_000_000
+
+
+def test_large_hcl_is_refused_quickly(tmp_path: Path) -> None:
+    """python-hcl2 takes about 20 s per MB: HCL is limited much lower than JSON."""
+    from meshc.importers.consul import MAX_HCL_BYTES
+
+    f = tmp_path / "big.hcl"
+    f.write_text('Kind = "service-router"\nName = "a"\n' + "".join(
+        f'Routes{i} = {{ Match = {{ HTTP = {{ PathPrefix = "/a{i}" }} }} }}\n' for i in range(20_000)))
+    assert f.stat().st_size > MAX_HCL_BYTES
+    start = time.monotonic()
+    args = argparse.Namespace(source="consul", files=[str(f)], output=None, report=None, name=None)
+    assert run_import(args) == 2
+    assert time.monotonic() - start < 2
+
+
+def test_deep_hcl_expression_is_no_traceback(tmp_path: Path) -> None:
+    f = tmp_path / "expr.hcl"
+    f.write_text('Kind = "service-defaults"\nName = "a"\nX = ' + "+".join(["1"] * 5000) + "\n")
+    proc = import_cli("consul", f)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr

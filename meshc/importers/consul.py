@@ -68,6 +68,9 @@ from meshc.model import (
 )
 
 NO_TIMEOUT_MS = 365 * 24 * 3600 * 1000
+# python-hcl2 parses about 50 KiB a second here: this bounds one HCL file to a few seconds. Config
+# entries are a few KiB; JSON input (read by the C YAML parser) has the common 4 MiB limit.
+MAX_HCL_BYTES = 256 * 1024
 ASSUMED_PORT = 8080
 CRD_KINDS = {"ProxyDefaults": "proxy-defaults", "Mesh": "mesh", "ServiceDefaults": "service-defaults",
              "ServiceResolver": "service-resolver", "ServiceSplitter": "service-splitter",
@@ -226,6 +229,10 @@ def read_entries(paths: list[Path]) -> list[dict[str, Any]]:
                 import hcl2
             except ImportError:  # pragma: no cover - dev extra
                 raise ImportError_("reading HCL needs python-hcl2 (pip install 'meshc[dev]')") from None
+            if len(text.encode("utf-8")) > MAX_HCL_BYTES:
+                raise ImportError_(f"{p}: error[E121]: cannot read it: HCL input is limited to {MAX_HCL_BYTES // 1024} "
+                                   "KiB (python-hcl2 parses about 50 KiB a second); give the entries as JSON "
+                                   "(`consul config read -kind KIND -name NAME` prints them so) or split the file")
             try:
                 text = hcl1_blocks(text)
             except _TooDeep as e:
