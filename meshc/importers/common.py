@@ -419,22 +419,26 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
     from meshc.compiler import load_text
 
     try:
-        text, lost = unparse(mesh, report.notes())
+        # What the text cannot say does not depend on the notes: one bare pass finds it, and the
+        # text is formatted (parsed) once, with the notes, below.
+        printer = Unparser(mesh)
+        printer.run()
+        for x in printer.lost:
+            report.add(x.where, x.field, x.why)
+        header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried " \
+                 "over (see the comments below)" if len(report) else \
+                 f"meshc import: generated from {source} configuration"
+        notes = report.notes()
+        notes[""] = [header, *notes.get("", [])]  # entries without a place follow the header
+        text, _ = unparse(mesh, notes)
     except Unspeakable as e:
         raise ImportError_(f"the {source} input cannot be written as .mesh: {e}") from None
     except MeshcError as e:  # values the front end refuses (control characters, ...): say which
-        raw = Unparser(mesh, report.notes()).run().splitlines()
+        raw = Unparser(mesh, notes).run().splitlines()
         shown_lines = [f"  {d.code}: {d.message}: {shown(raw[d.span.line - 1])}" if 0 < d.span.line <= len(raw)
                        else f"  {d.code}: {d.message}" for d in e.diagnostics]
         raise ImportError_(f"the {source} input holds values a .mesh cannot hold (nothing was written):\n" +
                            "\n".join(shown_lines)) from None
-    for x in lost:
-        report.add(x.where, x.field, x.why)
-    header = f"meshc import: generated from {source} configuration; {len(report)} item(s) not carried over " \
-             "(see the comments below)" if len(report) else f"meshc import: generated from {source} configuration"
-    notes = report.notes()
-    notes[""] = [header, *notes.get("", [])]  # entries without a place follow the header
-    text, _ = unparse(mesh, notes)
     try:
         model = load_text(text, "imported.mesh", checks=False)
     except MeshcError as e:
