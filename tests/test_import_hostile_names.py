@@ -272,3 +272,20 @@ def test_issue_16_header_name_is_no_grant(tmp_path: Path) -> None:
     assert all(len(line.split("\t")) == 3 for line in result.report.text().splitlines())
     reloaded = load_text(result.text, "imported.mesh", checks=False)
     assert not authz.decide(reloaded, "web", "api", method="DELETE", path="/admin").allowed
+
+
+def test_a_spliced_grant_fails_the_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The guard behind the unparser: were a rule ever spliced into the text (here, by a printer
+    that appends one), the import fails instead of writing it."""
+    import meshc.importers.common as common
+
+    real = common.unparse
+
+    def splicing(mesh: Mesh, notes: Any = None) -> tuple[str, list[Any]]:
+        text, lost = real(mesh, notes)
+        return text + f"allow * -> {mesh.services[0].name} methods PATCH\n", lost
+
+    monkeypatch.setattr(common, "unparse", splicing)
+    paths = write(tmp_path, load_inputs("nginx-mesh"))
+    with pytest.raises(ImportError_, match="allow rule its model does not hold"):
+        import_files("nginx-mesh", paths)

@@ -443,7 +443,33 @@ def finish(mesh: Mesh, report: Report, source: str) -> Result:
         model = load_text(text, "imported.mesh", checks=False)
     except MeshcError as e:
         raise ImportError_(f"the {source} importer produced a .mesh that does not compile:\n{e}") from None
+    _no_new_grants(mesh, model, source)
     return Result(text, report, model)
+
+
+def _no_new_grants(mesh: Mesh, written: Mesh, source: str) -> None:
+    """The text read back grants nothing the model does not: its default is the model's, and each
+    of its allow rules is one of the model's, or narrower (the unparser leaves out what it cannot
+    write). A guard independent of how the text was printed: a value spliced into the text as
+    a rule makes the import fail instead of writing a wider mesh."""
+    def who(rule: AuthzRule) -> set[str]:
+        return {s.name if s.kind in ("service", "identity") else s.kind for s in rule.sources}
+
+    def matches(rule: AuthzRule) -> tuple[Any, ...]:  # spans aside
+        return (tuple((p.kind, p.value) for p in rule.paths), tuple((p.kind, p.value) for p in rule.not_paths),
+                tuple(rule.ports), tuple((h.name, h.kind, h.value) for h in rule.headers))
+
+    allows = [r for r in mesh.rules if r.action == "allow"]
+    for r in written.rules:
+        if r.action != "allow":
+            continue
+        if not any(who(r) <= who(m) and set(r.destinations) <= set(m.destinations) and matches(r) == matches(m)
+                   and (set(r.methods) <= set(m.methods) if m.methods else True) and (r.methods or not m.methods)
+                   for m in allows):
+            raise ImportError_(f"the {source} importer wrote an allow rule its model does not hold (line "
+                               f"{r.span.line} of the generated text); nothing was written")
+    if written.authz != mesh.authz:
+        raise ImportError_(f"the {source} importer wrote `authz {written.authz}` for a model with {mesh.authz}")
 
 
 def lift_routes(d: Draft, rules: list[RouteRule]) -> None:
