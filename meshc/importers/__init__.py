@@ -60,12 +60,13 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         result = import_files(args.source, paths, args.name)
     except (ImportError_, OSError, UnicodeDecodeError) as e:
-        print(f"meshc import: {e}", file=sys.stderr)
+        print(f"meshc import: {_printable(str(e))}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
         # A document of the right kind with the wrong shape (a list where the API has an object,
         # a string for a number): reported as unreadable input, never as a traceback.
-        print(f"meshc import: malformed {args.source} input: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"meshc import: malformed {args.source} input: {type(e).__name__}: {_printable(str(e))}",
+              file=sys.stderr)
         return 2
     if args.output:
         Path(args.output).write_text(result.text, encoding="utf-8")
@@ -82,6 +83,14 @@ def run_import(args: argparse.Namespace) -> int:
               "`# meshc import:` comments)", file=sys.stderr)
         return 1
     return 0
+
+
+def _printable(message: str) -> str:
+    """A message quoting input (a YAML error shows the offending text) with its lines kept and
+    every other unprintable character escaped: input cannot drive the reader's terminal."""
+    from meshc.unparse import shown
+
+    return "\n".join(shown(line, 0) for line in message.split("\n"))
 
 
 def register(subparsers: Any) -> None:
