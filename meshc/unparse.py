@@ -591,9 +591,9 @@ class Unparser:
                     return
                 self.lose(where, "headers", "a header condition that cannot be written is dropped: the rule "
                                             "denies more")
-            hs = [h for h in hs if h]
-            if hs:
-                line += " headers " + ", ".join(h.removeprefix("header ") for h in hs)
+            written = [h for h in hs if h is not None]
+            if written:
+                line += " headers " + ", ".join(h.removeprefix("header ") for h in written)
         self.out(line)
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 from meshc.importers.common import (
     Draft,
-    ImportError_,
     MeshSettings,
     Report,
     Result,

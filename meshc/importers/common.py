@@ -134,7 +134,8 @@ class _BoundedComposer(Composer):
         self._total = 0  # nodes of the documents composed before this one
 
     def compose_document(self) -> Node | None:
-        mark = self.peek_event().start_mark
+        events: Any = self  # the parser half of the loader gives the events
+        mark = events.peek_event().start_mark
         try:
             node = super().compose_document()
             self._total += self._sizes.get(id(node), 1)
@@ -145,9 +146,10 @@ class _BoundedComposer(Composer):
         return node  # type: ignore[no-any-return]
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        if self.check_event(AliasEvent):
+        events: Any = self
+        if events.check_event(AliasEvent):
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
-        mark = self.peek_event().start_mark
+        mark = events.peek_event().start_mark
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _InputBound(f"nested deeper than {MAX_DEPTH} levels", mark)
@@ -167,8 +169,11 @@ class _BoundedComposer(Composer):
 
 
 # libyaml's parser (C, fast) feeds the Python composer its events when it is available.
+_Parser: Any
 try:
-    from yaml._yaml import CParser as _Parser
+    from yaml._yaml import CParser
+
+    _Parser = CParser
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     _Parser = None
 if _Parser is not None:
@@ -211,7 +216,7 @@ def read_input(path: Path) -> str:
 def load_yaml(path: Path | str, text: str) -> list[Any]:
     """Every document of a YAML (or JSON) text, loaded within MAX_DEPTH and MAX_NODES."""
     try:
-        return list(yaml.load_all(text, Loader=_BoundedLoader))  # noqa: S506 - a SafeConstructor loader
+        return list(yaml.load_all(text, Loader=_BoundedLoader))  # type: ignore[arg-type]  # noqa: S506 - safe
     except _InputBound as e:
         line = f":{e.mark.line + 1}" if e.mark is not None else ""
         raise ImportError_(f"{path}{line}: error[E124]: the document is {e.what}; refused "

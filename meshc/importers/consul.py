@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meshc.importers.common import (
+    MAX_DEPTH,
     Draft,
     ImportError_,
     MeshSettings,
@@ -37,7 +38,6 @@ from meshc.importers.common import (
     canonical_matches,
     dns_name,
     duration_ms,
-    MAX_DEPTH,
     finish,
     lift_routes,
     load_yaml,
