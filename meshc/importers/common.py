@@ -85,7 +85,8 @@ class Report:
         # Each part holds text from the input (names, header names): one line each, every
         # unprintable character escaped, so no entry can end its comment in the .mesh, add a
         # column or line to the report, or rewrite the reviewer's terminal.
-        e = (place, Entry(shown(resource), shown(fld), shown(why, 0)))
+        # Escaped, not cut: two entries differing after a cut would become one.
+        e = (place, Entry(shown(resource, 0), shown(fld, 0), shown(why, 0)))
         if e not in self.entries:
             self.entries.append(e)
 
