@@ -115,6 +115,10 @@ def _lines(text: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines  # no line after the last line break
 
 
+# how many characters of a source line a diagnostic shows (a window around the span)
+SHOWN = 200
+
+
 def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
     """`file:line:col: error[E104]: message`, then the source line, a caret and help."""
     sev = d.severity
@@ -131,25 +135,28 @@ def render_text(d: Diagnostic, sources: Mapping[str, str], color: bool = False) 
     if text is not None and d.span.line > 0:
         src_lines = _lines(text)
         if d.span.line <= len(src_lines):
+            # A long line is shown as a window of SHOWN characters around the span (a generated
+            # 60 kB line with thousands of findings must not print megabytes per finding).
+            raw = src_lines[d.span.line - 1]
+            col = min(max(d.span.column - 1, 0), len(raw))
+            same_line = d.span.end_line == d.span.line and d.span.end_column > d.span.column
+            end = min(d.span.end_column - 1, len(raw)) if same_line else len(raw.rstrip())
+            lo = max(0, min(col - 60, len(raw) - SHOWN)) if len(raw) > SHOWN else 0
+            lead, trail = ("... " if lo else ""), (" ..." if lo + SHOWN < len(raw) else "")
             # control characters would garble the terminal: shown escaped (`\\x1b`), and the
             # caret moved by the width of what each character is shown as
-            pieces, width, col_at = [], 0, [0]
-            for c in src_lines[d.span.line - 1]:
-                piece = " " * (4 - width % 4) if c == "\t" else escape(c)
+            pieces, width, col_at = [], len(lead), [len(lead)]
+            for c in raw[lo:lo + SHOWN]:
+                piece = " " * (4 - (width - len(lead)) % 4) if c == "\t" else escape(c)
                 pieces.append(piece)
                 width += len(piece)
                 col_at.append(width)
-            src = "".join(pieces)
-            if len(src) > 200:
-                src = src[:200] + " ..."
+            src = lead + "".join(pieces) + trail
             width = len(str(d.span.line))
             pad = " " * width
-            start = col_at[min(max(d.span.column - 1, 0), len(col_at) - 1)]
-            if d.span.end_line == d.span.line and d.span.end_column > d.span.column:
-                length = col_at[min(d.span.end_column - 1, len(col_at) - 1)] - start
-            else:
-                length = max(len(src.rstrip()) - start, 1)
-            length = max(1, min(length, max(len(src) - start, 1), 200))
+            start = col_at[min(col - lo, len(col_at) - 1)]
+            stop = col_at[min(max(end - lo, 0), len(col_at) - 1)]
+            length = max(1, stop - start)
             lines += [f"{pad} |", f"{d.span.line} | {src}",
                       f"{pad} | {' ' * start}{'^' * length}{' ' + d.label if d.label else ''}"]
     prefix = "   =" if len(lines) > 1 else "  ="
