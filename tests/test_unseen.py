@@ -59,7 +59,8 @@ TARGETS = backends.available()
 def compile_or_diagnose(name: str, target: str, tmp: Path) -> Any:
     """The bundle, or None when the target reports (only) E3xx errors at lines of the fixture."""
     mesh = load(FIXTURES[name])
-    options = {"certs_dir": str(tmp / "certs"), "config_dir": str(tmp / "out")} if target in ("envoy", "nginx") else {}
+    options = {"certs_dir": str(tmp / "certs"), "config_dir": str(tmp / "out")} if target == "envoy" else \
+        {"certs_dir": str(tmp / "certs")} if target == "nginx" else {}
     try:
         return backends.compile_mesh(mesh, target, unsupported="warn", options=options)
     except MeshcError as e:
