@@ -68,7 +68,7 @@ from prometheus_client.utils import floatToGoString
 
 from meshc.diagnostics import Diagnostic
 from meshc.model import FULL, Mesh, Service, Slo
-from meshc.runtime.observability import _BUCKETS as NATIVE_BUCKETS
+from meshc.runtime.observability import LATENCY_BUCKETS as NATIVE_BUCKETS
 
 # Envoy's default histogram buckets (milliseconds for request times), as /stats/prometheus
 # prints them in its `le` label.

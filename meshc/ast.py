@@ -364,7 +364,7 @@ def size_text(n: int) -> str:
     return f"{n}B"
 
 
-def _unquote(raw: str) -> str:
+def unquote(raw: str) -> str:
     if "\\" not in raw:  # most strings have no escapes
         return raw[1:-1]
     out, i = [], 1
@@ -381,7 +381,7 @@ def _unquote(raw: str) -> str:
 
 
 def _unknown_escape(raw: str) -> str | None:
-    """The first escape in a string literal that `_unquote` does not know (`\\r`, `\\.`): it
+    """The first escape in a string literal that `unquote` does not know (`\\r`, `\\.`): it
     would silently stand for the character itself (`\\r` for `r`), so it is refused."""
     i = 1
     while i < len(raw) - 1:
@@ -519,7 +519,7 @@ class Builder(Transformer):  # type: ignore[type-arg]
         if kind == "NAME":
             return Name(raw, sp)
         if kind == "STRING":
-            text = _unquote(raw)
+            text = unquote(raw)
             problem = text_problem("string", text)
             bad = _unknown_escape(raw) if "\\" in raw else None
             if bad is not None and problem is None:

@@ -14,17 +14,16 @@ chains are bounded (MAX_IMPORT_DEPTH), so no input reaches Python's recursion li
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshc import ast as A
 from meshc.diagnostics import Diagnostic, MeshcError
+from meshc.gc_pause import paused_gc
 from meshc.model import Mesh, Span
 from meshc.parse import MAX_FILE_BYTES, Parsed, parse_file
 from meshc.resolve import resolve
@@ -104,6 +103,15 @@ def read_bounded(path: Path | str, limit: int = MAX_FILE_BYTES) -> bytes:
     if len(data) > limit:
         raise _too_large(limit)
     return data
+
+
+def source_text(path: Path | str) -> str | None:
+    """A file's text to quote in diagnostics, read as every .mesh file is (bounded, regular
+    files only), or None when it cannot be read."""
+    try:
+        return read_bounded(path).decode("utf-8", errors="replace")
+    except (OSError, UnreadableInput):
+        return None
 
 
 def _read_disk(path: Path) -> bytes:
@@ -238,24 +246,6 @@ def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
     return order
 
 
-@contextmanager
-def paused_gc(freeze: bool = False) -> Iterator[None]:
-    """Pause the cyclic garbage collector around work that allocates millions of acyclic
-    objects (loading, checking, comparing a 10,000-service mesh): with it on, every full
-    collection rescans the whole model (4x slower). Reference counting still frees. With
-    `freeze`, what exists afterwards (the model) is moved out of the collector's sight, so
-    later allocations (the backends') do not trigger full rescans of it either."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-
 def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = True) -> Loaded:
     """Parse, resolve and check; raise MeshcError on errors, return warnings alongside."""
     if read is _read_disk:
@@ -274,15 +264,12 @@ def _load_all(paths: Sequence[Path], read: Reader, checks: bool) -> Loaded:
     mesh = resolve([p.ast for p in parsed])
     warnings: list[Diagnostic] = []
     if checks:
-        try:
-            from meshc import graph
-        except ImportError:  # the graph checks are optional while being built
-            graph = None  # type: ignore[assignment]
-        if graph is not None and hasattr(graph, "check"):
-            found = graph.check(mesh)
-            if any(d.severity == "error" for d in found):
-                raise MeshcError(found)
-            warnings = found
+        from meshc import graph  # imported here: it is the largest module, and `fmt` never needs it
+
+        found = graph.check(mesh)
+        if any(d.severity == "error" for d in found):
+            raise MeshcError(found)
+        warnings = found
     return Loaded(mesh, parsed, warnings)
 
 

@@ -200,7 +200,9 @@ def _as_github(d: Diagnostic) -> str:
     """A GitHub Actions workflow command: shows as an annotation on the pull request."""
     kind = "error" if d.severity == "error" else "warning"
     d = _escaped(d)
-    props = [f"file={_gh_escape(escape(d.span.file), True)}", f"line={d.span.line}", f"col={d.span.column}"]
+    props = [f"file={_gh_escape(escape(d.span.file), True)}"]
+    if d.span.line > 0:  # line 0: the file as a whole
+        props += [f"line={d.span.line}", f"col={d.span.column}"]
     if d.span.end_line:
         props += [f"endLine={d.span.end_line}", f"endColumn={d.span.end_column}"]
     props.append(f"title={_gh_escape(d.code, True)}")

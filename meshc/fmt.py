@@ -14,7 +14,7 @@ import bisect
 
 from lark import Token, Tree
 
-from meshc.ast import _unquote, first_token, last_token, quote
+from meshc.ast import first_token, last_token, quote, unquote
 from meshc.parse import parse_text
 
 INDENT = "  "
@@ -39,7 +39,7 @@ def _join(tokens: list[Token]) -> str:
     parts: list[str] = []
     prev = ""
     for i, tok in enumerate(tokens):
-        text = quote(_unquote(str(tok))) if tok.type == "STRING" else str(tok)
+        text = quote(unquote(str(tok))) if tok.type == "STRING" else str(tok)
         if text == "," and i + 1 < len(tokens) and str(tokens[i + 1]) == "}":
             continue  # trailing comma in a split
         if parts and not (text in (",", ".", "=") or prev in (".", "=")):

@@ -61,7 +61,8 @@ class Span(NamedTuple):
     end_column: int = 0
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        # line 0: the file as a whole (one that cannot be read), not a position in it
+        return f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:

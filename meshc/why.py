@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -33,10 +32,9 @@ class Sources:
 
     def lines(self, file: str) -> list[str]:
         if file not in self._lines:
-            try:
-                self._lines[file] = Path(file).read_text(encoding="utf-8").splitlines()
-            except OSError:
-                self._lines[file] = []
+            from meshc.compiler import source_text  # loading is the caller's; only the quoting reads
+
+            self._lines[file] = (source_text(file) or "").splitlines()
         return self._lines[file]
 
     def line(self, file: str, n: int) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshc.commands import UsageError
-from meshc.compiler import Loaded, expand_paths, load_all
+from meshc.compiler import Loaded, expand_paths, load_all, source_text
 from meshc.diagnostics import Diagnostic, render
 
 
@@ -42,13 +42,10 @@ def report(diags: Sequence[Diagnostic], args: argparse.Namespace, sources: dict[
 
 def sources_of(diags: Sequence[Diagnostic]) -> dict[str, str]:
     out = {}
-    for d in diags:
-        f = d.span.file
-        if f and f not in out and os.path.isfile(f):
-            try:
-                out[f] = Path(f).read_text(errors="replace")
-            except OSError:
-                pass
+    for f in {d.span.file for d in diags if d.span.file}:
+        text = source_text(f)
+        if text is not None:
+            out[f] = text
     return out
 
 

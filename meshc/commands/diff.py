@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meshc import diff_sides, parallel
+from meshc.commands.common import sources_of
 from meshc.compiler import expand_paths, load
 from meshc.diagnostics import MeshcError, render
 from meshc.diff import RENDERERS, render_text, semantic_diff
@@ -29,12 +30,7 @@ def load_paths(paths: Sequence[Path]) -> Mesh:
 def report_load_error(err: Exception, relabel: tuple[str, str] = ("", ""), command: str = "diff") -> int:
     """Print load errors on stderr (exit 1); anything else is a usage problem (exit 2)."""
     if isinstance(err, MeshcError):
-        sources: dict[str, str] = {}
-        for d in err.diagnostics:
-            f = d.span.file
-            if f not in sources and os.path.isfile(f):
-                sources[f] = Path(f).read_text(encoding="utf-8", errors="replace")
-        text = render(err.diagnostics, "text", sources, color=sys.stderr.isatty())
+        text = render(err.diagnostics, "text", sources_of(err.diagnostics), color=sys.stderr.isatty())
         sys.stderr.write(text.replace(*relabel) if relabel[0] else text)
         return 1
     sys.stderr.write(f"meshc {command}: {err}\n")

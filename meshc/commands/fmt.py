@@ -9,6 +9,7 @@ from typing import Any
 
 from meshc.commands import UsageError
 from meshc.commands.common import add_format
+from meshc.compiler import UnreadableInput, read_bounded
 from meshc.diagnostics import Diagnostic, MeshcError
 from meshc.fmt import format_text
 from meshc.parse import decode
@@ -31,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     for f in files:
         name = str(f)
         try:
-            text = decode(name, f.read_bytes())
+            text = decode(name, read_bounded(f))
             new = format_text(text, name)
+        except UnreadableInput as e:
+            raise UsageError(f"cannot read {f}: {e.reason}") from None
         except OSError as e:
             raise UsageError(f"cannot read {f}: {e.strerror}") from None
         except MeshcError as e:
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"reformatted {f}", file=sys.stderr)
     if args.stdout and not changed and not errors:
         for f in files:
-            sys.stdout.write(f.read_text())
+            sys.stdout.write(decode(str(f), read_bounded(f)))
     if errors:
         raise MeshcError(errors)
     return 1 if args.check and changed else 0

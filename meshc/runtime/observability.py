@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 # The two collectors below do not subclass prometheus_client's `Collector`: it is a
@@ -43,8 +43,8 @@ class _RequestStats:
         hkey = key[:4]
         h = self.hist.get(hkey)
         if h is None:
-            h = self.hist[hkey] = [0.0] * (len(_BUCKETS) + 2)
-        h[bisect_left(_BUCKETS, seconds)] += 1
+            h = self.hist[hkey] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        h[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         h[-1] += seconds
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
@@ -58,7 +58,7 @@ class _RequestStats:
         for key, vals in sorted(self.hist.items()):
             acc: float = 0.0
             buckets: list[tuple[str, float]] = []
-            for bound, cnt in zip((*map(str, _BUCKETS), "+Inf"), vals[:-1], strict=True):
+            for bound, cnt in zip((*map(str, LATENCY_BUCKETS), "+Inf"), vals[:-1], strict=True):
                 acc += cnt
                 buckets.append((bound, acc))
             h.add_metric(list(key), buckets, vals[-1])
