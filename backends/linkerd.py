@@ -49,6 +49,7 @@ condition is left out whole, never widened.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -456,14 +457,13 @@ class LinkerdBackend(GatewayApiBackend):
         # catch-all: requests outside the conditioned routes still meet server-level authorizations
         out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", f"{svc.name}-inbound", svc.namespace,
                           {"parentRefs": parents, "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]}))
+        may_overlap = self.overlap_candidates(l7)
         for idx, rule, ms, _ports, refs in l7:
             route = f"{svc.name}-allow-{idx}"
             out.append(k8s.cr(self.ROUTE_API, "HTTPRoute", route, svc.namespace,
                               {"parentRefs": parents, "rules": self.chunked_rules(svc, self.gateway_matches(ms))}))
             attach = [(idx, refs)]
-            for idx2, _rule2, ms2, _p2, refs2 in l7:
-                if idx2 == idx:
-                    continue
+            for idx2, _rule2, ms2, _p2, refs2 in (l7[j] for j in may_overlap[idx]):
                 rel = self.relation(ms, ms2)
                 if rel in ("inside", "equal"):
                     attach.append((idx2, refs2))
@@ -475,6 +475,43 @@ class LinkerdBackend(GatewayApiBackend):
                     out.append(self.authz_policy(svc, f"{route}-from-{owner}-{_KIND_SUFFIX[ref['kind']]}",
                                                  {"group": POLICY if self.ROUTE_API != GW else "gateway.networking.k8s.io",
                                                   "kind": "HTTPRoute", "name": route}, ref))
+        return out
+
+    @staticmethod
+    def overlap_candidates(l7: list[tuple[int, Any, list[Match], Any, Any]]) -> dict[int, list[int]]:
+        """For each rule (by idx), the positions in `l7` of the other rules whose matches may
+        overlap it; the others are disjoint and need no `relation`. Two exact/prefix/under paths
+        can match one request only if one value is a string prefix of the other (the request's
+        path starts with both), so candidates come from a sorted index of the path values; a
+        rule with a match without such a path (a regex, or no path) is a candidate for all.
+        Comparing every pair took 38 s for 1,000 rules."""
+        wild: list[int] = []
+        by_value: dict[str, set[int]] = {}
+        for pos, (_, _, ms, _, _) in enumerate(l7):
+            values = [m.path.value for m in ms if m.path is not None and m.path.kind != "regex"]
+            if len(values) < len(ms):
+                wild.append(pos)
+            else:
+                for v in values:
+                    by_value.setdefault(v, set()).add(pos)
+        ordered = sorted(by_value)
+        out: dict[int, list[int]] = {}
+        for pos, (idx, _, ms, _, _) in enumerate(l7):
+            found = set(wild)
+            if pos in wild:
+                found |= set(range(len(l7)))
+            else:
+                for m in ms:
+                    assert m.path is not None
+                    v = m.path.value
+                    for k in range(1, len(v) + 1):  # values that are prefixes of v
+                        found |= by_value.get(v[:k], set())
+                    i = bisect.bisect_left(ordered, v)
+                    while i < len(ordered) and ordered[i].startswith(v):  # values v is a prefix of
+                        found |= by_value[ordered[i]]
+                        i += 1
+            found.discard(pos)
+            out[idx] = sorted(found)
         return out
 
     def chunked_rules(self, svc: Service, matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
