@@ -252,6 +252,24 @@ def merge_match(base: dict[str, Any], extra_headers: list[dict[str, Any]]) -> di
 # --------------------------------------------------------------------------- RBAC
 
 
+# The caller's identity is THE SPIFFE URI SAN of its certificate (docs/language.md, "mTLS"):
+# Envoy's RBAC principals accept a certificate if ANY of its SANs matches, so a certificate
+# with two SPIFFE ids would pass as either. The inbound connection manager writes the verified
+# peer's URI SANs into x-forwarded-client-cert (SANITIZE_SET: never the client's own header),
+# one `URI=` per SAN; a request whose certificate has two SPIFFE ids is denied (403) before the
+# authorization rules. (TCP ports have no such header: there a certificate from the mesh's own
+# CA, which `meshc certs` issues with one URI SAN, is trusted as it is.)
+_SPIFFE_SCHEME = "[sS][pP][iI][fF][fF][eE]://"
+
+
+def one_spiffe_id() -> dict[str, Any]:
+    """The deny policy for a certificate with two SPIFFE ids (see above)."""
+    return {"meshc-one-spiffe-id": {
+        "permissions": [{"any": True}],
+        "principals": [{"header": {"name": "x-forwarded-client-cert", "string_match": {"safe_regex": {
+            "regex": f"(?:.*;)?URI={_SPIFFE_SCHEME}[^;]*;(?:.*;)?URI={_SPIFFE_SCHEME}.*"}}}}]}}
+
+
 def rbac_path(p: PathMatch) -> dict[str, Any]:
     """An RBAC permission on the (normalized) path; `under` = exact OR `/`-terminated prefix."""
     def url(m: dict[str, Any]) -> dict[str, Any]:
@@ -666,13 +684,14 @@ class EnvoyBackend(Backend):
                 "rules": {"action": "ALLOW", "policies": rbac_policies(allow, self.mesh, False)}}))
         return out
 
-    def http_rbac(self, rules: list[tuple[int, AuthzRule]]) -> list[dict[str, Any]]:
+    def http_rbac(self, rules: list[tuple[int, AuthzRule]], one_identity: bool = False) -> list[dict[str, Any]]:
+        """The deny filter (with ONE_SPIFFE_ID's policy first on mTLS ports), then the allow filter."""
         out = []
         deny = [r for r in rules if r[1].action == "deny"]
         allow = [r for r in rules if r[1].action == "allow"]
-        if deny:
-            out.append(typed("envoy.filters.http.rbac", RBAC_HTTP, {
-                "rules": {"action": "DENY", "policies": rbac_policies(deny, self.mesh, True)}}))
+        if deny or one_identity:
+            policies = {**(one_spiffe_id() if one_identity else {}), **rbac_policies(deny, self.mesh, True)}
+            out.append(typed("envoy.filters.http.rbac", RBAC_HTTP, {"rules": {"action": "DENY", "policies": policies}}))
         if self.mesh.authz == "deny_by_default":
             out.append(typed("envoy.filters.http.rbac", RBAC_HTTP, {
                 "rules": {"action": "ALLOW", "policies": rbac_policies(allow, self.mesh, True)}}))
@@ -680,7 +699,7 @@ class EnvoyBackend(Backend):
 
     def inbound_hcm(self, svc: Service, port: Port, rules: list[tuple[int, AuthzRule]],
                     base_cluster: str, by_version: dict[str, str]) -> dict[str, Any]:
-        filters = self.http_rbac(rules)
+        filters = self.http_rbac(rules, one_identity=port.mtls != "disabled")
         rl = svc.resilience.rate_limit
         if rl is not None:
             filters.append(typed("envoy.filters.http.local_ratelimit", LOCAL_RL, {

@@ -80,7 +80,7 @@ Lowering decisions, and where nginx cannot say exactly what meshc means:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar
@@ -552,28 +552,34 @@ class NginxBackend(Backend):
                 for p in svc.expose.paths:
                     path(p)
             for rule in svc.routes:
-                for m in rule.matches:
-                    path(m.path)
-                    strings((*m.headers, *m.query))
-                for ops in (rule.request_headers, rule.response_headers):
-                    if ops is None:
-                        continue
-                    for name in (*[n for n, _ in (*ops.set, *ops.add)], *ops.remove):
-                        if not _TOKEN.match(name):
-                            bad("the header name", name, ops.span, "it is not an HTTP token")
-                    for _, value in (*ops.set, *ops.add):
-                        if _HEADER_VALUE_BAD.search(value):
-                            bad("the header value", value, ops.span, "nginx would send its control characters "
-                                "(a line break starts another header)")
-                rw, rd = rule.rewrite, rule.redirect
-                for what, value, span in (("the rewrite path", rw and rw.path, rw and rw.span),
-                                          ("the rewrite prefix", rw and rw.prefix, rw and rw.span),
-                                          ("the redirect path", rd and rd.path, rd and rd.span)):
-                    if value is not None and span is not None and not value.startswith("/"):
-                        bad(what, value, span, "nginx reads a rewrite to anything but a path as a redirect",
-                            help="write a path that begins with '/'")
-                if rd is not None and rd.host is not None and not _ADDRESS.match(rd.host):
-                    bad("the redirect host", rd.host, rd.span, "it is not a DNS name or an IP address")
+                self.check_route_values(rule, bad, path, strings)
+
+    @staticmethod
+    def check_route_values(rule: RouteRule, bad: Callable[..., None], path: Callable[[PathMatch | None], None],
+                           strings: Callable[[Iterable[StringMatch]], None]) -> None:
+        """check_values for one route rule: its matches, header operations, rewrite and redirect."""
+        for m in rule.matches:
+            path(m.path)
+            strings((*m.headers, *m.query))
+        for ops in (rule.request_headers, rule.response_headers):
+            if ops is None:
+                continue
+            for name in (*[n for n, _ in (*ops.set, *ops.add)], *ops.remove):
+                if not _TOKEN.match(name):
+                    bad("the header name", name, ops.span, "it is not an HTTP token")
+            for _, value in (*ops.set, *ops.add):
+                if _HEADER_VALUE_BAD.search(value):
+                    bad("the header value", value, ops.span, "nginx would send its control characters "
+                        "(a line break starts another header)")
+        rw, rd = rule.rewrite, rule.redirect
+        for what, value, span in (("the rewrite path", rw and rw.path, rw and rw.span),
+                                  ("the rewrite prefix", rw and rw.prefix, rw and rw.span),
+                                  ("the redirect path", rd and rd.path, rd and rd.span)):
+            if value is not None and span is not None and not value.startswith("/"):
+                bad(what, value, span, "nginx reads a rewrite to anything but a path as a redirect",
+                    help="write a path that begins with '/'")
+        if rd is not None and rd.host is not None and not _ADDRESS.match(rd.host):
+            bad("the redirect host", rd.host, rd.span, "it is not a DNS name or an IP address")
 
     # ------------------------------------------------------------------ inbound
 

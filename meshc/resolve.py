@@ -74,6 +74,25 @@ SERVICE_SETTINGS = frozenset({"mtls", "namespace", "identity", "host", "tls_orig
 
 
 @dataclass
+class _ServiceAcc:
+    """What a service's blocks (declaration, then overlays) add up to; later blocks override."""
+
+    res: dict[str, Any]
+    single: dict[str, Any] = field(default_factory=dict)  # one-value settings
+    ports: dict[int, tuple[str, Span]] = field(default_factory=dict)  # number -> (protocol, span)
+    port_mtls: dict[int, tuple[str, Span]] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    call_spans: list[A.Name] = field(default_factory=list)
+    routes: tuple[A.RuleDecl, ...] | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+    objectives: list[Slo] = field(default_factory=list)
+    expose: Ingress | None = None
+    host: str | None = None
+    tls: A.Setting | None = None
+
+
+@dataclass
 class _ServiceParts:
     """Statements of one service gathered from its block, then its overlays."""
 
@@ -260,20 +279,8 @@ class Resolver:
         name = decl.name.text
         mesh = self.mesh_defaults
         ns = mesh.get("namespace", "default")
-        single: dict[str, Any] = {}  # one-value settings, later blocks override
-        res: dict[str, Any] = {"timeout": mesh.get("timeout")}
-        ports: dict[int, tuple[str, Span]] = {}  # number -> (protocol, span); Port made once mTLS is known
-        port_mtls: dict[int, tuple[str, Span]] = {}
-        versions: dict[str, Version] = {}
-        calls: list[str] = []
-        call_spans: list[A.Name] = []
+        acc = _ServiceAcc(res={"timeout": mesh.get("timeout")})
         faults: list[Fault] = []
-        routes: tuple[A.RuleDecl, ...] | None = None
-        endpoints: tuple[Endpoint, ...] = ()
-        objectives: list[Slo] = []
-        expose: Ingress | None = None
-        host: str | None = None
-        tls: A.Setting | None = None
 
         for block in parts.blocks:
             seen: dict[str, Span] = {}
@@ -292,7 +299,7 @@ class Resolver:
                             if isinstance(ps, A.FaultDecl):
                                 block_faults.append(self.fault(ps, name))
                             else:
-                                self.resilience_stmt(ps, res)
+                                self.resilience_stmt(ps, acc.res)
             for s in block.stmts:
                 key = _stmt_key(s)
                 if key in seen and key not in ("port", "version", "calls", "use", "fault", "objective", "mtls_port",
@@ -301,58 +308,11 @@ class Resolver:
                              help=f"first set at {seen[key]}; keep one (an overlay may change it)")
                     continue
                 seen[key] = s.span
-                if isinstance(s, A.PortDecl):
-                    p = self.port(s)
-                    if p is not None:
-                        ports[s.number.value] = p
-                elif isinstance(s, A.Setting) and s.key in SERVICE_SETTINGS:
-                    if s.key == "mtls" and s.extra is not None:
-                        assert isinstance(s.extra, A.Value)
-                        port_mtls[s.extra.value] = (self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict", s.span)
-                    elif s.key == "mtls":
-                        single["mtls"] = self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict"
-                    elif s.key == "namespace":
-                        self.dns(s.name, "namespace")
-                        single["namespace"] = s.name.text
-                    elif s.key == "identity":
-                        self.dns(s.name, "identity")
-                        single["identity"] = s.name.text
-                        single["identity_span"] = s.span
-                    elif s.key == "host":
-                        host = self.text(s.literal, "host")
-                    else:  # tls_originate
-                        tls = s
-                elif isinstance(s, A.Endpoints):
-                    endpoints = self.endpoints(s)
-                elif isinstance(s, A.VersionDecl):
-                    v = self.version(s, name)
-                    if v.name in block_versions:
-                        self.err("E102", f"version '{v.name}' of '{name}' is declared twice", s.name.span,
-                                 label="duplicate", help=f"first declared at {versions[v.name].span}")
-                    block_versions.add(v.name)
-                    versions[v.name] = v
-                elif isinstance(s, A.NameList) and s.key == "calls":
-                    for n in s.names:
-                        if n.text not in calls:
-                            calls.append(n.text)
-                            call_spans.append(n)
-                elif isinstance(s, A.NameList):
-                    pass  # `use`, applied above
-                elif isinstance(s, A.Expose):
-                    expose = self.expose(s)
-                elif isinstance(s, A.RouteDecl):
-                    routes = s.rules
-                elif isinstance(s, A.FaultDecl):
-                    block_faults.append(self.fault(s, name))
-                elif isinstance(s, A.ObjectiveDecl):
-                    slo = self.objective(s)
-                    if slo is not None:
-                        objectives.append(slo)
-                else:
-                    self.resilience_stmt(s, res)
+                self.service_stmt(s, acc, name, block_versions, block_faults)
             if block_faults:
                 faults = block_faults  # an overlay's faults replace the base's
 
+        single, res, ports, port_mtls, host, tls = acc.single, acc.res, acc.ports, acc.port_mtls, acc.host, acc.tls
         if not any(proto in ("http", "http2", "grpc") for proto, _ in ports.values()) and \
                 res.get("timeout") is mesh.get("timeout"):
             res["timeout"] = None  # the mesh's request timeout means nothing to a TCP service
@@ -390,17 +350,17 @@ class Resolver:
         if not wrote_port and decl.kind == "service":
             self.err("E115", f"service '{name}' declares no port", decl.name.span, label="no port",
                      help="add e.g. `port http 8080`")
-        self.pending_calls[name] = call_spans
-        self.pending_routes[name] = routes or ()
+        self.pending_calls[name] = acc.call_spans
+        self.pending_routes[name] = acc.routes or ()
         return Service(
             name=name, namespace=svc_ns, span=decl.span,
             identity=Identity(name=single.get("identity", name), namespace=svc_ns,
                               trust_domain=mesh.get("trust_domain", "cluster.local"),
                               span=single.get("identity_span", decl.span)),
-            ports=final_ports, endpoints=endpoints, versions=tuple(sorted(versions.values(), key=lambda v: v.name)),
-            resilience=Resilience(span=decl.span, **res), faults=tuple(faults), calls=tuple(calls),
-            call_spans=tuple(n.span for n in call_spans),
-            expose=expose, external=external, mtls=svc_mtls, objectives=tuple(objectives))
+            ports=final_ports, endpoints=acc.endpoints, versions=tuple(sorted(acc.versions.values(), key=lambda v: v.name)),
+            resilience=Resilience(span=decl.span, **res), faults=tuple(faults), calls=tuple(acc.calls),
+            call_spans=tuple(n.span for n in acc.call_spans),
+            expose=acc.expose, external=external, mtls=svc_mtls, objectives=tuple(acc.objectives))
 
     def port(self, s: A.PortDecl) -> tuple[str, Span] | None:
         """(protocol, span) of a valid port; the `Port` is made once its mTLS mode is known."""
@@ -411,6 +371,59 @@ class Resolver:
                      help="a port is a number from 1 to 65535")
             return None
         return proto or "http", s.span
+
+    def service_stmt(self, s: Any, acc: _ServiceAcc, name: str, block_versions: set[str],
+                     block_faults: list[Fault]) -> None:
+        """One statement of a service block (or overlay) into what the service is made of."""
+        if isinstance(s, A.PortDecl):
+            p = self.port(s)
+            if p is not None:
+                acc.ports[s.number.value] = p
+        elif isinstance(s, A.Setting) and s.key in SERVICE_SETTINGS:
+            if s.key == "mtls" and s.extra is not None:
+                assert isinstance(s.extra, A.Value)
+                acc.port_mtls[s.extra.value] = (self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict", s.span)
+            elif s.key == "mtls":
+                acc.single["mtls"] = self.enum(s.name, MTLS_MODES, "mTLS mode") or "strict"
+            elif s.key == "namespace":
+                self.dns(s.name, "namespace")
+                acc.single["namespace"] = s.name.text
+            elif s.key == "identity":
+                self.dns(s.name, "identity")
+                acc.single["identity"] = s.name.text
+                acc.single["identity_span"] = s.span
+            elif s.key == "host":
+                acc.host = self.text(s.literal, "host")
+            else:  # tls_originate
+                acc.tls = s
+        elif isinstance(s, A.Endpoints):
+            acc.endpoints = self.endpoints(s)
+        elif isinstance(s, A.VersionDecl):
+            v = self.version(s, name)
+            if v.name in block_versions:
+                self.err("E102", f"version '{v.name}' of '{name}' is declared twice", s.name.span,
+                         label="duplicate", help=f"first declared at {acc.versions[v.name].span}")
+            block_versions.add(v.name)
+            acc.versions[v.name] = v
+        elif isinstance(s, A.NameList) and s.key == "calls":
+            for n in s.names:
+                if n.text not in acc.calls:
+                    acc.calls.append(n.text)
+                    acc.call_spans.append(n)
+        elif isinstance(s, A.NameList):
+            pass  # `use`, applied above
+        elif isinstance(s, A.Expose):
+            acc.expose = self.expose(s)
+        elif isinstance(s, A.RouteDecl):
+            acc.routes = s.rules
+        elif isinstance(s, A.FaultDecl):
+            block_faults.append(self.fault(s, name))
+        elif isinstance(s, A.ObjectiveDecl):
+            slo = self.objective(s)
+            if slo is not None:
+                acc.objectives.append(slo)
+        else:
+            self.resilience_stmt(s, acc.res)
 
     def endpoints(self, s: A.Endpoints) -> tuple[Endpoint, ...]:
         out = []

@@ -254,7 +254,8 @@ def test_allow_by_default_has_only_deny_filter() -> None:
 def test_deny_by_default_without_allow_rules_denies_everything() -> None:
     m = mesh_of(svc("a", eps=(1,)))
     hcm = hcm_of(listeners(load(lower(m), "a/envoy.yaml"))["inbound_9080"])
-    (rbac,) = [f["typed_config"]["rules"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    identity, rbac = [f["typed_config"]["rules"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    assert identity["action"] == "DENY" and list(identity["policies"]) == ["meshc-one-spiffe-id"]
     assert rbac == {"action": "ALLOW", "policies": {}}
 
 

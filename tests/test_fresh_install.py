@@ -80,7 +80,7 @@ def meshc_up_serves_productpage(meshc: list[str], cwd: Path, env: dict[str, str]
 
 
 def _path_note(stderr: str) -> str:
-    m = re.search(r"^meshc: request path (.+)$", stderr, re.M)
+    m = re.search(r"^meshc: request path (.+?); event loop (\S+)", stderr, re.M)
     assert m, stderr
     return m.group(1)
 

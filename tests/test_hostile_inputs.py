@@ -331,8 +331,6 @@ def _target_params() -> list[Any]:
         if t == "nginx":
             if NGINX is None:
                 marks.append(pytest.mark.skip(reason="nginx not installed"))
-            # backends/nginx.py is being fixed for issue #16 by another session at the same time
-            marks.append(pytest.mark.xfail(strict=False, reason="nginx backend hardening in progress (issue #16)"))
         out.append(pytest.param(t, marks=marks))
     return out
 

