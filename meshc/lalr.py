@@ -380,3 +380,20 @@ class LeanParser:
                     return values[-1]
             if typ == _END:
                 return None  # lark would have finished on a reduction
+
+
+class LarkParser:
+    """LeanParser's interface over lark's own LALR parser: what meshc.parse falls back to when
+    the lean runtime cannot be set up (it reads lark internals; lark is pinned to the minor
+    version it is tested with, but a different lark must still parse, only slower). It builds
+    no AST while parsing: the caller transforms lark's tree, as for any text LeanParser returns
+    None for."""
+
+    def __init__(self, lark: Lark) -> None:
+        self.lark = lark
+
+    def callbacks_for(self, transformer: Any) -> list[Callable[[list[Any]], Any]]:
+        return []
+
+    def parse(self, text: str, callbacks: list[Callable[[list[Any]], Any]] | None = None) -> Any:
+        return None if callbacks is not None else self.lark.parse(text)

@@ -10,6 +10,7 @@ errors in the next.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -19,7 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from meshc.ast import Builder, File
 from meshc.diagnostics import Diagnostic, MeshcError, Sink
-from meshc.lalr import LeanParser
+from meshc.lalr import LarkParser, LeanParser
 from meshc.model import Span
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # ~25,000 services in one file; keeps time and memory bounded
@@ -58,9 +59,16 @@ def parser() -> Lark:
 
 
 @lru_cache(maxsize=1)
-def lean_parser() -> LeanParser:
-    """The same tables driven by meshc.lalr (3x faster); lark itself handles what it rejects."""
-    return LeanParser(parser())
+def lean_parser() -> LeanParser | LarkParser:
+    """The same tables driven by meshc.lalr (3x faster); lark itself handles what it rejects.
+    meshc.lalr reads lark's internals: if it cannot set up (another lark than the one pinned),
+    lark's own parser does the work, with the same result, and a note says why it is slower."""
+    try:
+        return LeanParser(parser())
+    except Exception as e:  # noqa: BLE001 - any setup failure: the slower parser is still right
+        sys.stderr.write(f"meshc: note: the fast parser could not start ({type(e).__name__}: {e}); "
+                         "parsing with lark's own parser (slower)\n")
+        return LarkParser(parser())
 
 
 def _describe(terminal: str) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from examples_index import all_mesh_files
+from examples_index import ROOT, all_mesh_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Token, Tree
@@ -88,3 +88,28 @@ def test_mutations_agree(src: str, data: st.DataObject) -> None:
 @given(st.text(alphabet=st.sampled_from(list('service mesh{}"#\n 0123456789%:.-_abxyz=*,')), max_size=120))
 def test_random_text_agrees(text: str) -> None:
     agree(text)
+
+
+def test_a_lean_parser_that_cannot_start_falls_back_to_lark(monkeypatch, capsys) -> None:
+    # meshc.lalr reads lark internals; a lark release that moved them must not break parsing.
+    import meshc.parse as P
+    from meshc.compiler import load_text
+    from meshc.diagnostics import MeshcError
+
+    text = (ROOT / "examples" / "bookinfo" / "bookinfo.mesh").read_text()
+    expected = load_text(text, "bookinfo.mesh")
+
+    def broken(*_: object) -> None:
+        raise AttributeError("'LALR_Parser' object has no attribute 'parser' (simulated lark change)")
+
+    monkeypatch.setattr(P, "LeanParser", broken)
+    P.lean_parser.cache_clear()
+    try:
+        assert isinstance(P.lean_parser(), P.LarkParser)
+        assert "the fast parser could not start" in capsys.readouterr().err
+        assert load_text(text, "bookinfo.mesh") == expected
+        with pytest.raises(MeshcError) as e:
+            load_text(text.replace("mesh bookinfo {", "mesh bookinfo {{"), "bookinfo.mesh")
+        assert e.value.diagnostics[0].code.startswith("E00")
+    finally:
+        P.lean_parser.cache_clear()
