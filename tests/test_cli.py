@@ -198,3 +198,23 @@ def test_an_option_goes_to_the_targets_that_declare_it(tmp_path) -> None:
     r = meshc("compile", str(ROOT / "examples" / "bookinfo"), "-t", "envoy,istio", "-X", "dynamic", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert any(out.glob("envoy/*/lds.yaml")) and any(out.glob("istio/*.yaml"))
+
+
+def test_standard_input_is_a_file_named_dash() -> None:
+    mesh = (ROOT / "examples" / "bookinfo" / "bookinfo.mesh").read_bytes()
+    r = meshc("check", "-", input=mesh)
+    assert r.returncode == 0 and b"-: ok (4 services" in r.stderr, r.stderr
+    r = meshc("check", "-", "--format", "json", input=b"mesh m {}\nservice a { port htp 80 }\n")
+    assert r.returncode == 1
+    (d,) = json.loads(r.stdout)
+    assert (d["code"], d["file"], d["line"], d["column"]) == ("E109", "-", 2, 18)
+    r = meshc("check", "-", input=b"mesh m {}\nservice a { port htp 80 }\n")
+    assert b"2 | service a { port htp 80 }" in r.stderr  # the source line is quoted from stdin
+    assert meshc("check", "-", str(ROOT / "examples" / "bookinfo"), input=mesh).returncode == 2
+
+
+def test_fmt_reads_standard_input_and_writes_standard_output() -> None:
+    r = meshc("fmt", "-", input=b"mesh   m   {}\nservice a {   port http 80 }\n")
+    assert r.returncode == 0 and r.stdout == b"mesh m {}\n\nservice a {\n  port http 80\n}\n"
+    assert meshc("fmt", "--check", "-", input=r.stdout).returncode == 0
+    assert meshc("fmt", "--check", "-", input=b"mesh   m {}\n").returncode == 1

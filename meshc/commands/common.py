@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshc.commands import UsageError
-from meshc.compiler import Loaded, expand_paths, load_all, source_text
+from meshc.compiler import Loaded, expand_paths, load_all, read_bounded, source_text
 from meshc.diagnostics import Diagnostic, render
+from meshc.parse import MAX_FILE_BYTES
 
 
 def add_format(p: argparse.ArgumentParser) -> None:
@@ -40,10 +41,30 @@ def report(diags: Sequence[Diagnostic], args: argparse.Namespace, sources: dict[
     stream.write(out)
 
 
+# `-` as the only file: the mesh is read from standard input (imports relative to the
+# working directory), and its diagnostics are named `-:LINE:COL`, as ruff and mypy do.
+STDIN = "-"
+_stdin: dict[str, bytes] = {}  # what was read from standard input, once
+
+
+def read_stdin() -> bytes:
+    """Standard input, read once, at most as much as a .mesh file may hold."""
+    if STDIN not in _stdin:
+        data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise UsageError(f"standard input is larger than the {MAX_FILE_BYTES // 2**20} MiB limit of a .mesh file")
+        _stdin[STDIN] = data
+    return _stdin[STDIN]
+
+
+def _read(path: Path) -> bytes:
+    return read_stdin() if str(path) == STDIN else read_bounded(path)
+
+
 def sources_of(diags: Sequence[Diagnostic]) -> dict[str, str]:
     out = {}
     for f in {d.span.file for d in diags if d.span.file}:
-        text = source_text(f)
+        text = _stdin[STDIN].decode("utf-8", errors="replace") if f == STDIN and STDIN in _stdin else source_text(f)
         if text is not None:
             out[f] = text
     return out
@@ -57,4 +78,8 @@ def mesh_files(paths: Sequence[str]) -> list[Path]:
 
 
 def load(args: argparse.Namespace) -> Loaded:
+    if STDIN in args.files:
+        if len(args.files) != 1:
+            raise UsageError("'-' (standard input) must be the only file")
+        return load_all([Path(STDIN)], read=_read)
     return load_all(mesh_files(args.files))

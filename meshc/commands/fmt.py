@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from meshc.commands import UsageError
-from meshc.commands.common import add_format
+from meshc.commands.common import STDIN, add_format, read_stdin
 from meshc.compiler import UnreadableInput, read_bounded
 from meshc.diagnostics import Diagnostic, MeshcError
 from meshc.fmt import format_text
@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if STDIN in args.files:
+        return _format_stdin(args)
     changed = 0
     errors: list[Diagnostic] = []
     files = [Path(f) for f in args.files]
@@ -62,3 +64,20 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         raise MeshcError(errors)
     return 1 if args.check and changed else 0
+
+
+def _format_stdin(args: argparse.Namespace) -> int:
+    """`meshc fmt -`: standard input in canonical form on standard output (with --check,
+    nothing is printed unless --diff; exit 1 if it would change)."""
+    if args.files != [STDIN]:
+        raise UsageError("'-' (standard input) must be the only file")
+    text = decode(STDIN, read_stdin())
+    new = format_text(text, STDIN)  # MeshcError: the CLI prints it, named `-:LINE:COL`
+    if not args.check:
+        sys.stdout.write(new)
+        return 0
+    if new != text and args.diff:
+        import difflib
+
+        sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "-", "- (formatted)"))
+    return 1 if new != text else 0
