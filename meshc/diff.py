@@ -560,10 +560,8 @@ def _amplification_changed(old: Mesh, new: Mesh, changed: Iterable[str]) -> bool
 
 
 def _diff_amplification(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterator[Change]:
-    try:
-        from meshc import graph
-    except ImportError:  # graph checks not installed: nothing to compare
-        return
+    from meshc import graph  # the largest module: only when amplification may have changed
+
     if not _amplification_changed(old, new, changed):
         return
     aa, ab = graph.amplification(old), graph.amplification(new)
@@ -575,7 +573,8 @@ def _diff_amplification(old: Mesh, new: Mesh, changed: Iterable[str]) -> Iterato
         path = ob[1] if svc in ab else oa[1]
         chain = " -> ".join(str(p) for p in path) if path else svc
         effect: Effect = "widening" if ob[0] > oa[0] else "narrowing"
-        yield Change("resilience", svc, f"{chain}: worst-case attempts {oa[0]} -> {ob[0]}", "changed", effect,
+        yield Change("resilience", svc, f"{chain}: worst-case attempts {graph.fmt_attempts(oa[0])} -> "
+                     f"{graph.fmt_attempts(ob[0])}", "changed", effect,
                      "", oa[0], ob[0])
 
 

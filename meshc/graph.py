@@ -108,14 +108,27 @@ def backoff_ms(retry: Retry) -> int:
     return sum(min(base * 2 ** k, cap) for k in range(retry.attempts))
 
 
-def attempts_into(svc: Service) -> tuple[int, Retry | None]:
-    """The most attempts one request to `svc` can become, and the retry that allows it."""
-    best, why = 1, None
+def attempts_into(svc: Service) -> tuple[float, Retry | None]:
+    """The most attempts one request to `svc` can become when it keeps failing, and the retry
+    that allows it: the retry's total attempts, or, with a retry `budget`, at most 1 + budget
+    (retries may be at most that share of the requests in flight, so in a retry storm each
+    request becomes at most that many attempts on average)."""
+    best, why = 1.0, None
     for rule in _rule_slots(svc):
         retry = _effective_retry(svc, rule)
-        if retry is not None and retry.total_attempts > best:
-            best, why = retry.total_attempts, retry
+        if retry is None:
+            continue
+        n = float(retry.total_attempts)
+        if retry.budget is not None:
+            n = min(n, 1 + retry.budget / FULL)
+        if n > best:
+            best, why = n, retry
     return best, why
+
+
+def fmt_attempts(n: float) -> str:
+    """`4`, or `1.2` for a factor a retry budget caps."""
+    return str(int(n)) if float(n).is_integer() else f"{n:.2f}".rstrip("0")
 
 
 # --------------------------------------------------------------------------- the graph
@@ -332,7 +345,7 @@ def _build_traffic_graph(mesh: Mesh) -> _Traffic:
 class _Facts:
     """Per-service values several checks need, computed once per model."""
 
-    attempts: dict[str, tuple[int, Retry | None]]  # attempts_into(svc)
+    attempts: dict[str, tuple[float, Retry | None]]  # attempts_into(svc)
     settings: dict[str, list[_Setting]]  # _settings(mesh, svc)
 
 
@@ -352,7 +365,7 @@ class _Chain:
 
     __slots__ = ("node", "factor", "prev")
 
-    def __init__(self, node: str, factor: int, prev: _Chain | None):
+    def __init__(self, node: str, factor: float, prev: _Chain | None):
         self.node = node
         self.factor = factor
         self.prev = prev
@@ -360,7 +373,7 @@ class _Chain:
     def nodes(self) -> tuple[str, ...]:
         return tuple(c.node for c in self._walk())[::-1]
 
-    def factors(self) -> tuple[int, ...]:
+    def factors(self) -> tuple[float, ...]:
         return tuple(c.factor for c in self._walk())[::-1]
 
     def _walk(self) -> Iterator[_Chain]:
@@ -370,7 +383,7 @@ class _Chain:
             c = c.prev
 
 
-def _amplify(mesh: Mesh, g: _Traffic) -> dict[str, tuple[int, _Chain]]:
+def _amplify(mesh: Mesh, g: _Traffic) -> dict[str, tuple[float, _Chain]]:
     """Worst-case attempts reaching each service for one client request, with the path.
 
     A `calls` hop multiplies by the callee's attempts; a route or mirror hop to another service
@@ -380,7 +393,7 @@ def _amplify(mesh: Mesh, g: _Traffic) -> dict[str, tuple[int, _Chain]]:
     """
     attempts = _facts(mesh).attempts
     factor = {name: attempts[name][0] for name in g.succ}
-    best: dict[str, tuple[int, _Chain]] = {}
+    best: dict[str, tuple[float, _Chain]] = {}
     members = g.component  # node -> scc id
     for scc, component in enumerate(g.sccs):
         nodes = sorted(component)
@@ -410,12 +423,12 @@ def _amplify(mesh: Mesh, g: _Traffic) -> dict[str, tuple[int, _Chain]]:
     return best
 
 
-def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: _Traffic, factor: dict[str, int],
+def _exact_in_scc(best: dict[str, tuple[float, _Chain]], g: _Traffic, factor: dict[str, float],
                   nodes: list[str], scc: set[str]) -> None:
     """Every simple path inside a small component, from each node's best entry."""
     starts = {v: best[v] for v in nodes}
 
-    def walk(u: str, value: int, chain: _Chain, seen: frozenset[str]) -> None:
+    def walk(u: str, value: float, chain: _Chain, seen: frozenset[str]) -> None:
         for v in sorted(g.succ[u]):
             if v not in scc or v in seen:
                 continue
@@ -429,7 +442,7 @@ def _exact_in_scc(best: dict[str, tuple[int, _Chain]], g: _Traffic, factor: dict
         walk(s, starts[s][0], starts[s][1], frozenset({s}))
 
 
-def _relax(best: dict[str, tuple[int, _Chain]], g: _Traffic, factor: dict[str, int], u: str, v: str) -> bool:
+def _relax(best: dict[str, tuple[float, _Chain]], g: _Traffic, factor: dict[str, float], u: str, v: str) -> bool:
     f = factor[v] if g.succ[u][v] else 1
     value = best[u][0] * f
     if value > best[v][0]:
@@ -451,21 +464,21 @@ def _on_chain(chain: _Chain, node: str, scc: set[str]) -> bool:
     return False
 
 
-def amplification(mesh: Mesh) -> dict[str, tuple[int, tuple[str, ...]]]:
+def amplification(mesh: Mesh) -> dict[str, tuple[float, tuple[str, ...]]]:
     """For each service: the worst-case number of attempts reaching it over any call path
     (the product of total attempts per hop) and that path, first service first."""
     best = _amplify(mesh, _traffic_graph(mesh))
     return {name: (value, chain.nodes()) for name, (value, chain) in sorted(best.items())}
 
 
-def describe_path(chain_nodes: tuple[str, ...], factors: tuple[int, ...], total: int) -> str:
+def describe_path(chain_nodes: tuple[str, ...], factors: tuple[float, ...], total: float) -> str:
     """`a -> b -> c (4x3x2 = 24 attempts)`; very long paths keep their ends."""
     shown = list(chain_nodes)
-    nums = [str(f) for f in factors]
+    nums = [fmt_attempts(f) for f in factors]
     if len(shown) > 12:
         shown = shown[:5] + ["..."] + shown[-5:]
         nums = nums[:5] + ["..."] + nums[-5:]
-    return f"{' -> '.join(shown)} ({'x'.join(nums)} = {total} attempts)"
+    return f"{' -> '.join(shown)} ({'x'.join(nums)} = {fmt_attempts(total)} attempts)"
 
 
 # --------------------------------------------------------------------------- checks
@@ -735,9 +748,9 @@ def check_amplification(mesh: Mesh, limit: int = DEFAULT_AMPLIFICATION_LIMIT) ->
         own, retry = attempts[svc.name]
         span = retry.span if retry is not None and chain.factor > 1 else svc.span
         yield Diagnostic(
-            "W205", f"retry amplification: one request may become {value} attempts at '{svc.name}': "
+            "W205", f"retry amplification: one request may become {fmt_attempts(value)} attempts at '{svc.name}': "
                     f"{describe_path(chain.nodes(), chain.factors(), value)}",
-            span, label=f"{value} attempts > {limit}",
+            span, label=f"{fmt_attempts(value)} attempts > {limit}",
             help="retry at one layer only (usually the edge), lower retry counts, or add a retry budget")
 
 

@@ -456,3 +456,18 @@ def test_large_route_tables_use_the_index_and_agree() -> None:
                 for j in range(1, len(table)) if any(graph.rule_covers(table[i], table[j]) for i in range(j))]
     assert indexed == pairwise
     assert len(indexed) == 60 + 60 + 1 + 1 + 1
+
+
+def test_a_retry_budget_caps_the_amplification_factor() -> None:
+    # W205's help says "add a retry budget": a budget of 20% lets at most 1.2 attempts per request
+    # through in a retry storm, whatever the retry count (it did nothing before).
+    src = (WEB % "calls api\n retry 3" + "service api {\n port http 81\n calls db\n retry 3 budget 20%\n}\n"
+           "service db {\n port http 82\n retry 2\n}\nallow web -> api\nallow api -> db\n")
+    mesh = _mesh(src)
+    value, path = graph.amplification(mesh)["db"]
+    assert path == ("web", "api", "db") and abs(value - 4 * 1.2 * 3) < 1e-9
+    w = [d.message for d in graph.check(mesh) if d.code == "W205" and "'db'" in d.message]
+    assert w == ["retry amplification: one request may become 14.4 attempts at 'db': "
+                 "web -> api -> db (4x1.2x3 = 14.4 attempts)"]
+    budgeted = src.replace(" retry 2\n", " retry 2 budget 10%\n").replace("calls api\n retry 3", "calls api\n retry 3 budget 25%")
+    assert "W205" not in [d.code for d in graph.check(_mesh(budgeted))]  # 1.25 x 1.2 x 1.1 = 1.65
