@@ -12,7 +12,7 @@ import pytest
 import yaml
 from meshc.backends.appmesh import NO_TIMEOUT_MS, AppMeshBackend, scale_weights
 from meshc.backends.base import Bundle
-from test_consul_fixtures import bookinfo, example, example_ids, replace, update_service, validate_crds
+from model_fixtures import bookinfo, example, example_ids, replace, update_service, validate_crds
 
 from meshc.model import AuthzRule, Destination, Ingress, PathMatch, Retry, RouteRule, Source
 
@@ -189,7 +189,7 @@ def test_unsupported_features_are_e301() -> None:
 
 
 def test_external_service_with_tls_origination() -> None:
-    from test_consul_fixtures import ident
+    from model_fixtures import ident
 
     from meshc.model import External, Port, Service, Timeout
 

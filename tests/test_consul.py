@@ -12,7 +12,7 @@ import pytest
 import yaml
 from meshc.backends.base import Bundle
 from meshc.backends.consul import NO_TIMEOUT_MS, ConsulBackend, crd_key, hcl_string
-from test_consul_fixtures import (
+from model_fixtures import (
     bookinfo,
     example,
     example_ids,
@@ -289,7 +289,7 @@ def test_ingress_exposes_only_the_listed_paths() -> None:
 
 
 def test_external_service_is_a_destination_behind_the_terminating_gateway() -> None:
-    from test_consul_fixtures import ident
+    from model_fixtures import ident
 
     from meshc.model import External, Port, Service
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshc.backends.consul import ConsulBackend
 from meshc.backends.nginx import NginxBackend
+from model_fixtures import bookinfo, replace
 from test_consul import consul_decide, intentions
-from test_consul_fixtures import bookinfo, replace
 from test_nginx import authz_map, nginx_decides
 
 from meshc import authz

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from meshc.backends.base import Bundle
 from meshc.backends.nginx import NginxBackend
-from test_consul_fixtures import bookinfo, example, example_ids, ident, replace, update_service, with_fault
+from model_fixtures import bookinfo, example, example_ids, ident, replace, update_service, with_fault
 
 from meshc import authz
 from meshc.model import (

@@ -18,7 +18,7 @@ import hcl2
 import pytest
 import yaml
 from meshc.backends import get
-from test_consul_fixtures import ROOT, SCHEMAS
+from model_fixtures import ROOT, SCHEMAS
 
 from meshc.diagnostics import MeshcError
 from meshc.model import Mesh

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from meshc.backends.base import Bundle
 from meshc.backends.nginx_mesh import NginxMeshBackend, anchored
-from test_consul_fixtures import bookinfo, example, example_ids, replace, update_service
+from model_fixtures import bookinfo, example, example_ids, replace, update_service
 
 from meshc.model import AuthzRule, Outlier, PathMatch, Source
 
@@ -29,7 +29,7 @@ def allow_only(mesh: Any) -> Any:
 
 @pytest.mark.parametrize("name", example_ids())
 def test_every_object_validates_against_the_nsm_schemas(name: str) -> None:
-    from test_consul_fixtures import validate_crds
+    from model_fixtures import validate_crds
 
     objs = list(objects(lower(example(name))).values())
     if objs:
@@ -37,7 +37,7 @@ def test_every_object_validates_against_the_nsm_schemas(name: str) -> None:
 
 
 def test_bookinfo_objects_validate() -> None:
-    from test_consul_fixtures import validate_crds
+    from model_fixtures import validate_crds
 
     bundle = lower(allow_only(bookinfo()))
     kinds = {o["kind"] for o in objects(bundle).values()}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from meshc.backends import compile_mesh
-from test_consul_fixtures import validate_crds
+from model_fixtures import validate_crds
 
 from meshc.compiler import load_text
 from meshc.diagnostics import MeshcError

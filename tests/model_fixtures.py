@@ -1,8 +1,9 @@
-"""Model fixtures shared by the Consul, nginx, NGINX Service Mesh and App Mesh tests.
+"""Model fixtures shared by the Consul, nginx, NGINX Service Mesh and App Mesh tests (a helper
+module, not a test module: its own checks are in tests/test_model_fixtures.py).
 
 `bookinfo()` builds, with the model classes directly, roughly what examples/bookinfo says (so the
 backend tests do not depend on the parser); `compiled_examples()` yields every example through
-the real front end once it exists. Also the CRD schema check used until meshc.validate lands.
+the real front end. Also the CRD schema check (validate_crds) those tests share.
 """
 
 from __future__ import annotations
@@ -185,20 +186,3 @@ def validate_crds(target: str, objs: list[dict[str, Any]]) -> None:
         return
     problems = validate_objects(objs, SCHEMAS, target=target)
     assert not problems, "\n".join(map(str, problems))
-
-
-def test_fixture_is_a_valid_mesh() -> None:
-    m = bookinfo()
-    assert [s.name for s in m.services] == sorted(s.name for s in m.services)
-    reviews = m.service("reviews")
-    assert reviews is not None
-    split = reviews.routes[1].destinations
-    assert sum(d.weight for d in split) == 10_000
-
-
-def test_close_schema_rejects_unknown_fields() -> None:
-    import jsonschema
-
-    schema = close_schema({"type": "object", "properties": {"a": {"type": "string"}}})
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"a": "x", "b": 1}, schema)
