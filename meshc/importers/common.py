@@ -223,6 +223,11 @@ def load_yaml(path: Path | str, text: str) -> list[Any]:
         raise ImportError_(f"{path}{line}: error[E124]: the document is {e.what}; refused "
                            "(a bound on every input keeps meshc's time and memory bounded)") from None
     except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        if "maximum nesting depth" in str(e):  # libyaml's own bound (PyYAML >= 6.0.4), met while scanning
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ImportError_(f"{path}{line}: error[E124]: the document is nested deeper than libyaml allows; "
+                               "refused (a bound on every input keeps meshc's time and memory bounded)") from None
         raise ImportError_(f"{path}: not YAML or JSON: {e}") from None
     except (ValueError, RecursionError) as e:  # e.g. an integer of more digits than Python converts
         raise ImportError_(f"{path}: not YAML or JSON: {type(e).__name__}: {e}") from None
