@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from meshc import ast as A
+from meshc import suppress
 from meshc.diagnostics import Diagnostic, MeshcError
 from meshc.gc_pause import paused_gc
 from meshc.model import Mesh, Span
@@ -133,6 +134,7 @@ class Loaded:
     mesh: Mesh
     parsed: list[Parsed]
     warnings: list[Diagnostic] = field(default_factory=list)
+    suppressed: list[Diagnostic] = field(default_factory=list)  # by `# meshc: ignore[...]` (meshc.suppress)
 
     @property
     def sources(self) -> dict[str, str]:
@@ -269,7 +271,9 @@ def _load_all(paths: Sequence[Path], read: Reader, checks: bool) -> Loaded:
         found = graph.check(mesh)
         if any(d.severity == "error" for d in found):
             raise MeshcError(found)
-        warnings = found
+        by_file = {p.path: rules for p in parsed if (rules := suppress.suppressions(p.text, p.ast.decls))}
+        warnings, suppressed = suppress.apply(found, by_file) if by_file else (found, [])
+        return Loaded(mesh, parsed, warnings, suppressed)
     return Loaded(mesh, parsed, warnings)
 
 

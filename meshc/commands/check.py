@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ def register(subparsers: Any) -> None:
     c = subparsers.add_parser("check", help="parse, resolve and run the graph checks")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    c.add_argument("--show-suppressed", action="store_true",
+                   help="also print the warnings `# meshc: ignore[CODE]` comments silence")
     c.add_argument("--each", action="store_true",
                    help="check every entry point on its own: the root .mesh files of each folder holding a "
                         "given file (or under a given directory); for pre-commit hooks")
@@ -73,13 +76,20 @@ def run(args: argparse.Namespace) -> int:
     if args.each:
         return _check_each(args)
     loaded = load(args)
-    report(loaded.warnings, args, loaded.sources)
-    if args.format == "sarif" and not loaded.warnings:
+    shown = loaded.warnings + (suppressed_notes(loaded.suppressed) if args.show_suppressed else [])
+    report(shown, args, loaded.sources)
+    if args.format == "sarif" and not shown:
         sys.stdout.write(render([], "sarif", {}))
-    elif args.format == "json" and not loaded.warnings:
+    elif args.format == "json" and not shown:
         sys.stdout.write("[]\n")
     if args.format == "text":
         s = loaded.mesh
+        silenced = f", {len(loaded.suppressed)} suppressed" if loaded.suppressed else ""
         print(f"{', '.join(s.files)}: ok ({len(s.services)} services, {len(s.rules)} rules, "
-              f"{len(loaded.warnings)} warnings)", file=sys.stderr)
+              f"{len(loaded.warnings)} warnings{silenced})", file=sys.stderr)
     return 1 if args.strict and loaded.warnings else 0
+
+
+def suppressed_notes(diags: list[Diagnostic]) -> list[Diagnostic]:
+    """--show-suppressed: the silenced warnings, each saying so."""
+    return [replace(d, notes=(*d.notes, "suppressed by a `# meshc: ignore[...]` comment")) for d in diags]
