@@ -248,7 +248,8 @@ def parse_all(paths: Sequence[Path], read: Reader = _read_disk) -> list[Parsed]:
     return order
 
 
-def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = True) -> Loaded:
+def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = True, *,
+             amplification_limit: int | None = None, ignore: frozenset[str] = frozenset()) -> Loaded:
     """Parse, resolve and check; raise MeshcError on errors, return warnings alongside."""
     if read is _read_disk:
         try:
@@ -257,10 +258,13 @@ def load_all(paths: Sequence[Path], read: Reader = _read_disk, checks: bool = Tr
             raise MeshcError([Diagnostic("E106", str(e), Span(file=str(paths[0]) if paths else "", line=0,
                                                               column=0))]) from None
     with paused_gc(freeze=True):
-        return _load_all(paths, read, checks)
+        return _load_all(paths, read, checks, amplification_limit, ignore)
 
 
-def _load_all(paths: Sequence[Path], read: Reader, checks: bool) -> Loaded:
+def _load_all(paths: Sequence[Path], read: Reader, checks: bool, amplification_limit: int | None = None,
+              ignore: frozenset[str] = frozenset()) -> Loaded:
+    """`amplification_limit` and `ignore` (warning codes silenced everywhere) come from the
+    project configuration (meshc.project)."""
     parsed = parse_all(paths, read)
     # Root files come last in `parsed` (imports first), so overlays in a root file apply last.
     mesh = resolve([p.ast for p in parsed])
@@ -268,10 +272,14 @@ def _load_all(paths: Sequence[Path], read: Reader, checks: bool) -> Loaded:
     if checks:
         from meshc import graph  # imported here: it is the largest module, and `fmt` never needs it
 
-        found = graph.check(mesh)
+        found = graph.check(mesh) if amplification_limit is None else graph.check(
+            mesh, amplification_limit=amplification_limit)
         if any(d.severity == "error" for d in found):
             raise MeshcError(found)
         by_file = {p.path: rules for p in parsed if (rules := suppress.suppressions(p.text, p.ast.decls))}
+        if ignore:  # the project's `ignore`: every file, every line
+            everywhere = suppress.Suppression(ignore, 0, 2**31)
+            by_file = {p.path: [*by_file.get(p.path, []), everywhere] for p in parsed}
         warnings, suppressed = suppress.apply(found, by_file) if by_file else (found, [])
         return Loaded(mesh, parsed, warnings, suppressed)
     return Loaded(mesh, parsed, warnings)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from meshc.commands import UsageError
-from meshc.commands.common import add_format, load, report, sources_of
+from meshc.commands.common import add_format, load, project_config, report, sources_of
 from meshc.compiler import expand_paths, load_all
 from meshc.diagnostics import Diagnostic, MeshcError, render
 
@@ -53,9 +53,10 @@ def _check_each(args: argparse.Namespace) -> int:
     """Each entry point on its own (a pre-commit hook passes whichever files changed)."""
     found: list[Diagnostic] = []
     failed = False
+    config = project_config()
     for root in entry_points(args.files):
         try:
-            loaded = load_all([root])
+            loaded = load_all([root], amplification_limit=config.amplification_limit, ignore=config.ignore)
         except MeshcError as e:
             found += e.diagnostics
             failed = True

@@ -13,6 +13,8 @@ from meshc.commands import UsageError
 from meshc.compiler import Loaded, expand_paths, load_all, read_bounded, source_text
 from meshc.diagnostics import Diagnostic, render
 from meshc.parse import MAX_FILE_BYTES
+from meshc.project import ProjectConfig, ProjectConfigError
+from meshc.project import find as find_project_config
 
 
 def add_format(p: argparse.ArgumentParser) -> None:
@@ -77,9 +79,19 @@ def mesh_files(paths: Sequence[str]) -> list[Path]:
         raise UsageError(str(e)) from None
 
 
-def load(args: argparse.Namespace) -> Loaded:
+def project_config() -> ProjectConfig:
+    """The project configuration that applies here (meshc.project); a bad one is a usage error."""
+    try:
+        return find_project_config()
+    except ProjectConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def load(args: argparse.Namespace, config: ProjectConfig | None = None) -> Loaded:
+    config = config or project_config()
+    settings = {"amplification_limit": config.amplification_limit, "ignore": config.ignore}
     if STDIN in args.files:
         if len(args.files) != 1:
             raise UsageError("'-' (standard input) must be the only file")
-        return load_all([Path(STDIN)], read=_read)
-    return load_all(mesh_files(args.files))
+        return load_all([Path(STDIN)], read=_read, **settings)  # type: ignore[arg-type]
+    return load_all(mesh_files(args.files), **settings)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from typing import Any
 from meshc import backends
 from meshc.backends.base import Bundle
 from meshc.commands import UsageError
-from meshc.commands.common import add_format, load, report
+from meshc.commands.common import add_format, load, project_config, report
 from meshc.diagnostics import Diagnostic, MeshcError, did_you_mean
 
 
@@ -19,8 +19,9 @@ def register(subparsers: Any) -> None:
     c.add_argument("files", nargs="*", metavar="FILE")
     c.add_argument("--target", "-t", help="target name, a comma-separated list, 'model' or 'all'")
     c.add_argument("-o", "--output", help="output directory (default: print to stdout)")
-    c.add_argument("--unsupported", choices=("error", "warn"), default="error",
-                   help="what to do with features the target cannot express")
+    c.add_argument("--unsupported", choices=("error", "warn"), default=None,
+                   help="what to do with features the target cannot express (default: error, or the "
+                        "project configuration's)")
     c.add_argument("--option", "-X", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a backend option, e.g. -X dynamic (see docs/capabilities.md)")
     c.add_argument("--list-targets", action="store_true", help="list the targets and exit")
@@ -50,21 +51,32 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.files:
         raise UsageError("compile needs .mesh files")
-    if not args.target:
-        raise UsageError("compile needs --target (one of: " + ", ".join(["model", *backends.available()]) + ", all)")
+    config = project_config()
+    target_arg = args.target or ",".join(config.targets)
+    if not target_arg:
+        raise UsageError("compile needs --target (one of: " + ", ".join(["model", *backends.available()])
+                         + ", all), or `targets` in the project configuration")
+    unsupported = args.unsupported or config.unsupported or "error"
     # The command line is checked before any work: targets, then options (names and values).
-    targets = backends.available() if args.target == "all" else [t.strip() for t in args.target.split(",") if t]
+    targets = backends.available() if target_arg == "all" else [t.strip() for t in target_arg.split(",") if t]
     for t in targets:
         if t != "model" and t not in backends.available():
-            raise UsageError(f"unknown target '{t}' ({did_you_mean(t, ['model', *backends.available()])})")
+            where = "" if args.target else f" in {config.path}"
+            raise UsageError(f"unknown target '{t}'{where} ({did_you_mean(t, ['model', *backends.available()])})")
+    for t in config.options:
+        if t not in backends.available():
+            raise UsageError(f"unknown target '{t}' in {config.path} [options] ({did_you_mean(t, backends.available())})")
     options = parse_options(args.option)
     try:
+        for t, opts in config.options.items():  # every target's, compiled now or not
+            backends.get(t)(opts)
         per_target = backends.options_for([t for t in targets if t != "model"], options)
         for t, opts in per_target.items():
-            backends.get(t)(opts)  # checks the values
+            per_target[t] = {**config.options.get(t, {}), **opts}  # the command line wins
+            backends.get(t)(per_target[t])  # checks the values
     except backends.OptionError as e:
-        raise UsageError(str(e)) from None
-    loaded = load(args)
+        raise UsageError(f"{e}" + (f" (options may come from {config.path})" if config.options else "")) from None
+    loaded = load(args, config)
     report(loaded.warnings, args, loaded.sources)
     bundles = {}
     errors: list[Diagnostic] = []
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             bundles[t] = b
             continue
         try:
-            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=args.unsupported, options=per_target[t])
+            bundles[t] = backends.compile_mesh(loaded.mesh, t, unsupported=unsupported, options=per_target[t])
         except MeshcError as e:
             errors += e.diagnostics
     for b in bundles.values():
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     n = 0
     for t, b in bundles.items():
-        n += len(b.write(out, t if len(bundles) > 1 or args.target == "all" else ""))
+        n += len(b.write(out, t if len(bundles) > 1 or target_arg == "all" else ""))
     print(f"wrote {n} files to {out} ({', '.join(bundles)})", file=sys.stderr)
     if errors:
         failed = [t for t in targets if t not in bundles]
