@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -210,6 +211,15 @@ def _as_github(d: Diagnostic) -> str:
     return f"::{kind} {','.join(props)}::{_gh_escape(msg)}"
 
 
+# Where each code's explanation is published (SARIF wants an absolute helpUri);
+# MESHC_DOCS_URL points it at a fork's or a mirror's copy of docs/errors.md.
+DOCS_URL = "https://github.com/meshc/meshc/blob/main/docs/errors.md"
+
+
+def docs_url() -> str:
+    return os.environ.get("MESHC_DOCS_URL", DOCS_URL)
+
+
 def _as_sarif(diags: list[Diagnostic]) -> dict[str, object]:
     from meshc import __version__
 
@@ -231,7 +241,7 @@ def _as_sarif(diags: list[Diagnostic]) -> dict[str, object]:
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "meshc", "version": __version__,
-                                "rules": [{"id": r, "helpUri": f"docs/errors.md#{r.lower()}"} for r in rules]}},
+                                "rules": [{"id": r, "helpUri": f"{docs_url()}#{r.lower()}"} for r in rules]}},
             "results": results,
         }],
     }

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from meshc import authz
+from meshc.diagnostics import did_you_mean
 from meshc.model import AuthzRule, Match, Mesh, RouteRule, Service, Span
 
 PLAINTEXT = "unauthenticated"
@@ -185,10 +186,11 @@ def explain(mesh: Mesh, source: str, dest: str, method: str | None = None, path:
     Raises ValueError for an unknown source or destination."""
     src = None if source == PLAINTEXT else source
     svc = mesh.service(dest)
+    names = [s.name for s in mesh.services]
     if svc is None:
-        raise ValueError(f"unknown destination service '{dest}'")
+        raise ValueError(f"unknown destination service '{dest}' ({did_you_mean(dest, names)})")
     if src is not None and src != authz.INGRESS and mesh.service(src) is None:
-        raise ValueError(f"unknown source service '{src}'")
+        raise ValueError(f"unknown source service '{src}' ({did_you_mean(src, [*names, authz.INGRESS, PLAINTEXT])})")
     headers = {k.lower(): v for k, v in (headers or {}).items()}
     if port is None and len(svc.ports) == 1:
         port = svc.ports[0].number

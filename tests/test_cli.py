@@ -218,3 +218,28 @@ def test_fmt_reads_standard_input_and_writes_standard_output() -> None:
     assert r.returncode == 0 and r.stdout == b"mesh m {}\n\nservice a {\n  port http 80\n}\n"
     assert meshc("fmt", "--check", "-", input=r.stdout).returncode == 0
     assert meshc("fmt", "--check", "-", input=b"mesh   m {}\n").returncode == 1
+
+
+def test_sarif_rules_link_to_an_absolute_uri(tmp_path) -> None:
+    f = tmp_path / "m.mesh"
+    f.write_text("mesh m {}\nservice a { port htp 80 }\n")
+    r = meshc("check", str(f), "--format", "sarif")
+    (rule,) = json.loads(r.stdout)["runs"][0]["tool"]["driver"]["rules"]
+    assert rule["helpUri"].startswith("https://") and rule["helpUri"].endswith("/docs/errors.md#e109")
+    env_r = subprocess.run([sys.executable, "-m", "meshc.cli", "check", str(f), "--format", "sarif"],
+                           capture_output=True, env={**os.environ, "MESHC_DOCS_URL": "https://example.test/errors"})
+    assert json.loads(env_r.stdout)["runs"][0]["tool"]["driver"]["rules"][0]["helpUri"] == "https://example.test/errors#e109"
+
+
+def test_why_suggests_the_service_meant() -> None:
+    r = meshc("why", "productpage", "reviewz", "-m", str(ROOT / "examples" / "bookinfo"))
+    assert r.returncode == 2 and b"unknown destination service 'reviewz' (did you mean 'reviews'?)" in r.stderr
+
+
+def test_diff_errors_respect_no_color(tmp_path) -> None:
+    bad = tmp_path / "bad.mesh"
+    bad.write_text("service {\n")
+    r = meshc("diff", str(bad), str(bad), "--color", "always")
+    assert b"\x1b[" in r.stderr
+    r = meshc("diff", str(bad), str(bad), "--color", "never")
+    assert r.returncode == 1 and b"\x1b[" not in r.stderr and b"error[E0" in r.stderr

@@ -27,10 +27,12 @@ def load_paths(paths: Sequence[Path]) -> Mesh:
     return load(list(paths), checks=False)
 
 
-def report_load_error(err: Exception, relabel: tuple[str, str] = ("", ""), command: str = "diff") -> int:
+def report_load_error(err: Exception, relabel: tuple[str, str] = ("", ""), command: str = "diff",
+                      color: str = "auto") -> int:
     """Print load errors on stderr (exit 1); anything else is a usage problem (exit 2)."""
     if isinstance(err, MeshcError):
-        text = render(err.diagnostics, "text", sources_of(err.diagnostics), color=sys.stderr.isatty())
+        tint = color == "always" or (color == "auto" and sys.stderr.isatty() and "NO_COLOR" not in os.environ)
+        text = render(err.diagnostics, "text", sources_of(err.diagnostics), color=tint)
         sys.stderr.write(text.replace(*relabel) if relabel[0] else text)
         return 1
     sys.stderr.write(f"meshc {command}: {err}\n")
@@ -85,14 +87,14 @@ def _run_diff(args: argparse.Namespace) -> int:
                 old, new = diff_sides.load_both(load_old, lambda: load_paths(new_paths))
             except diff_sides.OldSideError as e:
                 if isinstance(e.error, MeshcError):
-                    return report_load_error(e.error, relabel)  # the old side's files, named as the user knows them
+                    return report_load_error(e.error, relabel, color=args.color)  # the old side's files, named as the user knows them
                 raise e.error from None
         else:
             new = load_paths(new_paths)
             try:
                 old = load_old()
             except MeshcError as e:
-                return report_load_error(e, relabel)
+                return report_load_error(e, relabel, color=args.color)
         result = semantic_diff(old if old is not None else Mesh(name=new.name), new, targets=targets)
         if args.base:
             result = result.relabel(*relabel)
@@ -100,7 +102,7 @@ def _run_diff(args: argparse.Namespace) -> int:
         sys.stderr.write(f"meshc diff: {e}\n")
         return 2
     except (MeshcError, OSError) as e:
-        return report_load_error(e)
+        return report_load_error(e, color=args.color)
     if args.format == "text":
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                            and "NO_COLOR" not in os.environ)
