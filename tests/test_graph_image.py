@@ -72,3 +72,19 @@ def test_live_success_colours_edges() -> None:
 def test_live_coloured_graph_renders() -> None:
     dot = with_live_success(_bookinfo_dot(), {("productpage", "reviews"): 0.97})
     assert b"darkorange" in render_image(dot, "svg")
+
+
+def test_an_image_is_not_written_to_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "meshc.cli", "graph", str(ROOT / "examples" / "bookinfo"),
+                            "--format", "png"], stdout=slave, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2 and b"png is binary: give -o FILE" in r.stderr
