@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
         return 0
-    if not args.output and sys.stdout.isatty():  # binary on a terminal garbles it
+    if args.format == "png" and not args.output and sys.stdout.isatty():  # binary garbles a terminal
         sys.stderr.write(f"meshc graph: {args.format} is binary: give -o FILE or redirect the output\n")
         return 2
     from meshc.graph_image import GraphvizMissing, render_image
