@@ -155,9 +155,11 @@ def display_path(path: Path) -> str:
 _parsed_by_expand: dict[tuple[str, bytes], Parsed] = {}
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
+def expand_paths(paths: Sequence[Path], *, entry_points: bool = False) -> list[Path]:
     """Files as given; a directory stands for its root .mesh files (those that no other file in
-    it imports), so `meshc check examples/multifile` compiles prod.mesh with what it imports."""
+    it imports), so `meshc compile examples/multifile` compiles prod.mesh with what it imports.
+    With `entry_points`, a directory also stands for every file that declares a `mesh` block
+    (base.mesh, which prod.mesh imports, is a mesh of its own: `meshc check` checks both)."""
     out: list[Path] = []
     for p in paths:
         if not p.is_dir():
@@ -165,6 +167,7 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
             continue
         files = sorted(p.glob("*.mesh"))
         imported: set[Path] = set()
+        declares_mesh: set[Path] = set()
         for f in files:
             try:
                 data = read_bounded(f)
@@ -174,7 +177,9 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
             _parsed_by_expand[(parsed.path, data)] = parsed
             imported |= {_real(f.parent / d.path.value) for d in parsed.ast.decls
                          if isinstance(d, A.ImportDecl)}
-        roots = [f for f in files if _real(f) not in imported]
+            if any(isinstance(d, A.MeshDecl) for d in parsed.ast.decls):
+                declares_mesh.add(f)
+        roots = [f for f in files if _real(f) not in imported or (entry_points and f in declares_mesh)]
         if not roots:
             raise ValueError(f"no .mesh files in {p}")
         out += roots

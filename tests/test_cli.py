@@ -243,3 +243,23 @@ def test_diff_errors_respect_no_color(tmp_path) -> None:
     assert b"\x1b[" in r.stderr
     r = meshc("diff", str(bad), str(bad), "--color", "never")
     assert r.returncode == 1 and b"\x1b[" not in r.stderr and b"error[E0" in r.stderr
+
+
+def test_check_of_a_directory_checks_every_mesh_in_it(tmp_path) -> None:
+    # base.mesh declares a mesh of its own and prod.mesh imports and patches it: a broken base
+    # (a split of 90%) used to pass, because only prod.mesh, which overrides the route, was checked.
+    import shutil
+
+    d = tmp_path / "multifile"
+    shutil.copytree(ROOT / "examples" / "multifile", d)
+    r = meshc("check", str(d))
+    assert r.returncode == 0
+    assert b"multifile/base.mesh, " in r.stderr and b"multifile/prod.mesh, " in r.stderr
+    base = (d / "base.mesh").read_text()
+    prod = (d / "prod.mesh").read_text()
+    assert "overlay service posts" in prod and "route {" in prod  # prod replaces posts' route table
+    assert "otherwise -> split { v1 50%, v2 50% }" in base
+    (d / "base.mesh").write_text(base.replace("split { v1 50%, v2 50% }", "split { v1 80%, v2 10% }"))
+    assert meshc("check", str(d / "prod.mesh")).returncode == 0  # prod alone: the overlay hides it
+    r = meshc("check", str(d))
+    assert r.returncode == 1 and b"base.mesh:29:" in r.stderr and b"split weights" in r.stderr, r.stderr

@@ -29,8 +29,9 @@ def register(subparsers: Any) -> None:
 
 
 def entry_points(paths: Sequence[str]) -> list[Path]:
-    """`check --each`: the root .mesh files (those no file beside them imports) of every folder
-    that holds a given file, or of every folder under a given directory (hidden ones skipped)."""
+    """The meshes to check one by one: in every folder that holds a given file, or under a given
+    directory (hidden folders skipped), the root .mesh files (those no file beside them
+    imports) and the files that declare a `mesh` block."""
     folders: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
@@ -41,7 +42,7 @@ def entry_points(paths: Sequence[str]) -> list[Path]:
     roots: list[Path] = []
     for folder in sorted(folders):
         try:
-            roots += expand_paths([folder])
+            roots += expand_paths([folder], entry_points=True)
         except ValueError as e:  # every file there is imported by another: a cycle
             raise UsageError(str(e)) from None
     if not roots:
@@ -74,7 +75,9 @@ def _check_each(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.each:
+    # A directory means each mesh in it, each on its own: every root file and every file that
+    # declares a `mesh` block (a dev base.mesh that prod.mesh imports is checked as well).
+    if args.each or any(Path(f).is_dir() for f in args.files):
         return _check_each(args)
     loaded = load(args)
     shown = loaded.warnings + (suppressed_notes(loaded.suppressed) if args.show_suppressed else [])
