@@ -20,7 +20,9 @@ Lowering decisions:
   keeps their meaning whether the implementation searches or matches whole values.
 - Access: SMI TrafficTargets only allow, between service accounts, and NSM denies the rest
   (`accessControlMode: deny`). Deny rules cannot be said (E301). `*` and `authenticated`
-  enumerate the mesh's identities.
+  enumerate the mesh's identities. Under `allow_by_default` (`accessControlMode: allow`) no
+  TrafficTarget is written: allow rules add nothing there, and a TrafficTarget would admit only
+  its own sources to its destination.
 - RateLimit: nginx `limit_req` semantics (`burst` = bucket - 1, `delay: nodelay`), per hour
   only when it is a whole number per minute.
 - CircuitBreaker is NSM's passive ejection (nginx `max_fails`/`fail_timeout`): meshc `outlier`
@@ -265,6 +267,11 @@ class NginxMeshBackend(Backend):
         return sorted(out)
 
     def lower_access(self, svc: Service, ctx: _Ctx) -> list[dict[str, Any]]:
+        if self.mesh.authz == "allow_by_default":
+            # Everything is allowed already, so an allow rule adds nothing; written as a
+            # TrafficTarget it would restrict: in NSM's `allow` mode a destination with a
+            # TrafficTarget admits only the sources it lists (every other caller got 403).
+            return []
         rules = [r for r in self.mesh.rules if r.action == "allow"
                  and (svc.name in r.destinations or "*" in r.destinations)]
         http = any(p.protocol in HTTP_PROTOCOLS for p in svc.ports)

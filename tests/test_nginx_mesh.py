@@ -107,3 +107,23 @@ def test_deny_rules_and_retries_are_e301() -> None:
 def test_helm_values_carry_mesh_wide_settings() -> None:
     values = yaml.safe_load(lower(bookinfo()).files["helm-values.yaml"])
     assert values == {"mtls": {"mode": "strict"}, "accessControlMode": "deny"}
+
+
+def test_allow_rules_under_allow_by_default_write_no_traffic_target() -> None:
+    # In NSM's `allow` mode a TrafficTarget admits only its own sources to its destination: the
+    # rule `allow a -> dest methods GET` made every other caller of dest get 403, while meshc
+    # (and `meshc why`) say everything is allowed under allow_by_default.
+    from meshc.backends import compile_mesh
+    from meshc.compiler import load_text
+    from meshc.why import explain
+
+    mesh = load_text("mesh m { mtls strict authz allow_by_default }\n"
+                     "service a { port http 80 calls dest }\nservice b { port http 81 calls dest }\n"
+                     "service dest { port http 82 }\nallow a -> dest methods GET\n", "m.mesh")
+    bundle = compile_mesh(mesh, "nginx-mesh")
+    docs = [d for rel, data in bundle.files.items() if rel.endswith(".yaml")
+            for d in yaml.safe_load_all(data) if isinstance(d, dict)]
+    assert not [d for d in docs if d.get("kind") == "TrafficTarget"]
+    values = yaml.safe_load(bundle.files["helm-values.yaml"])
+    assert values["accessControlMode"] == "allow"
+    assert explain(mesh, "b", "dest", "POST", "/", None, {})["allowed"] is True
