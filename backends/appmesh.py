@@ -379,9 +379,17 @@ class AppMeshBackend(Backend):
             return {"tls": {"enforce": True, "validation": {
                 "trust": {"file": {"certificateChain": ca}},
                 "subjectAlternativeNames": {"match": {"exact": [ext.sni or ext.host]}}}}}
-        return {"tls": {"enforce": True, "certificate": {"sds": {"secretName": caller.identity.spiffe}},
-                        "validation": {"trust": {"sds": {"secretName": self.spiffe_bundle()}},
-                                       "subjectAlternativeNames": {"match": {"exact": [callee.identity.spiffe]}}}}}
+        # The caller speaks mTLS to every port that is not `mtls disabled` (a disabled listener
+        # has no TLS: enforcing it there failed every call).
+        tls_ports = [p.number for p in callee.ports if p.mtls != "disabled"]
+        if not tls_ports:
+            return {}
+        tls: dict[str, Any] = {"enforce": True, "certificate": {"sds": {"secretName": caller.identity.spiffe}},
+                               "validation": {"trust": {"sds": {"secretName": self.spiffe_bundle()}},
+                                              "subjectAlternativeNames": {"match": {"exact": [callee.identity.spiffe]}}}}
+        if len(tls_ports) < len(callee.ports):
+            tls["ports"] = tls_ports
+        return {"tls": tls}
 
     # ------------------------------------------------------------------ authorization
 
@@ -631,10 +639,15 @@ class AppMeshBackend(Backend):
         ns = mesh.ingress_identity.namespace
         ports = sorted({s.expose.port for s in exposed if s.expose is not None})
         listeners = [{"portMapping": {"port": p, "protocol": "http"}} for p in ports]
-        backend = {"clientPolicy": {"tls": {"enforce": True,
-                                            "certificate": {"sds": {"secretName": mesh.ingress_identity.spiffe}},
-                                            "validation": {"trust": {"sds": {"secretName": self.spiffe_bundle()}}}}}}
-        spec: dict[str, Any] = {"listeners": listeners, "backendDefaults": backend}
+        spec: dict[str, Any] = {"listeners": listeners}
+        # mTLS from the gateway to the exposed services' ports that are not `mtls disabled`
+        tls_ports = sorted({p.number for s in exposed for p in s.ports if p.mtls != "disabled"})
+        if tls_ports:
+            tls: dict[str, Any] = {"enforce": True, "certificate": {"sds": {"secretName": mesh.ingress_identity.spiffe}},
+                                   "validation": {"trust": {"sds": {"secretName": self.spiffe_bundle()}}}}
+            if any(p.mtls == "disabled" for s in exposed for p in s.ports):
+                tls["ports"] = tls_ports
+            spec["backendDefaults"] = {"clientPolicy": {"tls": tls}}
         logging = self.logging()
         if logging:
             spec["logging"] = logging

@@ -251,3 +251,26 @@ def test_grpc_paths_become_service_and_method_names() -> None:
     # a path that names no gRPC service or method cannot be said
     bad = lower(load_text(text.replace('prefix "/shop.Cart/"', 'prefix "/shop"'), checks=False)).diagnostics
     assert any(d.code == "E330" and "gRPC" in d.message for d in bad)
+
+
+def test_client_tls_only_towards_ports_that_speak_it() -> None:
+    # `mtls disabled` gave every backend clientPolicy.tls {enforce: true} while the callee's
+    # listener had no TLS: every call failed. Mixed ports name the TLS ports.
+    from meshc.compiler import load_text
+
+    text = """mesh m {{ mtls {mode} authz allow_by_default }}
+service web {{ port http 8080 calls api expose ingress on port 80 paths prefix "/" }}
+service api {{ port http 9090 {extra} calls db }}
+service db {{ port tcp 5432 }}
+"""
+    off = lower(load_text(text.format(mode="disabled", extra=""), "m.mesh"))
+    bodies = api_bodies(off)
+    for path, body in bodies.items():
+        assert "clientPolicy" not in json.dumps(body), path
+        operation = path.split("/")[1].split("-")[1]
+        assert not botocore_errors(operation, body), (path, botocore_errors(operation, body))
+    validate_crds("appmesh", list(crds(off).values()))
+    mixed = lower(load_text(text.format(mode="disabled", extra="port http 9443 mtls strict on port 9443"), "m.mesh"))
+    web = next(b for p, b in api_bodies(mixed).items() if b.get("virtualNodeName") == "web")
+    (backend,) = [b for b in web["spec"]["backends"] if b["virtualService"]["virtualServiceName"].startswith("api")]
+    assert backend["virtualService"]["clientPolicy"]["tls"]["ports"] == [9443]
