@@ -593,6 +593,12 @@ class ConsulBackend(Backend):
                     name = f"{svc.name}-ingress"
                     out += self.ingress_router(mesh, svc, name, ctx)
             entry: dict[str, Any] = {"Name": name}
+            # The gateway is a caller too: the service's circuit breaker and outlier detection
+            # apply on its upstream as on every sidecar's (the same fields, per gateway service).
+            override = self.upstream_override(svc, ctx) or {}
+            entry.update(override.get("Limits", {}))
+            if "PassiveHealthCheck" in override:
+                entry["PassiveHealthCheck"] = override["PassiveHealthCheck"]
             hosts = list(svc.expose.hosts)
             if http and hosts != ["*"]:
                 entry["Hosts"] = hosts

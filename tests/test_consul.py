@@ -326,3 +326,27 @@ def test_rules_narrowed_by_request_attributes_never_match_a_tcp_service() -> Non
         {"name": "reviews", "action": "deny"}]
     assert authz.decide(replace(mesh, rules=rules), "productpage", "details").allowed
     assert not authz.decide(replace(mesh, rules=rules), "reviews", "details").allowed
+
+
+def test_the_ingress_gateway_applies_the_exposed_services_limits() -> None:
+    # The gateway calls the service like any sidecar: its circuit breaker and outlier detection
+    # were left out of the IngressGateway (only sidecars' upstream overrides carried them).
+    from meshc.compiler import load_text
+
+    mesh = load_text("""mesh m { mtls strict authz allow_by_default }
+service web {
+  port http 8080
+  expose ingress on port 80
+  circuit_breaker max_connections 100 max_pending 10 max_requests 200
+  outlier consecutive_5xx 5 interval 10s eject 30s max_percent 50%
+}
+""", "m.mesh")
+    bundle = lower(mesh)
+    validate_crds("consul", list(crds(bundle).values()))
+    (gateway,) = [d["spec"] for d in crds(bundle).values() if d["kind"] == "IngressGateway"]
+    (svc,) = gateway["listeners"][0]["services"]
+    assert (svc["maxConnections"], svc["maxPendingRequests"], svc["maxConcurrentRequests"]) == (100, 10, 200)
+    assert svc["passiveHealthCheck"] == {"interval": "10s", "maxFailures": 5, "enforcingConsecutive5xx": 100,
+                                         "maxEjectionPercent": 50, "baseEjectionTime": "30s"}
+    hcl = parse_hcl(bundle.files[next(p for p in bundle.files if p.endswith(".hcl") and "ingress" in p)].decode())
+    assert hcl["Listeners"][0]["Services"][0]["MaxConnections"] == 100
