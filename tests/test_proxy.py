@@ -568,3 +568,16 @@ def test_fuzzed_requests_never_break_the_proxy(fuzz_port: int, data: bytes) -> N
         assert out.startswith(b"HTTP/1.1 "), out[:80]
         assert set(statuses(out)) <= {100, 200, 400, 404, 408, 413, 431, 501, 502, 503}, out[:200]
     assert get(fuzz_port)[0] == 200
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(env: Env) -> None:
+    # It was held for the idle timeout (60 s by default) instead of the documented 10 s.
+    app = env.upstream("app")
+    env.start(sidecar([route("r", "A")], [cluster("A", app.port)],
+                      limits={"header_timeout_ms": 300, "idle_timeout_ms": 30_000}))
+    with socket.create_connection(("127.0.0.1", env.port()), timeout=5) as s:
+        start = time.monotonic()
+        assert s.recv(4096) == b""  # closed, with nothing to answer
+        assert 0.2 < time.monotonic() - start < 2
+    # a connection that does send a request in time is served as before
+    assert get(env.port())[0] == 200

@@ -390,7 +390,7 @@ class LimitsCfg(_Cfg):
     max_request_header_bytes: int = 65_536
     max_request_body_bytes: int = 0  # 0: unlimited (bodies stream in constant memory)
     max_response_header_bytes: int = 65_536
-    header_timeout_ms: Millis = 10_000  # from the first byte of a request to its last header
+    header_timeout_ms: Millis = 10_000  # first byte of a request (or a new connection) to its last header
     idle_timeout_ms: Millis = 60_000  # keep-alive connection with no request
     drain_timeout_ms: Millis = 15_000
     # Request bodies up to this size are kept for retries and mirroring (Envoy's buffer limit).

@@ -195,6 +195,7 @@ class Downstream(asyncio.Protocol):
         self.idle_deadline = 0.0
         self._error_status = 0
         self._starting = False
+        self._bytes_seen = False
 
     # ------------------------------------------------------------------ connection
 
@@ -217,6 +218,10 @@ class Downstream(asyncio.Protocol):
             self.abort()
             return
         self._arm_idle()
+        # A new connection must bring its first request head within the header timeout: one
+        # that sends nothing is closed then, not held for the idle timeout (a flood of silent
+        # connections holds a socket and a TLS buffer each).
+        self.header_deadline = time.monotonic() + self.listener.limits.header_timeout_ms / 1000
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -248,7 +253,9 @@ class Downstream(asyncio.Protocol):
 
     def _header_expired(self) -> None:
         self.header_deadline = 0.0
-        if self.current is None and not self.queue:
+        if not self._bytes_seen:
+            self.close()  # not a byte arrived on this connection: nobody to answer
+        elif self.current is None and not self.queue:
             self.local_error(408, b"request header read timeout")
         else:
             self._error_status = 408
@@ -299,6 +306,7 @@ class Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._error_status:
             return
+        self._bytes_seen = True
         self.idle_deadline = 0.0
         try:
             self.parser.feed_data(data)
