@@ -114,6 +114,7 @@ def test_allow_rules_under_allow_by_default_write_no_traffic_target() -> None:
     # rule `allow a -> dest methods GET` made every other caller of dest get 403, while meshc
     # (and `meshc why`) say everything is allowed under allow_by_default.
     from meshc.backends import compile_mesh
+
     from meshc.compiler import load_text
     from meshc.why import explain
 
