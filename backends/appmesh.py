@@ -132,6 +132,8 @@ class AppMeshBackend(Backend):
         "authz.allow", "authz.deny", "authz.identity", "authz.ports", "ingress",
         "external", "external.tls_originate", "access_log.text", "access_log.off",
     })
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('appmesh',)
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "system_ca": Option("CA bundle the callers' Envoy trusts for TLS origination to external services "
                      "(default /etc/ssl/certs/ca-certificates.crt)", file_path),

@@ -383,6 +383,9 @@ class Backend:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset()
+    # Kubernetes targets: the folders of meshc/schemas that hold their objects' CRD schemas
+    # (`meshc validate`, `compile --validate`); empty for targets that write no Kubernetes objects.
+    SCHEMAS: ClassVar[tuple[str, ...]] = ()
     # Backend options accepted as `-X NAME[=VALUE]`: an Option, or its help text (any text).
     OPTIONS: ClassVar[Mapping[str, Option | str]] = {}
 

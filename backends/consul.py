@@ -226,6 +226,8 @@ def crd(entry: Entry) -> dict[str, Any]:
 class ConsulBackend(Backend):
     name: ClassVar[str] = "consul"
     description: ClassVar[str] = "Consul config entries (HCL for `consul config write`) and consul-k8s CRDs"
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('consul',)
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "enterprise": Option("the cluster runs Consul Enterprise: allow Enterprise-only features (rate limits)", boolean),
         "terminating_gateway": Option("name of the terminating gateway that reaches external services "

@@ -198,6 +198,8 @@ class GatewayApiBackend(Backend):
     description: ClassVar[str] = "Gateway API v1.6 GAMMA mesh routes (gateway.networking.k8s.io/v1) + core objects"
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - _RETRY_FEATURES - \
         MESH_SETTING_FEATURES
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('gateway-api',)
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "experimental": Option("use experimental-channel fields (HTTPRoute retry)", boolean),
         "gateway_class": Option("gatewayClassName of the ingress Gateway (default istio)", dns_name),

@@ -195,6 +195,8 @@ class IstioBackend(Backend):
     description: ClassVar[str] = "Istio 1.30 CRDs (networking.istio.io/v1, security.istio.io/v1) + core objects"
     # Static endpoints are for local targets: on Kubernetes the Service selector finds the pods.
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('istio',)
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "root_namespace": Option("Istio root namespace for the mesh-wide PeerAuthentication (default istio-system)", dns_name),
         "cluster_domain": Option("Kubernetes cluster DNS domain (default cluster.local)", dns_name),

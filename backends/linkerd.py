@@ -88,6 +88,8 @@ class LinkerdBackend(GatewayApiBackend):
     name: ClassVar[str] = "linkerd"
     description: ClassVar[str] = "Linkerd edge (policy.linkerd.io v1beta3/v1alpha1 CRDs, annotations) + core objects"
     CAPABILITIES: ClassVar[frozenset[str]] = frozenset(FEATURES) - _NOT_SUPPORTED - MESH_SETTING_FEATURES
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('linkerd',)
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "gateway_api_routes": Option("write gateway.networking.k8s.io/v1 HTTPRoutes instead of policy.linkerd.io/v1beta3", boolean),
         "legacy_service_profile": Option("write ServiceProfiles (linkerd.io/v1alpha2) instead of HTTPRoutes for routing", boolean),

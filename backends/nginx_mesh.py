@@ -105,6 +105,8 @@ class NginxMeshBackend(Backend):
         "route.split", "route.split.services", "rate_limit", "outlier",
         "authz.allow", "authz.identity", "authz.methods", "authz.paths", "authz.headers", "authz.ports",
     })
+    # the folders of meshc/schemas whose published CRD schemas this target's objects are checked against
+    SCHEMAS: ClassVar[tuple[str, ...]] = ('nginx-service-mesh', 'smi')
     OPTIONS: ClassVar[Mapping[str, str]] = {}
 
     def lower(self, mesh: Mesh) -> Bundle:

@@ -43,15 +43,16 @@ import yaml
 from jsonschema import Draft4Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-# target name -> sub-folders of a schema directory laid out like the bundled one (meshc/schemas)
-TARGET_DIRS: dict[str, tuple[str, ...]] = {
-    "istio": ("istio",),
-    "linkerd": ("linkerd",),
-    "gateway-api": ("gateway-api",),
-    "consul": ("consul",),
-    "nginx-mesh": ("nginx-service-mesh", "smi"),
-    "appmesh": ("appmesh",),
-}
+
+def schema_dirs(target: str | None) -> tuple[str, ...]:
+    """The folders of a schema directory (laid out like meshc/schemas) that hold a target's
+    CRD schemas: what its backend declares (Backend.SCHEMAS); none for an unknown target."""
+    from meshc import backends  # each target lives in its module, schemas included
+
+    if target is None or target not in backends.available():
+        return ()
+    return backends.get(target).SCHEMAS
+
 
 # YAML files the targets write that are not Kubernetes objects: NGINX Service Mesh's Helm values
 # (the mesh-wide mTLS and access-control settings, given at install)
@@ -344,8 +345,9 @@ def _is_crd(doc: Any) -> bool:
 
 def _schema_files(root: Path, target: str | None, experimental: bool) -> list[Path]:
     bases = [root]
-    if target in TARGET_DIRS and any((root / d).is_dir() for d in TARGET_DIRS[target]):
-        bases = [root / d for d in TARGET_DIRS[target] if (root / d).is_dir()]
+    dirs = schema_dirs(target)
+    if dirs and any((root / d).is_dir() for d in dirs):
+        bases = [root / d for d in dirs if (root / d).is_dir()]
     files = [p for b in bases for p in b.rglob("*") if p.suffix in (".json", ".yaml", ".yml") and p.is_file()]
 
     def pref(p: Path) -> tuple[int, int, str]:

@@ -309,3 +309,18 @@ def test_validate_compiled_hook_for_compile_validate() -> None:
     assert validate_compiled(bundle, "gateway-api", {"experimental": "true"}, SCHEMAS) == []
     # the same objects against the standard channel: `retry` is an unknown field there
     assert any("retry" in p.message for p in validate_compiled(bundle, "gateway-api", {}, SCHEMAS))
+
+
+def test_each_kubernetes_target_declares_its_schema_folders() -> None:
+    # A target lives in its module: the folders its objects are validated against are its
+    # backend's SCHEMAS (validate.TARGET_DIRS knew them before), and each exists in meshc/schemas.
+    from meshc import backends
+    from meshc.validate import schema_dirs
+
+    declared = {t: schema_dirs(t) for t in backends.available()}
+    assert {t for t, d in declared.items() if d} == {"istio", "linkerd", "gateway-api", "consul", "nginx-mesh",
+                                                     "appmesh"}
+    for target, dirs in declared.items():
+        for d in dirs:
+            assert any((BUNDLED_SCHEMAS / d).glob("*.json")), (target, d)
+    assert schema_dirs("model") == () and schema_dirs(None) == ()

@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bool:
     """`compile --validate`: check Kubernetes output against the CRD schemas; True if any fails."""
-    from meshc.validate import TARGET_DIRS, validate_compiled
+    from meshc.validate import schema_dirs, validate_compiled
 
     failed = False
     for t, b in bundles.items():
         # only the Kubernetes targets have schemas; Envoy bootstraps and Prometheus configs are
         # YAML too, but not Kubernetes objects
-        if t not in TARGET_DIRS:
+        if not schema_dirs(t):
             continue
         try:
             problems = validate_compiled(b, t, options, schemas)
