@@ -501,7 +501,7 @@ class NginxBackend(Backend):
 
     def forward_normalized(self) -> list[D]:
         """Under `path_normalization strict`, the path authorized is the path forwarded."""
-        return FORWARD_NORMALIZED if self.mesh.path_normalization == "strict" else []
+        return [*FORWARD_NORMALIZED] if self.mesh.path_normalization == "strict" else []  # a list callers may extend
 
     def check_values(self, mesh: Mesh, ctx: _Ctx) -> None:
         """E331 for values nginx cannot carry with their meaning. The quoting (ngx_arg) keeps any

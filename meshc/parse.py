@@ -226,12 +226,13 @@ def parse_text(text: str, path: str = "<input>", *, keep_tree: bool = True) -> P
     return Parsed(path, text, ast, tree, _comments(text))
 
 
-_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
+# a string literal or a comment: a `#` inside a string is not a comment (fmt, meshc.suppress)
+COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
 
 
 def _comments(text: str) -> list[Token]:
     out = []
-    for m in _COMMENT_OR_STRING.finditer(text):
+    for m in COMMENT_OR_STRING.finditer(text):
         if m.group().startswith("#"):
             start = m.start()
             line = text.count("\n", 0, start) + 1

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from meshc import ast as A
 from meshc.diagnostics import Diagnostic
+from meshc.parse import COMMENT_OR_STRING
 
-_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
 _IGNORE = re.compile(r"#\s*meshc:\s*ignore\[([A-Za-z0-9_,\s]*)\]")
 
 
@@ -33,7 +33,7 @@ def suppressions(text: str, decls: Sequence[object]) -> list[Suppression]:
     if "meshc:" not in text:  # nearly always: one scan
         return []
     found: list[tuple[int, frozenset[str]]] = []
-    for m in _COMMENT_OR_STRING.finditer(text):
+    for m in COMMENT_OR_STRING.finditer(text):
         ignore = _IGNORE.match(m.group()) if m.group().startswith("#") else None
         if ignore:
             codes = frozenset(c.strip().upper() for c in ignore.group(1).split(",") if c.strip())

@@ -83,3 +83,13 @@ def test_check_shows_what_was_suppressed(tmp_path: Path) -> None:
     assert set(shown) == {("W205", 6), ("W205", 8), ("W209", 2)}
     assert "suppressed by" in " ".join(shown[("W209", 2)]["notes"])
     assert run("--strict").returncode == 1  # the warning that is left still counts
+
+
+def test_a_directory_check_counts_and_shows_what_was_suppressed(tmp_path: Path) -> None:
+    # A directory is checked mesh by mesh; the suppressions behave as for the files themselves.
+    (tmp_path / "m.mesh").write_text(MESH)
+    cmd = [sys.executable, "-m", "meshc.cli", "check", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    assert r.returncode == 0 and "1 warnings, 2 suppressed" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, "--show-suppressed", "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert {(d["code"], d["line"]) for d in json.loads(r.stdout)} == {("W205", 6), ("W205", 8), ("W209", 2)}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from meshc.commands import UsageError
 from meshc.commands.common import add_format, load, project_config, report, sources_of
-from meshc.compiler import expand_paths, load_all
+from meshc.compiler import Loaded, expand_paths, load_all
 from meshc.diagnostics import Diagnostic, MeshcError, render
 
 
@@ -50,48 +51,41 @@ def entry_points(paths: Sequence[str]) -> list[Path]:
     return roots
 
 
-def _check_each(args: argparse.Namespace) -> int:
-    """Each entry point on its own (a pre-commit hook passes whichever files changed)."""
-    found: list[Diagnostic] = []
-    failed = False
+def run(args: argparse.Namespace) -> int:
+    """The files given as one mesh; or, for a directory or with --each, every mesh found on its
+    own (every root file and every file that declares a `mesh` block: a dev base.mesh that
+    prod.mesh imports is checked as well). Text: findings and an ok line per mesh on stderr;
+    json, github, sarif: every finding in one document on stdout."""
     config = project_config()
-    for root in entry_points(args.files):
+    if args.each or any(Path(f).is_dir() for f in args.files):
+        loads: list[Callable[[], Loaded]] = [
+            functools.partial(load_all, [root], amplification_limit=config.amplification_limit, ignore=config.ignore)
+            for root in entry_points(args.files)]
+    else:
+        loads = [functools.partial(load, args, config)]
+    found: list[Diagnostic] = []
+    failed = warned = False
+    for load_one in loads:
         try:
-            loaded = load_all([root], amplification_limit=config.amplification_limit, ignore=config.ignore)
+            loaded = load_one()
         except MeshcError as e:
             found += e.diagnostics
             failed = True
             continue
-        found += loaded.warnings
+        warned |= bool(loaded.warnings)
+        shown = loaded.warnings + (suppressed_notes(loaded.suppressed) if args.show_suppressed else [])
+        found += shown
         if args.format == "text":
-            report(loaded.warnings, args, loaded.sources)
-            print(f"{', '.join(loaded.mesh.files)}: ok ({len(loaded.mesh.services)} services, "
-                  f"{len(loaded.mesh.rules)} rules, {len(loaded.warnings)} warnings)", file=sys.stderr)
+            report(shown, args, loaded.sources)
+            s = loaded.mesh
+            silenced = f", {len(loaded.suppressed)} suppressed" if loaded.suppressed else ""
+            print(f"{', '.join(s.files)}: ok ({len(s.services)} services, {len(s.rules)} rules, "
+                  f"{len(loaded.warnings)} warnings{silenced})", file=sys.stderr)
     if args.format == "text":
         report([d for d in found if d.severity == "error"], args)
     else:
-        sys.stdout.write(render(found, args.format, sources_of(found)) or ("[]\n" if args.format == "json" else ""))
-    return 1 if failed or (args.strict and found) else 0
-
-
-def run(args: argparse.Namespace) -> int:
-    # A directory means each mesh in it, each on its own: every root file and every file that
-    # declares a `mesh` block (a dev base.mesh that prod.mesh imports is checked as well).
-    if args.each or any(Path(f).is_dir() for f in args.files):
-        return _check_each(args)
-    loaded = load(args)
-    shown = loaded.warnings + (suppressed_notes(loaded.suppressed) if args.show_suppressed else [])
-    report(shown, args, loaded.sources)
-    if args.format == "sarif" and not shown:
-        sys.stdout.write(render([], "sarif", {}))
-    elif args.format == "json" and not shown:
-        sys.stdout.write("[]\n")
-    if args.format == "text":
-        s = loaded.mesh
-        silenced = f", {len(loaded.suppressed)} suppressed" if loaded.suppressed else ""
-        print(f"{', '.join(s.files)}: ok ({len(s.services)} services, {len(s.rules)} rules, "
-              f"{len(loaded.warnings)} warnings{silenced})", file=sys.stderr)
-    return 1 if args.strict and loaded.warnings else 0
+        sys.stdout.write(render(found, args.format, sources_of(found)))
+    return 1 if failed or (args.strict and warned) else 0
 
 
 def suppressed_notes(diags: list[Diagnostic]) -> list[Diagnostic]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -89,9 +90,9 @@ def project_config() -> ProjectConfig:
 
 def load(args: argparse.Namespace, config: ProjectConfig | None = None) -> Loaded:
     config = config or project_config()
-    settings = {"amplification_limit": config.amplification_limit, "ignore": config.ignore}
+    settle = functools.partial(load_all, amplification_limit=config.amplification_limit, ignore=config.ignore)
     if STDIN in args.files:
         if len(args.files) != 1:
             raise UsageError("'-' (standard input) must be the only file")
-        return load_all([Path(STDIN)], read=_read, **settings)  # type: ignore[arg-type]
-    return load_all(mesh_files(args.files), **settings)  # type: ignore[arg-type]
+        return settle([Path(STDIN)], read=_read)
+    return settle(mesh_files(args.files))

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     # run fails all the same, naming what the others cannot express.
     if errors and (args.output is None or not bundles):
         raise MeshcError(errors)
-    if args.validate and _validate(bundles, options, args.schemas):
+    if args.validate and _validate(bundles, per_target, args.schemas):
         return 1
     if args.output is None:
         for t, b in bundles.items():
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bool:
+def _validate(bundles: dict, options: dict[str, dict[str, str]], schemas: str | None) -> bool:
     """`compile --validate`: check Kubernetes output against the CRD schemas; True if any fails."""
     from meshc.validate import schema_dirs, validate_compiled
 
@@ -131,7 +131,7 @@ def _validate(bundles: dict, options: dict[str, str], schemas: str | None) -> bo
         if not schema_dirs(t):
             continue
         try:
-            problems = validate_compiled(b, t, options, schemas)
+            problems = validate_compiled(b, t, options.get(t, {}), schemas)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
         for p in problems:
